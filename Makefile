@@ -1,0 +1,33 @@
+# The README's two commands (`make demo`, `make test`) set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.modeconn-installed
+
+.PHONY: demo test test-fast test-slow lint bench clean
+
+# torch==2.13.0 first: a bare `torch>=2.2` in a fresh venv would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev,ot]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/modeconn demo --out results/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -m "slow" tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache
