@@ -1,0 +1,129 @@
+"""Checkpoints: safetensors files with JSON metadata; loading never unpickles anything.
+
+Metadata keys (all JSON): ``modeconn_version``, ``kind`` (model | curve | train-state),
+``architecture`` (the model config), ``data`` (the DataSpec), ``seed`` and any extras.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .errors import UsageError
+from .io import atomic_path
+from .models import build_model
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: tensors by name plus decoded metadata."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return self.meta["architecture"]
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "model")
+
+    def build(self, device: torch.device | str = "cpu") -> nn.Module:
+        """Rebuild the module and load this checkpoint's parameters and buffers into it."""
+        model = build_model(self.architecture)
+        state = {k: v for k, v in self.tensors.items() if "/" not in k}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0:2]
+            raise UsageError(f"{self.path}: tensors do not match its architecture "
+                             f"({' '.join(first)}); the file is damaged or was edited") from None
+        return model.to(device)
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                    **meta: Any) -> Path:
+    """Write tensors and JSON-encoded metadata to `path` atomically."""
+    path = Path(path)
+    header = {"modeconn_version": __version__, **meta}
+    encoded = {k: json.dumps(v) for k, v in header.items()}
+    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(data, str(tmp), metadata=encoded)
+    return path
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, architecture: dict[str, Any],
+               **meta: Any) -> Path:
+    """Save a model's parameters and buffers with the config that rebuilds it."""
+    return save_checkpoint(path, dict(model.state_dict()), kind="model",
+                           architecture=architecture, **meta)
+
+
+_PICKLE_HINT = ("modeconn never unpickles files; convert it once in trusted code with "
+                "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpoint:
+    """Read and validate a checkpoint; refuse pickles, torch.save files and damaged files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} not found; check the path")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:2] == b"PK":
+        raise UsageError(f"{path} is a torch.save (zip/pickle) file, not safetensors; {_PICKLE_HINT}")
+    if head[:1] == b"\x80":
+        raise UsageError(f"{path} is a pickle file, not safetensors; {_PICKLE_HINT}")
+    if len(head) < 8 or struct.unpack("<Q", head)[0] > path.stat().st_size - 8:
+        raise UsageError(f"{path} is not a valid safetensors file (bad header); "
+                         "re-create it with modeconn or safetensors")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UsageError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]}); "
+                         "re-create it with modeconn or safetensors") from None
+    try:
+        meta = {k: json.loads(v) for k, v in raw_meta.items()}
+    except json.JSONDecodeError:
+        meta = {}
+    if "architecture" not in meta:
+        raise UsageError(f"{path} has no modeconn metadata (architecture); it was not written by "
+                         "modeconn — save it with modeconn.checkpoint.save_model")
+    ckpt = Checkpoint(path, tensors, meta)
+    if kind is not None and ckpt.kind != kind:
+        raise UsageError(f"{path} holds a {ckpt.kind} checkpoint, expected a {kind}; "
+                         f"pass a {kind} checkpoint")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
+               ) -> tuple[nn.Module, Checkpoint]:
+    """Load a model checkpoint and rebuild its module."""
+    ckpt = load_checkpoint(path, kind="model")
+    return ckpt.build(device), ckpt
+
+
+def describe(ckpt: Checkpoint) -> str:
+    """Human-readable summary of a checkpoint (used by `modeconn info`)."""
+    n_params = sum(v.numel() for v in ckpt.tensors.values())
+    lines = [f"file          {ckpt.path}", f"kind          {ckpt.kind}",
+             f"tensors       {len(ckpt.tensors)} ({n_params:,} values)"]
+    for key in sorted(ckpt.meta):
+        lines.append(f"{key:<13} {json.dumps(ckpt.meta[key])}")
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""The `modeconn` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_data_args(p: argparse.ArgumentParser, shift_default: str = "none") -> None:
+    """Dataset, shift and normalisation options."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digits",
+                   help="digits (embedded), mnist, fashion-mnist, cifar10, cifar100, "
+                        "synthetic[:n=N,test=N,shape=CxHxW,classes=K,seed=S]")
+    g.add_argument("--data-dir", default=None, help="where dataset files live (default $MODECONN_DATA)")
+    g.add_argument("--shift", default=shift_default,
+                   help="none, iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:ALPHA, "
+                        "domain:none|rotate=30+noise=0.1")
+    g.add_argument("--subsets", type=int, default=None, help="number of subsets for dirichlet")
+    g.add_argument("--split-seed", type=int, default=0)
+    g.add_argument("--normalise", default="global", choices=["global", "subset", "none"],
+                   help="input normalisation statistics")
+
+
+def add_model_args(p: argparse.ArgumentParser, default: str = "mlp") -> None:
+    """Model name and its options."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default,
+                   help="mlp, mlpnet, mlplarge, mlphuge, vgg11/13/16/19, resnet20 (any 6n+2), convnet")
+    g.add_argument("--depth", type=int, default=None, help="MLP hidden layers / VGG or ResNet depth")
+    g.add_argument("--width", type=float, default=None,
+                   help="MLP units per hidden layer, or width multiplier")
+    g.add_argument("--norm", default=None, help="bn or none (MLP, VGG); bn, gn, ln or none (ResNet)")
+    g.add_argument("--bias", default=None, action=argparse.BooleanOptionalAction, help="MLP biases")
+    g.add_argument("--dropout", type=float, default=None, help="ConvNet dropout")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """Optimisation options."""
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+    g.add_argument("--lr", type=float, default=0.05)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--nesterov", action="store_true")
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--schedule", default="constant",
+                   help="constant, cosine, curve, step:M1,M2[@GAMMA], cyclic:EPOCHS[@LOW]")
+    g.add_argument("--warmup", type=float, default=0.0, help="epochs of linear warm-up")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    """Model options given on the command line."""
+    width = args.width
+    if width is not None and args.model.startswith("mlp"):
+        if width != int(width):
+            raise UsageError(f"MLP --width is a number of units, got {width}")
+        width = int(width)
+    return {"depth": args.depth, "width": width, "norm": args.norm, "bias": args.bias,
+            "dropout": args.dropout}
+
+
+def train_config(args: argparse.Namespace):
+    from .train import TrainConfig
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                       lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                       weight_decay=args.weight_decay, schedule=args.schedule,
+                       warmup=args.warmup, save_epochs=tuple(getattr(args, "save_epochs", ()) or ()))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import DataSpec, prepare_subsets
+    from .models import model_config
+    from .train import plan_members, resolve_device, train_run
+
+    cfg = train_config(args)
+    cfg.validate()
+    device = resolve_device(args.device)
+    spec = DataSpec(dataset=args.dataset, shift=args.shift, num_subsets=args.subsets,
+                    split_seed=args.split_seed, norm=args.normalise)
+    subsets = prepare_subsets(spec, args.data_dir)
+    only = None
+    if args.only:
+        names = [s.strip() for s in args.only.split(",")]
+        valid = [chr(ord("a") + i) for i in range(len(subsets))]
+        bad = [s for s in names if s not in valid]
+        if bad:
+            raise UsageError(f"--only {','.join(bad)}: no such subset; choose from {','.join(valid)}")
+        only = [valid.index(s) for s in names]
+    model_cfg = model_config(args.model, subsets[0].input_shape, subsets[0].num_classes,
+                             **model_overrides(args))
+    members = plan_members(spec, subsets, args.init, args.init_seed, args.batch_order,
+                           args.order_seed, only)
+    results = train_run(model_cfg, members, cfg, Path(args.out), device, args.resume, args.quiet)
+    diverged = False
+    for r in results:
+        if r["status"] == "diverged":
+            diverged = True
+            print(f"{r['member']}: DIVERGED at epoch {r['epoch']} step {r['step']} "
+                  f"(loss {r['loss']}); lower --lr or add --warmup")
+        else:
+            print(f"{r['member']}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f} | "
+                  f"test loss {r['test_loss']:.4f} acc {r['test_acc']:.4f}")
+    print(f"wrote {args.out}")
+    return 1 if diverged else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import describe, load_checkpoint
+    for path in args.checkpoints:
+        print(describe(load_checkpoint(path)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="modeconn", description="Mode connectivity for any PyTorch model.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"modeconn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train models on controlled subsets of a dataset")
+    add_data_args(p)
+    add_model_args(p)
+    add_train_args(p)
+    g = p.add_argument_group("members")
+    g.add_argument("--only", default=None, help="train only these subsets, e.g. a or a,c")
+    g.add_argument("--init", default="same", choices=["same", "different"])
+    g.add_argument("--init-seed", type=_int_list, default=[0],
+                   help="one seed, or one per subset")
+    g.add_argument("--batch-order", default="same", choices=["same", "independent"])
+    g.add_argument("--order-seed", type=int, default=0)
+    p.add_argument("--save-epochs", type=_int_list, default=(), help="also save these epochs")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("info", help="show what a checkpoint holds")
+    p.add_argument("checkpoints", nargs="+")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        print(f"modeconn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("modeconn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

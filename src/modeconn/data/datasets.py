@@ -1,0 +1,220 @@
+"""Datasets by name, held in memory as float tensors in [0, 1] (N, C, H, W) with int64 labels.
+
+`digits` (scikit-learn's, embedded) is the default. MNIST, Fashion-MNIST and CIFAR-10/100 are read
+from their standard distribution files in a data directory; `synthetic` is seeded data of any size
+and shape for scale tests. Nothing is unpickled: CIFAR is read from its binary distribution.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "synthetic")
+
+
+@dataclass
+class ImageData:
+    """A labelled train/test image dataset held in memory."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+
+def default_data_dir() -> Path:
+    """The data directory: $MODECONN_DATA, else ~/.cache/modeconn/data."""
+    env = os.environ.get("MODECONN_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "modeconn" / "data"
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
+    """Load a dataset by name (see `DATASETS`); `synthetic:k=v,...` takes options."""
+    base, _, opts = name.partition(":")
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    if base == "digits":
+        _no_options(name, opts)
+        return _digits()
+    if base in ("mnist", "fashion-mnist"):
+        _no_options(name, opts)
+        return _mnist_like(base, data_dir)
+    if base in ("cifar10", "cifar100"):
+        _no_options(name, opts)
+        return _cifar(base, data_dir)
+    if base == "synthetic":
+        return synthetic(**_parse_synthetic(opts))
+    raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _no_options(name: str, opts: str) -> None:
+    if opts:
+        raise UsageError(f"dataset {name!r} takes no options; drop the part after ':'")
+
+
+def _digits() -> ImageData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target.astype(np.int64)
+    # A fixed stratified split, so every run and every user sees the same test set.
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
+    return ImageData("digits", torch.from_numpy(xtr), torch.from_numpy(ytr),
+                     torch.from_numpy(xte), torch.from_numpy(yte), 10)
+
+
+_MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+}
+_MNIST_DIRS = {"mnist": ("mnist", "MNIST/raw"), "fashion-mnist": ("fashion-mnist", "FashionMNIST/raw")}
+
+
+def _find(data_dir: Path, subdirs: tuple[str, ...], fname: str, what: str) -> Path:
+    for sub in subdirs:
+        for candidate in (fname, fname + ".gz"):
+            p = data_dir / sub / candidate
+            if p.is_file():
+                return p
+    raise UsageError(
+        f"{what}: file {fname}[.gz] not found; put it in {data_dir / subdirs[0]} "
+        "(set --data-dir or MODECONN_DATA to use another data directory)"
+    )
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    path = Path(path)
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UsageError(f"{path} is not an unsigned-byte IDX file; re-download it")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    count = int(np.prod(dims))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != count:
+        raise UsageError(f"{path} is truncated ({len(raw) - offset} of {count} bytes); re-download it")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _mnist_like(name: str, data_dir: Path) -> ImageData:
+    arrays = {k: read_idx(_find(data_dir, _MNIST_DIRS[name], f, name))
+              for k, f in _MNIST_FILES.items()}
+    for split in ("train", "test"):
+        if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
+            raise UsageError(f"{name}: {split} images and labels differ in count; re-download them")
+
+    def images(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.float32) / 255.0)[:, None]
+
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.int64))
+
+    return ImageData(name, images(arrays["train_x"]), labels(arrays["train_y"]),
+                     images(arrays["test_x"]), labels(arrays["test_y"]), 10)
+
+
+_CIFAR = {
+    # name: (directory in the binary tarball, train files, test files, label bytes, classes)
+    "cifar10": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)],
+                ["test_batch.bin"], 1, 10),
+    "cifar100": ("cifar-100-binary", ["train.bin"], ["test.bin"], 2, 100),
+}
+
+
+def read_cifar_bin(path: str | os.PathLike, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read a CIFAR binary batch: records of label byte(s) then 3×32×32 uint8 pixels."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    rec = label_bytes + 3072
+    if raw.size == 0 or raw.size % rec:
+        raise UsageError(f"{path} is not a CIFAR binary batch ({raw.size} bytes); re-download it")
+    raw = raw.reshape(-1, rec)
+    # CIFAR-100 stores (coarse, fine); the fine label is the last label byte.
+    return raw[:, label_bytes:].reshape(-1, 3, 32, 32), raw[:, label_bytes - 1].astype(np.int64)
+
+
+def _cifar(name: str, data_dir: Path) -> ImageData:
+    sub, train_files, test_files, label_bytes, classes = _CIFAR[name]
+
+    def load(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = []
+        for f in files:
+            p = data_dir / sub / f
+            if not p.is_file():
+                raise UsageError(
+                    f"{name}: file {f} not found; extract the binary version "
+                    f"({sub}.tar.gz from cs.toronto.edu/~kriz) into {data_dir} "
+                    "(set --data-dir or MODECONN_DATA to use another data directory)"
+                )
+            parts.append(read_cifar_bin(p, label_bytes))
+        x = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
+        y = np.concatenate([p[1] for p in parts])
+        if y.max() >= classes:
+            raise UsageError(f"{name}: label {int(y.max())} out of range; is this the right dataset?")
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    trx, try_ = load(train_files)
+    tex, tey = load(test_files)
+    return ImageData(name, trx, try_, tex, tey, classes)
+
+
+def _parse_synthetic(opts: str) -> dict:
+    out: dict = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, val = item.partition("=")
+        try:
+            if not eq:
+                raise ValueError
+            if key == "shape":
+                out["shape"] = tuple(int(s) for s in val.lower().split("x"))
+            elif key in ("n", "test", "classes", "seed"):
+                out[{"n": "n_train", "test": "n_test"}.get(key, key)] = int(val)
+            elif key == "noise":
+                out["noise"] = float(val)
+            else:
+                raise KeyError(key)
+        except KeyError:
+            raise UsageError(f"synthetic: unknown option {key!r}; use n, test, shape, classes, "
+                             "noise, seed (e.g. synthetic:n=5000,shape=3x32x32)") from None
+        except ValueError:
+            raise UsageError(f"synthetic: bad option {item!r}; write key=value, "
+                             "e.g. synthetic:n=5000,shape=3x32x32,classes=10") from None
+    return out
+
+
+def synthetic(n_train: int = 2000, n_test: int = 500, shape: tuple[int, ...] = (1, 8, 8),
+              classes: int = 10, noise: float = 0.25, seed: int = 0) -> ImageData:
+    """Seeded learnable data: per-class random prototypes plus Gaussian noise, clipped to [0, 1]."""
+    if n_train <= 0 or n_test <= 0:
+        raise UsageError(f"synthetic: sizes must be positive (got n={n_train}, test={n_test})")
+    if len(shape) != 3 or min(shape) <= 0:
+        raise UsageError(f"synthetic: shape must be CxHxW with positive sizes, got {shape}")
+    if classes < 2:
+        raise UsageError(f"synthetic: need at least 2 classes, got {classes}")
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand((classes, *shape), generator=g)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % classes
+        y = y[torch.randperm(n, generator=g)]
+        x = protos[y] + noise * torch.randn((n, *shape), generator=g)
+        return x.clamp_(0, 1), y
+
+    trx, try_ = draw(n_train)
+    tex, tey = draw(n_test)
+    return ImageData("synthetic", trx, try_, tex, tey, classes)

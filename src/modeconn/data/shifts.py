@@ -1,0 +1,265 @@
+"""Controlled training subsets (ALGORITHMS.md §3): iid, label skew, Dirichlet, domain shift.
+
+A shift is written as a string, e.g. ``iid:50,50``, ``iid:20,80``, ``label-skew:0-4=80,5-9=20``,
+``dirichlet:0.5`` or ``domain:none|rotate=30+noise=0.1``. Subsets are disjoint and reproducible
+from the split seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UsageError
+
+SHIFT_KINDS = ("iid", "label-skew", "dirichlet", "domain")
+TRANSFORMS = ("none", "rotate", "noise", "blur", "keep", "gray")
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A parsed shift: the kind, how each class is shared among subsets, and per-subset domains."""
+
+    kind: str
+    num_subsets: int
+    shares: tuple[float, ...] = ()  # iid/domain: fraction of each class per subset
+    class_shares: dict[int, tuple[float, ...]] = field(default_factory=dict)  # label-skew
+    alpha: float = 0.0  # dirichlet
+    domains: tuple[str, ...] = ()  # domain: transform spec per subset
+    text: str = ""
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def subset_name(i: int) -> str:
+    """Subset names: a, b, c, ..."""
+    return chr(ord("a") + i) if i < 26 else f"s{i}"
+
+
+def parse_shift(text: str, num_classes: int, num_subsets: int | None = None) -> Shift:
+    """Parse a shift string for a dataset with `num_classes` classes."""
+    kind, _, arg = text.partition(":")
+    if kind == "iid":
+        k = num_subsets or 2
+        shares = _percent_list(arg, text) if arg else tuple(1.0 / k for _ in range(k))
+        return Shift("iid", len(shares), shares=shares, text=text)
+    if kind == "label-skew":
+        return _parse_label_skew(arg, num_classes, text)
+    if kind == "dirichlet":
+        try:
+            alpha = float(arg)
+        except ValueError:
+            raise UsageError(f"shift {text!r}: write dirichlet:ALPHA with ALPHA > 0, "
+                             "e.g. dirichlet:0.5") from None
+        if not alpha > 0 or not math.isfinite(alpha):
+            raise UsageError(f"shift {text!r}: ALPHA must be a positive number, e.g. dirichlet:0.5")
+        k = num_subsets or 2
+        if k < 2:
+            raise UsageError(f"shift {text!r}: need at least 2 subsets; pass --subsets 2 or more")
+        return Shift("dirichlet", k, alpha=alpha, text=text)
+    if kind == "domain":
+        domains = tuple(d.strip() for d in (arg or "none|rotate=45").split("|"))
+        for d in domains:
+            parse_transform(d)
+        n = len(domains)
+        if n < 2:
+            raise UsageError(f"shift {text!r}: give a transform per subset separated by '|', "
+                             "e.g. domain:none|rotate=30")
+        return Shift("domain", n, shares=tuple(1.0 / n for _ in range(n)), domains=domains,
+                     text=text)
+    raise UsageError(f"unknown shift {text!r}; use one of {', '.join(SHIFT_KINDS)} "
+                     "(e.g. iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:0.5, domain:none|rotate=30)")
+
+
+def _percent_list(arg: str, text: str) -> tuple[float, ...]:
+    try:
+        vals = [float(v) for v in arg.split(",")]
+    except ValueError:
+        raise UsageError(f"shift {text!r}: shares must be percentages, e.g. iid:50,50") from None
+    if len(vals) < 2:
+        raise UsageError(f"shift {text!r}: give at least two subset shares, e.g. iid:50,50")
+    if any(v <= 0 for v in vals):
+        raise UsageError(f"shift {text!r}: every share must be positive; drop empty subsets")
+    if sum(vals) > 100 + 1e-9:
+        raise UsageError(f"shift {text!r}: shares add up to {sum(vals):g}% > 100%; "
+                         "make them sum to at most 100")
+    return tuple(v / 100 for v in vals)
+
+
+def _class_range(spec: str, num_classes: int, text: str) -> list[int]:
+    out = []
+    for part in spec.split("+"):
+        lo, dash, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise UsageError(f"shift {text!r}: classes must be numbers or ranges like 0-4") from None
+        if not 0 <= a <= b < num_classes:
+            raise UsageError(f"shift {text!r}: class range {part} outside 0-{num_classes - 1}")
+        out.extend(range(a, b + 1))
+    return out
+
+
+def _parse_label_skew(arg: str, num_classes: int, text: str) -> Shift:
+    if not arg:
+        half = num_classes // 2
+        arg = f"0-{half - 1}=80,{half}-{num_classes - 1}=20"
+    class_shares: dict[int, tuple[float, ...]] = {}
+    k = None
+    for group in arg.split(","):
+        classes, eq, shares = group.partition("=")
+        if not eq:
+            raise UsageError(f"shift {text!r}: write CLASSES=SHARE per group, "
+                             "e.g. label-skew:0-4=80,5-9=20")
+        try:
+            vals = [float(v) / 100 for v in shares.split("/")]
+        except ValueError:
+            raise UsageError(f"shift {text!r}: shares must be percentages like 80 or 60/20/20") from None
+        if len(vals) == 1:  # two subsets: A gets the share, B the rest
+            vals.append(1.0 - vals[0])
+        if any(v < 0 for v in vals) or sum(vals) > 1 + 1e-9:
+            raise UsageError(f"shift {text!r}: shares of group {classes} must be between 0 and "
+                             "100 and add up to at most 100")
+        if k is not None and len(vals) != k:
+            raise UsageError(f"shift {text!r}: every group needs the same number of shares")
+        k = len(vals)
+        for c in _class_range(classes, num_classes, text):
+            if c in class_shares:
+                raise UsageError(f"shift {text!r}: class {c} appears in two groups")
+            class_shares[c] = tuple(vals)
+    missing = sorted(set(range(num_classes)) - set(class_shares))
+    if missing:
+        raise UsageError(f"shift {text!r}: classes {_ranges(missing)} have no share; "
+                         "cover every class, e.g. label-skew:0-4=80,5-9=20")
+    assert k is not None
+    return Shift("label-skew", k, class_shares=class_shares, text=text)
+
+
+def _ranges(vals: list[int]) -> str:
+    return ",".join(str(v) for v in vals)
+
+
+def _allot(n: int, shares: np.ndarray) -> np.ndarray:
+    """Counts per subset for n items: floor of shares, remainder by largest fraction when they sum to 1."""
+    raw = shares * n
+    counts = np.floor(raw + 1e-9).astype(np.int64)
+    if abs(shares.sum() - 1.0) < 1e-9:
+        rest = n - counts.sum()
+        order = np.argsort(-(raw - counts), kind="stable")
+        counts[order[:rest]] += 1
+    return counts
+
+
+def split_indices(labels: torch.Tensor | np.ndarray, shift: Shift, num_classes: int,
+                  seed: int) -> list[np.ndarray]:
+    """Disjoint index arrays into the training set, one per subset, reproducible from `seed`."""
+    y = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    k = shift.num_subsets
+    if shift.kind == "dirichlet":
+        props = rng.dirichlet(np.full(k, shift.alpha), size=num_classes)
+    parts: list[list[np.ndarray]] = [[] for _ in range(k)]
+    for c in range(num_classes):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        if shift.kind == "label-skew":
+            shares = np.array(shift.class_shares[c])
+        elif shift.kind == "dirichlet":
+            shares = props[c]
+        else:
+            shares = np.array(shift.shares)
+        counts = _allot(len(idx), shares)
+        start = 0
+        for i, n in enumerate(counts):
+            parts[i].append(idx[start:start + n])
+            start += n
+    out = [np.sort(np.concatenate(p)) for p in parts]
+    for i, p in enumerate(out):
+        if len(p) == 0:
+            raise UsageError(f"shift {shift.text!r}: subset {subset_name(i)} is empty; "
+                             "use larger shares or a larger dataset")
+    return out
+
+
+def class_histogram(labels: torch.Tensor | np.ndarray, num_classes: int) -> list[int]:
+    """Counts per class."""
+    return np.bincount(np.asarray(labels), minlength=num_classes).tolist()
+
+
+# ---------------------------------------------------------------- domain transforms
+
+def parse_transform(spec: str) -> list[tuple[str, str]]:
+    """Parse 'rotate=30+noise=0.1' into [(name, value), ...], checking names and values."""
+    steps = []
+    for part in filter(None, spec.split("+")):
+        name, _, val = part.partition("=")
+        if name not in TRANSFORMS:
+            raise UsageError(f"unknown domain transform {name!r}; use {', '.join(TRANSFORMS)} "
+                             "(e.g. rotate=30, noise=0.1, blur=1, keep=0/2, gray)")
+        if name in ("rotate", "noise", "blur"):
+            try:
+                v = float(val)
+            except ValueError:
+                raise UsageError(f"domain transform {part!r} needs a number, e.g. {name}=1") from None
+            if name != "rotate" and v < 0:
+                raise UsageError(f"domain transform {part!r}: value must be >= 0")
+        if name == "keep":
+            try:
+                [int(c) for c in val.split("/")]
+            except ValueError:
+                raise UsageError(f"domain transform {part!r}: list channels like keep=0/2") from None
+        steps.append((name, val))
+    return steps
+
+
+def apply_transform(x: torch.Tensor, spec: str, seed: int = 0) -> torch.Tensor:
+    """Apply a domain transform (deterministic given `seed`) to images in [0, 1]."""
+    for name, val in parse_transform(spec):
+        if name == "rotate":
+            x = _rotate(x, float(val))
+        elif name == "noise":
+            g = torch.Generator().manual_seed(seed)
+            x = (x + float(val) * torch.randn(x.shape, generator=g)).clamp(0, 1)
+        elif name == "blur":
+            x = _blur(x, float(val))
+        elif name == "keep":
+            chans = [int(c) for c in val.split("/")]
+            if max(chans) >= x.shape[1] or min(chans) < 0:
+                raise UsageError(f"domain transform keep={val}: images have {x.shape[1]} channels")
+            mask = torch.zeros(x.shape[1], dtype=x.dtype)
+            mask[chans] = 1
+            x = x * mask[None, :, None, None]
+        elif name == "gray":
+            if x.shape[1] == 3:
+                w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype)
+                x = (x * w[None, :, None, None]).sum(1, keepdim=True).expand_as(x).contiguous()
+    return x
+
+
+def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    a = math.radians(degrees)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
+                         dtype=x.dtype).expand(x.shape[0], 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma == 0:
+        return x
+    r = max(1, math.ceil(2 * sigma))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    pad = min(r, x.shape[-1] - 1, x.shape[-2] - 1)
+    if pad < r:  # images smaller than the kernel: crop the kernel
+        k = k[r - pad: r + pad + 1] / k[r - pad: r + pad + 1].sum()
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

@@ -1,0 +1,38 @@
+"""VGG11/13/16/19 for small images: width multiplier, BatchNorm or none, one linear classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+CONFIGS = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512, "M"],
+}
+
+
+class VGG(nn.Sequential):
+    """VGG feature stack; a pooling stage is skipped once the map is 1×1, so 8×8 inputs work."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, depth: int = 11,
+                 width: float = 1.0, bn: bool = True):
+        c, h, w = input_shape
+        layers: list[nn.Module] = []
+        for v in CONFIGS[depth]:
+            if v == "M":
+                if min(h, w) >= 2:
+                    layers.append(nn.MaxPool2d(2))
+                    h, w = h // 2, w // 2
+                continue
+            out = max(1, round(v * width))
+            layers.append(nn.Conv2d(c, out, 3, padding=1, bias=not bn))
+            if bn:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU())
+            c = out
+        layers += [nn.Flatten(), nn.Linear(c * h * w, num_classes)]
+        super().__init__(*layers)

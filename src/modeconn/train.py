@@ -1,0 +1,339 @@
+"""Training: in-memory batching, controlled batch order and initialisation, learning curves,
+checkpoints at chosen epochs, bit-identical resume, and divergence detection."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint, save_model
+from .data import DataSpec, Prepared, subset_name
+from .errors import DivergedError, UsageError
+from .evaluate import evaluate
+from .io import write_csv, write_json
+from .models import build_model, has_batchnorm
+from .schedules import parse_schedule
+from .utils import progress
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every member of a run."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "constant"
+    warmup: float = 0.0
+    save_epochs: tuple[int, ...] = ()
+    eval_batch_size: int = 2048
+
+    def validate(self) -> None:
+        """Raise UsageError on impossible settings."""
+        if self.epochs <= 0:
+            raise UsageError(f"--epochs must be positive, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}; use {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.momentum < 1:
+            raise UsageError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise UsageError("--nesterov needs --optimizer sgd with --momentum > 0")
+        bad = [e for e in self.save_epochs if not 1 <= e <= self.epochs]
+        if bad:
+            raise UsageError(f"--save-epochs {bad} outside 1..{self.epochs}")
+        parse_schedule(self.schedule, self.warmup)
+
+
+@dataclass
+class Member:
+    """One model to train: its data and seeds."""
+
+    name: str
+    data: Prepared
+    init_seed: int
+    order_seed: int
+    order_size: int  # length of the per-epoch position permutation (shared for batch-order same)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def noise_scale(lr: float, n: int, batch_size: int) -> float:
+    """SGD noise scale g = ε·(N/B − 1) (ALGORITHMS.md §3)."""
+    return lr * (n / batch_size - 1)
+
+
+def epoch_order(n: int, order_size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The positions visited in `epoch`: one permutation of `order_size` from (seed, epoch),
+    keeping those < n, so members with the same seed traverse their subsets in the same order."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(order_size, generator=g)
+    return perm[perm < n] if order_size > n else perm
+
+
+def init_model(model_cfg: dict[str, Any], seed: int) -> nn.Module:
+    """Build a model with parameters drawn from `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(model_cfg)
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer named in `cfg` (fused kernels where this torch has them)."""
+    params = list(params)
+    kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "sgd":
+        cls = torch.optim.SGD
+        kw.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
+    else:
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    try:
+        return cls(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, foreach=True, **kw)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA device is available; use --device auto or cpu")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------- resume state
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim/{idx}/{key}"] = val
+            else:
+                scalars[f"{idx}/{key}"] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                    info: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, val in tensors.items():
+        if name.startswith("optim/"):
+            _, idx, key = name.split("/", 2)
+            state.setdefault(int(idx), {})[key] = val
+    for name, val in info["scalars"].items():
+        idx, key = name.split("/", 1)
+        state.setdefault(int(idx), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int,
+                history: list[dict], fingerprint: str) -> None:
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_info = _optimizer_tensors(opt)
+    tensors.update(opt_tensors)
+    tensors["rng/torch"] = torch.get_rng_state()
+    save_checkpoint(path, tensors, kind="train-state", architecture={}, epoch=epoch,
+                    optimizer=opt_info, history=history, fingerprint=fingerprint)
+
+
+# ---------------------------------------------------------------- the loop
+
+def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, out_dir: Path,
+                 device: torch.device, resume: bool = False, quiet: bool = False,
+                 run_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one member, writing its run directory; return its status and final metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = member.data.to(device)
+    n = len(data.train_y)
+    sched = parse_schedule(cfg.schedule, cfg.warmup)
+    config = {
+        "member": member.name, "model": model_cfg, "train": asdict(cfg),
+        "data": {**data.spec.to_dict(), "domain": data.domain, "mean": data.mean,
+                 "std": data.std, "train_size": n, "test_size": len(data.test_y)},
+        "seeds": {"init": member.init_seed, "order": member.order_seed,
+                  "order_size": member.order_size},
+        "class_histogram": data.histogram,
+        "noise_scale_g": noise_scale(cfg.lr, n, cfg.batch_size),
+        **(run_info or {}), **member.extra,
+    }
+    fingerprint = json.dumps(config, sort_keys=True)
+    state_path = out_dir / "state.safetensors"
+
+    model = init_model(model_cfg, member.init_seed).to(device)
+    opt = make_optimizer(model.parameters(), cfg)
+    torch.manual_seed(member.init_seed + 7_000_003)  # dropout stream
+    start, history = 0, []
+    if resume and state_path.exists():
+        st = load_checkpoint(state_path, kind="train-state")
+        if st.meta["fingerprint"] != fingerprint:
+            raise UsageError(f"{out_dir}: --resume with different settings than the original "
+                             "run; repeat the original command or use a new --out")
+        model.load_state_dict({k[6:]: v for k, v in st.tensors.items() if k.startswith("model/")})
+        _load_optimizer(opt, st.tensors, st.meta["optimizer"])
+        torch.set_rng_state(st.tensors["rng/torch"])
+        start, history = st.meta["epoch"], st.meta["history"]
+    elif resume and (out_dir / "model.safetensors").exists():
+        return json.loads((out_dir / "status.json").read_text())
+    write_json(out_dir / "config.json", config)
+
+    status: dict[str, Any] = {"member": member.name, "status": "running"}
+    drop_single = has_batchnorm(model)
+    steps = math.ceil(n / cfg.batch_size)
+    bar = progress(total=cfg.epochs, initial=start, desc=f"train {member.name}", quiet=quiet)
+    model.train()
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            order = epoch_order(n, member.order_size, member.order_seed, epoch).to(device)
+            losses = torch.empty(steps, device=device)
+            done = checked = 0
+            for b in range(steps):
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                if len(idx) == 1 and drop_single:  # BatchNorm cannot train on one sample
+                    break
+                lr = cfg.lr * sched.factor(epoch, b / steps, cfg.epochs)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses[b] = loss.detach()
+                done = b + 1
+                # On CPU every step is checked; on GPUs every 50 steps, to avoid a sync per step.
+                if device.type == "cpu" or done - checked >= 50:
+                    _check_finite(losses, checked, done, epoch)
+                    checked = done
+            _check_finite(losses, checked, done, epoch)
+            row = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0}
+            for split, x, y in (("train", data.train_x, data.train_y),
+                                ("test", data.test_x, data.test_y)):
+                loss_v, acc = evaluate(model, x, y, cfg.eval_batch_size)
+                history.append({**row, "split": split, "loss": loss_v, "acc": acc})
+            model.train()
+            write_csv(out_dir / "metrics.csv", history,
+                      ["epoch", "split", "loss", "acc", "lr", "seconds"])
+            if epoch + 1 in cfg.save_epochs:
+                save_model(out_dir / f"epoch_{epoch + 1}.safetensors", model, model_cfg,
+                           data=data.spec.to_dict(), seed=member.init_seed, epoch=epoch + 1,
+                           member=member.name)
+            _save_state(state_path, model, opt, epoch + 1, history, fingerprint)
+            bar.update(1)
+    except DivergedError as e:
+        status.update(status="diverged", epoch=e.epoch, step=e.step, loss=str(e.loss))
+        write_csv(out_dir / "metrics.csv", history, ["epoch", "split", "loss", "acc", "lr", "seconds"])
+        write_json(out_dir / "status.json", status)
+        return status
+    finally:
+        bar.close()
+    save_model(out_dir / "model.safetensors", model, model_cfg, data=data.spec.to_dict(),
+               seed=member.init_seed, epoch=cfg.epochs, member=member.name,
+               normalisation={"mean": data.mean, "std": data.std, "domain": data.domain})
+    final = {r["split"]: r for r in history[-2:]}
+    status.update(status="complete", epoch=cfg.epochs,
+                  train_loss=final["train"]["loss"], train_acc=final["train"]["acc"],
+                  test_loss=final["test"]["loss"], test_acc=final["test"]["acc"])
+    write_json(out_dir / "status.json", status)
+    return status
+
+
+def _check_finite(losses: torch.Tensor, lo: int, hi: int, epoch: int) -> None:
+    bad = ~torch.isfinite(losses[lo:hi])
+    if bad.any():
+        step = lo + int(bad.nonzero()[0, 0])
+        raise DivergedError(epoch + 1, step + 1, float(losses[step]))
+
+
+def plan_members(spec: DataSpec, subsets: list[Prepared], init: str, init_seeds: list[int],
+                 batch_order: str, order_seed: int, only: list[int] | None = None) -> list[Member]:
+    """Members for each subset under the init (same|different) and batch-order
+    (same|independent) policies; seeds are explicit and recorded."""
+    k = len(subsets)
+    if init not in ("same", "different"):
+        raise UsageError(f"--init must be same or different, got {init!r}")
+    if batch_order not in ("same", "independent"):
+        raise UsageError(f"--batch-order must be same or independent, got {batch_order!r}")
+    if len(init_seeds) == 1:
+        seeds = [init_seeds[0] + (i if init == "different" else 0) for i in range(k)]
+    elif len(init_seeds) == k:
+        seeds = list(init_seeds)
+        if init == "same" and len(set(seeds)) > 1:
+            raise UsageError("--init same with different --init-seed values; give one seed "
+                             "or use --init different")
+    else:
+        raise UsageError(f"--init-seed takes one seed or one per subset ({k}), got {len(init_seeds)}")
+    longest = max(len(s.train_y) for s in subsets)
+    members = []
+    for i, sub in enumerate(subsets):
+        if only is not None and i not in only:
+            continue
+        same = batch_order == "same"
+        members.append(Member(
+            name=subset_name(i) if spec.shift != "none" else "all", data=sub,
+            init_seed=seeds[i], order_seed=order_seed if same else order_seed + 1000 * (i + 1),
+            order_size=longest if same else len(sub.train_y),
+            extra={"init": init, "batch_order": batch_order}))
+    return members
+
+
+def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig, out: Path,
+              device: torch.device, resume: bool = False, quiet: bool = False,
+              run_info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Train members into `out/<member>/`; write the run's config, class histograms and summary."""
+    cfg.validate()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise UsageError(f"output directory {out} already exists and is not empty; "
+                         "choose another --out or pass --resume to continue it")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "env.json", environment(device))
+    write_json(out / "config.json", {"model": model_cfg, "train": asdict(cfg),
+                                     "data": members[0].data.spec.to_dict(),
+                                     "members": [m.name for m in members], **(run_info or {})})
+    write_csv(out / "subsets.csv", [
+        {"subset": m.name, "class": c, "count": cnt, "domain": m.data.domain}
+        for m in members for c, cnt in enumerate(m.data.histogram)])
+    results = [train_member(model_cfg, m, cfg, out / m.name, device, resume, quiet, run_info)
+               for m in members]
+    write_csv(out / "summary.csv", results)
+    return results
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, device and git SHA, for env.json."""
+    import platform
+    import subprocess
+
+    from . import __version__
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {"modeconn": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "device": str(device),
+            "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+            "threads": torch.get_num_threads(), "git_sha": sha}
