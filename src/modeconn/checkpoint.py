@@ -127,3 +127,27 @@ def describe(ckpt: Checkpoint) -> str:
     for key in sorted(ckpt.meta):
         lines.append(f"{key:<13} {json.dumps(ckpt.meta[key])}")
     return "\n".join(lines)
+
+
+def load_same_architecture(paths: list[str | os.PathLike], device: torch.device | str = "cpu"
+                           ) -> tuple[nn.Module, list[Checkpoint]]:
+    """Load model checkpoints that must share one architecture; return the module and all of them."""
+    ckpts = [load_checkpoint(p, kind="model") for p in paths]
+    ref = ckpts[0]
+    for c in ckpts[1:]:
+        if c.architecture != ref.architecture:
+            diff = {k: (ref.architecture.get(k), c.architecture.get(k))
+                    for k in set(ref.architecture) | set(c.architecture)
+                    if ref.architecture.get(k) != c.architecture.get(k)}
+            raise UsageError(f"{c.path} has a different architecture from {ref.path} "
+                             f"({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in sorted(diff.items()))}); "
+                             "pass checkpoints of one architecture")
+    model = ref.build(device)
+    for c in ckpts[1:]:
+        c.build("cpu")  # validates tensors against the architecture
+    return model, ckpts
+
+
+def params_of(ckpt: Checkpoint, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The checkpoint's model tensors (parameters and buffers) as a parameter dict."""
+    return {k: v.to(device) for k, v in ckpt.tensors.items() if "/" not in k}

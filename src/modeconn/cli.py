@@ -136,6 +136,53 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _out_dir(path: str, overwrite: bool = False) -> Path:
+    out = Path(path)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"output directory {out} already exists and is not empty; "
+                         "choose another --out or pass --overwrite")
+    return out
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_same_architecture, params_of
+    from .data import DataSpec, eval_data
+    from .io import write_csv, write_json
+    from .paths import interpolate
+    from .report.figures import path_figure, save
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    model, (a, b) = load_same_architecture([args.a, args.b], device)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    bad = [s for s in splits if s not in ("train", "test")]
+    if bad or not splits:
+        raise UsageError(f"--splits takes train and/or test, got {args.splits!r}")
+    if args.points < 2:
+        raise UsageError(f"--points must be at least 2, got {args.points}")
+    out = _out_dir(args.out, args.overwrite)
+    data = eval_data(DataSpec.from_dict(a.meta.get("data", {})), args.on, args.data_dir).to(device)
+    tensors = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
+    rows, summary = interpolate(model, params_of(a, device), params_of(b, device),
+                                {s: tensors[s] for s in splits}, bn_data=data.train_x,
+                                points=args.points, bn_reset=args.bn_reset,
+                                tolerance=args.tolerance)
+    summary["models"] = {"a": str(a.path), "b": str(b.path)}
+    summary["eval_data"] = {**data.spec.to_dict(), "on": args.on}
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "path.csv", rows, ["t", "split", "loss", "acc", "length"])
+    write_json(out / "barrier.json", summary)
+    save(path_figure({"linear": rows}, title=f"{a.path.name} → {b.path.name}"), out / "path.png",
+         args.pdf)
+    for split in splits:
+        s = summary[split]
+        print(f"{split}: loss barrier {s['loss']['linear']['barrier']:.4f} at λ={s['lambda_star']:.2f}, "
+              f"error barrier {s['error']['linear']['barrier']:.4f}, Δacc {s['delta_acc']:+.4f}, "
+              f"{'connected' if s['connected'] else 'not connected'}")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="modeconn", description="Mode connectivity for any PyTorch model.")
     from . import __version__
@@ -158,6 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("interpolate", help="evaluate the linear path between two checkpoints")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--points", type=int, default=25)
+    p.add_argument("--splits", default="train,test")
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
+                   help="re-estimate BatchNorm statistics at every point (auto: when the model has BN)")
+    p.add_argument("--on", default="full", choices=["full", "own"],
+                   help="evaluate on the whole dataset or on model A's own subset")
+    p.add_argument("--tolerance", type=float, default=0.01, help="loss barrier counted as connected")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--pdf", action="store_true", help="also write PDF figures")
+    p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
     p.add_argument("checkpoints", nargs="+")

@@ -1,25 +1,254 @@
-"""The evaluation engine: loss and accuracy of parameter points of any nn.Module."""
+"""The evaluation engine: loss and accuracy of one or many parameter points of any nn.Module.
+
+Points are parameter dicts (``state_dict`` keys, buffers included) evaluated with
+``torch.func.functional_call`` on one private copy of the module — never a copy per point. Many
+points are evaluated together with ``torch.func.vmap`` (stacked parameters) where the model allows
+it, one after another otherwise. BatchNorm running statistics can be re-estimated per point with
+``momentum=None`` semantics (the cumulative average over batches, as
+``torch.optim.swa_utils.update_bn``); only BatchNorm layers are put in train mode for that pass,
+so dropout stays off.
+"""
 
 from __future__ import annotations
 
+import copy
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from .errors import UsageError
+
+BN_RESET = ("auto", "on", "off")
+Point = Mapping[str, Tensor]
+Data = tuple[Tensor, Tensor]
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 1024) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` (in eval mode) on (x, y)."""
+def _bn_modules(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def resolve_bn_reset(model: nn.Module, bn_reset: str | bool) -> bool:
+    """Whether to re-estimate BatchNorm statistics: 'auto' means when the model has BatchNorm."""
+    if isinstance(bn_reset, bool):
+        return bn_reset and bool(_bn_modules(model))
+    if bn_reset not in BN_RESET:
+        raise UsageError(f"--bn-reset must be one of {', '.join(BN_RESET)}, got {bn_reset!r}")
+    return bn_reset != "off" and bool(_bn_modules(model))
+
+
+class Evaluator:
+    """Evaluates parameter points of `model` on named data splits.
+
+    `bn_data` (usually the training inputs) feeds BatchNorm re-estimation when it is on.
+    `method` is 'vmap' (stack points, one batched forward), 'loop' (one point at a time through
+    functional_call) or 'auto' (vmap, falling back to loop if the model cannot be vmapped).
+    """
+
+    def __init__(self, model: nn.Module, splits: Mapping[str, Data], bn_data: Tensor | None = None,
+                 bn_reset: str | bool = "auto", batch_size: int | None = None,
+                 method: str = "auto", memory_budget: float = 1.5e9):
+        self.model = copy.deepcopy(model).eval()  # one private copy for the engine's lifetime
+        self.splits = dict(splits)
+        self.bn_reset = resolve_bn_reset(self.model, bn_reset)
+        if self.bn_reset and bn_data is None:
+            raise UsageError("BatchNorm re-estimation needs training inputs (bn_data)")
+        self.bn_data = bn_data
+        self._bns = _bn_modules(self.model)
+        for _, m in self._bns:
+            m.momentum = None  # cumulative average over the re-estimation batches
+        self._nbt = {f"{n}.num_batches_tracked" for n, _ in self._bns}
+        if method not in ("auto", "vmap", "loop"):
+            raise UsageError(f"evaluation method must be auto, vmap or loop, got {method!r}")
+        self.method = method
+        self.keys = list(self.model.state_dict().keys())
+        self.batch_size, self.points_per_chunk = self._plan(batch_size, memory_budget)
+
+    # ------------------------------------------------------------ planning
+
+    def _plan(self, batch_size: int | None, budget: float) -> tuple[int, int]:
+        """Data batch and points per chunk so that activations stay within `budget` bytes."""
+        x = next(iter(self.splits.values()))[0][:2]
+        total = 0
+
+        def hook(_m, _i, out):
+            nonlocal total
+            if torch.is_tensor(out):
+                total += out.numel()
+
+        leaves = [m for m in self.model.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        with torch.no_grad():
+            self.model(x)
+        for h in handles:
+            h.remove()
+        per_sample = max(1, total // len(x)) * x.element_size() * 2
+        bs = batch_size or int(min(4096, max(64, budget // per_sample)))
+        points = int(max(1, min(32, budget // (per_sample * bs))))
+        return bs, points
+
+    # ------------------------------------------------------------ points
+
+    def stack(self, points: Sequence[Point]) -> dict[str, Tensor]:
+        """Stack points into one dict of (P, ...) tensors on the data's device."""
+        device = next(iter(self.splits.values()))[0].device
+        missing = set(self.keys) - set(points[0])
+        if missing:
+            raise UsageError(f"parameter point lacks {sorted(missing)[:3]}...; it does not belong "
+                             "to this model")
+        return {k: torch.stack([p[k].to(device) for p in points]) for k in self.keys}
+
+    def _split_state(self, stacked: dict[str, Tensor]) -> tuple[dict, dict]:
+        """(per-point tensors, shared tensors): num_batches_tracked is shared, not batched."""
+        batched = {k: v for k, v in stacked.items() if k not in self._nbt}
+        shared = {k: stacked[k][0].clone() for k in self._nbt}
+        return batched, shared
+
+    @torch.no_grad()
+    def _reestimate_bn(self, batched: dict[str, Tensor], shared: dict[str, Tensor],
+                       use_vmap: bool) -> None:
+        for name, _ in self._bns:
+            batched[f"{name}.running_mean"] = torch.zeros_like(batched[f"{name}.running_mean"])
+            batched[f"{name}.running_var"] = torch.ones_like(batched[f"{name}.running_var"])
+            shared[f"{name}.num_batches_tracked"].zero_()
+        for _, m in self._bns:
+            m.train()
+        try:
+            assert self.bn_data is not None
+            for i in range(0, len(self.bn_data), self.batch_size):
+                self._forward(batched, shared, self.bn_data[i:i + self.batch_size], use_vmap)
+        finally:
+            for _, m in self._bns:
+                m.eval()
+
+    def _forward(self, batched: dict[str, Tensor], shared: dict[str, Tensor], x: Tensor,
+                 use_vmap: bool) -> Tensor:
+        """Logits (P, N, C) of every point on x."""
+        if use_vmap:
+            def f(p):
+                return functional_call(self.model, (p, shared), (x,), strict=True)
+            return vmap(f, randomness="different")(batched)
+        p_count = next(iter(batched.values())).shape[0]
+        outs = []
+        for j in range(p_count):
+            # Each point writes its own BatchNorm statistics into its slice of `batched`.
+            point = {k: v[j] for k, v in batched.items()}
+            outs.append(functional_call(self.model, (point, shared), (x,), strict=True))
+        return torch.stack(outs)
+
+    def _chunks(self, points: Sequence[Point] | Iterable[Point]) -> Iterable[list[Point]]:
+        chunk: list[Point] = []
+        for p in points:
+            chunk.append(p)
+            if len(chunk) == self.points_per_chunk:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def _prepared(self, chunk: list[Point]) -> tuple[dict, dict, bool]:
+        stacked = self.stack(chunk)
+        batched, shared = self._split_state(stacked)
+        use_vmap = self.method == "vmap"
+        if self.method == "auto":
+            use_vmap = self._vmap_ok(batched, shared)
+        if self.bn_reset:
+            self._reestimate_bn(batched, shared, use_vmap)
+        return batched, shared, use_vmap
+
+    def _vmap_ok(self, batched: dict, shared: dict) -> bool:
+        if not hasattr(self, "_vmap_works"):
+            x = next(iter(self.splits.values()))[0][:2]
+            probe = {k: v[:1].clone() for k, v in batched.items()}
+            try:
+                with torch.no_grad():
+                    self._forward(probe, {k: v.clone() for k, v in shared.items()}, x, True)
+                self._vmap_works = True
+            except Exception:  # any op without a batching rule: evaluate point by point
+                self._vmap_works = False
+        return self._vmap_works
+
+    # ------------------------------------------------------------ public API
+
+    @torch.no_grad()
+    def evaluate(self, points: Iterable[Point]) -> list[dict[str, dict[str, float]]]:
+        """For each point: {split: {'loss': mean CE, 'acc': accuracy}}."""
+        results: list[dict[str, dict[str, float]]] = []
+        for chunk in self._chunks(points):
+            batched, shared, use_vmap = self._prepared(chunk)
+            per_point: list[dict[str, dict[str, float]]] = [{} for _ in chunk]
+            for split, (x, y) in self.splits.items():
+                loss = torch.zeros(len(chunk), dtype=torch.float64, device=x.device)
+                correct = torch.zeros(len(chunk), dtype=torch.int64, device=x.device)
+                for i in range(0, len(x), self.batch_size):
+                    logits = self._forward(batched, shared, x[i:i + self.batch_size], use_vmap)
+                    yb = y[i:i + self.batch_size]
+                    loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(len(chunk)),
+                                            reduction="none").view(len(chunk), -1).double().sum(1)
+                    correct += (logits.argmax(-1) == yb).sum(1)
+                n = max(len(x), 1)
+                for j in range(len(chunk)):
+                    per_point[j][split] = {"loss": loss[j].item() / n, "acc": correct[j].item() / n}
+            results.extend(per_point)
+        return results
+
+    @torch.no_grad()
+    def probabilities(self, points: Iterable[Point], split: str) -> Tensor:
+        """Softmax outputs (P, N, C) of every point on a split (BatchNorm re-estimated if on)."""
+        x, _ = self.splits[split]
+        outs = []
+        for chunk in self._chunks(points):
+            batched, shared, use_vmap = self._prepared(chunk)
+            outs.append(torch.cat([self._forward(batched, shared, x[i:i + self.batch_size],
+                                                 use_vmap).softmax(-1)
+                                   for i in range(0, len(x), self.batch_size)], dim=1))
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def bn_reestimated(self, point: Point) -> dict[str, Tensor]:
+        """The point with its BatchNorm statistics re-estimated on `bn_data` (unchanged if off)."""
+        batched, shared, _ = self._prepared([point])
+        out = {k: v[0] for k, v in batched.items()}
+        out.update(shared)
+        return {k: out[k] for k in self.keys}
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` as it is (eval mode, its own statistics)."""
     was_training = model.training
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for i in range(0, len(x), batch_size):
-        out = model(x[i:i + batch_size])
-        yb = y[i:i + batch_size]
-        loss += F.cross_entropy(out, yb, reduction="sum").double()
-        correct += (out.argmax(1) == yb).sum()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out = model(x[i:i + batch_size])
+            yb = y[i:i + batch_size]
+            loss += F.cross_entropy(out, yb, reduction="sum").double()
+            correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
     n = max(len(x), 1)
     return loss.item() / n, correct.item() / n
+
+
+def flops_per_sample(model: nn.Module, x: Tensor) -> int:
+    """Forward multiply-add FLOPs (×2) of Linear and Conv layers per input sample."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, nn.Linear):
+            total += 2 * m.in_features * m.out_features * (out.numel() // out.shape[-1])
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            k = math.prod(m.kernel_size) * m.in_channels // m.groups
+            total += 2 * k * out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(x[:1])
+    for h in handles:
+        h.remove()
+    return total

@@ -61,8 +61,8 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def _fmt(v: Any) -> Any:
-    if isinstance(v, float):
-        return repr(v)
+    if isinstance(v, float):  # numpy floats too: plain repr, full precision
+        return repr(float(v))
     return v
 
 

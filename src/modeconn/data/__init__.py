@@ -26,7 +26,7 @@ NORMS = ("global", "subset", "none")
 
 __all__ = [
     "DATASETS", "NORMS", "SHIFT_KINDS", "DataSpec", "ImageData", "Prepared", "Shift",
-    "apply_transform", "class_histogram", "default_data_dir", "load_dataset", "parse_shift",
+    "apply_transform", "class_histogram", "eval_data", "default_data_dir", "load_dataset", "parse_shift",
     "prepare", "prepare_subsets", "split_indices", "subset_name", "synthetic",
 ]
 
@@ -122,6 +122,21 @@ def prepare(spec: DataSpec, data_dir: str | os.PathLike | None = None) -> Prepar
         raise UsageError(f"subset {i} does not exist: shift {spec.shift!r} has {len(subsets)} "
                          f"subsets (0-{len(subsets) - 1})")
     return subsets[i]
+
+
+EVAL_ON = ("full", "own")
+
+
+def eval_data(spec: DataSpec, on: str = "full", data_dir: str | os.PathLike | None = None
+              ) -> Prepared:
+    """Data to evaluate a model trained under `spec`: the whole training set with global (or no)
+    normalisation ('full'), or the model's own subset with its own domain and statistics ('own')."""
+    if on == "own":
+        return prepare(spec, data_dir)
+    if on != "full":
+        raise UsageError(f"unknown evaluation data {on!r}; use {' or '.join(EVAL_ON)}")
+    norm = "none" if spec.norm == "none" else "global"
+    return prepare(DataSpec(dataset=spec.dataset, shift="none", norm=norm), data_dir)
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

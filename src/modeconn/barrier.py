@@ -1,0 +1,58 @@
+"""Loss and error barriers along a path (ALGORITHMS.md §2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import UsageError
+
+DEFINITIONS = ("linear", "midpoint", "local-min")
+
+
+def barrier(ts: Sequence[float], values: Sequence[float], definition: str = "linear"
+            ) -> tuple[float, float]:
+    """(barrier height, λ* where it is reached) of `values` on the grid `ts` (ends 0 and 1)."""
+    t = np.asarray(ts, dtype=float)
+    v = np.asarray(values, dtype=float)
+    if len(t) != len(v) or len(t) < 2:
+        raise UsageError("barrier needs matching grids of at least two values")
+    if not (np.isclose(t[0], 0) and np.isclose(t[-1], 1)) or np.any(np.diff(t) <= 0):
+        raise UsageError("barrier needs an increasing grid from 0 to 1")
+    line = (1 - t) * v[0] + t * v[-1]
+    if definition == "linear":
+        i = int(np.argmax(v - line))
+        return float(v[i] - line[i]), float(t[i])
+    if definition == "midpoint":
+        i = int(np.argmax(v))
+        return float(v[i] - 0.5 * (v[0] + v[-1])), float(t[i])
+    if definition == "local-min":
+        i = int(np.argmax(v - line))
+        left = int(np.argmin(v[: i + 1]))
+        right = i + int(np.argmin(v[i:]))
+        if right == left:
+            return 0.0, float(t[i])
+        w = (t[i] - t[left]) / (t[right] - t[left])
+        ref = (1 - w) * v[left] + w * v[right]
+        return float(v[i] - ref), float(t[i])
+    raise UsageError(f"unknown barrier definition {definition!r}; use {', '.join(DEFINITIONS)}")
+
+
+def path_summary(ts: Sequence[float], loss: Sequence[float], acc: Sequence[float],
+                 tolerance: float = 0.01) -> dict:
+    """Every barrier definition for loss and error, Δ at the loss barrier's λ*, and connectivity."""
+    err = [1 - a for a in acc]
+    out: dict = {"loss": {}, "error": {}}
+    for d in DEFINITIONS:
+        b, lam = barrier(ts, loss, d)
+        out["loss"][d] = {"barrier": b, "lambda": lam}
+        b, lam = barrier(ts, err, d)
+        out["error"][d] = {"barrier": b, "lambda": lam}
+    lam = out["loss"]["linear"]["lambda"]
+    i = int(np.argmin(np.abs(np.asarray(ts) - lam)))
+    out["delta_acc"] = float(acc[i] - 0.5 * (acc[0] + acc[-1]))
+    out["lambda_star"] = lam
+    out["connected"] = bool(out["loss"]["linear"]["barrier"] <= tolerance)
+    out["tolerance"] = tolerance
+    return out

@@ -1,0 +1,1 @@
+"""Figures (matplotlib, Agg backend) from the tidy tables a run writes."""
