@@ -183,6 +183,88 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lmc(args: argparse.Namespace) -> int:
+    from .experiments.lmc import LMCStudy, run_study
+    from .train import resolve_device
+
+    study = LMCStudy(dataset=args.dataset, data_dir=args.data_dir, model=args.model,
+                     model_options=model_overrides(args), shift=args.shift,
+                     normalise=args.normalise, inits=tuple(args.init.split(",")),
+                     batch_orders=tuple(args.batch_order.split(",")),
+                     batch_sizes=tuple(args.batch_sizes), lrs=tuple(args.lrs),
+                     seeds=tuple(args.seeds), train=train_config(args), points=args.points,
+                     ensemble_size=args.ensemble_size, bn_reset=args.bn_reset,
+                     tolerance=args.tolerance)
+    for v in study.inits:
+        if v not in ("same", "different"):
+            raise UsageError(f"--init takes same and/or different, got {v!r}")
+    for v in study.batch_orders:
+        if v not in ("same", "independent"):
+            raise UsageError(f"--batch-order takes same and/or independent, got {v!r}")
+    summary = run_study(study, Path(args.out), resolve_device(args.device), args.resume, args.quiet)
+    print(summary_table(summary))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The study summary as a fixed-width text table."""
+    head = (f"{'model':<10} {'shift':<22} {'init':<9} {'order':<11} {'bs':>4} {'lr':>6} {'g':>7} "
+            f"{'train barrier':>15} {'test barrier':>15} {'test Δacc %':>13} "
+            f"{'LMC ens gain %':>14} {'ind ens gain %':>14} {'ok':>4}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        def pm(key, scale=1.0):
+            m, s = r[key] * scale, r[f"{key}_std"] * scale
+            return "n/a" if m != m else f"{m:.3f}±{s:.3f}"
+        lines.append(
+            f"{r['model']:<10} {r['shift']:<22} {r['init']:<9} {r['batch_order']:<11} "
+            f"{r['batch_size']:>4} {r['lr']:>6g} {r['noise_scale_g']:>7.2f} "
+            f"{pm('train_loss_barrier'):>15} {pm('test_loss_barrier'):>15} "
+            f"{pm('test_delta_acc', 100):>13} {pm('lmc_ens_gain_acc', 100):>14} "
+            f"{pm('ind_ens_gain_acc', 100):>14} {r['seeds_ok']:>2}/{r['seeds_ok'] + r['diverged']}")
+    return "\n".join(lines)
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .checkpoint import load_same_architecture, params_of
+    from .data import DataSpec, eval_data
+    from .ensemble import ensemble_metrics, pairwise_similarity
+    from .evaluate import Evaluator
+    from .io import write_csv, write_json
+    from .report.figures import polar_similarity_figure, save
+    from .train import resolve_device
+
+    if len(args.checkpoints) < 2:
+        raise UsageError("an ensemble needs at least two checkpoints")
+    device = resolve_device(args.device)
+    model, ckpts = load_same_architecture(args.checkpoints, device)
+    out = _out_dir(args.out, args.overwrite)
+    data = eval_data(DataSpec.from_dict(ckpts[0].meta.get("data", {})), "full",
+                     args.data_dir).to(device)
+    ev = Evaluator(model, {"test": (data.test_x, data.test_y)}, bn_data=data.train_x,
+                   bn_reset=args.bn_reset)
+    points = [params_of(c, device) for c in ckpts]
+    probs = ev.probabilities(points, "test")
+    metrics = ensemble_metrics(probs, data.test_y)
+    names = [str(c.path) for c in ckpts]
+    sims = pairwise_similarity(names, probs, data.test_y, points, ev.features(points, "test"))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "ensemble.json", {"members": names, **metrics})
+    write_csv(out / "similarity.csv", sims)
+    accs = [float((p.argmax(-1) == data.test_y).double().mean()) for p in probs]
+    ref = [r for r in sims if r["a"] == names[0]]
+    save(polar_similarity_figure([Path(n).stem for n in names],
+                                 [1.0] + [r["weight_cosine"] for r in ref], accs,
+                                 title="similarity to the first model", rlabel="test accuracy"),
+         out / "polar_similarity.png")
+    print(f"ensemble of {len(names)}: acc {metrics['acc']:.4f} (mean member "
+          f"{metrics['member_acc']:.4f}, gain {100 * metrics['gain_acc']:+.2f}%), "
+          f"NLL {metrics['nll']:.4f}, Brier {metrics['brier']:.4f}, ECE {metrics['ece']:.4f}")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="modeconn", description="Mode connectivity for any PyTorch model.")
     from . import __version__
@@ -222,6 +304,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--pdf", action="store_true", help="also write PDF figures")
     p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("lmc", help="the LMC-under-data-shift study: train pairs, interpolate, "
+                                    "ensembles, over grids of batch size and learning rate")
+    add_data_args(p, shift_default="iid:50,50")
+    add_model_args(p)
+    add_train_args(p)
+    g = p.add_argument_group("study")
+    g.add_argument("--init", default="same", help="same, different, or same,different")
+    g.add_argument("--batch-order", default="same,independent",
+                   help="same, independent, or both comma-separated")
+    g.add_argument("--batch-sizes", type=_int_list, default=[32])
+    g.add_argument("--lrs", type=_float_list, default=[0.05])
+    g.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
+    g.add_argument("--points", type=int, default=25)
+    g.add_argument("--ensemble-size", type=int, default=3)
+    g.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    g.add_argument("--tolerance", type=float, default=0.01)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_lmc)
+
+    p = sub.add_parser("ensemble", help="score an ensemble of checkpoints and their similarity")
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--bn-reset", default="off", choices=["auto", "on", "off"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
     p.add_argument("checkpoints", nargs="+")

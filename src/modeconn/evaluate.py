@@ -209,6 +209,29 @@ class Evaluator:
         return torch.cat(outs)
 
     @torch.no_grad()
+    def features(self, points: Iterable[Point], split: str) -> list[Tensor]:
+        """Penultimate representations (the input of the last Linear layer) per point on a split."""
+        last = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+        if not last:
+            raise UsageError("the model has no Linear layer whose input could serve as features")
+        x, _ = self.splits[split]
+        captured: list[Tensor] = []
+        handle = last[-1].register_forward_pre_hook(lambda _m, inp: captured.append(inp[0]))
+        out = []
+        try:
+            for chunk in self._chunks(points):
+                batched, shared, _ = self._prepared(chunk)
+                for j in range(len(chunk)):
+                    captured.clear()
+                    single = {k: v[j:j + 1] for k, v in batched.items()}
+                    for i in range(0, len(x), self.batch_size):
+                        self._forward(single, shared, x[i:i + self.batch_size], False)
+                    out.append(torch.cat(captured).flatten(1))
+        finally:
+            handle.remove()
+        return out
+
+    @torch.no_grad()
     def bn_reestimated(self, point: Point) -> dict[str, Tensor]:
         """The point with its BatchNorm statistics re-estimated on `bn_data` (unchanged if off)."""
         batched, shared, _ = self._prepared([point])

@@ -1,0 +1,108 @@
+"""Ensembles and similarity between models (ALGORITHMS.md §7)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+
+def ensemble_metrics(probs: Tensor, y: Tensor, bins: int = 15) -> dict[str, float]:
+    """Accuracy, NLL, Brier and ECE of the mean of member softmax outputs `probs` (M, N, C),
+    with the mean member's values and the ensemble's gain over it."""
+    members = [_scores(p, y, bins) for p in probs]
+    ens = _scores(probs.mean(0), y, bins)
+    out = dict(ens)
+    for key in ens:
+        out[f"member_{key}"] = sum(m[key] for m in members) / len(members)
+    out["gain_acc"] = out["acc"] - out["member_acc"]
+    out["gain_nll"] = out["member_nll"] - out["nll"]
+    out["size"] = len(members)
+    return out
+
+
+def _scores(p: Tensor, y: Tensor, bins: int) -> dict[str, float]:
+    p = p.double()
+    conf, pred = p.max(-1)
+    correct = (pred == y).double()
+    onehot = torch.nn.functional.one_hot(y, p.shape[-1]).double()
+    return {
+        "acc": float(correct.mean()),
+        "nll": float(-p.gather(1, y[:, None]).clamp_min(1e-12).log().mean()),
+        "brier": float(((p - onehot) ** 2).sum(1).mean()),
+        "ece": expected_calibration_error(conf, correct, bins),
+    }
+
+
+def expected_calibration_error(conf: Tensor, correct: Tensor, bins: int = 15) -> float:
+    """Σ_b |B_b|/N · |acc(B_b) − conf(B_b)| over equal-width confidence bins (right-closed)."""
+    edges = torch.linspace(0, 1, bins + 1, dtype=conf.dtype)
+    ece = conf.new_zeros(())
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = (conf > lo) & (conf <= hi)
+        if mask.any():
+            ece += mask.double().mean() * (correct[mask].mean() - conf[mask].mean()).abs()
+    return float(ece)
+
+
+def linear_cka(x: Tensor, y: Tensor) -> float:
+    """Linear CKA between representations x (N, D1) and y (N, D2) (Kornblith et al. 2019)."""
+    x = x.double() - x.double().mean(0)
+    y = y.double() - y.double().mean(0)
+    num = (x.T @ y).norm() ** 2
+    den = (x.T @ x).norm() * (y.T @ y).norm()
+    return float(num / den) if den > 0 else 0.0
+
+
+def similarity(p1: Tensor, p2: Tensor, y: Tensor, params1: Mapping[str, Tensor] | None = None,
+               params2: Mapping[str, Tensor] | None = None, feats1: Tensor | None = None,
+               feats2: Tensor | None = None) -> dict[str, float]:
+    """Prediction, error, weight and representation similarity of two models (softmax outputs
+    p1, p2 of shape (N, C) on the same inputs with labels y)."""
+    a, b = p1.argmax(-1), p2.argmax(-1)
+    agree = (a == b).double().mean()
+    ea, eb = (a != y).double(), (b != y).double()
+    both, either = (ea * eb).sum(), ((ea + eb) > 0).double().sum()
+    # Cohen's κ between the two prediction vectors.
+    c = p1.shape[-1]
+    pa = torch.bincount(a, minlength=c).double() / len(a)
+    pb = torch.bincount(b, minlength=c).double() / len(b)
+    pe = float((pa * pb).sum())
+    kappa = (float(agree) - pe) / (1 - pe) if pe < 1 else 1.0
+    out = {"agreement": float(agree), "disagreement": 1 - float(agree),
+           "error_overlap": float(both / either) if either > 0 else 1.0,
+           "cohen_kappa": kappa, "error_correlation": _pearson(ea, eb)}
+    if params1 is not None and params2 is not None:
+        v1, v2 = flatten_params(params1), flatten_params(params2)
+        out["weight_cosine"] = float(torch.nn.functional.cosine_similarity(v1, v2, dim=0))
+        out["weight_l2"] = float((v1 - v2).norm())
+    if feats1 is not None and feats2 is not None:
+        out["cka"] = linear_cka(feats1, feats2)
+    return out
+
+
+def _pearson(u: Tensor, v: Tensor) -> float:
+    u, v = u - u.mean(), v - v.mean()
+    den = u.norm() * v.norm()
+    return float((u * v).sum() / den) if den > 0 else 0.0
+
+
+def flatten_params(params: Mapping[str, Tensor]) -> Tensor:
+    """All floating-point entries except BatchNorm running statistics, as one float64 vector."""
+    return torch.cat([v.reshape(-1).double() for k, v in params.items()
+                      if v.is_floating_point() and "running_" not in k])
+
+
+def pairwise_similarity(names: Sequence[str], probs: Tensor, y: Tensor,
+                        params: Sequence[Mapping[str, Tensor]] | None = None,
+                        feats: Sequence[Tensor] | None = None) -> list[dict]:
+    """Tidy rows of `similarity` for every pair of models."""
+    rows = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            s = similarity(probs[i], probs[j], y,
+                           params[i] if params else None, params[j] if params else None,
+                           feats[i] if feats else None, feats[j] if feats else None)
+            rows.append({"a": names[i], "b": names[j], **s})
+    return rows

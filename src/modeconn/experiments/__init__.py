@@ -1,0 +1,1 @@
+"""Reference protocols, each one module: the LMC-under-shift study (`lmc`) and the demo."""

@@ -1,0 +1,277 @@
+"""The LMC-under-data-shift study (Hepburn, Zielke, Raulf 2025) as one function.
+
+For every configuration (model, shift, init, batch order, batch size, learning rate) and seed it
+trains the members on disjoint subsets, interpolates the pair, scores an LMC ensemble (points on
+the linear path) against an independent-seed ensemble of the same size, and aggregates mean ± std
+over seeds into tidy tables and figures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import load_checkpoint, params_of
+from ..data import DataSpec, eval_data, prepare_subsets
+from ..ensemble import ensemble_metrics, pairwise_similarity
+from ..errors import UsageError
+from ..evaluate import Evaluator
+from ..io import read_csv, write_csv, write_json
+from ..models import model_config
+from ..paths import evaluate_path, grid, linear_path, summarize_path
+from ..report import figures
+from ..train import TrainConfig, environment, noise_scale, plan_members, train_run
+
+
+@dataclass
+class LMCStudy:
+    """What to train and compare; every list is a grid axis."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "mlp"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+    shift: str = "iid:50,50"
+    normalise: str = "global"
+    inits: tuple[str, ...] = ("same",)
+    batch_orders: tuple[str, ...] = ("same", "independent")
+    batch_sizes: tuple[int, ...] = (32,)
+    lrs: tuple[float, ...] = (0.05,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    points: int = 25
+    ensemble_size: int = 3
+    bn_reset: str = "auto"
+    tolerance: float = 0.01
+    contrast: bool = False  # add one init-different configuration as a contrast row
+
+    @property
+    def name(self) -> str:
+        return self.label or self.model
+
+    def configurations(self) -> list[dict[str, Any]]:
+        """One dict per grid point (seeds excluded), with a directory-safe id."""
+        out = []
+        grid_ = list(itertools.product(self.inits, self.batch_orders, self.batch_sizes, self.lrs))
+        if self.contrast and "different" not in self.inits:
+            grid_.append(("different", self.batch_orders[0], self.batch_sizes[0], self.lrs[0]))
+        for init, order, bs, lr in grid_:
+            cfg = {"model": self.name, "shift": self.shift, "init": init, "batch_order": order,
+                   "batch_size": bs, "lr": lr}
+            cfg["id"] = (f"{self.name}_{self.shift.replace(':', '-').replace(',', '_')}"
+                         f"_init-{init}_order-{order}_bs{bs}_lr{lr:g}").replace("|", "+")
+            out.append(cfg)
+        return out
+
+    def validate(self) -> None:
+        """Raise UsageError on an impossible study."""
+        self.train.validate()
+        for v, what in ((self.seeds, "--seeds"), (self.batch_sizes, "--batch-sizes"),
+                        (self.lrs, "--lrs")):
+            if not v:
+                raise UsageError(f"{what} needs at least one value")
+        if any(b <= 0 for b in self.batch_sizes) or any(not lr > 0 for lr in self.lrs):
+            raise UsageError("batch sizes and learning rates must be positive")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UsageError(f"--seeds has repeated values: {self.seeds}")
+        if self.ensemble_size < 2:
+            raise UsageError(f"--ensemble-size must be at least 2, got {self.ensemble_size}")
+        if self.shift == "none":
+            raise UsageError("the LMC study needs a shift with at least two subsets, e.g. iid:50,50")
+        grid(self.points)
+
+
+def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = False,
+              quiet: bool = False) -> list[dict[str, Any]]:
+    """Run the study into `out`; return the summary rows (one per configuration)."""
+    study.validate()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise UsageError(f"output directory {out} already exists and is not empty; "
+                         "choose another --out or pass --resume to continue it")
+    base = DataSpec(dataset=study.dataset, shift=study.shift, split_seed=study.seeds[0],
+                    norm=study.normalise)
+    subsets = {s: prepare_subsets(replace(base, split_seed=s), study.data_dir) for s in study.seeds}
+    first = subsets[study.seeds[0]][0]
+    model_cfg = model_config(study.model, first.input_shape, first.num_classes,
+                             **study.model_options)
+    full = eval_data(base, "full", study.data_dir).to(device)
+    splits = {"train": (full.train_x, full.train_y), "test": (full.test_x, full.test_y)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "study.json", {**asdict(study), "model_config": model_cfg})
+    write_json(out / "env.json", environment(device))
+
+    from ..models import build_model
+    evaluator = Evaluator(build_model(model_cfg).to(device), splits, bn_data=full.train_x,
+                          bn_reset=study.bn_reset)
+    ts = grid(study.points)
+    k = study.ensemble_size
+    tables: dict[str, list[dict]] = defaultdict(list)
+    summary = []
+    for cfg in study.configurations():
+        train_cfg = replace(study.train, batch_size=cfg["batch_size"], lr=cfg["lr"])
+        finals: dict[int, list[dict[str, torch.Tensor]]] = {}
+        per_seed: list[dict] = []
+        diverged = 0
+        for seed in study.seeds:
+            members = plan_members(base, subsets[seed], cfg["init"], [seed], cfg["batch_order"],
+                                   seed)
+            run_dir = out / "runs" / cfg["id"] / f"seed{seed}"
+            results = train_run(model_cfg, members, train_cfg, run_dir, device, resume=resume,
+                                quiet=quiet, run_info={"study_config": cfg})
+            for m, r in zip(members, results):
+                for row in read_csv(run_dir / m.name / "metrics.csv"):
+                    tables["learning_curves"].append({
+                        **_keys(cfg), "seed": seed, "member": m.name, "epoch": row["epoch"],
+                        "split": row["split"], "loss": row["loss"], "acc": row["acc"],
+                        "epoch_lr": row["lr"]})
+            if any(r["status"] != "complete" for r in results):
+                diverged += 1
+                continue
+            params = [params_of(load_checkpoint(run_dir / m.name / "model.safetensors"), device)
+                      for m in members]
+            finals[seed] = params
+            path = linear_path(params[0], params[1])
+            rows = evaluate_path(path, evaluator, ts)
+            bar = summarize_path(rows, study.tolerance)
+            tables["paths"].extend({**_keys(cfg), "seed": seed, **r} for r in rows)
+            for split, s in bar.items():
+                for metric in ("loss", "error"):
+                    for definition, v in s[metric].items():
+                        tables["barriers"].append({**_keys(cfg), "seed": seed, "split": split,
+                                                   "metric": metric, "definition": definition,
+                                                   "barrier": v["barrier"], "lambda": v["lambda"]})
+            lmc_probs = evaluator.probabilities(path.points(grid(k)), "test")
+            lmc = ensemble_metrics(lmc_probs, full.test_y)
+            tables["ensembles"].append({**_keys(cfg), "seed": seed, "ensemble": f"lmc-{k}", **lmc})
+            per_seed.append({"seed": seed, "bar": bar, "lmc": lmc})
+        # Independent-seed ensembles: member a of k different seeds (distinct initialisations).
+        ok = sorted(finals)
+        for i, seed in enumerate(ok):
+            if len(ok) < k:
+                break
+            members = [finals[ok[(i + j) % len(ok)]][0] for j in range(k)]
+            ind = ensemble_metrics(evaluator.probabilities(members, "test"), full.test_y)
+            tables["ensembles"].append({**_keys(cfg), "seed": seed, "ensemble": f"independent-{k}",
+                                        **ind})
+            next(p for p in per_seed if p["seed"] == seed)["ind"] = ind
+        if ok:
+            _similarity(cfg, finals, ok, evaluator, full.test_y, tables, out)
+        n = len(subsets[study.seeds[0]][0].train_y)
+        summary.append(_aggregate(cfg, per_seed, diverged, len(study.seeds),
+                                  noise_scale(cfg["lr"], n, cfg["batch_size"]), k))
+    _write(out, study, tables, summary)
+    return summary
+
+
+def _keys(cfg: dict) -> dict:
+    return {k: cfg[k] for k in ("id", "model", "shift", "init", "batch_order", "batch_size", "lr")}
+
+
+def _similarity(cfg: dict, finals: dict, ok: list[int], evaluator: Evaluator, y: torch.Tensor,
+                tables: dict, out: Path) -> None:
+    """Pairwise similarity of the first seed's pair, its midpoint and another seed's member."""
+    a, b = finals[ok[0]]
+    mid = linear_path(a, b).point(0.5)
+    names, points = ["a", "b", "midpoint"], [a, b, mid]
+    if len(ok) > 1:
+        names.append(f"independent(seed{ok[1]})")
+        points.append(finals[ok[1]][0])
+    probs = evaluator.probabilities(points, "test")
+    feats = evaluator.features(points, "test")
+    rows = pairwise_similarity(names, probs, y, points, feats)
+    tables["similarity"].extend({**_keys(cfg), "seed": ok[0], **r} for r in rows)
+    ref = [r for r in rows if r["a"] == "a"]
+    accs = [float((p.argmax(-1) == y).double().mean()) for p in probs]
+    fig = figures.polar_similarity_figure(["a"] + [r["b"] for r in ref],
+                                          [1.0] + [r["weight_cosine"] for r in ref], accs,
+                                          title=cfg["id"], rlabel="test accuracy")
+    figures.save(fig, out / "figures" / f"polar_{cfg['id']}.png")
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _aggregate(cfg: dict, per_seed: list[dict], diverged: int, seeds: int, g: float,
+               k: int) -> dict:
+    row: dict[str, Any] = {**_keys(cfg), "seeds_ok": len(per_seed), "diverged": diverged,
+                           "noise_scale_g": g}
+    for split in ("train", "test"):
+        for metric in ("loss", "error"):
+            m, s = _ms([p["bar"][split][metric]["linear"]["barrier"] for p in per_seed])
+            row[f"{split}_{metric}_barrier"], row[f"{split}_{metric}_barrier_std"] = m, s
+        m, s = _ms([p["bar"][split]["delta_acc"] for p in per_seed])
+        row[f"{split}_delta_acc"], row[f"{split}_delta_acc_std"] = m, s
+    row["connected"] = sum(p["bar"]["train"]["connected"] for p in per_seed)
+    for kind in ("lmc", "ind"):
+        vals = [p[kind] for p in per_seed if kind in p]
+        for key in ("acc", "nll", "gain_acc"):
+            m, s = _ms([v[key] for v in vals])
+            row[f"{kind}_ens_{key}"], row[f"{kind}_ens_{key}_std"] = m, s
+    row["ensemble_size"] = k
+    return row
+
+
+def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> None:
+    for name, rows in tables.items():
+        write_csv(out / f"{name}.csv", rows)
+    write_csv(out / "summary.csv", summary)
+    fig_dir = out / "figures"
+    # Interpolation curves with std bands, one figure per configuration group.
+    agg: dict[str, list[dict]] = {}
+    groups: dict[tuple, dict[str, list]] = defaultdict(dict)
+    for cfg_id in dict.fromkeys(r["id"] for r in tables["paths"]):
+        sel = [r for r in tables["paths"] if r["id"] == cfg_id]
+        rows = []
+        for (t, split) in dict.fromkeys((r["t"], r["split"]) for r in sel):
+            pts = [r for r in sel if r["t"] == t and r["split"] == split]
+            lm, ls = _ms([r["loss"] for r in pts])
+            am, as_ = _ms([r["acc"] for r in pts])
+            rows.append({"t": t, "split": split, "loss": lm, "loss_std": ls, "acc": am,
+                         "acc_std": as_})
+        agg[cfg_id] = rows
+        c = sel[0]
+        groups[(c["model"], c["init"])][f"{c['batch_order']} bs{c['batch_size']} lr{c['lr']:g}"] = rows
+    write_csv(out / "paths_mean.csv", [{"id": k, **r} for k, rows in agg.items() for r in rows])
+    for (model, init), curves in groups.items():
+        figures.save(figures.path_figure(curves, title=f"{model}, {study.shift}, init {init} "
+                                         "(mean ± std over seeds)"),
+                     fig_dir / f"interpolation_{model}_init-{init}.png")
+    # Learning curves (mean over seeds and members) per configuration group.
+    lc: dict[tuple, dict[str, list]] = defaultdict(dict)
+    for cfg_id in dict.fromkeys(r["id"] for r in tables["learning_curves"]):
+        sel = [r for r in tables["learning_curves"] if r["id"] == cfg_id]
+        rows = []
+        for ep, split in dict.fromkeys((r["epoch"], r["split"]) for r in sel):
+            pts = [r for r in sel if r["epoch"] == ep and r["split"] == split]
+            rows.append({"epoch": ep, "split": split,
+                         "loss": _ms([float(r["loss"]) for r in pts])[0],
+                         "acc": _ms([float(r["acc"]) for r in pts])[0]})
+        c = sel[0]
+        lc[(c["model"], c["init"])][f"{c['batch_order']} bs{c['batch_size']} lr{c['lr']:g}"] = rows
+    for (model, init), runs in lc.items():
+        figures.save(figures.learning_curves_figure(runs, title=f"{model}, {study.shift}, "
+                                                    f"init {init}"),
+                     fig_dir / f"learning_curves_{model}_init-{init}.png")
+    if summary:
+        labels = [f"{r['model']} {r['init']} {r['batch_order']} bs{r['batch_size']}" for r in summary]
+        figures.save(figures.bar_figure(labels, {
+            s: ([r[f"{s}_loss_barrier"] for r in summary],
+                [r[f"{s}_loss_barrier_std"] for r in summary]) for s in ("train", "test")},
+            "loss barrier", f"{study.shift}: loss barrier per configuration"),
+            fig_dir / "barriers.png")
+        figures.save(figures.bar_figure(labels, {
+            s: ([100 * r[f"{s}_delta_acc"] for r in summary],
+                [100 * r[f"{s}_delta_acc_std"] for r in summary]) for s in ("train", "test")},
+            "Δ accuracy at λ* (%)", f"{study.shift}: accuracy drop (−5% reference)", hline=-5.0),
+            fig_dir / "delta.png")
