@@ -82,12 +82,16 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpo
     if not path.is_file():
         raise UsageError(f"checkpoint {path} not found; check the path")
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:2] == b"PK":
-        raise UsageError(f"{path} is a torch.save (zip/pickle) file, not safetensors; {_PICKLE_HINT}")
-    if head[:1] == b"\x80":
-        raise UsageError(f"{path} is a pickle file, not safetensors; {_PICKLE_HINT}")
-    if len(head) < 8 or struct.unpack("<Q", head)[0] > path.stat().st_size - 8:
+        head = f.read(9)
+    # A safetensors file starts with its header length (8 bytes, little-endian) and then '{';
+    # only a file that does not look like that is checked for pickle/zip signatures.
+    if len(head) < 9 or struct.unpack("<Q", head[:8])[0] > path.stat().st_size - 8 \
+            or head[8:9] != b"{":
+        if head[:2] == b"PK":
+            raise UsageError(f"{path} is a torch.save (zip/pickle) file, not safetensors; "
+                             f"{_PICKLE_HINT}")
+        if head[:1] == b"\x80":
+            raise UsageError(f"{path} is a pickle file, not safetensors; {_PICKLE_HINT}")
         raise UsageError(f"{path} is not a valid safetensors file (bad header); "
                          "re-create it with modeconn or safetensors")
     try:

@@ -106,7 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     only = None
     if args.only:
         names = [s.strip() for s in args.only.split(",")]
-        valid = [chr(ord("a") + i) for i in range(len(subsets))]
+        valid = [chr(ord("a") + i) for i in range(len(subsets))] if args.shift != "none" \
+            else ["all"]
         bad = [s for s in names if s not in valid]
         if bad:
             raise UsageError(f"--only {','.join(bad)}: no such subset; choose from {','.join(valid)}")
@@ -265,6 +266,20 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .experiments.demo import run_demo
+    from .train import resolve_device
+
+    t0 = time.perf_counter()
+    rows = run_demo(Path(args.out), resolve_device(args.device), args.quick, args.resume, args.quiet)
+    print(summary_table(rows))
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s "
+          f"(summary.csv, summary.txt, barriers.png, delta.png, one folder per study)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="modeconn", description="Mode connectivity for any PyTorch model.")
     from . import __version__
@@ -334,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("demo", help="the LMC-under-shift study on digits (a few minutes)")
+    p.add_argument("--out", default="results/demo")
+    p.add_argument("--quick", action="store_true", help="a smaller smoke run")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
     p.add_argument("checkpoints", nargs="+")

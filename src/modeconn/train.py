@@ -155,6 +155,9 @@ def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch:
     opt_tensors, opt_info = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
     tensors["rng/torch"] = torch.get_rng_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # dropout on a GPU draws from the CUDA generator
+        tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
     save_checkpoint(path, tensors, kind="train-state", architecture={}, epoch=epoch,
                     optimizer=opt_info, history=history, fingerprint=fingerprint)
 
@@ -194,6 +197,8 @@ def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, ou
         model.load_state_dict({k[6:]: v for k, v in st.tensors.items() if k.startswith("model/")})
         _load_optimizer(opt, st.tensors, st.meta["optimizer"])
         torch.set_rng_state(st.tensors["rng/torch"])
+        if device.type == "cuda" and "rng/cuda" in st.tensors:
+            torch.cuda.set_rng_state(st.tensors["rng/cuda"], device)
         start, history = st.meta["epoch"], st.meta["history"]
     elif resume and (out_dir / "model.safetensors").exists():
         return json.loads((out_dir / "status.json").read_text())
@@ -308,11 +313,16 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
     if out.exists() and any(out.iterdir()) and not resume:
         raise UsageError(f"output directory {out} already exists and is not empty; "
                          "choose another --out or pass --resume to continue it")
+    run_config = json.loads(json.dumps({
+        "model": model_cfg, "train": asdict(cfg), "data": members[0].data.spec.to_dict(),
+        "members": [m.name for m in members], **(run_info or {})}))
+    if resume and (out / "config.json").exists() \
+            and json.loads((out / "config.json").read_text()) != run_config:
+        raise UsageError(f"{out}: --resume with different settings than the original run; "
+                         "repeat the original command or use a new --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "env.json", environment(device))
-    write_json(out / "config.json", {"model": model_cfg, "train": asdict(cfg),
-                                     "data": members[0].data.spec.to_dict(),
-                                     "members": [m.name for m in members], **(run_info or {})})
+    write_json(out / "config.json", run_config)
     write_csv(out / "subsets.csv", [
         {"subset": m.name, "class": c, "count": cnt, "domain": m.data.domain}
         for m in members for c, cnt in enumerate(m.data.histogram)])

@@ -1,0 +1,392 @@
+"""Training: batch order and initialisation policies, learning curves, checkpoints at chosen
+epochs, bit-identical resume, divergence."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST_TRAIN
+from safetensors.torch import load_file
+
+from modeconn import train
+from modeconn.checkpoint import load_model
+from modeconn.data import DataSpec, prepare_subsets
+from modeconn.errors import UsageError
+from modeconn.io import read_csv
+from modeconn.models import model_config
+from modeconn.train import TrainConfig, epoch_order, init_model, plan_members, train_run
+
+# ---------------------------------------------------------------- batch order, init
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    a = epoch_order(100, 100, seed=3, epoch=0)
+    assert sorted(a.tolist()) == list(range(100))
+    assert torch.equal(a, epoch_order(100, 100, seed=3, epoch=0))
+    assert not torch.equal(a, epoch_order(100, 100, seed=3, epoch=1))
+    assert not torch.equal(a, epoch_order(100, 100, seed=4, epoch=0))
+    # A shorter subset visits the positions of the shared permutation that exist for it.
+    short = epoch_order(90, 100, seed=3, epoch=0)
+    assert short.tolist() == [i for i in a.tolist() if i < 90]
+
+
+def _members(shift, batch_order, init="same", seeds=(0,), dataset="digits"):
+    spec = DataSpec(dataset, shift=shift)
+    subsets = prepare_subsets(spec)
+    return plan_members(spec, subsets, init, list(seeds), batch_order, order_seed=5)
+
+
+def _orders(members, epoch):
+    return [epoch_order(len(m.data.train_y), m.order_size, m.order_seed, epoch) for m in members]
+
+
+def test_batch_order_same_gives_identical_positions():
+    # 10 classes × 20 samples: iid:50,50 gives two subsets of exactly 100.
+    members = _members("iid:50,50", "same", dataset="synthetic:n=200,test=20")
+    assert [len(m.data.train_y) for m in members] == [100, 100]
+    for epoch in (0, 1, 5):
+        a, b = _orders(members, epoch)
+        assert torch.equal(a, b)
+        assert sorted(a.tolist()) == list(range(100))
+    # The data behind the positions differ: the subsets are disjoint.
+    assert not torch.equal(members[0].data.train_x, members[1].data.train_x)
+
+
+def test_batch_order_same_with_unequal_subsets_shares_the_sequence():
+    members = _members("iid:30,70", "same")
+    small, large = _orders(members, 2)
+    n = len(members[0].data.train_y)
+    assert sorted(small.tolist()) == list(range(n))
+    assert small.tolist() == [i for i in large.tolist() if i < n]
+
+
+def test_batch_order_independent_differs():
+    members = _members("iid:50,50", "independent", dataset="synthetic:n=200,test=20")
+    a, b = _orders(members, 0)
+    assert sorted(a.tolist()) == sorted(b.tolist()) == list(range(100))
+    assert not torch.equal(a, b)
+    assert members[0].order_seed != members[1].order_seed
+
+
+def _params(member, cfg):
+    return init_model(cfg, member.init_seed).state_dict()
+
+
+def test_init_same_and_different():
+    cfg = model_config("mlp", (1, 8, 8), 10, width=16)
+    same = _members("iid:50,50", "same", init="same")
+    pa, pb = (_params(m, cfg) for m in same)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    diff = _members("iid:50,50", "same", init="different")
+    qa, qb = (_params(m, cfg) for m in diff)
+    assert not any(torch.equal(qa[k], qb[k]) for k in qa if qa[k].numel() > 1)
+    explicit = _members("iid:50,50", "same", init="different", seeds=(7, 9))
+    assert [m.init_seed for m in explicit] == [7, 9]
+
+
+def test_init_model_does_not_touch_global_rng():
+    cfg = model_config("mlp", (1, 8, 8), 10, width=16)
+    torch.manual_seed(1)
+    expect = torch.rand(3)
+    torch.manual_seed(1)
+    init_model(cfg, 123)
+    assert torch.equal(torch.rand(3), expect)
+
+
+def test_plan_members_errors():
+    spec = DataSpec("digits", shift="iid:50,50")
+    subsets = prepare_subsets(spec)
+    with pytest.raises(UsageError, match="one per subset"):
+        plan_members(spec, subsets, "same", [1, 2, 3], "same", 0)
+    with pytest.raises(UsageError, match="--init same"):
+        plan_members(spec, subsets, "same", [1, 2], "same", 0)
+    with pytest.raises(UsageError):
+        plan_members(spec, subsets, "shared", [0], "same", 0)
+    with pytest.raises(UsageError):
+        plan_members(spec, subsets, "same", [0], "random", 0)
+    only = plan_members(spec, subsets, "same", [0], "same", 0, only=[1])
+    assert [m.name for m in only] == ["b"]
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch-size"), ({"lr": 0.0}, "lr"),
+    ({"lr": -1.0}, "lr"), ({"lr": math.nan}, "lr"), ({"weight_decay": -1.0}, "weight-decay"),
+    ({"optimizer": "lbfgs"}, "optimizer"), ({"momentum": 1.0}, "momentum"),
+    ({"nesterov": True, "optimizer": "adam"}, "nesterov"),
+    ({"save_epochs": (0,)}, "save-epochs"), ({"save_epochs": (21,)}, "save-epochs"),
+    ({"schedule": "linear"}, "schedule"), ({"warmup": -1.0}, "warm-up"),
+])
+def test_train_config_validation(kw, match):
+    with pytest.raises(UsageError, match=match):
+        TrainConfig(**kw).validate()
+
+
+def test_noise_scale():
+    assert train.noise_scale(0.1, 1000, 100) == pytest.approx(0.9)
+
+
+# ---------------------------------------------------------------- a training run
+
+
+def _rows(path: Path, keys=("epoch", "split", "loss", "acc", "lr")):
+    return [{k: r[k] for k in keys} for r in read_csv(path)]
+
+
+def test_train_run_writes_learning_curve_and_checkpoints(cli, tmp_path):
+    out = tmp_path / "run"
+    rc, stdout, err = cli("train", *FAST_TRAIN, "--epochs", "4", "--lr", "0.05",
+                          "--save-epochs", "1,3", "--out", out)
+    assert rc == 0, err
+    assert "all: train loss" in stdout and "test loss" in stdout
+    run = out / "all"
+    with open(run / "metrics.csv") as f:
+        header = f.readline().strip().split(",")
+    assert header[:4] == ["epoch", "split", "loss", "acc"]
+    rows = read_csv(run / "metrics.csv")
+    assert [(r["epoch"], r["split"]) for r in rows] == [
+        (str(e), s) for e in range(1, 5) for s in ("train", "test")]
+    train_loss = [float(r["loss"]) for r in rows if r["split"] == "train"]
+    assert train_loss[-1] < train_loss[0]
+    assert train_loss[0] < math.log(10)  # better than chance after one epoch
+    test_acc = float(rows[-1]["acc"])
+    assert test_acc > 0.7  # chance is 0.1
+    # Checkpoints at the chosen epochs, loadable, tagged with their epoch.
+    assert sorted(p.name for p in run.glob("epoch_*.safetensors")) == [
+        "epoch_1.safetensors", "epoch_3.safetensors"]
+    m1, c1 = load_model(run / "epoch_1.safetensors")
+    assert c1.meta["epoch"] == 1
+    final, cf = load_model(run / "model.safetensors")
+    assert cf.meta["epoch"] == 4
+    assert not all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(),
+                                                     final.state_dict().values(), strict=True))
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "complete" and status["epoch"] == 4
+    assert status["test_acc"] == pytest.approx(test_acc)
+    # The saved model reproduces the reported test metrics.
+    from modeconn.evaluate import evaluate
+    prepared = prepare_subsets(DataSpec("digits"))[0]
+    loss, acc = evaluate(final, prepared.test_x, prepared.test_y)
+    assert acc == pytest.approx(status["test_acc"])
+    assert loss == pytest.approx(status["test_loss"], rel=1e-5)
+
+
+def test_train_records_seeds_and_noise_scale(cli, tmp_path):
+    out = tmp_path / "run"
+    rc, _, err = cli("train", *FAST_TRAIN, "--epochs", "1", "--shift", "iid:50,50",
+                     "--init", "different", "--init-seed", "3", "--batch-size", "32",
+                     "--lr", "0.1", "--out", out)
+    assert rc == 0, err
+    for i, name in enumerate("ab"):
+        cfg = json.loads((out / name / "config.json").read_text())
+        assert cfg["seeds"]["init"] == 3 + i
+        assert cfg["data"]["subset"] == i
+        n = cfg["data"]["train_size"]
+        assert cfg["noise_scale_g"] == pytest.approx(0.1 * (n / 32 - 1))
+        assert sum(cfg["class_histogram"]) == n
+        _, ckpt = load_model(out / name / "model.safetensors")
+        assert ckpt.meta["seed"] == 3 + i
+        assert ckpt.meta["data"]["shift"] == "iid:50,50"
+    assert sum(int(r["count"]) for r in read_csv(out / "subsets.csv")) == 1437
+
+
+def test_same_seed_same_result(tmp_path):
+    """Two identical runs give bit-identical models (determinism on CPU)."""
+    spec = DataSpec("digits")
+    subsets = prepare_subsets(spec)
+    cfg = model_config("mlp", (1, 8, 8), 10, width=16)
+    tc = TrainConfig(epochs=2, lr=0.05)
+    for name in ("x", "y"):
+        members = plan_members(spec, subsets, "same", [0], "same", 0)
+        train_run(cfg, members, tc, tmp_path / name, torch.device("cpu"), quiet=True)
+    a = load_file(tmp_path / "x" / "all" / "model.safetensors")
+    b = load_file(tmp_path / "y" / "all" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- resume
+
+
+class _Interrupt:
+    """Patch `_save_state` to raise KeyboardInterrupt right after saving the given epoch once."""
+
+    def __init__(self, monkeypatch, after_epoch: int):
+        self.after, self.fired = after_epoch, False
+        self.original = train._save_state
+        monkeypatch.setattr(train, "_save_state", self)
+
+    def __call__(self, path, model, opt, epoch, *args, **kw):
+        self.original(path, model, opt, epoch, *args, **kw)
+        if epoch == self.after and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+RESUME_CASES = {
+    "sgd-momentum-two-members": ["--model", "mlp", "--width", "32", "--optimizer", "sgd",
+                                 "--momentum", "0.9", "--lr", "0.05", "--shift", "iid:50,50",
+                                 "--schedule", "cosine", "--warmup", "1"],
+    "adam": ["--model", "mlp", "--width", "32", "--optimizer", "adam", "--lr", "0.003"],
+    "convnet-dropout": ["--model", "convnet", "--width", "0.25", "--lr", "0.05"],
+    "resnet-batchnorm": ["--model", "resnet8", "--width", "0.25", "--optimizer", "adamw",
+                         "--lr", "0.003"],
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_is_bit_identical(cli, tmp_path, monkeypatch, case):
+    args = ["train", *RESUME_CASES[case], "--epochs", "4", "--batch-size", "128", "--quiet",
+            "--device", "cpu"]
+    rc, _, err = cli(*args, "--out", tmp_path / "A")
+    assert rc == 0, err
+
+    # Run B: interrupted (Ctrl-C) right after epoch 2 of the first member, then resumed.
+    interrupt = _Interrupt(monkeypatch, after_epoch=2)
+    rc, _, err = cli(*args, "--out", tmp_path / "B")
+    assert interrupt.fired and rc == 130 and "interrupted" in err
+    assert not (tmp_path / "B" / ("a" if "--shift" in args else "all") / "model.safetensors"
+                ).exists()
+    # The resumed run must continue from epoch 3, not start again.
+    seen: list[tuple[int, int]] = []
+    original_order = train.epoch_order
+
+    def spy(n, order_size, seed, epoch):
+        seen.append((seed, epoch))
+        return original_order(n, order_size, seed, epoch)
+
+    monkeypatch.setattr(train, "epoch_order", spy)
+    rc, _, err = cli(*args, "--out", tmp_path / "B", "--resume")
+    assert rc == 0, err
+    first_member_epochs = [e for s, e in seen[:2]]
+    assert first_member_epochs == [2, 3]
+
+    members = sorted(p.name for p in (tmp_path / "A").iterdir() if p.is_dir())
+    assert members == sorted(p.name for p in (tmp_path / "B").iterdir() if p.is_dir())
+    for m in members:
+        a = load_file(tmp_path / "A" / m / "model.safetensors")
+        b = load_file(tmp_path / "B" / m / "model.safetensors")
+        assert list(a) == list(b)
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{m}/{k} differs after resume"
+        assert _rows(tmp_path / "A" / m / "metrics.csv") == \
+            _rows(tmp_path / "B" / m / "metrics.csv")
+        assert json.loads((tmp_path / "A" / m / "status.json").read_text()) == \
+            json.loads((tmp_path / "B" / m / "status.json").read_text())
+
+
+def test_resume_with_other_settings_refused(cli, tmp_path, monkeypatch):
+    args = ["train", *FAST_TRAIN, "--epochs", "3"]
+    _Interrupt(monkeypatch, after_epoch=1)
+    rc, _, _ = cli(*args, "--out", tmp_path / "run")
+    assert rc == 130
+    top_config = (tmp_path / "run" / "config.json").read_text()
+    member_config = (tmp_path / "run" / "all" / "config.json").read_text()
+    rc, out, err = cli(*args[:-1], "5", "--lr", "0.01", "--out", tmp_path / "run", "--resume")
+    assert rc == 2 and err.startswith("modeconn: error:") and "--resume" in err
+    assert len(err.strip().splitlines()) == 1
+    # The refused attempt leaves the interrupted run as it was, so it can still be resumed.
+    assert (tmp_path / "run" / "all" / "config.json").read_text() == member_config
+    assert (tmp_path / "run" / "config.json").read_text() == top_config
+
+
+def test_resume_of_complete_run_is_a_no_op(cli, tmp_path):
+    args = ["train", *FAST_TRAIN, "--epochs", "2", "--out", tmp_path / "run"]
+    assert cli(*args)[0] == 0
+    before = load_file(tmp_path / "run" / "all" / "model.safetensors")
+    rows = _rows(tmp_path / "run" / "all" / "metrics.csv")
+    rc, out, err = cli(*args, "--resume")
+    assert rc == 0, err
+    after = load_file(tmp_path / "run" / "all" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert _rows(tmp_path / "run" / "all" / "metrics.csv") == rows
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def test_divergence_stops_run(cli, tmp_path):
+    out = tmp_path / "run"
+    rc, stdout, err = cli("train", *FAST_TRAIN, "--epochs", "3", "--lr", "1e6", "--out", out)
+    assert rc == 1
+    assert "DIVERGED" in stdout
+    status = json.loads((out / "all" / "status.json").read_text())
+    assert status["status"] == "diverged"
+    assert isinstance(status["epoch"], int) and status["epoch"] >= 1
+    assert isinstance(status["step"], int) and status["step"] >= 1
+    assert not (out / "all" / "model.safetensors").exists()
+    summary = read_csv(out / "summary.csv")
+    assert summary[0]["status"] == "diverged"
+
+
+def test_divergence_in_library_returns_status(tmp_path):
+    spec = DataSpec("digits")
+    subsets = prepare_subsets(spec)
+    members = plan_members(spec, subsets, "same", [0], "same", 0)
+    cfg = model_config("mlp", (1, 8, 8), 10, width=16)
+    (res,) = train_run(cfg, members, TrainConfig(epochs=2, lr=1e6), tmp_path / "r",
+                       torch.device("cpu"), quiet=True)
+    assert res["status"] == "diverged" and res["epoch"] == 1
+    assert not (tmp_path / "r" / "all" / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_is_bit_identical_on_cuda_with_dropout(cli, tmp_path, monkeypatch):
+    """Dropout on a GPU draws from the CUDA generator, which resume must restore too."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    args = ["train", "--model", "convnet", "--width", "0.25", "--epochs", "4", "--quiet",
+            "--device", "cuda"]
+    assert cli(*args, "--out", tmp_path / "A")[0] == 0
+    _Interrupt(monkeypatch, after_epoch=2)
+    assert cli(*args, "--out", tmp_path / "B")[0] == 130
+    assert cli(*args, "--out", tmp_path / "B", "--resume")[0] == 0
+    a = load_file(tmp_path / "A" / "all" / "model.safetensors")
+    b = load_file(tmp_path / "B" / "all" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    """A real `modeconn train` process killed mid-run (SIGKILL, no clean-up) resumes to the same
+    model as an uninterrupted run: every file it relies on was written atomically."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "modeconn", "train", "--width", "256", "--epochs", "12",
+            "--optimizer", "adam", "--lr", "0.001", "--shift", "iid:50,50", "--quiet",
+            "--device", "cpu"]
+    a = subprocess.run([*args, "--out", str(tmp_path / "A")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert a.returncode == 0, a.stderr
+
+    proc = subprocess.Popen([*args, "--out", str(tmp_path / "B")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "B" / "a" / "metrics.csv"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and len(metrics.read_text().splitlines()) > 2 * 3:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (tmp_path / "B" / "a" / "model.safetensors").exists()
+
+    b = subprocess.run([*args, "--out", str(tmp_path / "B"), "--resume"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stderr
+    for m in ("a", "b"):
+        ta = load_file(tmp_path / "A" / m / "model.safetensors")
+        tb = load_file(tmp_path / "B" / m / "model.safetensors")
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), m
+        assert _rows(tmp_path / "A" / m / "metrics.csv") == \
+            _rows(tmp_path / "B" / m / "metrics.csv")
