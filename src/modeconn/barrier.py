@@ -30,7 +30,7 @@ def barrier(ts: Sequence[float], values: Sequence[float], definition: str = "lin
     if definition == "local-min":
         i = int(np.argmax(v - line))
         left = int(np.argmin(v[: i + 1]))
-        right = i + int(np.argmin(v[i:]))
+        right = len(v) - 1 - int(np.argmin(v[i:][::-1]))  # ties: the point nearest λ = 1
         if right == left:
             return 0.0, float(t[i])
         w = (t[i] - t[left]) / (t[right] - t[left])

@@ -210,7 +210,7 @@ def cmd_lmc(args: argparse.Namespace) -> int:
 
 def summary_table(rows: list[dict]) -> str:
     """The study summary as a fixed-width text table."""
-    head = (f"{'model':<10} {'shift':<22} {'init':<9} {'order':<11} {'bs':>4} {'lr':>6} {'g':>7} "
+    head = (f"{'model':<10} {'shift':<26} {'init':<9} {'order':<11} {'bs':>4} {'lr':>6} {'g':>7} "
             f"{'train barrier':>15} {'test barrier':>15} {'test Δacc %':>13} "
             f"{'LMC ens gain %':>14} {'ind ens gain %':>14} {'ok':>4}")
     lines = [head, "-" * len(head)]
@@ -219,7 +219,7 @@ def summary_table(rows: list[dict]) -> str:
             m, s = r[key] * scale, r[f"{key}_std"] * scale
             return "n/a" if m != m else f"{m:.3f}±{s:.3f}"
         lines.append(
-            f"{r['model']:<10} {r['shift']:<22} {r['init']:<9} {r['batch_order']:<11} "
+            f"{r['model']:<10} {r['shift']:<26} {r['init']:<9} {r['batch_order']:<11} "
             f"{r['batch_size']:>4} {r['lr']:>6g} {r['noise_scale_g']:>7.2f} "
             f"{pm('train_loss_barrier'):>15} {pm('test_loss_barrier'):>15} "
             f"{pm('test_delta_acc', 100):>13} {pm('lmc_ens_gain_acc', 100):>14} "

@@ -96,10 +96,11 @@ class Evaluator:
     def stack(self, points: Sequence[Point]) -> dict[str, Tensor]:
         """Stack points into one dict of (P, ...) tensors on the data's device."""
         device = next(iter(self.splits.values()))[0].device
-        missing = set(self.keys) - set(points[0])
-        if missing:
-            raise UsageError(f"parameter point lacks {sorted(missing)[:3]}...; it does not belong "
-                             "to this model")
+        for i, point in enumerate(points):
+            missing = set(self.keys) - set(point)
+            if missing:
+                raise UsageError(f"parameter point {i + 1} lacks {sorted(missing)[:3]}...; it "
+                                 "does not belong to this model")
         return {k: torch.stack([p[k].to(device) for p in points]) for k in self.keys}
 
     def _split_state(self, stacked: dict[str, Tensor]) -> tuple[dict, dict]:
@@ -137,7 +138,10 @@ class Evaluator:
         for j in range(p_count):
             # Each point writes its own BatchNorm statistics into its slice of `batched`.
             point = {k: v[j] for k, v in batched.items()}
-            outs.append(functional_call(self.model, (point, shared), (x,), strict=True))
+            # Every point counts the same batches: BatchNorm's momentum=None average divides by
+            # num_batches_tracked, so the points must not share (and advance) one counter.
+            own = shared if j == p_count - 1 else {k: v.clone() for k, v in shared.items()}
+            outs.append(functional_call(self.model, (point, own), (x,), strict=True))
         return torch.stack(outs)
 
     def _chunks(self, points: Sequence[Point] | Iterable[Point]) -> Iterable[list[Point]]:

@@ -81,9 +81,10 @@ class ParamPath:
 
     def segment_lengths(self, ts: Sequence[float]) -> list[float]:
         """Euclidean distance in weight space between consecutive grid points (parameters only)."""
+        weights = [k for k in self.floating if "running_" not in k]  # not BatchNorm statistics
         prev, out = None, []
         for p in self.points(ts):
-            vec = torch.cat([p[k].reshape(-1).double() for k in self.floating])
+            vec = torch.cat([p[k].reshape(-1).double() for k in weights])
             out.append(0.0 if prev is None else float((vec - prev).norm()))
             prev = vec
         return out

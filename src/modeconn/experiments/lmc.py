@@ -154,9 +154,10 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
             per_seed.append({"seed": seed, "bar": bar, "lmc": lmc})
         # Independent-seed ensembles: member a of k different seeds (distinct initialisations).
         ok = sorted(finals)
-        for i, seed in enumerate(ok):
-            if len(ok) < k:
-                break
+        # One rotation per seed; with exactly k seeds every rotation is the same ensemble.
+        rotations = range(len(ok)) if len(ok) > k else range(1 if len(ok) == k else 0)
+        for i in rotations:
+            seed = ok[i]
             members = [finals[ok[(i + j) % len(ok)]][0] for j in range(k)]
             ind = ensemble_metrics(evaluator.probabilities(members, "test"), full.test_y)
             tables["ensembles"].append({**_keys(cfg), "seed": seed, "ensemble": f"independent-{k}",

@@ -1,0 +1,225 @@
+"""The LMC-under-shift study (`run_study`, `modeconn lmc`): outputs, consistency between its
+tables, reproducibility by seed, and diverged configurations."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeconn.barrier import barrier
+from modeconn.data import DataSpec, prepare_subsets
+from modeconn.errors import UsageError
+from modeconn.experiments.lmc import LMCStudy, run_study
+from modeconn.io import read_csv
+from modeconn.train import TrainConfig
+
+CPU = torch.device("cpu")
+OK_LR, BAD_LR = 0.05, 1e5
+TABLES = ("summary.csv", "paths.csv", "barriers.csv", "ensembles.csv", "similarity.csv",
+          "learning_curves.csv", "paths_mean.csv")
+
+
+def _study(**kw) -> LMCStudy:
+    base = dict(dataset="digits", model="mlp", model_options={"width": 16, "depth": 1},
+                shift="iid:50,50", inits=("same",), batch_orders=("same",), batch_sizes=(32,),
+                lrs=(OK_LR,), seeds=(0, 1), points=5, ensemble_size=2,
+                train=TrainConfig(epochs=2, batch_size=32, lr=OK_LR))
+    base.update(kw)
+    return LMCStudy(**base)
+
+
+@pytest.fixture(scope="module")
+def study_dirs(tmp_path_factory):
+    """The tiny study (plus a diverging lr=1e5 configuration) run twice into two directories."""
+    root = tmp_path_factory.mktemp("lmc")
+    summaries = []
+    for name in ("first", "second"):
+        summaries.append(run_study(_study(lrs=(OK_LR, BAD_LR)), root / name, CPU, quiet=True))
+    return root / "first", root / "second", summaries
+
+
+def _ok(rows):
+    return [r for r in rows if float(r["lr"]) == OK_LR]
+
+
+def test_study_writes_tables_and_figures(study_dirs):
+    out, _, (summary, _) = study_dirs
+    for name in TABLES + ("study.json", "env.json"):
+        assert (out / name).is_file(), name
+    figs = out / "figures"
+    for name in ("barriers.png", "delta.png", "interpolation_mlp_init-same.png",
+                 "learning_curves_mlp_init-same.png"):
+        assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert len(list(figs.glob("polar_*.png"))) == 1  # one for the configuration that trained
+    study = json.loads((out / "study.json").read_text())
+    assert study["seeds"] == [0, 1] and study["model_config"]["widths"] == [16]
+    assert len(summary) == 2
+    assert len(read_csv(out / "summary.csv")) == 2
+
+
+def test_study_tables_are_consistent(study_dirs):
+    out, _, (summary, _) = study_dirs
+    paths = _ok(read_csv(out / "paths.csv"))
+    barriers = _ok(read_csv(out / "barriers.csv"))
+    ensembles = _ok(read_csv(out / "ensembles.csv"))
+    ts = [0.0, 0.25, 0.5, 0.75, 1.0]
+    # 2 seeds × 5 points × 2 splits; 2 seeds × 2 splits × 2 metrics × 3 definitions.
+    assert len(paths) == 20 and len(barriers) == 24
+    row = _ok(summary)[0]
+    assert row["seeds_ok"] == 2 and row["diverged"] == 0
+    for seed in ("0", "1"):
+        for split in ("train", "test"):
+            sel = [r for r in paths if r["seed"] == seed and r["split"] == split]
+            assert [float(r["t"]) for r in sel] == ts
+            loss = [float(r["loss"]) for r in sel]
+            acc = [float(r["acc"]) for r in sel]
+            for metric, curve in (("loss", loss), ("error", [1 - a for a in acc])):
+                for d in ("linear", "midpoint", "local-min"):
+                    (b,) = [r for r in barriers if r["seed"] == seed and r["split"] == split
+                            and r["metric"] == metric and r["definition"] == d]
+                    assert float(b["barrier"]) == pytest.approx(barrier(ts, curve, d)[0],
+                                                                abs=1e-12)
+        # LMC ensemble of size 2 = the two endpoints: its mean member is their mean accuracy.
+        test = [r for r in paths if r["seed"] == seed and r["split"] == "test"]
+        (lmc,) = [r for r in ensembles if r["seed"] == seed and r["ensemble"] == "lmc-2"]
+        assert float(lmc["member_acc"]) == pytest.approx(
+            (float(test[0]["acc"]) + float(test[-1]["acc"])) / 2, abs=1e-12)
+        assert float(lmc["size"]) == 2
+    # Different seeds are different runs (different initialisation and split).
+    assert [r["loss"] for r in paths if r["seed"] == "0"] != \
+        [r["loss"] for r in paths if r["seed"] == "1"]
+    # Independent ensemble: member a of seed 0 and of seed 1.
+    a_acc = [float(r["acc"]) for r in paths if r["split"] == "test" and float(r["t"]) == 0.0]
+    for ind in [r for r in ensembles if r["ensemble"] == "independent-2"]:
+        assert float(ind["member_acc"]) == pytest.approx(sum(a_acc) / 2, abs=1e-12)
+    # The summary is mean ± std over seeds of the per-seed barriers.
+    for split in ("train", "test"):
+        vals = [float(r["barrier"]) for r in barriers if r["split"] == split
+                and r["metric"] == "loss" and r["definition"] == "linear"]
+        assert row[f"{split}_loss_barrier"] == pytest.approx(statistics.fmean(vals), abs=1e-12)
+        assert row[f"{split}_loss_barrier_std"] == pytest.approx(statistics.stdev(vals), abs=1e-12)
+    train_vals = [float(r["barrier"]) for r in barriers if r["split"] == "train"
+                  and r["metric"] == "loss" and r["definition"] == "linear"]
+    assert row["connected"] == sum(v <= 0.01 for v in train_vals)
+    lmc_accs = [float(r["acc"]) for r in ensembles if r["ensemble"] == "lmc-2"]
+    assert row["lmc_ens_acc"] == pytest.approx(statistics.fmean(lmc_accs), abs=1e-12)
+    # g = ε (N/B − 1) with N the size of a training subset.
+    n = len(prepare_subsets(DataSpec("digits", shift="iid:50,50"))[0].train_y)
+    assert row["noise_scale_g"] == pytest.approx(OK_LR * (n / 32 - 1))
+    # Similarity of the first seed's pair, its midpoint and another seed's member.
+    sims = _ok(read_csv(out / "similarity.csv"))
+    assert {(r["a"], r["b"]) for r in sims} == {
+        ("a", "b"), ("a", "midpoint"), ("a", "independent(seed1)"), ("b", "midpoint"),
+        ("b", "independent(seed1)"), ("midpoint", "independent(seed1)")}
+
+
+def test_study_is_reproducible_by_seed(study_dirs):
+    first, second, (s1, s2) = study_dirs
+    for name in TABLES:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert json.dumps(s1, default=str) == json.dumps(s2, default=str)
+
+
+def test_diverged_configuration_is_counted_not_averaged(study_dirs):
+    out, _, (summary, _) = study_dirs
+    (bad,) = [r for r in summary if r["lr"] == BAD_LR]
+    assert bad["seeds_ok"] == 0 and bad["diverged"] == 2
+    for key in ("train_loss_barrier", "test_loss_barrier", "test_delta_acc", "lmc_ens_acc",
+                "ind_ens_acc"):
+        assert bad[key] != bad[key], key  # NaN
+    assert bad["connected"] == 0
+    # Nothing of the diverged configuration was interpolated or ensembled.
+    for name in ("paths.csv", "barriers.csv", "ensembles.csv", "similarity.csv"):
+        assert not [r for r in read_csv(out / name) if float(r["lr"]) == BAD_LR], name
+    statuses = [json.loads(p.read_text())["status"]
+                for p in (out / "runs").glob("*lr100000/seed*/*/status.json")]
+    assert statuses and set(statuses) == {"diverged"}
+    # The good configuration next to it is unaffected.
+    (good,) = [r for r in summary if r["lr"] == OK_LR]
+    assert good["seeds_ok"] == 2 and good["train_loss_barrier"] == good["train_loss_barrier"]
+
+
+def test_study_refuses_a_non_empty_output_directory(study_dirs):
+    out, _, _ = study_dirs
+    with pytest.raises(UsageError, match="--resume"):
+        run_study(_study(), out, CPU, quiet=True)
+
+
+@pytest.mark.parametrize("kw", [
+    {"seeds": ()}, {"seeds": (1, 1)}, {"lrs": (0.0,)}, {"batch_sizes": (0,)},
+    {"ensemble_size": 1}, {"shift": "none"}, {"points": 1},
+])
+def test_impossible_studies_raise_usage_error(kw, tmp_path):
+    with pytest.raises(UsageError):
+        run_study(_study(**kw), tmp_path / "out", CPU, quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- `modeconn lmc`
+
+
+def _assert_one_line_error(rc, out, err):
+    assert rc == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("modeconn: error: ")
+    assert "Traceback" not in err + out
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--init", "sometimes"], "--init"),
+    (["--init", "same,random"], "--init"),
+    (["--batch-order", "shuffled"], "--batch-order"),
+    (["--seeds", "0,0"], "--seeds"),
+    (["--points", "1"], "--points"),
+    (["--ensemble-size", "1"], "--ensemble-size"),
+])
+def test_lmc_bad_options_exit_2_with_one_line(cli, tmp_path, args, word):
+    out = tmp_path / "lmc"
+    rc, stdout, err = cli("lmc", "--width", "16", "--depth", "1", "--epochs", "1", "--quiet",
+                          "--device", "cpu", *args, "--out", out)
+    _assert_one_line_error(rc, stdout, err)
+    assert word in err
+    assert not out.exists()
+
+
+def test_lmc_command_prints_the_summary_table(cli, tmp_path, monkeypatch):
+    """The command wires its options into LMCStudy and prints one table row per configuration
+    (run_study itself is replaced: it is tested above)."""
+    seen = {}
+
+    def fake_run_study(study, out, device, resume, quiet):
+        seen.update(study=study, out=Path(out))
+        return [{"model": study.name, "shift": study.shift, "init": i, "batch_order": "same",
+                 "batch_size": 16, "lr": 0.1, "noise_scale_g": 2.5, "seeds_ok": 3, "diverged": 0,
+                 **{f"{k}{s}": v for k in ("train_loss_barrier", "test_loss_barrier",
+                                           "test_delta_acc", "lmc_ens_gain_acc",
+                                           "ind_ens_gain_acc")
+                    for s, v in (("", 0.0123), ("_std", 0.001))}}
+                for i in study.inits]
+
+    import modeconn.experiments.lmc as lmc
+    monkeypatch.setattr(lmc, "run_study", fake_run_study)
+    out = tmp_path / "lmc"
+    rc, stdout, err = cli("lmc", "--width", "16", "--depth", "1", "--init", "same,different",
+                          "--batch-order", "same", "--batch-sizes", "16,64", "--lrs", "0.1",
+                          "--seeds", "3,4,5", "--points", "7", "--ensemble-size", "2",
+                          "--shift", "label-skew:0-4=80,5-9=20", "--quiet", "--device", "cpu",
+                          "--out", out)
+    assert rc == 0, err
+    st = seen["study"]
+    assert st.inits == ("same", "different") and st.batch_orders == ("same",)
+    assert st.batch_sizes == (16, 64) and st.lrs == (0.1,) and st.seeds == (3, 4, 5)
+    assert st.points == 7 and st.ensemble_size == 2 and st.shift == "label-skew:0-4=80,5-9=20"
+    assert st.model_options["width"] == 16 and st.model_options["depth"] == 1
+    assert seen["out"] == out
+    lines = stdout.splitlines()
+    assert "train barrier" in lines[0]
+    body = [ln for ln in lines[2:] if ln.startswith("mlp")]
+    assert len(body) == 2
+    assert "0.012±0.001" in body[0] and "3/3" in body[0]
+    assert f"wrote {out}" in stdout
