@@ -273,7 +273,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .train import resolve_device
 
     t0 = time.perf_counter()
-    rows = run_demo(Path(args.out), resolve_device(args.device), args.quick, args.resume, args.quiet)
+    rows = run_demo(Path(args.out), resolve_device(args.device), args.quick, args.resume, args.quiet,
+                    args.jobs)
     print(summary_table(rows))
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s "
           f"(summary.csv, summary.txt, barriers.png, delta.png, one folder per study)")
@@ -353,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the LMC-under-shift study on digits (a few minutes)")
     p.add_argument("--out", default="results/demo")
     p.add_argument("--quick", action="store_true", help="a smaller smoke run")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes on CPU (default: one per core)")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")

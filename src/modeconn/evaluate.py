@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -132,7 +133,9 @@ class Evaluator:
         if use_vmap:
             def f(p):
                 return functional_call(self.model, (p, shared), (x,), strict=True)
-            return vmap(f, randomness="different")(batched)
+            with warnings.catch_warnings():  # ops without a batching rule still work, slower
+                warnings.filterwarnings("ignore", message=".*performance drop.*")
+                return vmap(f, randomness="different")(batched)
         p_count = next(iter(batched.values())).shape[0]
         outs = []
         for j in range(p_count):
@@ -167,6 +170,11 @@ class Evaluator:
     def _vmap_ok(self, batched: dict, shared: dict) -> bool:
         if not hasattr(self, "_vmap_works"):
             x = next(iter(self.splits.values()))[0][:2]
+            if x.device.type == "cpu" and any(isinstance(m, nn.modules.conv._ConvNd)
+                                              for m in self.model.modules()):
+                # Measured: batched convolutions are slower than a loop of plain ones on CPU.
+                self._vmap_works = False
+                return False
             probe = {k: v[:1].clone() for k, v in batched.items()}
             try:
                 with torch.no_grad():
