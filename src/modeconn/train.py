@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,62 @@ def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch:
 
 # ---------------------------------------------------------------- the loop
 
+class Stepper:
+    """The inner training loop on in-memory tensors, shared by `train_member` and the benchmarks.
+
+    `step(idx)` does one optimisation step on the samples at positions `idx`: index the batch,
+    forward, cross-entropy, backward, optimizer step. `run_epoch` runs the steps of one epoch in
+    batches of `batch_size` along `order`, with the learning rate `lr_at(step)` and a divergence
+    check (every step on CPU; every `gpu_check_every` steps elsewhere, to avoid a sync per step).
+    """
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                 y: torch.Tensor, batch_size: int, drop_single: bool = False,
+                 gpu_check_every: int = 50):
+        self.model, self.opt, self.x, self.y = model, opt, x, y
+        self.batch_size = batch_size
+        self.drop_single = drop_single  # BatchNorm cannot train on one sample
+        self.check_every = 1 if x.device.type == "cpu" else gpu_check_every
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every parameter group."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One step on the samples at `idx`; return the batch loss (before the update)."""
+        loss = F.cross_entropy(self.model(self.x[idx]), self.y[idx])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def run_epoch(self, order: torch.Tensor, lr_at: Callable[[int], float],
+                  epoch: int = 0) -> float:
+        """Train on `order` in batches; return the last learning rate used.
+
+        Raises DivergedError (1-based epoch and step) at the first non-finite batch loss.
+        """
+        bs = self.batch_size
+        steps = math.ceil(len(order) / bs)
+        losses = torch.empty(steps, device=order.device)
+        done = checked = 0
+        lr = math.nan
+        for b in range(steps):
+            idx = order[b * bs:(b + 1) * bs]
+            if len(idx) == 1 and self.drop_single:
+                break
+            lr = lr_at(b)
+            self.set_lr(lr)
+            losses[b] = self.step(idx)
+            done = b + 1
+            if done - checked >= self.check_every:
+                _check_finite(losses, checked, done, epoch)
+                checked = done
+        _check_finite(losses, checked, done, epoch)
+        return lr
+
+
 def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, out_dir: Path,
                  device: torch.device, resume: bool = False, quiet: bool = False,
                  run_info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -200,34 +257,17 @@ def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, ou
     write_json(out_dir / "config.json", config)
 
     status: dict[str, Any] = {"member": member.name, "status": "running"}
-    drop_single = has_batchnorm(model)
     steps = math.ceil(n / cfg.batch_size)
+    stepper = Stepper(model, opt, data.train_x, data.train_y, cfg.batch_size,
+                      drop_single=has_batchnorm(model))
     bar = progress(total=cfg.epochs, initial=start, desc=f"train {member.name}", quiet=quiet)
     model.train()
     try:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             order = epoch_order(n, member.order_size, member.order_seed, epoch).to(device)
-            losses = torch.empty(steps, device=device)
-            done = checked = 0
-            for b in range(steps):
-                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                if len(idx) == 1 and drop_single:  # BatchNorm cannot train on one sample
-                    break
-                lr = cfg.lr * sched.factor(epoch, b / steps, cfg.epochs)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses[b] = loss.detach()
-                done = b + 1
-                # On CPU every step is checked; on GPUs every 50 steps, to avoid a sync per step.
-                if device.type == "cpu" or done - checked >= 50:
-                    _check_finite(losses, checked, done, epoch)
-                    checked = done
-            _check_finite(losses, checked, done, epoch)
+            lr = stepper.run_epoch(
+                order, lambda b, e=epoch: cfg.lr * sched.factor(e, b / steps, cfg.epochs), epoch)
             row = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0}
             for split, x, y in (("train", data.train_x, data.train_y),
                                 ("test", data.test_x, data.test_y)):
