@@ -265,8 +265,9 @@ def test_resume_is_bit_identical(cli, tmp_path, monkeypatch, case):
     monkeypatch.setattr(train, "epoch_order", spy)
     rc, _, err = cli(*args, "--out", tmp_path / "B", "--resume")
     assert rc == 0, err
-    first_member_epochs = [e for s, e in seen[:2]]
-    assert first_member_epochs == [2, 3]
+    # Epochs (0-based) trained after resuming: only 2 and 3, whether members train one after
+    # the other or grouped in one batched step.
+    assert sorted({e for _, e in seen}) == [2, 3]
 
     members = sorted(p.name for p in (tmp_path / "A").iterdir() if p.is_dir())
     assert members == sorted(p.name for p in (tmp_path / "B").iterdir() if p.is_dir())

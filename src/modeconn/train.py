@@ -20,6 +20,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, save_model
 from .data import DataSpec, Prepared, subset_name
 from .errors import DivergedError, UsageError
 from .evaluate import evaluate
+from .grouped import GroupedMLP, groupable, grouped_loss
 from .io import write_csv, write_json
 from .models import build_model, has_batchnorm
 from .schedules import parse_schedule
@@ -297,47 +298,92 @@ def _fused_sgd_in_backward_ok(opt: torch.optim.Optimizer) -> bool:
                     for g in opt.param_groups for p in g["params"]))
 
 
+class MemberRecord:
+    """A member's run directory: resolved config, learning curves, snapshots and final status."""
+
+    COLUMNS = ["epoch", "split", "loss", "acc", "lr", "seconds"]
+
+    def __init__(self, model_cfg: dict[str, Any], member: Member, cfg: TrainConfig,
+                 data: Prepared, out_dir: Path, run_info: dict[str, Any] | None = None):
+        self.model_cfg, self.member, self.cfg, self.data, self.out_dir = \
+            model_cfg, member, cfg, data, out_dir
+        n = len(data.train_y)
+        self.config = {
+            "member": member.name, "model": model_cfg, "train": asdict(cfg),
+            "data": {**data.spec.to_dict(), "domain": data.domain, "mean": data.mean,
+                     "std": data.std, "train_size": n, "test_size": len(data.test_y)},
+            "seeds": {"init": member.init_seed, "order": member.order_seed,
+                      "order_size": member.order_size},
+            "class_histogram": data.histogram,
+            "noise_scale_g": noise_scale(cfg.lr, n, cfg.batch_size),
+            **(run_info or {}), **member.extra,
+        }
+        self.fingerprint = json.dumps(self.config, sort_keys=True)
+        self.history: list[dict[str, Any]] = []
+
+    def start(self) -> None:
+        """Create the directory and write config.json."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.out_dir / "config.json", self.config)
+
+    def log_epoch(self, model: nn.Module, epoch: int, lr: float, seconds: float) -> None:
+        """Evaluate train and test after `epoch` (1-based); write metrics and a snapshot if asked."""
+        row = {"epoch": epoch, "lr": lr, "seconds": seconds}
+        for split, x, y in (("train", self.data.train_x, self.data.train_y),
+                            ("test", self.data.test_x, self.data.test_y)):
+            loss_v, acc = evaluate(model, x, y, self.cfg.eval_batch_size)
+            self.history.append({**row, "split": split, "loss": loss_v, "acc": acc})
+        write_csv(self.out_dir / "metrics.csv", self.history, self.COLUMNS)
+        if epoch in self.cfg.save_epochs:
+            save_model(self.out_dir / f"epoch_{epoch}.safetensors", model, self.model_cfg,
+                       data=self.data.spec.to_dict(), seed=self.member.init_seed, epoch=epoch,
+                       member=self.member.name)
+
+    def diverged(self, e: DivergedError) -> dict[str, Any]:
+        """Mark the run diverged (no final model is written)."""
+        status = {"member": self.member.name, "status": "diverged", "epoch": e.epoch,
+                  "step": e.step, "loss": str(e.loss)}
+        write_csv(self.out_dir / "metrics.csv", self.history, self.COLUMNS)
+        write_json(self.out_dir / "status.json", status)
+        return status
+
+    def finish(self, model: nn.Module) -> dict[str, Any]:
+        """Write model.safetensors and status.json; return the status."""
+        d = self.data
+        save_model(self.out_dir / "model.safetensors", model, self.model_cfg,
+                   data=d.spec.to_dict(), seed=self.member.init_seed, epoch=self.cfg.epochs,
+                   member=self.member.name,
+                   normalisation={"mean": d.mean, "std": d.std, "domain": d.domain})
+        final = {r["split"]: r for r in self.history[-2:]}
+        status = {"member": self.member.name, "status": "complete", "epoch": self.cfg.epochs,
+                  "train_loss": final["train"]["loss"], "train_acc": final["train"]["acc"],
+                  "test_loss": final["test"]["loss"], "test_acc": final["test"]["acc"]}
+        write_json(self.out_dir / "status.json", status)
+        return status
+
+
+def _lr_at(cfg: TrainConfig, epoch: int, steps: int) -> Callable[[int], float]:
+    sched = parse_schedule(cfg.schedule, cfg.warmup)
+    return lambda b: cfg.lr * sched.factor(epoch, b / steps, cfg.epochs)
+
+
 def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, out_dir: Path,
                  device: torch.device, resume: bool = False, quiet: bool = False,
                  run_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one member, writing its run directory; return its status and final metrics."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     data = member.data.to(device)
+    rec = MemberRecord(model_cfg, member, cfg, data, out_dir, run_info)
     n = len(data.train_y)
-    sched = parse_schedule(cfg.schedule, cfg.warmup)
-    config = {
-        "member": member.name, "model": model_cfg, "train": asdict(cfg),
-        "data": {**data.spec.to_dict(), "domain": data.domain, "mean": data.mean,
-                 "std": data.std, "train_size": n, "test_size": len(data.test_y)},
-        "seeds": {"init": member.init_seed, "order": member.order_seed,
-                  "order_size": member.order_size},
-        "class_histogram": data.histogram,
-        "noise_scale_g": noise_scale(cfg.lr, n, cfg.batch_size),
-        **(run_info or {}), **member.extra,
-    }
-    fingerprint = json.dumps(config, sort_keys=True)
     state_path = out_dir / "state.safetensors"
-
     model = init_model(model_cfg, member.init_seed).to(device)
     opt = make_optimizer(model.parameters(), cfg)
     torch.manual_seed(member.init_seed + 7_000_003)  # dropout stream
-    start, history = 0, []
+    start = 0
     if resume and state_path.exists():
-        st = load_checkpoint(state_path, kind="train-state")
-        if st.meta["fingerprint"] != fingerprint:
-            raise UsageError(f"{out_dir}: --resume with different settings than the original "
-                             "run; repeat the original command or use a new --out")
-        model.load_state_dict({k[6:]: v for k, v in st.tensors.items() if k.startswith("model/")})
-        _load_optimizer(opt, st.tensors, st.meta["optimizer"])
-        torch.set_rng_state(st.tensors["rng/torch"])
-        if device.type == "cuda" and "rng/cuda" in st.tensors:
-            torch.cuda.set_rng_state(st.tensors["rng/cuda"], device)
-        start, history = st.meta["epoch"], st.meta["history"]
+        start, rec.history = _load_state(state_path, model, opt, rec.fingerprint, out_dir)
     elif resume and (out_dir / "model.safetensors").exists():
         return json.loads((out_dir / "status.json").read_text())
-    write_json(out_dir / "config.json", config)
-
-    status: dict[str, Any] = {"member": member.name, "status": "running"}
+    rec.start()
     steps = math.ceil(n / cfg.batch_size)
     stepper = Stepper(model, opt, data.train_x, data.train_y, cfg.batch_size,
                       drop_single=has_batchnorm(model))
@@ -347,39 +393,108 @@ def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, ou
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             order = epoch_order(n, member.order_size, member.order_seed, epoch).to(device)
-            lr = stepper.run_epoch(
-                order, lambda b, e=epoch: cfg.lr * sched.factor(e, b / steps, cfg.epochs), epoch)
-            row = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0}
-            for split, x, y in (("train", data.train_x, data.train_y),
-                                ("test", data.test_x, data.test_y)):
-                loss_v, acc = evaluate(model, x, y, cfg.eval_batch_size)
-                history.append({**row, "split": split, "loss": loss_v, "acc": acc})
+            lr = stepper.run_epoch(order, _lr_at(cfg, epoch, steps), epoch)
+            rec.log_epoch(model, epoch + 1, lr, time.perf_counter() - t0)
             model.train()
-            write_csv(out_dir / "metrics.csv", history,
-                      ["epoch", "split", "loss", "acc", "lr", "seconds"])
-            if epoch + 1 in cfg.save_epochs:
-                save_model(out_dir / f"epoch_{epoch + 1}.safetensors", model, model_cfg,
-                           data=data.spec.to_dict(), seed=member.init_seed, epoch=epoch + 1,
-                           member=member.name)
-            _save_state(state_path, model, opt, epoch + 1, history, fingerprint)
+            _save_state(state_path, model, opt, epoch + 1, rec.history, rec.fingerprint)
             bar.update(1)
     except DivergedError as e:
-        status.update(status="diverged", epoch=e.epoch, step=e.step, loss=str(e.loss))
-        write_csv(out_dir / "metrics.csv", history, ["epoch", "split", "loss", "acc", "lr", "seconds"])
-        write_json(out_dir / "status.json", status)
-        return status
+        return rec.diverged(e)
     finally:
         bar.close()
         stepper.close()
-    save_model(out_dir / "model.safetensors", model, model_cfg, data=data.spec.to_dict(),
-               seed=member.init_seed, epoch=cfg.epochs, member=member.name,
-               normalisation={"mean": data.mean, "std": data.std, "domain": data.domain})
-    final = {r["split"]: r for r in history[-2:]}
-    status.update(status="complete", epoch=cfg.epochs,
-                  train_loss=final["train"]["loss"], train_acc=final["train"]["acc"],
-                  test_loss=final["test"]["loss"], test_acc=final["test"]["acc"])
-    write_json(out_dir / "status.json", status)
-    return status
+    return rec.finish(model)
+
+
+def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, fingerprint: str,
+                out_dir: Path) -> tuple[int, Any]:
+    """Restore model, optimizer and RNG from a train-state file; return (epoch, history)."""
+    st = load_checkpoint(path, kind="train-state")
+    if st.meta["fingerprint"] != fingerprint:
+        raise UsageError(f"{out_dir}: --resume with different settings than the original "
+                         "run; repeat the original command or use a new --out")
+    model.load_state_dict({k[6:]: v for k, v in st.tensors.items() if k.startswith("model/")})
+    _load_optimizer(opt, st.tensors, st.meta["optimizer"])
+    torch.set_rng_state(st.tensors["rng/torch"])
+    device = next(model.parameters()).device
+    if device.type == "cuda" and "rng/cuda" in st.tensors:
+        torch.cuda.set_rng_state(st.tensors["rng/cuda"], device)
+    return st.meta["epoch"], st.meta["history"]
+
+
+def train_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig, out: Path,
+                device: torch.device, resume: bool = False, quiet: bool = False,
+                run_info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Train members of a groupable MLP together (`grouped.GroupedMLP`, one batched step for
+    all), each with its own data, batch order and seed; outputs as `train_member` writes them.
+    A member whose loss turns non-finite is marked diverged while the others go on unaffected."""
+    datas = [m.data.to(device) for m in members]
+    recs = [MemberRecord(model_cfg, m, cfg, d, out / m.name, run_info)
+            for m, d in zip(members, datas)]
+    models = [init_model(model_cfg, m.init_seed).to(device) for m in members]
+    group = GroupedMLP(models).to(device)
+    opt = make_optimizer(group.parameters(), cfg)
+    state_path = out / "group_state.safetensors"
+    fingerprint = json.dumps([r.fingerprint for r in recs])
+    start, histories = 0, [[] for _ in members]
+    if resume and state_path.exists():
+        start, histories = _load_state(state_path, group, opt, fingerprint, out)
+    for rec, hist in zip(recs, histories):
+        rec.history = hist
+        rec.start()
+    sizes = [len(d.train_y) for d in datas]
+    steps = math.ceil(sizes[0] / cfg.batch_size)
+    statuses: list[dict[str, Any] | None] = [None] * len(members)
+    bar = progress(total=cfg.epochs, initial=start, desc="train " + ",".join(m.name for m in members),
+                   quiet=quiet)
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            orders = [epoch_order(n, m.order_size, m.order_seed, epoch).to(device)
+                      for n, m in zip(sizes, members)]
+            lr_at = _lr_at(cfg, epoch, steps)
+            bs = cfg.batch_size
+            for b in range(steps):
+                idx = [o[b * bs:(b + 1) * bs] for o in orders]
+                width = max(len(i) for i in idx)
+                # Shorter last batches are padded with their first sample; those rows carry no loss.
+                padded = [torch.cat([i, i[:1].expand(width - len(i))]) for i in idx]
+                x = torch.stack([d.train_x.index_select(0, i) for d, i in zip(datas, padded)])
+                lr = lr_at(b)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                loss, per = grouped_loss(group(x), [d.train_y.index_select(0, i)
+                                                    for d, i in zip(datas, idx)])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if device.type == "cpu" or b == steps - 1:
+                    bad = ~torch.isfinite(per)
+                    for k in bad.nonzero().flatten().tolist():
+                        if statuses[k] is None:
+                            statuses[k] = recs[k].diverged(
+                                DivergedError(epoch + 1, b + 1, float(per[k])))
+            if all(s is not None for s in statuses):
+                break
+            for k, (rec, model) in enumerate(zip(recs, models)):
+                if statuses[k] is None:
+                    model.load_state_dict(group.member_state(k))
+                    rec.log_epoch(model, epoch + 1, lr, time.perf_counter() - t0)
+            _save_state(state_path, group, opt, epoch + 1, [r.history for r in recs], fingerprint)
+            bar.update(1)
+    finally:
+        bar.close()
+    return [s if s is not None else rec.finish(model)
+            for s, rec, model in zip(statuses, recs, models)]
+
+
+def can_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig) -> bool:
+    """Whether the members can be trained in one grouped step: an MLP without BatchNorm or
+    dropout, at least two members, and the same number of steps per epoch for each."""
+    if len(members) < 2 or not groupable(build_model(model_cfg)):
+        return False
+    steps = {math.ceil(len(m.data.train_y) / cfg.batch_size) for m in members}
+    return len(steps) == 1
 
 
 def _check_finite(losses: torch.Tensor, lo: int, hi: int, epoch: int) -> None:
@@ -423,8 +538,10 @@ def plan_members(spec: DataSpec, subsets: list[Prepared], init: str, init_seeds:
 
 def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig, out: Path,
               device: torch.device, resume: bool = False, quiet: bool = False,
-              run_info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Train members into `out/<member>/`; write the run's config, class histograms and summary."""
+              run_info: dict[str, Any] | None = None, group: bool = True) -> list[dict[str, Any]]:
+    """Train members into `out/<member>/`; write the run's config, class histograms and summary.
+
+    With `group`, members that `can_group` are trained together in one batched step."""
     cfg.validate()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
@@ -443,8 +560,11 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
     write_csv(out / "subsets.csv", [
         {"subset": m.name, "class": c, "count": cnt, "domain": m.data.domain}
         for m in members for c, cnt in enumerate(m.data.histogram)])
-    results = [train_member(model_cfg, m, cfg, out / m.name, device, resume, quiet, run_info)
-               for m in members]
+    if group and can_group(model_cfg, members, cfg):
+        results = train_group(model_cfg, members, cfg, out, device, resume, quiet, run_info)
+    else:
+        results = [train_member(model_cfg, m, cfg, out / m.name, device, resume, quiet, run_info)
+                   for m in members]
     write_csv(out / "summary.csv", results)
     return results
 

@@ -126,7 +126,7 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
             run_dir = out / "runs" / cfg["id"] / f"seed{seed}"
             results = train_run(model_cfg, members, train_cfg, run_dir, device, resume=resume,
                                 quiet=quiet, run_info={"study_config": cfg})
-            for m, r in zip(members, results):
+            for m in members:
                 for row in read_csv(run_dir / m.name / "metrics.csv"):
                     tables["learning_curves"].append({
                         **_keys(cfg), "seed": seed, "member": m.name, "epoch": row["epoch"],
