@@ -195,7 +195,7 @@ def cmd_lmc(args: argparse.Namespace) -> int:
                      batch_sizes=tuple(args.batch_sizes), lrs=tuple(args.lrs),
                      seeds=tuple(args.seeds), train=train_config(args), points=args.points,
                      ensemble_size=args.ensemble_size, bn_reset=args.bn_reset,
-                     tolerance=args.tolerance)
+                     tolerance=args.tolerance, lr_scaling=args.lr_scaling)
     for v in study.inits:
         if v not in ("same", "different"):
             raise UsageError(f"--init takes same and/or different, got {v!r}")
@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="same, independent, or both comma-separated")
     g.add_argument("--batch-sizes", type=_int_list, default=[32])
     g.add_argument("--lrs", type=_float_list, default=[0.05])
+    g.add_argument("--lr-scaling", default="none", choices=["none", "linear"],
+                   help="linear: scale each lr by batch size / first batch size")
     g.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
     g.add_argument("--points", type=int, default=25)
     g.add_argument("--ensemble-size", type=int, default=3)

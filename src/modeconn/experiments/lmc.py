@@ -51,6 +51,7 @@ class LMCStudy:
     bn_reset: str = "auto"
     tolerance: float = 0.01
     contrast: bool = False  # add one init-different configuration as a contrast row
+    lr_scaling: str = "none"  # "linear": lr × batch size / first batch size (same epoch budget)
 
     @property
     def name(self) -> str:
@@ -63,6 +64,8 @@ class LMCStudy:
         if self.contrast and "different" not in self.inits:
             grid_.append(("different", self.batch_orders[0], self.batch_sizes[0], self.lrs[0]))
         for init, order, bs, lr in grid_:
+            if self.lr_scaling == "linear":
+                lr = lr * bs / self.batch_sizes[0]
             cfg = {"model": self.name, "shift": self.shift, "init": init, "batch_order": order,
                    "batch_size": bs, "lr": lr}
             cfg["id"] = (f"{self.name}_{self.shift.replace(':', '-').replace(',', '_')}"
@@ -83,6 +86,8 @@ class LMCStudy:
             raise UsageError(f"--seeds has repeated values: {self.seeds}")
         if self.ensemble_size < 2:
             raise UsageError(f"--ensemble-size must be at least 2, got {self.ensemble_size}")
+        if self.lr_scaling not in ("none", "linear"):
+            raise UsageError(f"--lr-scaling must be none or linear, got {self.lr_scaling!r}")
         if self.shift == "none":
             raise UsageError("the LMC study needs a shift with at least two subsets, e.g. iid:50,50")
         grid(self.points)
