@@ -97,8 +97,9 @@ class _Warm:
 class WarmLAP:
     """Maximising assignment solver that reuses each key's last solution while it stays optimal."""
 
-    def __init__(self, work_factor: float = 8.0):
+    def __init__(self, work_factor: float = 8.0, min_size: int = 128):
         self.work_factor = work_factor
+        self.min_size = min_size  # below this a cold solve is cheaper than a certificate
         self.solved = 0
         self.certified = 0
         self._state: dict[Hashable, _Warm] = {}
@@ -109,7 +110,7 @@ class WarmLAP:
         _check_square(score)
         n = score.shape[0]
         prev = self._state.get(key)
-        if prev is not None and prev.cols.shape[0] == n:
+        if prev is not None and prev.cols.shape[0] == n and n >= self.min_size:
             ok, v = certify(score, prev.cols, prev.potentials, max_work=self.work_factor * n)
             prev.potentials = v
             if ok:

@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from ..errors import UsageError
 from .lap import WarmLAP, linear_assignment
-from .spec import Permutation, PermutationSpec, check_spec, permute_tensor, unit_matrix
+from .spec import Permutation, PermutationSpec, axis_index, check_spec, units_first
 from .trace import Point, trace
 
 Params = Mapping[str, Tensor]
@@ -80,12 +80,39 @@ def _distance(a: Params, b: Params) -> float:
 # --- weight matching ------------------------------------------------------------------------
 
 
+def _same(ref: Tensor | None, t: Tensor) -> bool:
+    """Whether `t` is the very tensor `ref` was, unmodified (ref keeps the memory alive)."""
+    return (ref is not None and ref.data_ptr() == t.data_ptr() and ref._version == t._version
+            and ref.shape == t.shape and ref.stride() == t.stride() and ref.dtype == t.dtype
+            and ref.device == t.device)
+
+
+class _Term:
+    """One (tensor, axis) contribution to a group's cost, with what it was computed from."""
+
+    def __init__(self) -> None:
+        self.b_ref: Tensor | None = None     # B's tensor and its units-first copy
+        self.b_front: Tensor | None = None
+        self.b_pos: list[int | None] = []
+        self.rows_perms: list[Tensor] | None = None  # other axes' permutations in b_rows
+        self.b_rows: Tensor | None = None
+        self.a_ref: Tensor | None = None     # A's tensor and its units-first rows
+        self.a_rows: Tensor | None = None
+        self.value_perms: list[Tensor] | None = None
+        self.value: np.ndarray | None = None
+
+
+def _equal(xs: list[Tensor] | None, ys: list[Tensor]) -> bool:
+    return xs is not None and all(x is y or torch.equal(x, y) for x, y in zip(xs, ys, strict=True))
+
+
 class WeightMatcher:
     """Weight matching that keeps its permutation and LAP state between calls (accelerated WM).
 
-    Within a call, each cost term is cached until a permutation it depends on changes, and a
-    group whose cost did not change is not solved again; between calls, the previous result is
-    the starting point and each group's LAP is warm-started (see lap.WarmLAP).
+    Each cost term is cached with the permutations it was computed from and recomputed only
+    when one of them (or a tensor) changes, so a group whose cost did not change is not solved
+    again. Between calls the previous result is the starting point, B's permuted weights are
+    reused, and each group's LAP is warm-started (lap.WarmLAP).
     """
 
     def __init__(self, spec: PermutationSpec, max_iter: int = 100, seed: int = 0,
@@ -97,9 +124,37 @@ class WeightMatcher:
         self.perm: Permutation | None = None
         self.passes = 0
         self._rng = np.random.default_rng(seed)
+        self._terms = {key: _Term() for axes in spec.perm_to_axes.values() for key in axes}
 
     def _solve(self, name: str, cost: np.ndarray) -> np.ndarray:
         return self.lap.solve(name, cost) if self.lap is not None else linear_assignment(cost)
+
+    def _term(self, name: str, axis: int, ta: Tensor, tb: Tensor,
+              perms: dict[str, Tensor]) -> np.ndarray:
+        """Σ over the other axes of A·B (B permuted by `perms`) for the units of `axis`."""
+        spec = self.spec
+        n = spec.sizes[spec.axes[name][axis]]
+        layout = spec.layout(name, axis)
+        others = [(ax, q) for ax, q in enumerate(spec.axes[name]) if q is not None and ax != axis]
+        used = [perms[q] for _, q in others]
+        t = self._terms[(name, axis)]
+        if not _same(t.a_ref, ta):
+            t.a_ref, t.value = ta, None
+            t.a_rows = units_first(ta, axis, n, layout)[0].reshape(n, -1)
+        if not _same(t.b_ref, tb):
+            t.b_ref, t.b_rows, t.value = tb, None, None
+            t.b_front, t.b_pos = units_first(tb, axis, n, layout)
+        if t.value is not None and _equal(t.value_perms, used):
+            return t.value
+        if t.b_rows is None or not _equal(t.rows_perms, used):
+            rows = t.b_front
+            for (ax, _), perm in zip(others, used, strict=True):
+                rows = rows.index_select(t.b_pos[ax], axis_index(perm.to(rows.device),
+                                                                 spec.layout(name, ax)))
+            t.b_rows, t.rows_perms = rows.reshape(n, -1), used
+        t.value = (t.a_rows @ t.b_rows.T).cpu().numpy()
+        t.value_perms = used
+        return t.value
 
     def __call__(self, a: ModelOrParams, b: ModelOrParams,
                  init: Permutation | None = None) -> Permutation:
@@ -110,10 +165,7 @@ class WeightMatcher:
         spec.validate(pb)
         start = init if init is not None else (self.perm if self.warm else None)
         perms = dict(start if start is not None else Permutation.identity(spec))
-        version = dict.fromkeys(spec.sizes, 0)
-        a_rows: dict[tuple[str, int], Tensor] = {}
-        terms: dict[tuple[str, int], tuple[tuple[int, ...], np.ndarray]] = {}
-        solved_at: dict[str, tuple[int, ...]] = {}
+        solved_with: dict[str, list[Tensor]] = {}
         names = spec.names
         self.passes = 0
         for _ in range(self.max_iter):
@@ -122,32 +174,20 @@ class WeightMatcher:
             for idx in self._rng.permutation(len(names)):
                 p = names[idx]
                 n = spec.sizes[p]
-                cost = np.zeros((n, n))
-                deps: list[int] = []
-                for key in spec.perm_to_axes[p]:
-                    name, axis = key
-                    dep = tuple(version[q] for ax, q in enumerate(spec.axes[name])
-                                if q is not None and ax != axis)
-                    deps.extend(dep)
-                    cached = terms.get(key)
-                    if cached is None or cached[0] != dep:
-                        if key not in a_rows:
-                            a_rows[key] = unit_matrix(pa[name], axis, n, spec.layout(name, axis))
-                        wb = permute_tensor(pb[name], spec, name, perms, skip_axis=axis)
-                        rows_b = unit_matrix(wb, axis, n, spec.layout(name, axis))
-                        term = (a_rows[key] @ rows_b.T).double().cpu().numpy()
-                        cached = terms[key] = (dep, term)
-                    cost += cached[1]
-                if solved_at.get(p) == tuple(deps):
+                used = [perms[q] for name, axis in spec.perm_to_axes[p]
+                        for ax, q in enumerate(spec.axes[name]) if q is not None and ax != axis]
+                if _equal(solved_with.get(p), used):
                     continue  # same cost as when last solved: same answer
-                solved_at[p] = tuple(deps)
+                solved_with[p] = used
+                cost = np.zeros((n, n))
+                for name, axis in spec.perm_to_axes[p]:
+                    cost += self._term(name, axis, pa[name], pb[name], perms)
                 cur = perms[p].numpy()
                 new = self._solve(p, cost)
                 rows = np.arange(n)
                 old_score, new_score = cost[rows, cur].sum(), cost[rows, new].sum()
                 if new_score > old_score + 1e-12 * max(abs(old_score), 1.0):
                     perms[p] = torch.from_numpy(new)
-                    version[p] += 1
                     progress = True
             if not progress:
                 break
@@ -230,8 +270,10 @@ def _collector(gm: fx.GraphModule, root: nn.Module, nodes: list[str]) -> fx.Grap
     graph.graph_copy(gm.graph, env)
     by_name = {n.name: env[n] for n in gm.graph.nodes if n in env}
     graph.output(tuple(by_name[n] for n in nodes))
-    graph.eliminate_dead_code()
-    return fx.GraphModule(root, graph)
+    collector = fx.GraphModule(root, graph)
+    collector.graph.eliminate_dead_code()
+    collector.recompile()
+    return collector
 
 
 @torch.no_grad()

@@ -127,13 +127,18 @@ def axis_index(perm: Tensor, layout: Layout = (1, 1)) -> Tensor:
     return idx.reshape(-1)
 
 
-def unit_matrix(t: Tensor, axis: int, n: int, layout: Layout = (1, 1)) -> Tensor:
-    """`t` reshaped to (n, -1): one row per unit of the permuted axis, everything else flattened."""
+def units_first(t: Tensor, axis: int, n: int,
+                layout: Layout = (1, 1)) -> tuple[Tensor, list[int | None]]:
+    """`t` made contiguous with the units of `axis` as dim 0, and where each other axis went."""
     outer, inner = layout
     t = t.movedim(axis, 0)
+    extra = 0
     if layout != (1, 1):
         t = t.reshape(outer, n, inner, *t.shape[1:]).movedim(1, 0)
-    return t.reshape(n, -1)
+        extra = 2
+    pos = [None if ax == axis else 1 + extra + (ax if ax < axis else ax - 1)
+           for ax in range(t.dim() - extra)]
+    return t.contiguous(), pos
 
 
 def permute_tensor(t: Tensor, spec: PermutationSpec, name: str, perms: Mapping[str, Tensor],

@@ -111,10 +111,12 @@ def _op_name(node: fx.Node, root: nn.Module) -> str:
     return f"{mod}.{getattr(fn, '__name__', fn)}"
 
 
-def _where(node: fx.Node) -> str:
-    trace = (node.stack_trace or "").strip().splitlines()
-    frames = [t.strip() for t in trace if t.strip().startswith("File ")]
-    return f" at {frames[-1]}" if frames else ""
+def _where(node: fx.Node, model_name: str) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, cls = list(stack.values())[-1]
+        return f" in {cls.__name__}.forward ({path!r})"
+    return f" in {model_name}.forward"
 
 
 # --- operation tables -------------------------------------------------------------------------
@@ -211,8 +213,9 @@ def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int],
 class _Propagation:
     """One pass over a traced graph that collects the permutation bindings of all state tensors."""
 
-    def __init__(self, gm: fx.GraphModule, state: dict[str, Tensor]):
+    def __init__(self, gm: fx.GraphModule, state: dict[str, Tensor], model_name: str):
         self.gm = gm
+        self.model_name = model_name
         self.state = state
         self.uf = _UnionFind()
         self.binds: dict[tuple[str, int], Bind] = {}
@@ -295,7 +298,7 @@ class _Propagation:
         what = _op_name(node, self.gm)
         why = f" ({why})" if why else ""
         return UsageError(f"auto_spec cannot follow permuted channels through {what}{why}"
-                          f"{_where(node)}; {HINT}")
+                          f"{_where(node, self.model_name)}; {HINT}")
 
     # -- the pass ------------------------------------------------------------------------------
 
@@ -818,7 +821,6 @@ def _user_frame(exc: BaseException) -> str:
 def trace(model: nn.Module, example_input: Any) -> Traced:
     """Trace a model with an example input and derive its permutation spec."""
     tracer = fx.Tracer()
-    tracer.record_stack_traces = True
     try:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises many types; all mean "not traceable"
@@ -837,7 +839,7 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
     finally:
         model.train(was_training)
     state = dict(model.state_dict())
-    prop = _Propagation(gm, state)
+    prop = _Propagation(gm, state, type(model).__name__)
     prop.run()
     return _build(gm, prop, state)
 
