@@ -464,3 +464,67 @@ def test_ste_mm_of_permuted_copies_recovers_the_model():
     state = model.state_dict()
     for key, value in merged.params.items():
         assert torch.allclose(value, state[key], atol=1e-6), key
+
+
+# --- trained models (slow) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from modeconn.data.datasets import load_dataset
+
+    return load_dataset("digits")
+
+
+def trained(name: str, data, seed: int = 0, epochs: int = 5, **kw) -> nn.Module:
+    """A zoo model trained briefly on digits (Adam 1e-3, batch 32)."""
+    model = make(name, tuple(data.input_shape), seed=seed, **kw).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(data.train_x), generator=gen).split(32):
+            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def midpoint_barrier(model: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tensor
+                     ) -> float:
+    """Loss at the midpoint of a and b minus the mean of their losses."""
+    from torch.func import functional_call
+
+    def loss(state: dict) -> float:
+        return float(F.cross_entropy(functional_call(model, state, (x,)), y))
+
+    mid = {k: (a[k] + b[k]) / 2 if a[k].is_floating_point() else a[k] for k in a}
+    return loss(mid) - (loss(a) + loss(b)) / 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kw", [("mlp", {"width": 128}), ("vgg11", {"width": 0.25}),
+                                      ("convnet", {"width": 0.5}),
+                                      ("resnet8", {"width": 0.5, "norm": "bn"})])
+def test_trained_models_permutations_recovered(digits, name, kw):
+    model = trained(name, digits, epochs=2, **kw)
+    spec = auto_spec(model, digits.train_x[:4])
+    hits = sum(recovered(model, spec, t) for t in range(100))
+    print(f"trained {name}: recovered {hits}/100")
+    assert hits == 100 if name != "resnet8" else hits >= 90
+
+
+@pytest.mark.slow
+def test_matching_cuts_the_barrier_between_digits_mlps(digits):
+    a, b = trained("mlp", digits, seed=0), trained("mlp", digits, seed=1)
+    x, y = digits.test_x, digits.test_y
+    sa, sb = a.state_dict(), b.state_dict()
+    before = midpoint_barrier(a, sa, sb, x, y)
+    wm = weight_matching(a, b, example_input=x[:4])
+    after_wm = midpoint_barrier(a, sa, wm.apply(sb), x, y)
+    ste = ste_matching(a, b, digits.train_x, digits.train_y, epochs=3)
+    after_ste = midpoint_barrier(a, sa, ste.apply(sb), x, y)
+    print(f"digits MLP midpoint barrier: {before:.3f} -> WM {after_wm:.3f}, STE {after_ste:.3f}")
+    assert after_wm <= 0.2 * before
+    assert after_ste <= after_wm + 0.02

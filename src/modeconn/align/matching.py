@@ -111,8 +111,9 @@ class WeightMatcher:
 
     Each cost term is cached with the permutations it was computed from and recomputed only
     when one of them (or a tensor) changes, so a group whose cost did not change is not solved
-    again. Between calls the previous result is the starting point, B's permuted weights are
-    reused, and each group's LAP is warm-started (lap.WarmLAP).
+    again. With `warm`, the previous result is the next call's starting point, B's permuted
+    weights are reused, and each group's LAP is warm-started (lap.WarmLAP); without it every
+    call starts cold from the identity, as reference implementations do.
     """
 
     def __init__(self, spec: PermutationSpec, max_iter: int = 100, seed: int = 0,
@@ -163,6 +164,8 @@ class WeightMatcher:
         pa, pb = state_of(a), state_of(b)
         spec.validate(pa)
         spec.validate(pb)
+        if not self.warm:
+            self._terms = {key: _Term() for key in self._terms}
         start = init if init is not None else (self.perm if self.warm else None)
         perms = dict(start if start is not None else Permutation.identity(spec))
         solved_with: dict[str, list[Tensor]] = {}
@@ -366,7 +369,7 @@ def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
                  spec: PermutationSpec | None = None, *, batch_size: int = 256,
                  epochs: int = 10, lr: float = 1e-3, seed: int = 0,
                  loss_fn: LossFn = F.cross_entropy, max_iter: int = 100,
-                 eval_size: int | None = 4096) -> Permutation:
+                 eval_size: int | None = 4096, warm: bool = True) -> Permutation:
     """Permutation of `b` found by the straight-through estimator (best midpoint loss on x, y)."""
     spec = resolve_spec(a, spec, x[:2])
     pa, pb = state_of(a), state_of(b)
@@ -374,7 +377,7 @@ def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
     theta = {k: pa[k].clone().requires_grad_(True) for k in trainable}
     opt = torch.optim.Adam(theta.values(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    matcher = WeightMatcher(spec, max_iter=max_iter, seed=seed)
+    matcher = WeightMatcher(spec, max_iter=max_iter, seed=seed, warm=warm)
     ex, ey = (x, y) if eval_size is None else (x[:eval_size], y[:eval_size])
 
     def midpoint_loss(perm: Permutation) -> float:
@@ -448,7 +451,7 @@ def merge_many(models: Sequence[ModelOrParams], spec: PermutationSpec | None = N
 def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
            spec: PermutationSpec | None = None, *, batch_size: int = 256, epochs: int = 10,
            lr: float = 1e-3, seed: int = 0, simplex: bool = True,
-           loss_fn: LossFn = F.cross_entropy, max_iter: int = 100) -> Merged:
+           loss_fn: LossFn = F.cross_entropy, max_iter: int = 100, warm: bool = True) -> Merged:
     """Align K models to the first with the multi-model straight-through estimator (STE-MM)."""
     if len(models) < 2:
         raise UsageError(f"merging needs at least 2 models, got {len(models)}")
@@ -461,7 +464,8 @@ def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
     proxies = [{n: states[0][n].clone().requires_grad_(True) for n in trainable}
                for _ in range(k - 1)]
     opt = torch.optim.Adam([t for p in proxies for t in p.values()], lr=lr)
-    matchers = [WeightMatcher(spec, max_iter=max_iter, seed=seed + i) for i in range(k - 1)]
+    matchers = [WeightMatcher(spec, max_iter=max_iter, seed=seed + i, warm=warm)
+                for i in range(k - 1)]
     gen = torch.Generator().manual_seed(seed)
 
     def proxy_state(i: int) -> dict[str, Tensor]:
