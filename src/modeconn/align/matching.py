@@ -20,7 +20,7 @@ from torch.func import functional_call
 from ..errors import UsageError
 from .lap import WarmLAP, linear_assignment
 from .spec import Permutation, PermutationSpec, axis_index, check_spec, units_first
-from .trace import Point, trace
+from .trace import Point, auto_spec, trace
 
 Params = Mapping[str, Tensor]
 ModelOrParams = nn.Module | Params
@@ -48,7 +48,6 @@ def resolve_spec(model: ModelOrParams, spec: PermutationSpec | None,
         if not isinstance(model, nn.Module) or example_input is None:
             raise UsageError("without a spec, alignment needs the model as an nn.Module and an "
                              "example input to trace it with (example_input=)")
-        from .trace import auto_spec
         return auto_spec(model, example_input)
     if isinstance(model, nn.Module) and example_input is not None:
         check_spec(model, spec, example_input, trials=2)
@@ -74,7 +73,8 @@ def mean_params(states: Sequence[Params], weights: Sequence[float] | Tensor | No
 
 
 def _distance(a: Params, b: Params) -> float:
-    return float(sum(((a[k] - b[k]).double() ** 2).sum() for k in a if _is_float(a[k])))
+    """L2 distance between two parameter dicts (float tensors)."""
+    return float(sum(((a[k] - b[k]).double() ** 2).sum() for k in a if _is_float(a[k]))) ** 0.5
 
 
 # --- weight matching ------------------------------------------------------------------------

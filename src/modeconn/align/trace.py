@@ -223,7 +223,6 @@ class _Propagation:
         self.values: dict[fx.Node, Any] = {}
         self.inputs: list[tuple[Point, int]] = []   # values entering a layer that contracts them
         self.outputs: list[tuple[Point, int]] = []  # values a layer creates
-        self.node: fx.Node | None = None
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -304,7 +303,6 @@ class _Propagation:
 
     def run(self) -> None:
         for node in self.gm.graph.nodes:
-            self.node = node
             if node.op == "placeholder":
                 shape = self.out_shape(node)
                 self.values[node] = Value(shape) if "tensor_meta" in node.meta else None
