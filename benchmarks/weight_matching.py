@@ -8,7 +8,10 @@
    vs warm-started (previous π and LAP potentials kept between calls).
 3. Real STE and STE-MM loops on digits (MLP 3×512, briefly trained), cold vs warm-started WM.
 
-Run: PYTHONPATH=src python benchmarks/weight_matching.py [--quick]
+Timings are the best of interleaved rounds, single-threaded by default (on a shared 2-core
+machine multi-threaded BLAS timings swing tenfold); --threads 2 on a quiet one.
+
+Run: PYTHONPATH=src python benchmarks/weight_matching.py [--quick] [--threads N]
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from threadpoolctl import threadpool_limits
 
-from modeconn.align import PermutationSpec, WeightMatcher, auto_spec, ste_matching, ste_mm
+from modeconn.align import (
+    Permutation,
+    PermutationSpec,
+    WeightMatcher,
+    auto_spec,
+    ste_matching,
+    ste_mm,
+)
 from modeconn.models import build_model, model_config
 
 
@@ -62,14 +73,16 @@ def numpy_weight_matching(spec: PermutationSpec, pa: dict[str, np.ndarray],
     return perm
 
 
-def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    """Best wall time of `repeat` runs, and the last result."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, Any]]:
+    """Best wall time of each function over `rounds` rounds run in turn (the machine is shared),
+    and its last result."""
+    best: dict[str, tuple[float, Any]] = {k: (float("inf"), None) for k in fns}
+    for _ in range(rounds):
+        for label, fn in fns.items():
+            t = time.perf_counter()
+            out = fn()
+            best[label] = (min(best[label][0], time.perf_counter() - t), out)
+    return best
 
 
 def models(name: str, **overrides: Any) -> tuple[torch.nn.Module, torch.nn.Module, PermutationSpec]:
@@ -82,13 +95,14 @@ def models(name: str, **overrides: Any) -> tuple[torch.nn.Module, torch.nn.Modul
 
 
 def one_shot(label: str, a: torch.nn.Module, b: torch.nn.Module, spec: PermutationSpec,
-             repeat: int) -> None:
+             rounds: int) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     na = {k: v.numpy() for k, v in sa.items()}
     nb = {k: v.numpy() for k, v in sb.items()}
-    t_ref, ref = timed(lambda: numpy_weight_matching(spec, na, nb), repeat)
     matcher = WeightMatcher(spec)
-    t_ours, ours = timed(lambda: WeightMatcher(spec)(sa, sb), repeat)
+    res = interleaved({"numpy": lambda: numpy_weight_matching(spec, na, nb),
+                       "ours": lambda: WeightMatcher(spec)(sa, sb)}, rounds)
+    (t_ref, ref), (t_ours, ours) = res["numpy"], res["ours"]
     matcher(sa, sb)
     same = all(np.array_equal(ref[p], ours[p].numpy()) for p in spec.sizes)
     n_params = sum(v.numel() for v in sa.values())
@@ -111,16 +125,20 @@ def drifting(a: torch.nn.Module, steps: int, step_size: float, seed: int) -> lis
 
 
 def ste_style_loop(label: str, a: torch.nn.Module, b: torch.nn.Module, spec: PermutationSpec,
-                   steps: int, step_size: float) -> None:
+                   steps: int, step_size: float, rounds: int) -> None:
     sb = b.state_dict()
     thetas = drifting(a, steps, step_size, seed=0)
-    cold_matcher = WeightMatcher(spec, warm=False)
-    warm_matcher = WeightMatcher(spec)
-    t_cold, r_cold = timed(lambda: [cold_matcher(t, sb) for t in thetas])
-    t_warm, r_warm = timed(lambda: [warm_matcher(t, sb) for t in thetas])
-    score = [sum(float((t[k] * p.apply(sb)[k]).sum()) for k in sb if sb[k].is_floating_point())
-             for r in (r_cold, r_warm) for t, p in [(thetas[-1], r[-1])]]
-    lap = warm_matcher.lap
+    matchers: dict[str, WeightMatcher] = {}
+
+    def loop(warm: bool) -> list[Permutation]:
+        matcher = matchers[str(warm)] = WeightMatcher(spec, warm=warm)
+        return [matcher(t, sb) for t in thetas]
+
+    res = interleaved({"cold": lambda: loop(False), "warm": lambda: loop(True)}, rounds)
+    (t_cold, r_cold), (t_warm, r_warm) = res["cold"], res["warm"]
+    score = [sum(float((thetas[-1][k] * r[-1].apply(sb)[k]).sum())
+                 for k in sb if sb[k].is_floating_point()) for r in (r_cold, r_warm)]
+    lap = matchers["True"].lap
     print(f"{label:<22} {steps} calls, ±{step_size:g} steps: cold {t_cold:6.2f} s   "
           f"warm {t_warm:6.2f} s   ratio {t_cold / t_warm:5.2f}x   "
           f"(LAP solves {lap.solved}, certified optimal {lap.certified}; final ⟨θ, π(B)⟩ "
@@ -151,18 +169,12 @@ def digits_mlps(k: int, epochs: int = 5
     return out, data.train_x, data.train_y
 
 
-def real_loops(epochs: int) -> None:
+def real_loops(epochs: int, rounds: int) -> None:
     models3, x, y = digits_mlps(3)
     spec = auto_spec(models3[0], x[:2])
     a, b = models3[0], models3[1]
-    sa, sb = a.state_dict(), b.state_dict()
-    na = {k: v.numpy() for k, v in sa.items()}
-    nb = {k: v.numpy() for k, v in sb.items()}
-    t_ref, _ = timed(lambda: numpy_weight_matching(spec, na, nb))
-    matcher = WeightMatcher(spec)
-    t_ours, _ = timed(lambda: matcher(sa, sb))
-    print(f"{'mlp 3×512 (digits)':<22} one-shot WM: numpy {t_ref:.3f} s   modeconn {t_ours:.3f} s "
-          f"({matcher.passes} passes)   ratio {t_ref / t_ours:.2f}x")
+    one_shot("mlp 3×512 (digits)", a, b, spec, rounds)
+    steps = epochs * -(-len(x) // 256)
     with torch.enable_grad():
         for label, fn in [
             ("STE", lambda warm: ste_matching(a, b, x, y, batch_size=256, epochs=epochs,
@@ -170,9 +182,9 @@ def real_loops(epochs: int) -> None:
             ("STE-MM K=3", lambda warm: ste_mm(models3, x, y, batch_size=256, epochs=epochs,
                                                warm=warm)),
         ]:
-            t_cold, _ = timed(lambda fn=fn: fn(False))
-            t_warm, _ = timed(lambda fn=fn: fn(True))
-            steps = epochs * -(-len(x) // 256)
+            res = interleaved({"cold": lambda fn=fn: fn(False), "warm": lambda fn=fn: fn(True)},
+                              rounds)
+            t_cold, t_warm = res["cold"][0], res["warm"][0]
             print(f"{label:<22} {epochs} epochs ({steps} steps, WM each step): cold WM "
                   f"{t_cold:6.2f} s   warm-started WM {t_warm:6.2f} s   ratio "
                   f"{t_cold / t_warm:5.2f}x")
@@ -184,23 +196,28 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--step-size", type=float, default=1e-3, help="1e-3: Adam at lr 1e-3")
     ap.add_argument("--epochs", type=int, default=4, help="STE / STE-MM epochs on digits")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved repeats (best is kept)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="BLAS/torch threads on both sides (1: stable on a shared machine)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
+    print(f"torch {torch.__version__}, numpy {np.__version__}, {args.threads} thread(s)")
     width = 0.25 if args.quick else 1.0
     cases = [("vgg11", {"width": width}), ("resnet20", {"width": width * 4})]
     print("\n== one-shot weight matching, two random-init models (32×32×3 inputs) ==")
     built = {name: models(name, **kw) for name, kw in cases}
     for name, kw in cases:
-        one_shot(f"{name} w={kw['width']:g}", *built[name], repeat=1 if not args.quick else 2)
+        one_shot(f"{name} w={kw['width']:g}", *built[name], rounds=args.rounds + 1)
     print("\n== STE-style loop: WM after each Adam-sized step of A (cold: identity start, "
           "cold LAP; warm: previous π and LAP potentials) ==")
     for name, kw in cases:
         ste_style_loop(f"{name} w={kw['width']:g}", *built[name],
                        steps=max(2, args.steps // (3 if args.quick else 1)),
-                       step_size=args.step_size)
+                       step_size=args.step_size, rounds=args.rounds)
     print("\n== real STE / STE-MM on digits, MLP 3×512 briefly trained from different seeds ==")
-    real_loops(max(1, args.epochs // (2 if args.quick else 1)))
+    real_loops(max(1, args.epochs // (2 if args.quick else 1)), args.rounds)
 
 
 if __name__ == "__main__":
