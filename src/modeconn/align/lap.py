@@ -104,13 +104,17 @@ class WarmLAP:
         self.certified = 0
         self._state: dict[Hashable, _Warm] = {}
 
-    def solve(self, key: Hashable, score: ArrayLike) -> np.ndarray:
-        """Column assigned to each row, maximising the total; no solve when provably unchanged."""
+    def solve(self, key: Hashable, score: ArrayLike, certify_first: bool = True) -> np.ndarray:
+        """Column assigned to each row, maximising the total; no solve when provably unchanged.
+
+        `certify_first=False` solves cold but still records the solution (for callers who know
+        the previous one is unlikely to remain optimal).
+        """
         score = np.asarray(score, dtype=np.float64)
         _check_square(score)
         n = score.shape[0]
         prev = self._state.get(key)
-        if prev is not None and prev.cols.shape[0] == n and n >= self.min_size:
+        if certify_first and prev is not None and prev.cols.shape[0] == n and n >= self.min_size:
             ok, v = certify(score, prev.cols, prev.potentials, max_work=self.work_factor * n)
             prev.potentials = v
             if ok:

@@ -127,8 +127,12 @@ class WeightMatcher:
         self._rng = np.random.default_rng(seed)
         self._terms = {key: _Term() for axes in spec.perm_to_axes.values() for key in axes}
 
-    def _solve(self, name: str, cost: np.ndarray) -> np.ndarray:
-        return self.lap.solve(name, cost) if self.lap is not None else linear_assignment(cost)
+    def _solve(self, name: str, cost: np.ndarray, first: bool) -> np.ndarray:
+        # Only a group's first solve in a call can expect the last call's answer to hold; later
+        # ones follow a change of a neighbouring group, and certificates rarely succeed there.
+        if self.lap is None:
+            return linear_assignment(cost)
+        return self.lap.solve(name, cost, certify_first=first)
 
     def _term(self, name: str, axis: int, ta: Tensor, tb: Tensor,
               perms: dict[str, Tensor]) -> np.ndarray:
@@ -181,12 +185,12 @@ class WeightMatcher:
                         for ax, q in enumerate(spec.axes[name]) if q is not None and ax != axis]
                 if _equal(solved_with.get(p), used):
                     continue  # same cost as when last solved: same answer
-                solved_with[p] = used
                 cost = np.zeros((n, n))
                 for name, axis in spec.perm_to_axes[p]:
                     cost += self._term(name, axis, pa[name], pb[name], perms)
                 cur = perms[p].numpy()
-                new = self._solve(p, cost)
+                new = self._solve(p, cost, first=p not in solved_with)
+                solved_with[p] = used
                 rows = np.arange(n)
                 old_score, new_score = cost[rows, cur].sum(), cost[rows, new].sum()
                 if new_score > old_score + 1e-12 * max(abs(old_score), 1.0):
