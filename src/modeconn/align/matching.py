@@ -1,0 +1,497 @@
+"""Pairwise and multi-model permutation matching (ALGORITHMS.md §4).
+
+All methods act on parameter dicts (``state_dict()`` keys, buffers included). Methods that need
+forward passes take modules and evaluate other parameters with ``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.func import functional_call
+
+from ..errors import UsageError
+from .lap import WarmLAP, linear_assignment
+from .spec import Permutation, PermutationSpec, axis_index, check_spec, units_first
+from .trace import Point, auto_spec, trace
+
+Params = Mapping[str, Tensor]
+ModelOrParams = nn.Module | Params
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Merged(NamedTuple):
+    """Per-model permutations (the first model's is the identity) and the averaged parameters."""
+
+    perms: list[Permutation]
+    params: dict[str, Tensor]
+
+
+def state_of(obj: ModelOrParams) -> dict[str, Tensor]:
+    """The parameter dict of a module (detached state_dict) or a copy of a given dict."""
+    if isinstance(obj, nn.Module):
+        return dict(obj.state_dict())
+    return {k: v.detach() for k, v in obj.items()}
+
+
+def resolve_spec(model: ModelOrParams, spec: PermutationSpec | None,
+                 example_input: Any | None) -> PermutationSpec:
+    """The given spec (checked when a module and input allow), else one derived from the model."""
+    if spec is None:
+        if not isinstance(model, nn.Module) or example_input is None:
+            raise UsageError("without a spec, alignment needs the model as an nn.Module and an "
+                             "example input to trace it with (example_input=)")
+        return auto_spec(model, example_input)
+    if isinstance(model, nn.Module) and example_input is not None:
+        check_spec(model, spec, example_input, trials=2)
+    return spec
+
+
+def _is_float(t: Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def mean_params(states: Sequence[Params], weights: Sequence[float] | Tensor | None = None
+                ) -> dict[str, Tensor]:
+    """Weighted average of parameter dicts; non-float tensors are taken from the first."""
+    k = len(states)
+    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
+    out = {}
+    for name, first in states[0].items():
+        if _is_float(first):
+            out[name] = sum(w[i].to(first) * s[name] for i, s in enumerate(states))
+        else:
+            out[name] = first.clone()
+    return out
+
+
+def _distance(a: Params, b: Params) -> float:
+    """L2 distance between two parameter dicts (float tensors)."""
+    return float(sum(((a[k] - b[k]).double() ** 2).sum() for k in a if _is_float(a[k]))) ** 0.5
+
+
+# --- weight matching ------------------------------------------------------------------------
+
+
+def _same(ref: Tensor | None, t: Tensor) -> bool:
+    """Whether `t` is the very tensor `ref` was, unmodified (ref keeps the memory alive)."""
+    return (ref is not None and ref.data_ptr() == t.data_ptr() and ref._version == t._version
+            and ref.shape == t.shape and ref.stride() == t.stride() and ref.dtype == t.dtype
+            and ref.device == t.device)
+
+
+class _Term:
+    """One (tensor, axis) contribution to a group's cost, with what it was computed from."""
+
+    def __init__(self) -> None:
+        self.b_ref: Tensor | None = None     # B's tensor and its units-first copy
+        self.b_front: Tensor | None = None
+        self.b_pos: list[int | None] = []
+        self.rows_perms: list[Tensor] | None = None  # other axes' permutations in b_rows
+        self.b_rows: Tensor | None = None
+        self.a_ref: Tensor | None = None     # A's tensor and its units-first rows
+        self.a_rows: Tensor | None = None
+        self.value_perms: list[Tensor] | None = None
+        self.value: np.ndarray | None = None
+
+
+def _equal(xs: list[Tensor] | None, ys: list[Tensor]) -> bool:
+    return xs is not None and all(x is y or torch.equal(x, y) for x, y in zip(xs, ys, strict=True))
+
+
+class WeightMatcher:
+    """Weight matching that keeps its permutation and LAP state between calls (accelerated WM).
+
+    Each cost term is cached with the permutations it was computed from and recomputed only
+    when one of them (or a tensor) changes, so a group whose cost did not change is not solved
+    again. With `warm`, the previous result is the next call's starting point, B's permuted
+    weights are reused, and each group's LAP is warm-started (lap.WarmLAP); without it every
+    call starts cold from the identity, as reference implementations do.
+    """
+
+    def __init__(self, spec: PermutationSpec, max_iter: int = 100, seed: int = 0,
+                 warm: bool = True):
+        self.spec = spec
+        self.max_iter = max_iter
+        self.warm = warm
+        self.lap = WarmLAP() if warm else None
+        self.perm: Permutation | None = None
+        self.passes = 0
+        self._rng = np.random.default_rng(seed)
+        self._terms = {key: _Term() for axes in spec.perm_to_axes.values() for key in axes}
+
+    def _solve(self, name: str, cost: np.ndarray, first: bool) -> np.ndarray:
+        # Only a group's first solve in a call can expect the last call's answer to hold; later
+        # ones follow a change of a neighbouring group, and certificates rarely succeed there.
+        if self.lap is None:
+            return linear_assignment(cost)
+        return self.lap.solve(name, cost, certify_first=first)
+
+    def _term(self, name: str, axis: int, ta: Tensor, tb: Tensor,
+              perms: dict[str, Tensor]) -> np.ndarray:
+        """Σ over the other axes of A·B (B permuted by `perms`) for the units of `axis`."""
+        spec = self.spec
+        n = spec.sizes[spec.axes[name][axis]]
+        layout = spec.layout(name, axis)
+        others = [(ax, q) for ax, q in enumerate(spec.axes[name]) if q is not None and ax != axis]
+        used = [perms[q] for _, q in others]
+        t = self._terms[(name, axis)]
+        if not _same(t.a_ref, ta):
+            t.a_ref, t.value = ta, None
+            t.a_rows = units_first(ta, axis, n, layout)[0].reshape(n, -1)
+        if not _same(t.b_ref, tb):
+            t.b_ref, t.b_rows, t.value = tb, None, None
+            t.b_front, t.b_pos = units_first(tb, axis, n, layout)
+        if t.value is not None and _equal(t.value_perms, used):
+            return t.value
+        if t.b_rows is None or not _equal(t.rows_perms, used):
+            rows = t.b_front
+            for (ax, _), perm in zip(others, used, strict=True):
+                rows = rows.index_select(t.b_pos[ax], axis_index(perm.to(rows.device),
+                                                                 spec.layout(name, ax)))
+            t.b_rows, t.rows_perms = rows.reshape(n, -1), used
+        t.value = (t.a_rows @ t.b_rows.T).cpu().numpy()
+        t.value_perms = used
+        return t.value
+
+    def __call__(self, a: ModelOrParams, b: ModelOrParams,
+                 init: Permutation | None = None) -> Permutation:
+        """The permutation of `b` that best aligns its weights with `a`'s."""
+        spec = self.spec
+        pa, pb = state_of(a), state_of(b)
+        spec.validate(pa)
+        spec.validate(pb)
+        if not self.warm:
+            self._terms = {key: _Term() for key in self._terms}
+        start = init if init is not None else (self.perm if self.warm else None)
+        perms = dict(start if start is not None else Permutation.identity(spec))
+        solved_with: dict[str, list[Tensor]] = {}
+        names = spec.names
+        self.passes = 0
+        for _ in range(self.max_iter):
+            self.passes += 1
+            progress = False
+            for idx in self._rng.permutation(len(names)):
+                p = names[idx]
+                n = spec.sizes[p]
+                used = [perms[q] for name, axis in spec.perm_to_axes[p]
+                        for ax, q in enumerate(spec.axes[name]) if q is not None and ax != axis]
+                if _equal(solved_with.get(p), used):
+                    continue  # same cost as when last solved: same answer
+                cost = np.zeros((n, n))
+                for name, axis in spec.perm_to_axes[p]:
+                    cost += self._term(name, axis, pa[name], pb[name], perms)
+                cur = perms[p].numpy()
+                new = self._solve(p, cost, first=p not in solved_with)
+                solved_with[p] = used
+                rows = np.arange(n)
+                old_score, new_score = cost[rows, cur].sum(), cost[rows, new].sum()
+                if new_score > old_score + 1e-12 * max(abs(old_score), 1.0):
+                    perms[p] = torch.from_numpy(new)
+                    progress = True
+            if not progress:
+                break
+        result = Permutation(spec, perms)
+        if self.warm:
+            self.perm = result
+        return result
+
+
+def weight_matching(a: ModelOrParams, b: ModelOrParams, spec: PermutationSpec | None = None,
+                    example_input: Any | None = None, max_iter: int = 100, seed: int = 0,
+                    init: Permutation | None = None) -> Permutation:
+    """Permutation of `b` whose weights best match `a`'s (Git Re-Basin weight matching)."""
+    spec = resolve_spec(a, spec, example_input)
+    return WeightMatcher(spec, max_iter=max_iter, seed=seed)(a, b, init=init)
+
+
+# --- activation matching --------------------------------------------------------------------
+
+
+def _as_module(obj: ModelOrParams, model: nn.Module | None) -> nn.Module:
+    if isinstance(obj, nn.Module):
+        return obj
+    if model is None:
+        raise UsageError("this method runs the models: pass modules, or parameter dicts "
+                         "together with model= (a module of the same architecture)")
+    out = copy.deepcopy(model)
+    out.load_state_dict(dict(obj))
+    return out
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None = None
+             ) -> Iterator[Tensor]:
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    yield from order.split(batch_size)
+
+
+def _units(value: Tensor, point: Point, n: int) -> Tensor:
+    """A value's entries at a point as (samples, units)."""
+    t = value.movedim(point.dim, -1)
+    t = t.reshape(*t.shape[:-1], point.outer, n, point.inner).movedim(-2, -1)
+    return t.reshape(-1, n)
+
+
+class _Moments:
+    """Running sums for the correlation of two sets of units."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sa: Tensor | float = 0.0
+        self.sb: Tensor | float = 0.0
+        self.saa: Tensor | float = 0.0
+        self.sbb: Tensor | float = 0.0
+        self.sab: Tensor | float = 0.0
+
+    def add(self, xa: Tensor, xb: Tensor) -> None:
+        xa, xb = xa.double(), xb.double()
+        self.count += xa.shape[0]
+        self.sa = self.sa + xa.sum(0)
+        self.sb = self.sb + xb.sum(0)
+        self.saa = self.saa + (xa * xa).sum(0)
+        self.sbb = self.sbb + (xb * xb).sum(0)
+        self.sab = self.sab + xa.T @ xb
+
+    def score(self, statistic: str) -> Tensor:
+        m = self.count
+        if statistic == "cross":
+            return self.sab / m
+        ma, mb = self.sa / m, self.sb / m
+        cov = self.sab / m - ma[:, None] * mb[None, :]
+        sa = (self.saa / m - ma ** 2).clamp_min(0).sqrt()
+        sb = (self.sbb / m - mb ** 2).clamp_min(0).sqrt()
+        return torch.nan_to_num(cov / (sa[:, None] * sb[None, :] + 1e-12))
+
+
+def _collector(gm: fx.GraphModule, root: nn.Module, nodes: list[str]) -> fx.GraphModule:
+    """A copy of the traced graph, run on `root`, that returns the values of the named nodes."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    graph.graph_copy(gm.graph, env)
+    by_name = {n.name: env[n] for n in gm.graph.nodes if n in env}
+    graph.output(tuple(by_name[n] for n in nodes))
+    collector = fx.GraphModule(root, graph)
+    collector.graph.eliminate_dead_code()
+    collector.recompile()
+    return collector
+
+
+@torch.no_grad()
+def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
+                        spec: PermutationSpec | None = None, *, model: nn.Module | None = None,
+                        batch_size: int = 256, statistic: str = "pearson") -> Permutation:
+    """Permutation of `b` whose units' activations on `x` best correlate with `a`'s."""
+    if statistic not in ("pearson", "cross"):
+        raise UsageError(f"statistic must be 'pearson' or 'cross', not {statistic!r}")
+    ma, mb = _as_module(a, model), _as_module(b, model)
+    traced = trace(ma, x[:2])
+    spec = resolve_spec(ma, traced.spec if spec is None else spec, x[:2])
+    # Map the traced groups onto the spec's names through the tensors they act on.
+    names: dict[str, str] = {}
+    for p, axes in traced.spec.perm_to_axes.items():
+        for tensor, axis in axes:
+            q = spec.axes.get(tensor, (None,) * (axis + 1))[axis]
+            if q is not None:
+                names[p] = q
+                break
+    missing = [q for q in spec.sizes if q not in names.values()]
+    if missing:
+        raise UsageError(f"activation matching found no activations for {missing}: the traced "
+                         "graph and the given spec disagree")
+    points = [(names[p], pt) for p, pts in traced.points.items() if p in names for pt in pts]
+    nodes = sorted({pt.node for _, pt in points})
+    runs = []
+    for m in (ma, mb):
+        was = m.training
+        m.eval()
+        runs.append((m, was, _collector(traced.graph_module, m, nodes)))
+    moments = {i: _Moments() for i in range(len(points))}
+    try:
+        for idx in _batches(len(x), batch_size):
+            outs = [dict(zip(nodes, coll(x[idx]), strict=True)) for _, _, coll in runs]
+            for i, (name, pt) in enumerate(points):
+                n = spec.sizes[name]
+                moments[i].add(_units(outs[0][pt.node], pt, n), _units(outs[1][pt.node], pt, n))
+    finally:
+        for m, was, _ in runs:
+            m.train(was)
+    perms = {}
+    for name, n in spec.sizes.items():
+        score = sum((moments[i].score(statistic) for i, (q, _) in enumerate(points) if q == name),
+                    torch.zeros(n, n, dtype=torch.float64))
+        perms[name] = torch.from_numpy(linear_assignment(score.numpy()))
+    return Permutation(spec, perms)
+
+
+# --- straight-through estimator -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluation mode, except that normalisation layers use the batch's statistics."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    try:
+        yield model
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
+def _forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
+    # Buffers are cloned: BatchNorm's in-place running-stat updates must not reach the caller.
+    buffers = {k for k, _ in model.named_buffers()}
+    return functional_call(model, {k: v.clone() if k in buffers else v
+                                   for k, v in params.items()}, (x,))
+
+
+@torch.no_grad()
+def _mean_loss(model: nn.Module, params: Params, x: Tensor, y: Tensor, loss_fn: LossFn,
+               batch_size: int) -> float:
+    total = 0.0
+    for idx in _batches(len(x), batch_size):
+        total += float(loss_fn(_forward(model, params, x[idx]), y[idx])) * len(idx)
+    return total / len(x)
+
+
+def _straight_through(value: Tensor, proxy: Tensor) -> Tensor:
+    """`value` in the forward pass; gradients flow to `proxy`."""
+    return value + (proxy - proxy.detach())
+
+
+def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
+                 spec: PermutationSpec | None = None, *, batch_size: int = 256,
+                 epochs: int = 10, lr: float = 1e-3, seed: int = 0,
+                 loss_fn: LossFn = F.cross_entropy, max_iter: int = 100,
+                 eval_size: int | None = 4096, warm: bool = True) -> Permutation:
+    """Permutation of `b` found by the straight-through estimator (best midpoint loss on x, y)."""
+    spec = resolve_spec(a, spec, x[:2])
+    pa, pb = state_of(a), state_of(b)
+    trainable = {k for k, _ in a.named_parameters() if k in pa and _is_float(pa[k])}
+    theta = {k: pa[k].clone().requires_grad_(True) for k in trainable}
+    opt = torch.optim.Adam(theta.values(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    matcher = WeightMatcher(spec, max_iter=max_iter, seed=seed, warm=warm)
+    ex, ey = (x, y) if eval_size is None else (x[:eval_size], y[:eval_size])
+
+    def midpoint_loss(perm: Permutation) -> float:
+        return _mean_loss(a, mean_params([pa, perm.apply(pb)]), ex, ey, loss_fn, batch_size)
+
+    with batch_statistics(a):
+        best = matcher(pa, pb)
+        best_loss = midpoint_loss(best)
+        for _ in range(epochs):
+            perm = best
+            for idx in _batches(len(x), batch_size, gen):
+                current = {k: theta[k].detach() if k in theta else v for k, v in pa.items()}
+                perm = matcher(current, pb)
+                aligned = perm.apply(pb)
+                mid = {k: 0.5 * (v + (_straight_through(aligned[k], theta[k])
+                                      if k in theta else aligned[k])) if _is_float(v) else v
+                       for k, v in pa.items()}
+                loss = loss_fn(_forward(a, mid, x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            loss_now = midpoint_loss(perm)
+            if loss_now < best_loss:
+                best, best_loss = perm, loss_now
+    return best
+
+
+# --- several models -------------------------------------------------------------------------
+
+
+def _canonical(perms: list[Permutation], params: dict[str, Tensor]) -> Merged:
+    """Re-express everything in the first model's basis (its permutation becomes the identity)."""
+    undo = perms[0].inverse()
+    return Merged([undo.compose(p) for p in perms], undo.apply(params))
+
+
+def merge_many(models: Sequence[ModelOrParams], spec: PermutationSpec | None = None,
+               example_input: Any | None = None, max_iter: int = 100,
+               seed: int = 0) -> Merged:
+    """Align K models to their common average (MergeMany) and average them."""
+    if len(models) < 2:
+        raise UsageError(f"merging needs at least 2 models, got {len(models)}")
+    spec = resolve_spec(models[0], spec, example_input)
+    states = [state_of(m) for m in models]
+    k = len(states)
+    matchers = [WeightMatcher(spec, max_iter=max_iter, seed=seed + i) for i in range(k)]
+    perms = [Permutation.identity(spec) for _ in range(k)]
+    aligned = list(states)
+    rng = np.random.default_rng(seed)
+    best_dist, best = float("inf"), list(perms)
+    for _ in range(max_iter):
+        changed = False
+        for l in rng.permutation(k):
+            others = mean_params([aligned[i] for i in range(k) if i != l])
+            new = matchers[l](others, states[l], init=perms[l])
+            if new != perms[l]:
+                changed = True
+                perms[l] = new
+                aligned[l] = new.apply(states[l])
+        avg = mean_params(aligned)
+        dist = sum(_distance(s, avg) for s in aligned)
+        if dist >= best_dist * (1 - 1e-12):
+            break  # the summed distance to the average stopped decreasing
+        best_dist, best = dist, list(perms)
+        if not changed:
+            break
+    perms = best
+    return _canonical(perms, mean_params([p.apply(s) for p, s in zip(perms, states, strict=True)]))
+
+
+def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
+           spec: PermutationSpec | None = None, *, batch_size: int = 256, epochs: int = 10,
+           lr: float = 1e-3, seed: int = 0, simplex: bool = True,
+           loss_fn: LossFn = F.cross_entropy, max_iter: int = 100, warm: bool = True) -> Merged:
+    """Align K models to the first with the multi-model straight-through estimator (STE-MM)."""
+    if len(models) < 2:
+        raise UsageError(f"merging needs at least 2 models, got {len(models)}")
+    ref = models[0]
+    spec = resolve_spec(ref, spec, x[:2])
+    states = [state_of(m) for m in models]
+    k = len(states)
+    trainable = {n for n, _ in ref.named_parameters() if n in states[0]
+                 and _is_float(states[0][n])}
+    proxies = [{n: states[0][n].clone().requires_grad_(True) for n in trainable}
+               for _ in range(k - 1)]
+    opt = torch.optim.Adam([t for p in proxies for t in p.values()], lr=lr)
+    matchers = [WeightMatcher(spec, max_iter=max_iter, seed=seed + i, warm=warm)
+                for i in range(k - 1)]
+    gen = torch.Generator().manual_seed(seed)
+
+    def proxy_state(i: int) -> dict[str, Tensor]:
+        return {n: proxies[i][n].detach() if n in trainable else v for n, v in states[0].items()}
+
+    with batch_statistics(ref):
+        for _ in range(epochs):
+            for idx in _batches(len(x), batch_size, gen):
+                points = [states[0]]
+                for i in range(k - 1):
+                    aligned = matchers[i](proxy_state(i), states[i + 1]).apply(states[i + 1])
+                    points.append({n: _straight_through(v, proxies[i][n]) if n in trainable
+                                   else v for n, v in aligned.items()})
+                if simplex:  # uniform on the simplex: normalised exponentials
+                    lam = -torch.rand(k, generator=gen, dtype=torch.float64).log()
+                    lam /= lam.sum()
+                else:
+                    lam = torch.full((k,), 1.0 / k)
+                loss = loss_fn(_forward(ref, mean_params(points, lam), x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    perms = [Permutation.identity(spec)] + [
+        matchers[i](proxy_state(i), states[i + 1]) for i in range(k - 1)]
+    return Merged(perms, mean_params([p.apply(s) for p, s in zip(perms, states, strict=True)]))
