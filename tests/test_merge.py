@@ -139,7 +139,9 @@ def test_merge_many_avg_with_repair_runs(trained, tmp_path, cli):
     rc, out, err = cli("merge-many", trained["s0"], trained["s1"], "--method", "avg", "--repair",
                        "--points", "3", "--out", tmp_path / "mm", "--device", "cpu")
     assert rc == 0, err
-    assert json.loads((tmp_path / "mm" / "merge.json").read_text())["normalisation"] == "repair"
+    report = json.loads((tmp_path / "mm" / "merge.json").read_text())
+    assert report["normalisation"] == "repair"
+    assert "merged_without_repair" in report and "without REPAIR" in out
 
 
 @pytest.mark.parametrize("argv", [

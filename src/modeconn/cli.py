@@ -293,9 +293,13 @@ def cmd_merge_many(args: argparse.Namespace) -> int:
     names = [str(c.path) for c in ckpts]
     report = {"method": args.method, "normalisation": repaired_by, "merged": results[0],
               "plain_average": results[1],
+              "plain_average_note": "the unaligned average, with the same normalisation "
+                                    f"({repaired_by})",
               "members": [{"model": n, **r} for n, r in zip(names, results[2:], strict=True)],
               "hessian_trace": None,
               "hessian_trace_note": "modeconn.landscape (Hutchinson trace) is not available yet"}
+    if repaired_by == "repair":  # what REPAIR bought: the aligned average without it
+        report["merged_without_repair"] = ev.evaluate([average(aligned)])[0]
     rows = []
     for i in range(len(aligned)):
         for j in range(i + 1, len(aligned)):
@@ -316,6 +320,10 @@ def cmd_merge_many(args: argparse.Namespace) -> int:
     print(f"merged ({args.method}, {repaired_by}): test loss {m['loss']:.4f} acc {m['acc']:.4f} | "
           f"plain average: loss {p['loss']:.4f} acc {p['acc']:.4f} | members acc "
           f"{min(accs):.4f}–{max(accs):.4f}")
+    if "merged_without_repair" in report:
+        w = report["merged_without_repair"]["test"]
+        print(f"without REPAIR: test loss {w['loss']:.4f} acc {w['acc']:.4f} "
+              f"(REPAIR {100 * (m['acc'] - w['acc']):+.1f} points)")
     print("Hessian trace skipped: modeconn.landscape is not available yet")
     print(f"wrote {out}")
     return 0
