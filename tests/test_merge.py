@@ -46,17 +46,18 @@ def _barrier(path):
     return json.loads(path.read_text())["test"]["loss"]["linear"]["barrier"]
 
 
-def test_align_recovers_a_random_permutation(trained, tmp_path, cli):
+@pytest.mark.parametrize("method", ["wm", "am", "ste"])
+def test_align_recovers_a_random_permutation(trained, tmp_path, cli, method):
     b = _permuted_copy(trained["s0"], tmp_path / "perm.safetensors", seed=3)
-    rc, out, err = cli("align", trained["s0"], b, "--method", "wm", "--points", "5",
-                       "--out", tmp_path / "al", "--device", "cpu")
+    rc, out, err = cli("align", trained["s0"], b, "--method", method, "--points", "5",
+                       "--epochs", "1", "--out", tmp_path / "al", "--device", "cpu")
     assert rc == 0, err
     assert "→" in out and "reduction" in out
     assert _barrier(tmp_path / "al" / "barrier_after.json") == pytest.approx(0, abs=1e-6)
     assert _barrier(tmp_path / "al" / "barrier_before.json") > 0.05
     a = load_checkpoint(trained["s0"]).tensors
     aligned = load_checkpoint(tmp_path / "al" / "aligned_b.safetensors")
-    assert aligned.meta["alignment"]["method"] == "wm"
+    assert aligned.meta["alignment"]["method"] == method
     for k, v in a.items():
         torch.testing.assert_close(aligned.tensors[k], v)
     perm = Permutation.from_json((tmp_path / "al" / "permutation.json").read_text())
