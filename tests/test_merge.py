@@ -157,3 +157,16 @@ def test_cli_errors_exit_2_with_one_line(trained, tmp_path, cli, argv):
     rc, out, err = cli(*argv)
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("modeconn: error:")
+
+
+def test_merge_many_with_batchnorm_does_bn_reset(tmp_path, cli):
+    paths = []
+    for seed in (0, 1):
+        rc, _, err = cli("train", "--out", tmp_path / f"bn{seed}", "--norm", "bn", "--epochs", "1",
+                         "--depth", "1", "--init-seed", seed, *FAST_TRAIN)
+        assert rc == 0, err
+        paths.append(tmp_path / f"bn{seed}" / "all" / "model.safetensors")
+    rc, out, err = cli("merge-many", *paths, "--repair", "--points", "3", "--out", tmp_path / "mm",
+                       "--device", "cpu")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "mm" / "merge.json").read_text())["normalisation"] == "bn-reset"
