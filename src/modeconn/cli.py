@@ -234,7 +234,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     else:
         model.load_state_dict(pa)
         perm = ste_matching(model, pb, data.train_x, data.train_y, spec, epochs=args.epochs,
-                            lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+                            lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                            warm=args.warm)
     aligned = perm.apply(pb)
     splits = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
     paths, summaries = {}, {}
@@ -279,7 +280,7 @@ def cmd_merge_many(args: argparse.Namespace) -> int:
     elif args.method == "ste-mm":
         modules = [c.build(data.train_x.device) for c in ckpts]
         merged = ste_mm(modules, data.train_x, data.train_y, spec, epochs=args.epochs, lr=args.lr,
-                        batch_size=args.batch_size, seed=args.seed)
+                        batch_size=args.batch_size, seed=args.seed, warm=args.warm)
     else:
         merged = None
     perms = merged.perms if merged else [Permutation.identity(spec) for _ in states]
@@ -516,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10, help="STE epochs")
     p.add_argument("--lr", type=float, default=1e-3, help="STE learning rate (Adam)")
     p.add_argument("--batch-size", type=int, default=256, help="STE/AM batch size")
+    p.add_argument("--warm", default=True, action=argparse.BooleanOptionalAction,
+                   help="warm-start STE's per-batch weight matching from the last permutation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
@@ -532,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10, help="STE-MM epochs")
     p.add_argument("--lr", type=float, default=1e-3, help="STE-MM learning rate (Adam)")
     p.add_argument("--batch-size", type=int, default=256, help="STE-MM batch size")
+    p.add_argument("--warm", default=True, action=argparse.BooleanOptionalAction,
+                   help="warm-start STE-MM's per-batch weight matching (--no-warm: cold solves, "
+                        "slower; on digits it found better merges)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
