@@ -184,6 +184,152 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _align_setup(paths: list[str], device_name: str, data_dir: str | None):
+    """Models of one architecture, their evaluation data and an automatic, checked spec."""
+    from .align import auto_spec
+    from .checkpoint import load_same_architecture, params_of
+    from .data import DataSpec, eval_data
+    from .train import resolve_device
+
+    device = resolve_device(device_name)
+    model, ckpts = load_same_architecture(paths, device)
+    data = eval_data(DataSpec.from_dict(ckpts[0].meta.get("data", {})), "full", data_dir).to(device)
+    try:
+        spec = auto_spec(model, data.train_x[:2])  # check_spec runs inside
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 — a tracer failure becomes one line
+        raise UsageError(f"cannot derive a permutation spec for {type(model).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return model, ckpts, [params_of(c, device) for c in ckpts], data, spec
+
+
+def _model_meta(ckpt, **extra) -> dict:
+    """Metadata of a derived model checkpoint: the source's (architecture, data, ...) plus extras."""
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("modeconn_version", "kind")}
+    return {**meta, **extra}
+
+
+def _test_barrier(summary: dict) -> float:
+    return summary["test"]["loss"]["linear"]["barrier"]
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from .align import activation_matching, ste_matching, weight_matching
+    from .checkpoint import save_checkpoint
+    from .io import write_csv, write_json, write_text
+    from .paths import interpolate
+    from .report.figures import path_figure, save
+
+    if args.points < 2:
+        raise UsageError(f"--points must be at least 2, got {args.points}")
+    model, (a, b), (pa, pb), data, spec = _align_setup([args.a, args.b], args.device,
+                                                       args.data_dir)
+    out = _out_dir(args.out, args.overwrite)
+    if args.method == "wm":
+        perm = weight_matching(pa, pb, spec=spec, seed=args.seed)
+    elif args.method == "am":
+        perm = activation_matching(pa, pb, data.train_x, spec, model=model,
+                                   batch_size=args.batch_size)
+    else:
+        model.load_state_dict(pa)
+        perm = ste_matching(model, pb, data.train_x, data.train_y, spec, epochs=args.epochs,
+                            lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                            warm=args.warm)
+    aligned = perm.apply(pb)
+    splits = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
+    paths, summaries = {}, {}
+    for label, other in (("before", pb), ("after", aligned)):
+        rows, summary = interpolate(model, pa, other, splits, bn_data=data.train_x,
+                                    points=args.points, bn_reset="auto")
+        summary["models"] = {"a": str(a.path), "b": str(b.path), "aligned": label == "after"}
+        paths[label], summaries[label] = rows, summary
+    out.mkdir(parents=True, exist_ok=True)
+    alignment = {"method": args.method, "to": str(a.path), "source": str(b.path),
+                 "identity": perm.is_identity()}
+    save_checkpoint(out / "aligned_b.safetensors", aligned, **_model_meta(b, kind="model",
+                                                                          alignment=alignment))
+    write_text(out / "permutation.json", perm.to_json())
+    for label in ("before", "after"):
+        write_json(out / f"barrier_{label}.json", summaries[label])
+        write_csv(out / f"path_{label}.csv", paths[label], ["t", "split", "loss", "acc", "length"])
+    save(path_figure(paths, title=f"{a.path.name} → {b.path.name} ({args.method})"),
+         out / "path.png")
+    before, after = _test_barrier(summaries["before"]), _test_barrier(summaries["after"])
+    reduction = 100 * (before - after) / before if before > 0 else float("nan")
+    print(f"test loss barrier {before:.4f} → {after:.4f} ({reduction:.1f}% reduction, "
+          f"{args.method})")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_merge_many(args: argparse.Namespace) -> int:
+    from .align import Permutation, merge_many, ste_mm
+    from .checkpoint import save_checkpoint
+    from .evaluate import Evaluator
+    from .io import write_csv, write_json
+    from .merge import average, normalise
+    from .paths import interpolate
+
+    if len(args.models) < 2:
+        raise UsageError(f"merge-many needs at least 2 models, got {len(args.models)}")
+    model, ckpts, states, data, spec = _align_setup(args.models, args.device, args.data_dir)
+    out = _out_dir(args.out, args.overwrite)
+    if args.method == "wm":
+        merged = merge_many(states, spec, seed=args.seed)
+    elif args.method == "ste-mm":
+        modules = [c.build(data.train_x.device) for c in ckpts]
+        merged = ste_mm(modules, data.train_x, data.train_y, spec, epochs=args.epochs, lr=args.lr,
+                        batch_size=args.batch_size, seed=args.seed, warm=args.warm)
+    else:
+        merged = None
+    perms = merged.perms if merged else [Permutation.identity(spec) for _ in states]
+    aligned = [p.apply(s) for p, s in zip(perms, states, strict=True)]
+    x = data.train_x
+    final, repaired_by = normalise(model, aligned, average(aligned), x, args.repair)
+    plain, _ = normalise(model, states, average(states), x, args.repair)
+    splits = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
+    ev = Evaluator(model, splits, bn_data=x, bn_reset="off")
+    results = ev.evaluate([final, plain, *states])
+    names = [str(c.path) for c in ckpts]
+    report = {"method": args.method, "normalisation": repaired_by, "merged": results[0],
+              "plain_average": results[1],
+              "plain_average_note": "the unaligned average, with the same normalisation "
+                                    f"({repaired_by})",
+              "members": [{"model": n, **r} for n, r in zip(names, results[2:], strict=True)],
+              "hessian_trace": None,
+              "hessian_trace_note": "modeconn.landscape (Hutchinson trace) is not available yet"}
+    if repaired_by == "repair":  # what REPAIR bought: the aligned average without it
+        report["merged_without_repair"] = ev.evaluate([average(aligned)])[0]
+    rows = []
+    for i in range(len(aligned)):
+        for j in range(i + 1, len(aligned)):
+            _, summary = interpolate(model, aligned[i], aligned[j],
+                                     {"test": (data.test_x, data.test_y)}, bn_data=x,
+                                     points=args.points, bn_reset="auto")
+            rows.append({"a": names[i], "b": names[j], "test_loss_barrier": _test_barrier(summary),
+                         "test_error_barrier": summary["test"]["error"]["linear"]["barrier"]})
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "merged.safetensors", final,
+                    **_model_meta(ckpts[0], kind="model",
+                                  merge={"method": args.method, "models": names,
+                                         "normalisation": repaired_by}))
+    write_json(out / "merge.json", report)
+    write_csv(out / "barriers.csv", rows, ["a", "b", "test_loss_barrier", "test_error_barrier"])
+    m, p = results[0]["test"], results[1]["test"]
+    accs = [r["test"]["acc"] for r in results[2:]]
+    print(f"merged ({args.method}, {repaired_by}): test loss {m['loss']:.4f} acc {m['acc']:.4f} | "
+          f"plain average: loss {p['loss']:.4f} acc {p['acc']:.4f} | members acc "
+          f"{min(accs):.4f}–{max(accs):.4f}")
+    if "merged_without_repair" in report:
+        w = report["merged_without_repair"]["test"]
+        print(f"without REPAIR: test loss {w['loss']:.4f} acc {w['acc']:.4f} "
+              f"(REPAIR {100 * (m['acc'] - w['acc']):+.1f} points)")
+    print("Hessian trace skipped: modeconn.landscape is not available yet")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_lmc(args: argparse.Namespace) -> int:
     from .experiments.lmc import LMCStudy, run_study
     from .train import resolve_device
@@ -362,6 +508,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("align", help="align B to A by permutation and compare the barriers")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--method", default="wm", choices=["wm", "am", "ste"])
+    p.add_argument("--points", type=int, default=25)
+    p.add_argument("--epochs", type=int, default=10, help="STE epochs")
+    p.add_argument("--lr", type=float, default=1e-3, help="STE learning rate (Adam)")
+    p.add_argument("--batch-size", type=int, default=256, help="STE/AM batch size")
+    p.add_argument("--warm", default=True, action=argparse.BooleanOptionalAction,
+                   help="warm-start STE's per-batch weight matching from the last permutation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="results/align")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("merge-many", help="align K models, average them, BN reset or REPAIR")
+    p.add_argument("models", nargs="*")
+    p.add_argument("--method", default="wm", choices=["wm", "ste-mm", "avg"])
+    p.add_argument("--repair", action="store_true",
+                   help="REPAIR the merged model (models with BatchNorm always get BN reset)")
+    p.add_argument("--points", type=int, default=11, help="points per pairwise barrier")
+    p.add_argument("--epochs", type=int, default=10, help="STE-MM epochs")
+    p.add_argument("--lr", type=float, default=1e-3, help="STE-MM learning rate (Adam)")
+    p.add_argument("--batch-size", type=int, default=256, help="STE-MM batch size")
+    p.add_argument("--warm", default=True, action=argparse.BooleanOptionalAction,
+                   help="warm-start STE-MM's per-batch weight matching (--no-warm: cold solves, "
+                        "slower; on digits it found better merges)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="results/merge")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_merge_many)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
     p.add_argument("checkpoints", nargs="+")

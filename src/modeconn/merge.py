@@ -1,0 +1,203 @@
+"""Merging aligned models: averaging, BatchNorm reset and REPAIR (ALGORITHMS.md §5, §6).
+
+Everything is params-in/params-out on any nn.Module: parameter dicts (``state_dict()`` keys)
+are combined and evaluated with ``torch.func.functional_call``; the module only supplies the
+architecture.
+
+REPAIR (Jordan et al. 2022) rescales every channel of each normalisation-free channel-producing
+layer — a Linear or Conv whose output feeds an elementwise nonlinearity, found from the model's
+fx graph — so that the merged model's pre-activation mean and standard deviation on training
+data equal the interpolation of the endpoints' statistics. The per-channel affine correction
+``y ← (y − μ_merged)·σ_goal/σ_merged + μ_goal`` is folded into the layer's weight (scale) and
+bias (shift). A layer without a bias cannot absorb a shift: then only the scale
+``σ_goal/σ_merged`` is folded and its mean is left as it is. Layers are repaired in forward
+order, each with statistics measured after the earlier corrections. For a model with BatchNorm
+REPAIR reduces to re-estimating the BatchNorm statistics (BN reset), which is what is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, fx, nn
+from torch.func import functional_call
+
+from .align.matching import mean_params
+from .errors import UsageError
+from .evaluate import Evaluator
+
+Params = Mapping[str, Tensor]
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SELU, nn.SiLU, nn.Mish,
+                nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.PReLU)
+_ACTIVATION_FNS = {"relu", "relu6", "leaky_relu", "gelu", "elu", "selu", "silu", "mish", "tanh",
+                   "sigmoid", "softplus", "hardtanh", "hardswish", "relu_"}
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+          nn.modules.instancenorm._InstanceNorm)
+_CHANNEL_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def average(params_list: Sequence[Params], weights: Sequence[float] | None = None
+            ) -> dict[str, Tensor]:
+    """Uniform (or weighted) average of parameter dicts (AVG); integer buffers from the first."""
+    if not params_list:
+        raise UsageError("averaging needs at least one parameter dict")
+    if weights is not None:
+        if len(weights) != len(params_list):
+            raise UsageError(f"{len(weights)} weights for {len(params_list)} models")
+        total = float(sum(weights))
+        weights = [float(w) / total for w in weights]
+    return mean_params(list(params_list), weights)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def bn_reset(model: nn.Module, params: Params, x: Tensor) -> dict[str, Tensor]:
+    """`params` with BatchNorm statistics re-estimated on inputs `x` (update_bn semantics)."""
+    # The split only sizes the engine's batches; nothing is evaluated on it.
+    splits = {"bn": (x[:2], torch.zeros(min(len(x), 2), dtype=torch.long, device=x.device))}
+    return Evaluator(model, splits, bn_data=x, bn_reset="on").bn_reestimated(params)
+
+
+def _is_activation(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), _ACTIVATIONS)
+    if node.op in ("call_function", "call_method"):
+        name = getattr(node.target, "__name__", str(node.target))
+        return name in _ACTIVATION_FNS
+    return False
+
+
+def repair_layers(model: nn.Module) -> list[str]:
+    """Names of the Linear/Conv modules whose output goes straight into a nonlinearity only.
+
+    Found from the fx graph (any architecture fx can trace); layers feeding a normalisation
+    layer are not listed (they are handled by BN reset). Modules called more than once are
+    skipped: one correction cannot fit several uses.
+    """
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 — any tracing failure becomes one clear message
+        raise UsageError(f"REPAIR needs an fx-traceable model; tracing {type(model).__name__} "
+                         f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                         ) from None
+    modules = dict(gm.named_modules())
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    out = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)),
+                                                          _CHANNEL_LAYERS):
+            continue
+        users = list(node.users)
+        if calls[str(node.target)] == 1 and users and all(_is_activation(u, modules)
+                                                           for u in users):
+            out.append(str(node.target))
+    return out
+
+
+def _channel_dim(module: nn.Module) -> int:
+    return -1 if isinstance(module, nn.Linear) else 1
+
+
+@torch.no_grad()
+def channel_stats(model: nn.Module, params: Params, x: Tensor, layers: Sequence[str],
+                  batch_size: int = 512) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per-channel (mean, std) of the outputs of `layers` (pre-activations) on inputs `x`."""
+    mods = dict(model.named_modules())
+    sums: dict[str, list] = {}
+
+    def hook_for(name: str):
+        dim = _channel_dim(mods[name])
+
+        def hook(_m, _inp, out):
+            y = out.movedim(dim, -1).reshape(-1, out.shape[dim]).double()
+            s = sums.setdefault(name, [0, 0.0, 0.0])
+            s[0] += y.shape[0]
+            s[1] = s[1] + y.sum(0)
+            s[2] = s[2] + (y * y).sum(0)
+        return hook
+
+    handles = [mods[n].register_forward_hook(hook_for(n)) for n in layers]
+    was = model.training
+    model.eval()
+    try:
+        for i in range(0, len(x), batch_size):
+            functional_call(model, dict(params), (x[i:i + batch_size],))
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    out = {}
+    for n in layers:
+        count, s1, s2 = sums[n]
+        mean = s1 / count
+        var = (s2 / count - mean * mean).clamp_min(0)
+        out[n] = (mean, var.sqrt())
+    return out
+
+
+def _goal_weights(k: int, lam: float | Sequence[float] | None) -> list[float]:
+    if lam is None:
+        return [1.0 / k] * k
+    if isinstance(lam, (int, float)):
+        if k != 2:
+            raise UsageError(f"a single λ interpolates two endpoints; {k} were given — pass "
+                             "one weight per endpoint")
+        return [1.0 - float(lam), float(lam)]
+    if len(lam) != k:
+        raise UsageError(f"{len(lam)} weights for {k} endpoints")
+    total = float(sum(lam))
+    return [float(w) / total for w in lam]
+
+
+@torch.no_grad()
+def repair(model: nn.Module, endpoints: Sequence[Params], merged: Params, x: Tensor,
+           lam: float | Sequence[float] | None = None, eps: float = 1e-5,
+           batch_size: int = 512) -> dict[str, Tensor]:
+    """REPAIR `merged` (an interpolation of the aligned `endpoints`) on inputs `x`.
+
+    `lam`: λ for two endpoints (goal = (1−λ)·stats_A + λ·stats_B), a weight per endpoint, or None
+    for the uniform mean of the members' statistics. Returns the corrected parameter dict.
+    For a model with BatchNorm this is BN reset (REPAIR reduces to it).
+    """
+    if has_batchnorm(model):
+        return bn_reset(model, merged, x)
+    weights = _goal_weights(len(endpoints), lam)
+    layers = repair_layers(model)
+    mods = dict(model.named_modules())
+    member = [channel_stats(model, p, x, layers, batch_size) for p in endpoints]
+    out = {k: v.clone() for k, v in merged.items()}
+    for name in layers:
+        goal_mu = sum(w * s[name][0] for w, s in zip(weights, member, strict=True))
+        goal_sd = sum(w * s[name][1] for w, s in zip(weights, member, strict=True))
+        mu, sd = channel_stats(model, out, x, [name], batch_size)[name]
+        scale = goal_sd / (sd + eps)
+        weight = out[f"{name}.weight"]
+        dim = 0  # output channels come first in Linear and Conv weights
+        if isinstance(mods[name], nn.modules.conv._ConvTransposeNd):
+            dim = 1
+        shape = [1] * weight.dim()
+        shape[dim] = -1
+        out[f"{name}.weight"] = weight * scale.to(weight).reshape(shape)
+        bias_key = f"{name}.bias"
+        if bias_key in out and out[bias_key] is not None:
+            b = out[bias_key].double()
+            out[bias_key] = ((b - mu) * scale + goal_mu).to(out[bias_key])
+    return out
+
+
+def normalise(model: nn.Module, endpoints: Sequence[Params], merged: Params, x: Tensor,
+              repair_on: bool, lam: float | Sequence[float] | None = None
+              ) -> tuple[dict[str, Tensor], str]:
+    """BN reset when the model has BatchNorm, REPAIR when asked, else unchanged; + what was done."""
+    if has_batchnorm(model):
+        return bn_reset(model, merged, x), "bn-reset"
+    if repair_on:
+        return repair(model, endpoints, merged, x, lam), "repair"
+    return dict(merged), "none"

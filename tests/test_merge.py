@@ -1,0 +1,172 @@
+"""Alignment and merging through the CLI, and the merge module (average, BN reset, REPAIR)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import FAST_TRAIN
+from torch import nn
+
+from modeconn.align import Permutation, auto_spec
+from modeconn.checkpoint import load_checkpoint, save_checkpoint
+from modeconn.cli import main
+from modeconn.merge import average, bn_reset, channel_stats, repair, repair_layers
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two digits MLPs (2×32) from different seeds, and one of another width."""
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, seed, width in (("s0", 0, "32"), ("s1", 1, "32"), ("w16", 0, "16")):
+        argv = ["train", "--out", root / name, "--epochs", "3", "--depth", "2",
+                "--init-seed", seed, *FAST_TRAIN]
+        argv[argv.index("--width") + 1] = width
+        assert main([str(a) for a in argv]) == 0
+        out[name] = root / name / "all" / "model.safetensors"
+    return out
+
+
+def _permuted_copy(path, dest, seed):
+    """Save a randomly permuted copy of a checkpoint; returns (dest, the permuted params)."""
+    ckpt = load_checkpoint(path)
+    model = ckpt.build()
+    spec = auto_spec(model, torch.randn(2, *ckpt.architecture["input_shape"]))
+    perm = Permutation.random(spec, torch.Generator().manual_seed(seed))
+    params = perm.apply(dict(model.state_dict()))
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("modeconn_version",)}
+    save_checkpoint(dest, params, **meta)
+    return dest
+
+
+def _barrier(path):
+    return json.loads(path.read_text())["test"]["loss"]["linear"]["barrier"]
+
+
+@pytest.mark.parametrize("method", ["wm", "am", "ste"])
+def test_align_recovers_a_random_permutation(trained, tmp_path, cli, method):
+    b = _permuted_copy(trained["s0"], tmp_path / "perm.safetensors", seed=3)
+    rc, out, err = cli("align", trained["s0"], b, "--method", method, "--points", "5",
+                       "--epochs", "1", "--out", tmp_path / "al", "--device", "cpu")
+    assert rc == 0, err
+    assert "→" in out and "reduction" in out
+    assert _barrier(tmp_path / "al" / "barrier_after.json") == pytest.approx(0, abs=1e-6)
+    assert _barrier(tmp_path / "al" / "barrier_before.json") > 0.05
+    a = load_checkpoint(trained["s0"]).tensors
+    aligned = load_checkpoint(tmp_path / "al" / "aligned_b.safetensors")
+    assert aligned.meta["alignment"]["method"] == method
+    for k, v in a.items():
+        torch.testing.assert_close(aligned.tensors[k], v)
+    perm = Permutation.from_json((tmp_path / "al" / "permutation.json").read_text())
+    assert not perm.is_identity()
+    for name in ("path_before.csv", "path_after.csv", "path.png"):
+        assert (tmp_path / "al" / name).exists()
+
+
+def test_align_reduces_barrier_of_different_seeds(trained, tmp_path, cli):
+    rc, out, err = cli("align", trained["s0"], trained["s1"], "--method", "wm", "--points", "7",
+                       "--out", tmp_path / "al", "--device", "cpu")
+    assert rc == 0, err
+    before = _barrier(tmp_path / "al" / "barrier_before.json")
+    after = _barrier(tmp_path / "al" / "barrier_after.json")
+    assert after < 0.5 * before
+
+
+def _mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 12), nn.ReLU(),
+                         nn.Linear(12, 5))
+
+
+def test_repair_layers_are_found_from_the_graph():
+    assert repair_layers(_mlp(0)) == ["1", "3"]  # not the classifier
+
+
+def test_repair_matches_goal_statistics():
+    model, x = _mlp(0), torch.randn(400, 1, 4, 4)
+    a, b = dict(model.state_dict()), dict(_mlp(1).state_dict())
+    fixed = repair(model, [a, b], average([a, b]), x, lam=0.3)
+    sa, sb, sr = (channel_stats(model, p, x, ["1"])["1"] for p in (a, b, fixed))
+    torch.testing.assert_close(sr[0], 0.7 * sa[0] + 0.3 * sb[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sr[1], 0.7 * sa[1] + 0.3 * sb[1], atol=1e-4, rtol=1e-3)
+    # K members: the goal is the mean of the members' statistics
+    c = dict(_mlp(2).state_dict())
+    fixed = repair(model, [a, b, c], average([a, b, c]), x)
+    sc, sr = (channel_stats(model, p, x, ["1"])["1"] for p in (c, fixed))
+    torch.testing.assert_close(sr[1], (sa[1] + sb[1] + sc[1]) / 3, atol=1e-4, rtol=1e-3)
+
+
+def test_repair_of_a_model_with_itself_changes_nothing():
+    model, x = _mlp(0), torch.randn(300, 1, 4, 4)
+    a = dict(model.state_dict())
+    fixed = repair(model, [a, a], average([a, a]), x)
+    for k, v in a.items():
+        torch.testing.assert_close(fixed[k], v, atol=1e-4, rtol=1e-4)
+
+
+def test_bn_reset_equals_update_bn():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(200, 6) * 3 + 1
+    got = bn_reset(model, dict(model.state_dict()), x)
+    ref = copy.deepcopy(model)
+    torch.optim.swa_utils.update_bn(torch.utils.data.DataLoader(x, batch_size=len(x)), ref)
+    for k in ("1.running_mean", "1.running_var"):
+        torch.testing.assert_close(got[k], ref.state_dict()[k], atol=1e-5, rtol=1e-5)
+    # With BatchNorm, REPAIR is BN reset
+    rep = repair(model, [got, got], dict(model.state_dict()), x)
+    torch.testing.assert_close(rep["1.running_mean"], got["1.running_mean"])
+
+
+def test_merge_many_of_permuted_copies_reproduces_the_model(trained, tmp_path, cli):
+    copies = [trained["s0"]] + [_permuted_copy(trained["s0"], tmp_path / f"p{i}.safetensors", i)
+                                for i in range(1, 3)]
+    rc, out, err = cli("merge-many", *copies, "--method", "wm", "--points", "3",
+                       "--out", tmp_path / "mm", "--device", "cpu")
+    assert rc == 0, err
+    merged = load_checkpoint(tmp_path / "mm" / "merged.safetensors").tensors
+    for k, v in load_checkpoint(trained["s0"]).tensors.items():
+        torch.testing.assert_close(merged[k], v, atol=1e-5, rtol=1e-5)
+    report = json.loads((tmp_path / "mm" / "merge.json").read_text())
+    assert report["merged"]["test"]["acc"] == pytest.approx(report["members"][0]["test"]["acc"])
+    lines = (tmp_path / "mm" / "barriers.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + 3
+
+
+def test_merge_many_avg_with_repair_runs(trained, tmp_path, cli):
+    rc, out, err = cli("merge-many", trained["s0"], trained["s1"], "--method", "avg", "--repair",
+                       "--points", "3", "--out", tmp_path / "mm", "--device", "cpu")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "mm" / "merge.json").read_text())
+    assert report["normalisation"] == "repair"
+    assert "merged_without_repair" in report and "without REPAIR" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["align", "{s0}", "{w16}"],
+    ["align", "{s0}", "{s1}", "--method", "nope"],
+    ["merge-many", "{s0}"],
+    ["merge-many", "{s0}", "{w16}"],
+    ["merge-many", "{s0}", "{s1}", "--method", "nope"],
+])
+def test_cli_errors_exit_2_with_one_line(trained, tmp_path, cli, argv):
+    argv = [a.format(**trained) for a in argv] + ["--out", str(tmp_path / "o"), "--device", "cpu"]
+    rc, out, err = cli(*argv)
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("modeconn: error:")
+
+
+def test_merge_many_with_batchnorm_does_bn_reset(tmp_path, cli):
+    paths = []
+    for seed in (0, 1):
+        rc, _, err = cli("train", "--out", tmp_path / f"bn{seed}", "--norm", "bn", "--epochs", "1",
+                         "--depth", "1", "--init-seed", seed, *FAST_TRAIN)
+        assert rc == 0, err
+        paths.append(tmp_path / f"bn{seed}" / "all" / "model.safetensors")
+    rc, out, err = cli("merge-many", *paths, "--repair", "--points", "3", "--out", tmp_path / "mm",
+                       "--device", "cpu")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "mm" / "merge.json").read_text())["normalisation"] == "bn-reset"
