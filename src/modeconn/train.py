@@ -3,7 +3,6 @@ checkpoints at chosen epochs, bit-identical resume, and divergence detection."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -174,46 +173,15 @@ class Stepper:
     forward, cross-entropy, backward, optimizer step. `run_epoch` runs the steps of one epoch in
     batches of `batch_size` along `order`, with the learning rate `lr_at(step)` and a divergence
     check (every step on CPU; every `gpu_check_every` steps elsewhere, to avoid a sync per step).
-
-    With a fused SGD optimizer on CPU each parameter is updated inside the backward pass, as soon
-    as its gradient is complete: a post-accumulate-grad hook runs the fused kernel `opt.step()`
-    runs, on that one parameter, with the optimizer's own hyperparameters and momentum buffers
-    (so state_dict and resume are unchanged). SGD updates each element independently, so the
-    result is bit-identical to stepping after backward, done while the gradient is still in
-    cache, and its memory is freed for the next layer's. Other optimizers step after backward.
-    Call `close()` (or use `with`) to remove the hooks.
     """
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
                  y: torch.Tensor, batch_size: int, drop_single: bool = False,
-                 gpu_check_every: int = 50, step_in_backward: bool = True):
+                 gpu_check_every: int = 50):
         self.model, self.opt, self.x, self.y = model, opt, x, y
         self.batch_size = batch_size
         self.drop_single = drop_single  # BatchNorm cannot train on one sample
         self.check_every = 1 if x.device.type == "cpu" else gpu_check_every
-        self._hooks: list[Any] = []
-        if step_in_backward and _fused_sgd_in_backward_ok(opt):
-            # Parameter -> index of its group (param_groups may be replaced by load_state_dict).
-            where = {p: gi for gi, g in enumerate(opt.param_groups) for p in g["params"]}
-            self._hooks = [p.register_post_accumulate_grad_hook(
-                functools.partial(self._sgd_update, gi)) for p, gi in where.items()]
-
-    @property
-    def steps_in_backward(self) -> bool:
-        """Whether the optimizer step runs inside the backward pass."""
-        return bool(self._hooks)
-
-    def close(self) -> None:
-        """Remove the in-backward hooks from the model's parameters."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-
-    def __enter__(self) -> Stepper:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of every parameter group."""
@@ -227,27 +195,8 @@ class Stepper:
                                self.y.index_select(0, idx))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if not self._hooks:
-            self.opt.step()
+        self.opt.step()
         return loss.detach()
-
-    def _sgd_update(self, gi: int, p: torch.Tensor) -> None:
-        """torch.optim.SGD's fused step (torch/optim/sgd.py, `_fused_sgd`) for one parameter."""
-        group = self.opt.param_groups[gi]
-        momentum = group["momentum"]
-        bufs, first = [], False
-        if momentum != 0:
-            state = self.opt.state[p]
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = torch.empty_like(p.grad)
-                first = True
-            bufs = [buf]
-        torch._fused_sgd_([p], [p.grad], bufs, weight_decay=group["weight_decay"],
-                          momentum=momentum, lr=group["lr"], dampening=group["dampening"],
-                          nesterov=group["nesterov"], maximize=group["maximize"],
-                          is_first_step=first, grad_scale=None, found_inf=None)
-        p.grad = None
 
     def run_epoch(self, order: torch.Tensor, lr_at: Callable[[int], float],
                   epoch: int = 0) -> float:
@@ -281,21 +230,6 @@ class Stepper:
         if losses is not None:
             _check_finite(losses, checked, done, epoch)
         return lr
-
-
-def _fused_sgd_in_backward_ok(opt: torch.optim.Optimizer) -> bool:
-    """Whether `opt` is a plain fused SGD on CPU whose step Stepper can run per parameter.
-
-    CPU only: on a GPU one multi-tensor launch after backward is cheaper than one per parameter.
-    """
-    return (type(opt) is torch.optim.SGD and hasattr(torch, "_fused_sgd_")
-            and not getattr(opt, "_optimizer_step_pre_hooks", None)
-            and not getattr(opt, "_optimizer_step_post_hooks", None)
-            and getattr(opt, "grad_scale", None) is None
-            and all(g["fused"] and not g["differentiable"] and not torch.is_tensor(g["lr"])
-                    for g in opt.param_groups)
-            and all(p.device.type == "cpu" and not p.is_sparse
-                    for g in opt.param_groups for p in g["params"]))
 
 
 class MemberRecord:
@@ -402,7 +336,6 @@ def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, ou
         return rec.diverged(e)
     finally:
         bar.close()
-        stepper.close()
     return rec.finish(model)
 
 
