@@ -266,6 +266,68 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _splits(text: str) -> list[str]:
+    splits = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in splits if s not in ("train", "test")]
+    if bad or not splits:
+        raise UsageError(f"--splits takes train and/or test, got {text!r}")
+    return splits
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .checkpoint import load_same_architecture, params_of
+    from .curves import compare_with_linear, fit_curve, min_bends, save_curve
+    from .data import DataSpec, eval_data
+    from .io import write_csv, write_json
+    from .report.figures import path_figure, save
+    from .train import environment, resolve_device
+
+    cfg = train_config(args)
+    cfg.validate()
+    if args.bends < min_bends(args.kind):
+        raise UsageError(f"--bends must be at least {min_bends(args.kind)} for a {args.kind} curve, "
+                         f"got {args.bends}")
+    if args.points < 2:
+        raise UsageError(f"--points must be at least 2, got {args.points}")
+    splits = _splits(args.splits)
+    device = resolve_device(args.device)
+    model, (a, b) = load_same_architecture([args.a, args.b], device)
+    out = _out_dir(args.out, args.overwrite)
+    data = eval_data(DataSpec.from_dict(a.meta.get("data", {})), args.on, args.data_dir).to(device)
+    pa, pb = params_of(a, device), params_of(b, device)
+    history: list[dict] = []
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "env.json", environment(device))
+    write_json(out / "config.json", {"a": str(a.path), "b": str(b.path), "kind": args.kind,
+                                     "bends": args.bends, "train": asdict(cfg), "seed": args.seed,
+                                     "data": {**data.spec.to_dict(), "on": args.on}})
+    curve = fit_curve(model, pa, pb, data.train_x, data.train_y, cfg, args.kind, args.bends,
+                      seed=args.seed, quiet=args.quiet,
+                      on_epoch=lambda e, loss, lr: history.append(
+                          {"epoch": e, "loss": loss, "lr": lr}))
+    path = curve.path()
+    write_csv(out / "metrics.csv", history, ["epoch", "loss", "lr"])
+    save_curve(out / "curve.safetensors", path, a.architecture, data=data.spec.to_dict(),
+               endpoints=[str(a.path), str(b.path)], seed=args.seed, train=asdict(cfg))
+    tensors = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
+    rows, summary = compare_with_linear(model, path, {s: tensors[s] for s in splits},
+                                        data.train_x, args.points, args.bn_reset, args.tolerance)
+    write_csv(out / "path.csv", rows, ["path", "t", "split", "loss", "acc", "length"])
+    write_json(out / "barrier.json", {**summary, "models": {"a": str(a.path), "b": str(b.path)}})
+    save(path_figure({k: [r for r in rows if r["path"] == k] for k in ("curve", "linear")},
+                     title=f"{args.kind} curve ({args.bends} bends) vs linear path", xlabel="t"),
+         out / "path.png", args.pdf)
+    for split in splits:
+        c, lin = summary["curve"][split], summary["linear"][split]
+        print(f"{split}: loss barrier curve {c['loss']['linear']['barrier']:.4f} vs linear "
+              f"{lin['loss']['linear']['barrier']:.4f}; error barrier curve "
+              f"{c['error']['linear']['barrier']:.4f} vs linear {lin['error']['linear']['barrier']:.4f}")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -360,6 +422,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("curve", help="fit a Bezier or polychain curve between two checkpoints")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--kind", default="bezier", choices=["bezier", "polychain"])
+    p.add_argument("--bends", type=int, default=3, help="bends including both endpoints")
+    add_train_args(p)
+    p.set_defaults(schedule="curve", epochs=30)
+    p.add_argument("--seed", type=int, default=0, help="batch order and t samples")
+    p.add_argument("--on", default="full", choices=["full", "own"],
+                   help="fit and evaluate on the whole training set (the union of the subsets) "
+                        "or on model A's own subset")
+    p.add_argument("--points", type=int, default=61)
+    p.add_argument("--splits", default="train,test")
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--tolerance", type=float, default=0.01)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--pdf", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
     p.add_argument("checkpoints", nargs="+")

@@ -242,3 +242,23 @@ def load_curve(path: str | os.PathLike, device: torch.device | str = "cpu"
         raise UsageError(f"{path}: bends do not match the architecture "
                          f"({str(e).splitlines()[0]})") from None
     return model, ParamPath(bends, kind=ckpt.meta.get("curve_kind", "bezier")), ckpt
+
+
+# ---------------------------------------------------------------- evaluation
+
+def compare_with_linear(model: nn.Module, curve: ParamPath, splits: Mapping[str, tuple[Tensor, Tensor]],
+                        bn_data: Tensor | None = None, points: int = 61, bn_reset: str = "auto",
+                        tolerance: float = 0.01) -> tuple[list[dict], dict]:
+    """Evaluate a curve and the linear path between its endpoints on one grid:
+    (rows with a `path` column, {'curve': barrier summary, 'linear': barrier summary})."""
+    from .evaluate import Evaluator
+    from .paths import evaluate_path, grid, linear_path, summarize_path
+
+    ev = Evaluator(model, splits, bn_data=bn_data, bn_reset=bn_reset)
+    ts = grid(points)
+    rows, summary = [], {}
+    for name, p in (("curve", curve), ("linear", linear_path(curve.bends[0], curve.bends[-1]))):
+        r = evaluate_path(p, ev, ts)
+        summary[name] = summarize_path(r, tolerance)
+        rows.extend({"path": name, **row} for row in r)
+    return rows, summary
