@@ -328,6 +328,80 @@ def cmd_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble_line(name: str, m: dict) -> str:
+    return (f"{name:<12} K={m['size']:<3} acc {m['acc']:.4f} (mean member {m['member_acc']:.4f}, "
+            f"gain {100 * m['gain_acc']:+.2f}%) NLL {m['nll']:.4f} Brier {m['brier']:.4f} "
+            f"ECE {m['ece']:.4f}")
+
+
+def cmd_curve_ensemble(args: argparse.Namespace) -> int:
+    from .curves import load_curve, path_ensemble
+    from .data import DataSpec, eval_data
+    from .ensemble import ensemble_metrics
+    from .evaluate import Evaluator
+    from .io import write_csv, write_json
+    from .paths import linear_path
+    from .train import resolve_device
+
+    if args.k < 2:
+        raise UsageError(f"--k must be at least 2, got {args.k}")
+    device = resolve_device(args.device)
+    model, path, ckpt = load_curve(args.curve, device)
+    out = _out_dir(args.out, args.overwrite)
+    data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), "full", args.data_dir).to(device)
+    ev = Evaluator(model, {"test": (data.test_x, data.test_y)}, bn_data=data.train_x,
+                   bn_reset=args.bn_reset)
+    ends = [path.bends[0], path.bends[-1]]
+    table = {
+        "independent": {**ensemble_metrics(ev.probabilities(ends, "test"), data.test_y), "t": [0.0, 1.0]},
+        "lmc": path_ensemble(linear_path(*ends), ev, args.k),
+        "curve": path_ensemble(path, ev, args.k),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "ensemble.json", {"curve": str(ckpt.path), "k": args.k, **table})
+    write_csv(out / "comparison.csv", [{"ensemble": k, **{m: v for m, v in r.items() if m != "t"}}
+                                       for k, r in table.items()])
+    for name, m in table.items():
+        print(_ensemble_line(name, m))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_fge(args: argparse.Namespace) -> int:
+    from .checkpoint import load_same_architecture, params_of, save_model
+    from .data import DataSpec, eval_data
+    from .ensemble import ensemble_metrics
+    from .evaluate import Evaluator
+    from .fge import fge_snapshots
+    from .io import write_json
+    from .train import resolve_device
+
+    cfg = train_config(args)
+    cfg.validate()
+    device = resolve_device(args.device)
+    model, (ckpt,) = load_same_architecture([args.checkpoint], device)
+    out = _out_dir(args.out, args.overwrite)
+    data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), args.on, args.data_dir).to(device)
+    snaps = fge_snapshots(model, params_of(ckpt, device), data.train_x, data.train_y, cfg,
+                          args.cycles, args.cycle_epochs, args.low, args.seed, args.quiet)
+    ev = Evaluator(model, {"test": (data.test_x, data.test_y)}, bn_data=data.train_x,
+                   bn_reset=args.bn_reset)
+    metrics = ensemble_metrics(ev.probabilities(snaps, "test"), data.test_y)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, snap in enumerate(snaps):
+        names.append(str(out / f"snapshot_{i + 1}.safetensors"))
+        model.load_state_dict(snap)
+        save_model(names[-1], model, ckpt.architecture, data=ckpt.meta.get("data", {}),
+                   fge={"start": str(ckpt.path), "cycle": i + 1})
+    write_json(out / "ensemble.json", {"start": str(ckpt.path), "fge": metrics, "members": names,
+                                       "cycles": args.cycles, "cycle_epochs": args.cycle_epochs,
+                                       "lr": cfg.lr, "low": args.low, "seed": args.seed})
+    print(_ensemble_line("fge", metrics))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -444,6 +518,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pdf", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("curve-ensemble", help="ensembles of K points on a curve and on the linear "
+                                               "path, beside the two endpoints")
+    p.add_argument("curve")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_curve_ensemble)
+
+    p = sub.add_parser("fge", help="fast geometric ensembling from a trained checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--cycles", type=int, default=4)
+    p.add_argument("--cycle-epochs", type=int, default=2)
+    p.add_argument("--low", type=float, default=0.01, help="lowest learning rate, as a factor of --lr")
+    add_train_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on", default="full", choices=["full", "own"])
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fge)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
     p.add_argument("checkpoints", nargs="+")

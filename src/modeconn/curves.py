@@ -262,3 +262,17 @@ def compare_with_linear(model: nn.Module, curve: ParamPath, splits: Mapping[str,
         summary[name] = summarize_path(r, tolerance)
         rows.extend({"path": name, **row} for row in r)
     return rows, summary
+
+
+def path_ensemble(path: ParamPath, evaluator: Any, k: int, split: str = "test",
+                  ends: bool = True) -> dict[str, float]:
+    """ensemble_metrics of K points evenly spaced along a path (endpoints included unless
+    `ends` is False, then the K interior points of a K+2 grid), BatchNorm as `evaluator` does it."""
+    from .ensemble import ensemble_metrics
+
+    if k < 1:
+        raise UsageError(f"--k must be at least 1, got {k}")
+    ts = [i / (k - 1) for i in range(k)] if ends and k > 1 else \
+        [(i + 1) / (k + 1) for i in range(k)]
+    probs = evaluator.probabilities(path.points(ts), split)
+    return {**ensemble_metrics(probs, evaluator.splits[split][1]), "t": ts}
