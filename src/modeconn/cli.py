@@ -402,6 +402,94 @@ def cmd_fge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_landscape(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .checkpoint import load_same_architecture, params_of
+    from .curves import load_curve
+    from .data import DataSpec, eval_data
+    from .evaluate import Evaluator
+    from .io import write_csv, write_json
+    from .landscape import loss_plane, plane, project_path
+    from .paths import linear_path
+    from .report.figures import plane_figure, save
+    from .train import resolve_device
+
+    if len(args.range) != 2:
+        raise UsageError(f"--range takes LOW,HIGH (e.g. --range=-0.2,1.2), got {args.range}")
+    lo, hi = args.range
+    device = resolve_device(args.device)
+    splits = _splits(args.splits)
+    if args.curve:
+        if args.models:
+            raise UsageError("give either three checkpoints or --curve CURVE, not both")
+        model, path, ckpt = load_curve(args.curve, device)
+        if path.num_bends < 3:
+            raise UsageError(f"{args.curve} has only {path.num_bends} bends; its plane needs a "
+                             "middle bend (a polychain with 2 bends is the linear path)")
+        w = [path.bends[0], path.bends[-1], path.bends[path.num_bends // 2]]
+        names, meta = ["A", "B", "bend"], ckpt.meta
+    else:
+        if len(args.models) != 3:
+            raise UsageError(f"landscape takes three checkpoints (or --curve CURVE), "
+                             f"got {len(args.models)}")
+        model, ckpts = load_same_architecture(args.models, device)
+        w = [params_of(c, device) for c in ckpts]
+        path, names, meta = None, ["A", "B", "C"], ckpts[0].meta
+    out = _out_dir(args.out, args.overwrite)
+    pl = plane(*w)
+    data = eval_data(DataSpec.from_dict(meta.get("data", {})), "full", args.data_dir).to(device)
+    tensors = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
+    ev = Evaluator(model, {s: tensors[s] for s in splits}, bn_data=data.train_x,
+                   bn_reset=args.bn_reset)
+    rows = loss_plane(pl, ev, args.grid, lo, hi)
+    xs, ys = pl.grid(args.grid, lo, hi)
+    paths = {"linear path": project_path(pl, linear_path(w[0], w[1]), 2)}
+    if path is not None:
+        paths[f"{path.kind} curve"] = project_path(pl, path, 61)
+    marks = {n: pl.coordinates(p) for n, p in zip(names, w)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "plane.csv", rows, ["i", "j", "x", "y", "split", "loss", "acc"])
+    write_json(out / "plane.json", {"dx": pl.dx, "dy": pl.dy, "proj": pl.proj, "grid": args.grid,
+                                    "range": [lo, hi], "points": {n: list(m) for n, m in marks.items()},
+                                    "paths": {k: {"x": v[0], "y": v[1]} for k, v in paths.items()},
+                                    "bn_reset": ev.bn_reset})
+    for split in splits:
+        grid_v = np.full((len(ys), len(xs)), np.nan)
+        for r in rows:
+            if r["split"] == split:
+                grid_v[r["j"], r["i"]] = r["loss"]
+        save(plane_figure(xs, ys, grid_v, paths, marks, title=f"{split} loss on the plane",
+                          label=f"{split} loss"), out / f"plane_{split}.png", args.pdf)
+    print(f"plane |u| {pl.dx:.3f}, |v_perp| {pl.dy:.3f}; {args.grid}x{args.grid} points")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_sharpness(args: argparse.Namespace) -> int:
+    from .checkpoint import load_same_architecture, params_of
+    from .data import DataSpec, eval_data
+    from .io import write_json
+    from .landscape import hessian_trace
+    from .train import resolve_device
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    device = resolve_device(args.device)
+    model, (ckpt,) = load_same_architecture([args.checkpoint], device)
+    data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), args.on, args.data_dir).to(device)
+    x, y = (data.train_x, data.train_y) if args.split == "train" else (data.test_x, data.test_y)
+    res = hessian_trace(model, params_of(ckpt, device), x, y, args.probes, args.batch_size,
+                        args.max_batches, args.seed)
+    print(f"Hessian trace {res['trace']:.4f} ± {res['trace_se']:.4f} (SE), weighted "
+          f"{res['weighted_trace']:.4f} ± {res['weighted_trace_se']:.4f}; "
+          f"{res['probes']} probes × {res['batches']} batches")
+    if args.out:
+        write_json(Path(args.out), {"checkpoint": str(ckpt.path), "split": args.split, **res})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -544,6 +632,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fge)
+
+    p = sub.add_parser("landscape", help="loss on the plane through three checkpoints or a curve")
+    p.add_argument("models", nargs="*", help="three checkpoints w0 w1 w2")
+    p.add_argument("--curve", default=None, help="a curve checkpoint: its endpoints and middle bend")
+    p.add_argument("--grid", type=int, default=21, help="points per axis")
+    p.add_argument("--range", type=_float_list, default=[-0.2, 1.2],
+                   help="LOW,HIGH in units of |u| and |v_perp|")
+    p.add_argument("--splits", default="train,test")
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--pdf", action="store_true")
+    p.set_defaults(func=cmd_landscape)
+
+    p = sub.add_parser("sharpness", help="Hutchinson estimate of the Hessian trace at a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--probes", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--on", default="full", choices=["full", "own"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="write the estimate to this JSON file")
+    p.set_defaults(func=cmd_sharpness)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
     p.add_argument("checkpoints", nargs="+")
