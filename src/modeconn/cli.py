@@ -412,6 +412,230 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _splits(text: str) -> list[str]:
+    splits = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in splits if s not in ("train", "test")]
+    if bad or not splits:
+        raise UsageError(f"--splits takes train and/or test, got {text!r}")
+    return splits
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .checkpoint import load_same_architecture, params_of
+    from .curves import compare_with_linear, fit_curve, min_bends, save_curve
+    from .data import DataSpec, eval_data
+    from .io import write_csv, write_json
+    from .report.figures import path_figure, save
+    from .train import environment, resolve_device
+
+    cfg = train_config(args)
+    cfg.validate()
+    if args.bends < min_bends(args.kind):
+        raise UsageError(f"--bends must be at least {min_bends(args.kind)} for a {args.kind} curve, "
+                         f"got {args.bends}")
+    if args.points < 2:
+        raise UsageError(f"--points must be at least 2, got {args.points}")
+    splits = _splits(args.splits)
+    device = resolve_device(args.device)
+    model, (a, b) = load_same_architecture([args.a, args.b], device)
+    out = _out_dir(args.out, args.overwrite)
+    data = eval_data(DataSpec.from_dict(a.meta.get("data", {})), args.on, args.data_dir).to(device)
+    pa, pb = params_of(a, device), params_of(b, device)
+    history: list[dict] = []
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "env.json", environment(device))
+    write_json(out / "config.json", {"a": str(a.path), "b": str(b.path), "kind": args.kind,
+                                     "bends": args.bends, "train": asdict(cfg), "seed": args.seed,
+                                     "data": {**data.spec.to_dict(), "on": args.on}})
+    curve = fit_curve(model, pa, pb, data.train_x, data.train_y, cfg, args.kind, args.bends,
+                      seed=args.seed, quiet=args.quiet,
+                      on_epoch=lambda e, loss, lr: history.append(
+                          {"epoch": e, "loss": loss, "lr": lr}))
+    path = curve.path()
+    write_csv(out / "metrics.csv", history, ["epoch", "loss", "lr"])
+    save_curve(out / "curve.safetensors", path, a.architecture, data=data.spec.to_dict(),
+               endpoints=[str(a.path), str(b.path)], seed=args.seed, train=asdict(cfg))
+    tensors = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
+    rows, summary = compare_with_linear(model, path, {s: tensors[s] for s in splits},
+                                        data.train_x, args.points, args.bn_reset, args.tolerance)
+    write_csv(out / "path.csv", rows, ["path", "t", "split", "loss", "acc", "length"])
+    write_json(out / "barrier.json", {**summary, "models": {"a": str(a.path), "b": str(b.path)}})
+    save(path_figure({k: [r for r in rows if r["path"] == k] for k in ("curve", "linear")},
+                     title=f"{args.kind} curve ({args.bends} bends) vs linear path", xlabel="t"),
+         out / "path.png", args.pdf)
+    for split in splits:
+        c, lin = summary["curve"][split], summary["linear"][split]
+        print(f"{split}: loss barrier curve {c['loss']['linear']['barrier']:.4f} vs linear "
+              f"{lin['loss']['linear']['barrier']:.4f}; error barrier curve "
+              f"{c['error']['linear']['barrier']:.4f} vs linear {lin['error']['linear']['barrier']:.4f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _ensemble_line(name: str, m: dict) -> str:
+    return (f"{name:<12} K={m['size']:<3} acc {m['acc']:.4f} (mean member {m['member_acc']:.4f}, "
+            f"gain {100 * m['gain_acc']:+.2f}%) NLL {m['nll']:.4f} Brier {m['brier']:.4f} "
+            f"ECE {m['ece']:.4f}")
+
+
+def cmd_curve_ensemble(args: argparse.Namespace) -> int:
+    from .curves import load_curve, path_ensemble
+    from .data import DataSpec, eval_data
+    from .ensemble import ensemble_metrics
+    from .evaluate import Evaluator
+    from .io import write_csv, write_json
+    from .paths import linear_path
+    from .train import resolve_device
+
+    if args.k < 2:
+        raise UsageError(f"--k must be at least 2, got {args.k}")
+    device = resolve_device(args.device)
+    model, path, ckpt = load_curve(args.curve, device)
+    out = _out_dir(args.out, args.overwrite)
+    data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), "full", args.data_dir).to(device)
+    ev = Evaluator(model, {"test": (data.test_x, data.test_y)}, bn_data=data.train_x,
+                   bn_reset=args.bn_reset)
+    ends = [path.bends[0], path.bends[-1]]
+    table = {
+        "independent": {**ensemble_metrics(ev.probabilities(ends, "test"), data.test_y), "t": [0.0, 1.0]},
+        "lmc": path_ensemble(linear_path(*ends), ev, args.k),
+        "curve": path_ensemble(path, ev, args.k),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "ensemble.json", {"curve": str(ckpt.path), "k": args.k, **table})
+    write_csv(out / "comparison.csv", [{"ensemble": k, **{m: v for m, v in r.items() if m != "t"}}
+                                       for k, r in table.items()])
+    for name, m in table.items():
+        print(_ensemble_line(name, m))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_fge(args: argparse.Namespace) -> int:
+    from .checkpoint import load_same_architecture, params_of, save_model
+    from .data import DataSpec, eval_data
+    from .ensemble import ensemble_metrics
+    from .evaluate import Evaluator
+    from .fge import fge_snapshots
+    from .io import write_json
+    from .train import resolve_device
+
+    cfg = train_config(args)
+    cfg.validate()
+    device = resolve_device(args.device)
+    model, (ckpt,) = load_same_architecture([args.checkpoint], device)
+    out = _out_dir(args.out, args.overwrite)
+    data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), args.on, args.data_dir).to(device)
+    snaps = fge_snapshots(model, params_of(ckpt, device), data.train_x, data.train_y, cfg,
+                          args.cycles, args.cycle_epochs, args.low, args.seed, args.quiet)
+    ev = Evaluator(model, {"test": (data.test_x, data.test_y)}, bn_data=data.train_x,
+                   bn_reset=args.bn_reset)
+    metrics = ensemble_metrics(ev.probabilities(snaps, "test"), data.test_y)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, snap in enumerate(snaps):
+        names.append(str(out / f"snapshot_{i + 1}.safetensors"))
+        model.load_state_dict(snap)
+        save_model(names[-1], model, ckpt.architecture, data=ckpt.meta.get("data", {}),
+                   fge={"start": str(ckpt.path), "cycle": i + 1})
+    write_json(out / "ensemble.json", {"start": str(ckpt.path), "fge": metrics, "members": names,
+                                       "cycles": args.cycles, "cycle_epochs": args.cycle_epochs,
+                                       "lr": cfg.lr, "low": args.low, "seed": args.seed})
+    print(_ensemble_line("fge", metrics))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_landscape(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .checkpoint import load_same_architecture, params_of
+    from .curves import load_curve
+    from .data import DataSpec, eval_data
+    from .evaluate import Evaluator
+    from .io import write_csv, write_json
+    from .landscape import loss_plane, plane, project_path
+    from .paths import linear_path
+    from .report.figures import plane_figure, save
+    from .train import resolve_device
+
+    if len(args.range) != 2:
+        raise UsageError(f"--range takes LOW,HIGH (e.g. --range=-0.2,1.2), got {args.range}")
+    lo, hi = args.range
+    device = resolve_device(args.device)
+    splits = _splits(args.splits)
+    if args.curve:
+        if args.models:
+            raise UsageError("give either three checkpoints or --curve CURVE, not both")
+        model, path, ckpt = load_curve(args.curve, device)
+        if path.num_bends < 3:
+            raise UsageError(f"{args.curve} has only {path.num_bends} bends; its plane needs a "
+                             "middle bend (a polychain with 2 bends is the linear path)")
+        w = [path.bends[0], path.bends[-1], path.bends[path.num_bends // 2]]
+        names, meta = ["A", "B", "bend"], ckpt.meta
+    else:
+        if len(args.models) != 3:
+            raise UsageError(f"landscape takes three checkpoints (or --curve CURVE), "
+                             f"got {len(args.models)}")
+        model, ckpts = load_same_architecture(args.models, device)
+        w = [params_of(c, device) for c in ckpts]
+        path, names, meta = None, ["A", "B", "C"], ckpts[0].meta
+    out = _out_dir(args.out, args.overwrite)
+    pl = plane(*w)
+    data = eval_data(DataSpec.from_dict(meta.get("data", {})), "full", args.data_dir).to(device)
+    tensors = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
+    ev = Evaluator(model, {s: tensors[s] for s in splits}, bn_data=data.train_x,
+                   bn_reset=args.bn_reset)
+    rows = loss_plane(pl, ev, args.grid, lo, hi)
+    xs, ys = pl.grid(args.grid, lo, hi)
+    paths = {"linear path": project_path(pl, linear_path(w[0], w[1]), 2)}
+    if path is not None:
+        paths[f"{path.kind} curve"] = project_path(pl, path, 61)
+    marks = {n: pl.coordinates(p) for n, p in zip(names, w)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "plane.csv", rows, ["i", "j", "x", "y", "split", "loss", "acc"])
+    write_json(out / "plane.json", {"dx": pl.dx, "dy": pl.dy, "proj": pl.proj, "grid": args.grid,
+                                    "range": [lo, hi], "points": {n: list(m) for n, m in marks.items()},
+                                    "paths": {k: {"x": v[0], "y": v[1]} for k, v in paths.items()},
+                                    "bn_reset": ev.bn_reset})
+    for split in splits:
+        grid_v = np.full((len(ys), len(xs)), np.nan)
+        for r in rows:
+            if r["split"] == split:
+                grid_v[r["j"], r["i"]] = r["loss"]
+        save(plane_figure(xs, ys, grid_v, paths, marks, title=f"{split} loss on the plane",
+                          label=f"{split} loss"), out / f"plane_{split}.png", args.pdf)
+    print(f"plane |u| {pl.dx:.3f}, |v_perp| {pl.dy:.3f}; {args.grid}x{args.grid} points")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_sharpness(args: argparse.Namespace) -> int:
+    from .checkpoint import load_same_architecture, params_of
+    from .data import DataSpec, eval_data
+    from .io import write_json
+    from .landscape import hessian_trace
+    from .train import resolve_device
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    device = resolve_device(args.device)
+    model, (ckpt,) = load_same_architecture([args.checkpoint], device)
+    data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), args.on, args.data_dir).to(device)
+    x, y = (data.train_x, data.train_y) if args.split == "train" else (data.test_x, data.test_y)
+    res = hessian_trace(model, params_of(ckpt, device), x, y, args.probes, args.batch_size,
+                        args.max_batches, args.seed)
+    print(f"Hessian trace {res['trace']:.4f} ± {res['trace_se']:.4f} (SE), weighted "
+          f"{res['weighted_trace']:.4f} ± {res['weighted_trace_se']:.4f}; "
+          f"{res['probes']} probes × {res['batches']} batches")
+    if args.out:
+        write_json(Path(args.out), {"checkpoint": str(ckpt.path), "split": args.split, **res})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -544,6 +768,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/merge")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_merge_many)
+
+    p = sub.add_parser("curve", help="fit a Bezier or polychain curve between two checkpoints")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--kind", default="bezier", choices=["bezier", "polychain"])
+    p.add_argument("--bends", type=int, default=3, help="bends including both endpoints")
+    add_train_args(p)
+    p.set_defaults(schedule="curve", epochs=30)
+    p.add_argument("--seed", type=int, default=0, help="batch order and t samples")
+    p.add_argument("--on", default="full", choices=["full", "own"],
+                   help="fit and evaluate on the whole training set (the union of the subsets) "
+                        "or on model A's own subset")
+    p.add_argument("--points", type=int, default=61)
+    p.add_argument("--splits", default="train,test")
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--tolerance", type=float, default=0.01)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--pdf", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("curve-ensemble", help="ensembles of K points on a curve and on the linear "
+                                               "path, beside the two endpoints")
+    p.add_argument("curve")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_curve_ensemble)
+
+    p = sub.add_parser("fge", help="fast geometric ensembling from a trained checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--cycles", type=int, default=4)
+    p.add_argument("--cycle-epochs", type=int, default=2)
+    p.add_argument("--low", type=float, default=0.01, help="lowest learning rate, as a factor of --lr")
+    add_train_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on", default="full", choices=["full", "own"])
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fge)
+
+    p = sub.add_parser("landscape", help="loss on the plane through three checkpoints or a curve")
+    p.add_argument("models", nargs="*", help="three checkpoints w0 w1 w2")
+    p.add_argument("--curve", default=None, help="a curve checkpoint: its endpoints and middle bend")
+    p.add_argument("--grid", type=int, default=21, help="points per axis")
+    p.add_argument("--range", type=_float_list, default=[-0.2, 1.2],
+                   help="LOW,HIGH in units of |u| and |v_perp|")
+    p.add_argument("--splits", default="train,test")
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--pdf", action="store_true")
+    p.set_defaults(func=cmd_landscape)
+
+    p = sub.add_parser("sharpness", help="Hutchinson estimate of the Hessian trace at a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--probes", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--on", default="full", choices=["full", "own"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="write the estimate to this JSON file")
+    p.set_defaults(func=cmd_sharpness)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
     p.add_argument("checkpoints", nargs="+")

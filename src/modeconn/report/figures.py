@@ -104,3 +104,33 @@ def polar_similarity_figure(names: Sequence[str], similarity: Sequence[float],
     ax.set_thetamax(90)
     ax.set_title(f"{title}\nangle = arccos(similarity), radius = {rlabel}", fontsize=9)
     return fig
+
+
+def plane_figure(xs: Sequence[float], ys: Sequence[float], values: np.ndarray,
+                 paths: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+                 marks: dict[str, tuple[float, float]] | None = None, title: str = "",
+                 label: str = "train loss"):
+    """Contour plot of values[j, i] at (xs[i], ys[j]) with log-spaced levels, paths and marked points."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    v = np.asarray(values, dtype=float)
+    lo, hi = max(np.nanmin(v), 1e-8), max(np.nanmax(v), 1e-7)
+    if hi <= lo * 1.0001:
+        hi = lo * 10
+    levels = np.geomspace(lo, hi, 20)
+    cs = ax.contourf(xs, ys, np.clip(v, lo, hi), levels=levels,
+                     norm=matplotlib.colors.LogNorm(lo, hi), cmap="viridis")
+    ax.contour(xs, ys, np.clip(v, lo, hi), levels=levels, colors="k", linewidths=0.3, alpha=0.5)
+    fig.colorbar(cs, ax=ax, label=f"{label} (log levels)", format="%.3g")
+    for (name, (px, py)), style in zip((paths or {}).items(), ("w-", "w--", "r-", "r--")):
+        ax.plot(px, py, style, linewidth=2, label=name)
+    for name, (mx, my) in (marks or {}).items():
+        ax.plot([mx], [my], "o", color="white", markeredgecolor="k")
+        ax.annotate(name, (mx, my), color="white", fontsize=9, xytext=(4, 4),
+                    textcoords="offset points")
+    if paths:
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlabel("e1 (along w1 − w0)")
+    ax.set_ylabel("e2")
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=10)
+    return fig

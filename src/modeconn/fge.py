@@ -1,0 +1,58 @@
+"""Fast geometric ensembling (Garipov et al. 2018, ALGORITHMS.md §7): from a trained model, train on
+with a cyclic learning rate and take a snapshot at each cycle's lowest rate."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from .errors import DivergedError, UsageError
+from .models import has_batchnorm
+from .schedules import Schedule
+from .train import Stepper, TrainConfig, epoch_order, make_optimizer
+from .utils import progress
+
+
+def fge_snapshots(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor,
+                  cfg: TrainConfig, cycles: int = 4, cycle_epochs: int = 2, low: float = 0.01,
+                  seed: int = 0, quiet: bool = True) -> list[dict[str, Tensor]]:
+    """Parameter dicts at the lowest learning rate (lr·low, mid-cycle) of each of `cycles` cycles
+    of `cycle_epochs` epochs, starting from `params`; lr goes linearly lr → lr·low → lr."""
+    if cycles < 1:
+        raise UsageError(f"--cycles must be at least 1, got {cycles}")
+    if cycle_epochs < 1:
+        raise UsageError(f"--cycle-epochs must be at least 1, got {cycle_epochs}")
+    if not 0 < low <= 1:
+        raise UsageError(f"the lowest learning-rate factor must be in (0, 1], got {low}")
+    net = copy.deepcopy(model).to(x.device)  # one private module for the whole run
+    net.load_state_dict(params)
+    net.train()
+    opt = make_optimizer(net.parameters(), cfg)
+    sched = Schedule("cyclic", cycle=cycle_epochs, low=low)
+    n = len(y)
+    steps = math.ceil(n / cfg.batch_size)
+    epochs = cycles * cycle_epochs
+    # After the step of each cycle nearest below its middle: the step taken at the lowest rate.
+    per_cycle = steps * cycle_epochs
+    snap_at = {c * per_cycle + per_cycle // 2 for c in range(cycles)}
+    snaps: list[dict[str, Tensor]] = []
+    bar = progress(total=epochs, desc="fge", quiet=quiet)
+    stepper = Stepper(net, opt, x, y, cfg.batch_size, drop_single=has_batchnorm(net))
+    for epoch in range(epochs):
+        order = epoch_order(n, n, seed, epoch).to(x.device)
+        for s in range(steps):
+            stepper.set_lr(cfg.lr * sched.factor(epoch, s / steps, epochs))
+            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            if len(idx) == 1 and stepper.drop_single:
+                continue
+            loss = stepper.step(idx)
+            if not math.isfinite(float(loss)):
+                raise DivergedError(epoch + 1, s + 1, float(loss))
+            if epoch * steps + s in snap_at:
+                snaps.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        bar.update(1)
+    bar.close()
+    return snaps
