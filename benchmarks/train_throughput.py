@@ -1,24 +1,28 @@
 """Training throughput: modeconn's training loop against the reference repositories' loop.
 
-Both run in this one process, on the same model, data, optimizer (SGD, momentum 0.9) and batch:
+Both run in this one process, on the same model, data, optimizer (SGD, momentum 0.9, weight
+decay 5e-4) and batch size:
 
 * ours: `modeconn.train.Stepper.run_epoch`, the code `train_member` runs: the normalised
-  training set is one in-memory tensor, each step indexes its batch, runs forward, cross-entropy,
-  backward and the optimizer step (fused SGD), and checks the loss for divergence.
+  training set is one in-memory tensor; each step gathers its batch, runs forward,
+  cross-entropy, backward and the fused SGD step, and checks the loss.
+* before: our loop as it was before the Stepper optimisations (commit fe38ab5), verbatim.
 * reference: what the mode-connectivity research code does with torchvision datasets: a
-  per-sample `Dataset` holding uint8 images that turns each into a PIL image, then a float tensor
-  (as torchvision's ToTensor), then normalises it (as Normalize), batched by a `DataLoader`
-  (shuffle=True, num_workers=0; num_workers=2 with persistent workers is reported too), and a
-  plain `torch.optim.SGD` step per batch with the running loss read back by `loss.item()`.
+  per-sample `Dataset` holding uint8 images that turns each into a PIL image, then a float
+  tensor (as torchvision's ToTensor), then normalises it (as Normalize), batched by a
+  `DataLoader` (shuffle=True, num_workers=0), and a plain `torch.optim.SGD` step per batch with
+  the running loss read back by `loss.item()`. The same with num_workers=2 (persistent workers)
+  is timed too, in its own phase after the others, since its workers keep working ahead.
 
 Throughput is samples per second over a fixed number of steps after warm-up; the loops are
-interleaved over several rounds and the best round of each is kept (the machine is shared and
-noisy). GFLOP/s counts the multiply-adds of Linear and Conv2d layers (2 FLOPs each) found with
-forward hooks on a real forward pass: "3x fwd" is the usual forward + backward = 3 x forward;
-"exact" leaves out the input gradient of the first layer, which autograd never computes. The
-peak is the best of several 2048x2048 fp32 matmuls, measured in the same run.
+interleaved over several rounds (in alternating order) and the best round of each is kept.
+GFLOP/s counts the multiply-adds of Linear and Conv2d layers (2 FLOPs each) found with forward
+hooks on a real forward pass: "3x" is the usual forward + backward = 3 x forward; "exact"
+leaves out the input gradient of the first layer, which autograd never computes. The peak is
+the best of the 2048x2048 fp32 matmuls timed at the start and after every case. The load that
+other processes put on the machine meanwhile is measured and printed.
 
-    PYTHONPATH=src python benchmarks/train_throughput.py [--quick] [--json out.json]
+    PYTHONPATH=src python benchmarks/train_throughput.py [--quick] [--only mlp,32] [--json F]
 """
 
 from __future__ import annotations
@@ -251,10 +255,7 @@ class Ours:
 
 class Before(Ours):
     """Our loop as it was before the Stepper optimisations (train_member at fe38ab5), verbatim:
-    advanced indexing, optimizer step after backward, a tensor finiteness check per step."""
-
-    def __init__(self, model: nn.Module, data: Data, batch: int):
-        super().__init__(model, data, batch)
+    advanced indexing, optimizer step after backward, a finiteness check on a loss buffer."""
 
     def run(self, steps: int) -> float:
         order, bs, model, opt = self.order(steps), self.batch, self.model, self.opt
@@ -314,6 +315,23 @@ class Reference:
 # ------------------------------------------------------------------ driver
 
 
+def time_interleaved(loops: dict[str, Ours | Reference], case: Case, rounds: int
+                     ) -> dict[str, float]:
+    """Best seconds per loop for `case.steps` steps, over `rounds` interleaved rounds."""
+    try:
+        for loop in loops.values():
+            loop.run(case.warmup)
+        best = {k: math.inf for k in loops}
+        for r in range(rounds):
+            # Alternate the order, so that no loop is always timed right after the same other.
+            for k, loop in list(loops.items())[::-1 if r % 2 else 1]:
+                best[k] = min(best[k], loop.run(case.steps))
+    finally:
+        for loop in loops.values():
+            loop.close()
+    return best
+
+
 def run_case(case: Case, rounds: int, workers: bool, before: bool) -> dict:
     load = OtherLoad()
     shape = SHAPES[case.data]
@@ -326,18 +344,12 @@ def run_case(case: Case, rounds: int, workers: bool, before: bool) -> dict:
     if before:
         loops["before"] = Before(copy.deepcopy(base), data, case.batch)
     loops["ref"] = Reference(copy.deepcopy(base), data, case.batch, workers=0)
+    best = time_interleaved(loops, case, rounds)
     if workers:
-        loops["ref_w2"] = Reference(copy.deepcopy(base), data, case.batch, workers=2)
-    try:
-        for loop in loops.values():
-            loop.run(case.warmup)
-        best = {k: math.inf for k in loops}
-        for _ in range(rounds):
-            for k, loop in loops.items():
-                best[k] = min(best[k], loop.run(case.steps))
-    finally:
-        for loop in loops.values():
-            loop.close()
+        # On its own, after the others: its workers keep preparing batches ahead after each
+        # round, which would take CPU from the loop timed next.
+        best.update(time_interleaved(
+            {"ref_w2": Reference(copy.deepcopy(base), data, case.batch, workers=2)}, case, rounds))
     sps = {k: case.steps * case.batch / v for k, v in best.items()}
     return {"model": case.model, "data": case.data, "shape": "x".join(map(str, shape)),
             "batch": case.batch, "steps": case.steps, "rounds": rounds,
