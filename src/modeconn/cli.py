@@ -73,6 +73,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by commands that read checkpoints and write one output directory."""
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+
 def model_overrides(args: argparse.Namespace) -> dict:
     """Model options given on the command line."""
     width = args.width
@@ -684,10 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on", default="full", choices=["full", "own"],
                    help="evaluate on the whole dataset or on model A's own subset")
     p.add_argument("--tolerance", type=float, default=0.01, help="loss barrier counted as connected")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    add_output_args(p)
     p.add_argument("--pdf", action="store_true", help="also write PDF figures")
     p.set_defaults(func=cmd_interpolate)
 
@@ -717,10 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ensemble", help="score an ensemble of checkpoints and their similarity")
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--bn-reset", default="off", choices=["auto", "on", "off"])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("demo", help="the LMC-under-shift study on digits (a few minutes)")
@@ -796,10 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("curve")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_curve_ensemble)
 
     p = sub.add_parser("fge", help="fast geometric ensembling from a trained checkpoint")
@@ -825,10 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LOW,HIGH in units of |u| and |v_perp|")
     p.add_argument("--splits", default="train,test")
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    add_output_args(p)
     p.add_argument("--pdf", action="store_true")
     p.set_defaults(func=cmd_landscape)
 
