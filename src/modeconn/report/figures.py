@@ -131,6 +131,5 @@ def plane_figure(xs: Sequence[float], ys: Sequence[float], values: np.ndarray,
         ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("e1 (along w1 − w0)")
     ax.set_ylabel("e2")
-    ax.set_aspect("equal")
     ax.set_title(title, fontsize=10)
     return fig
