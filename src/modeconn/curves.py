@@ -1,9 +1,9 @@
 """Curve fitting between two parameter points of any nn.Module (ALGORITHMS.md §1, Garipov et al.).
 
-The bends of a curve are kept in one flat (n, P) buffer over the module's trainable parameters;
-the endpoint rows are frozen and the middle rows are one trainable leaf (a view of that buffer),
-so a curve point θ(t) = Σ_k c_k(t)·w_k is one matrix-vector product and the model runs through
-``torch.func.functional_call`` on views of θ(t). Buffers (BatchNorm statistics) of a curve point
+The bends of a curve are kept flat over the module's trainable parameters: the frozen endpoints,
+and the middle bends as one trainable (n−2, P) leaf of offsets from the straight segment, so a
+curve point θ(t) = Σ_k c_k(t)·w_k is the chord's point plus a few scaled offsets and the model
+runs through ``torch.func.functional_call`` on views of θ(t). Buffers (BatchNorm statistics) of a curve point
 are the endpoints' interpolation; BatchNorm uses batch statistics while fitting, and evaluation
 re-estimates running statistics per point (`Evaluator`, bn_reset).
 """
@@ -32,41 +32,35 @@ from .utils import progress
 CURVE_KINDS = ("bezier", "polychain")
 
 
-def min_bends(kind: str) -> int:
-    """The fewest bends a fitted curve of `kind` can have (a Bezier curve needs a control point)."""
+def _check_kind(kind: str) -> None:
     if kind not in CURVE_KINDS:
         raise UsageError(f"unknown curve kind {kind!r}; use {' or '.join(CURVE_KINDS)}")
-    return 3 if kind == "bezier" else 2
 
 
-class _CurvePoint(torch.autograd.Function):
-    """θ = c @ W with the gradient sent to the middle rows only, plus wd·θ (the L2 term's gradient)."""
-
-    @staticmethod
-    def forward(ctx, c: Tensor, middle: Tensor, bends: Tensor, wd: float) -> Tensor:
-        theta = c @ bends
-        ctx.wd = wd
-        ctx.save_for_backward(c, theta if wd else None)
-        return theta
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        c, theta = ctx.saved_tensors
-        if ctx.wd:
-            grad = grad.add(theta, alpha=ctx.wd)
-        mid = c[1:-1]
-        g = grad.unsqueeze(0) * mid[0] if len(mid) == 1 else torch.outer(mid, grad)
-        return None, g, None, None
+def min_bends(kind: str) -> int:
+    """The fewest bends a fitted curve of `kind` can have: its endpoints and one middle bend to
+    train (with two bends either kind is the linear path)."""
+    _check_kind(kind)
+    return 3
 
 
 class Curve:
-    """A Bezier or polychain curve between two parameter dicts of `model`, with trainable bends."""
+    """A Bezier or polychain curve between two parameter dicts of `model`, with trainable bends.
+
+    Over the trainable parameters (flattened: P values) the frozen endpoints are the rows of
+    `ends` (2, P) and the middle bends are kept as offsets from the straight segment, the
+    trainable leaf `offsets` (n−2, P): w_k = (1 − s_k)·w_0 + s_k·w_{n−1} + δ_k with s_k = k/(n−1).
+    Bernstein and hat weights both reproduce straight lines (Σ_k c_k = 1, Σ_k c_k·s_k = t), so
+    θ(t) = (1 − t)·w_0 + t·w_{n−1} + Σ_k c_k(t)·δ_k. Offsets start at zero: the middle bends on the
+    straight segment, as in the reference.
+    """
 
     def __init__(self, model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
                  kind: str = "bezier", num_bends: int = 3,
                  middle: list[Mapping[str, Tensor]] | None = None):
-        if num_bends < min_bends(kind):
-            raise UsageError(f"a {kind} curve needs at least {min_bends(kind)} bends, got {num_bends}")
+        _check_kind(kind)
+        if num_bends < 2:
+            raise UsageError(f"a curve needs at least 2 bends (its endpoints), got {num_bends}")
         check_compatible([a, b])
         self.kind, self.num_bends = kind, num_bends
         self.a = {k: v.detach() for k, v in a.items()}
@@ -78,31 +72,32 @@ class Curve:
         self.buffer_keys = [k for k in a if k not in self.param_keys]
         self.shapes = [a[k].shape for k in self.param_keys]
         self.sizes = [a[k].numel() for k in self.param_keys]
-        fa, fb = self._flat(self.a), self._flat(self.b)
-        n = num_bends
-        rows = [torch.lerp(fa, fb, k / (n - 1)) for k in range(n)]  # on the straight segment
-        rows[0], rows[-1] = fa, fb
-        self.bends = torch.stack(rows)  # (n, P): rows 0 and n-1 are the frozen endpoints
+        self.ends = torch.stack([self._flat(self.a), self._flat(self.b)])
+        self.offsets = self.ends.new_zeros(num_bends - 2, self.ends.shape[1])
         if middle is not None:
-            if len(middle) != n - 2:
-                raise UsageError(f"{len(middle)} middle bends given for a {n}-bend curve")
+            if len(middle) != num_bends - 2:
+                raise UsageError(f"{len(middle)} middle bends given for a {num_bends}-bend curve")
             check_compatible([a, *middle])
-            for i, m in enumerate(middle, 1):
-                self.bends[i] = self._flat(m).to(self.bends)
-        self.middle = self.bends[1:-1].requires_grad_()  # a leaf viewing the buffer's middle rows
+            for k, m in enumerate(middle, 1):
+                self.offsets[k - 1] = self._flat(m).to(self.ends) - self._chord(k / (num_bends - 1))
+        self.offsets.requires_grad_()
 
     def _flat(self, d: Mapping[str, Tensor]) -> Tensor:
         return torch.cat([d[k].detach().reshape(-1) for k in self.param_keys])
+
+    def _chord(self, t: float) -> Tensor:
+        return torch.lerp(self.ends[0], self.ends[1], t)  # exact at t = 0 and t = 1
 
     def coefficients(self, t: float | Tensor) -> Tensor:
         """Weights of the bends at t."""
         coef = bezier_coefficients if self.kind == "bezier" else polychain_coefficients
         return coef(t, self.num_bends)
 
-    def flat_point(self, t: float | Tensor, weight_decay: float = 0.0) -> Tensor:
-        """θ(t) over the trainable parameters as one flat vector (differentiable in the bends)."""
-        c = self.coefficients(t).to(self.bends)
-        return _CurvePoint.apply(c, self.middle, self.bends.detach(), weight_decay)
+    def flat_point(self, t: float | Tensor) -> Tensor:
+        """θ(t) over the trainable parameters as one flat vector, differentiable in the offsets
+        (`CurveTrainer` forms the same point in place)."""
+        c = self.coefficients(t).to(self.ends)
+        return self._chord(float(t)) + c[1:-1] @ self.offsets
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Named views of a flat parameter vector."""
@@ -117,16 +112,15 @@ class Curve:
     def bend_dicts(self) -> list[dict[str, Tensor]]:
         """Every bend as a full parameter dict (middle bends' buffers on the straight segment)."""
         n = self.num_bends
-        out = []
+        out = [dict(self.a)]  # the endpoints exactly as given
         with torch.no_grad():
-            for k in range(n):
-                if k in (0, n - 1):  # the endpoints exactly as given
-                    out.append(dict(self.a if k == 0 else self.b))
-                    continue
-                d = {key: v.clone() for key, v in self.unflatten(self.bends[k]).items()}
-                d.update(self.buffers(k / (n - 1)))
+            for k in range(1, n - 1):
+                s = k / (n - 1)
+                flat = self._chord(s) + self.offsets[k - 1]
+                d = {key: v.clone() for key, v in self.unflatten(flat).items()}  # own storage each
+                d.update(self.buffers(s))
                 out.append({key: d[key] for key in self.a})
-        return out
+        return out + [dict(self.b)]
 
     def path(self) -> ParamPath:
         """The curve as a ParamPath (for evaluation, ensembles and planes)."""
@@ -134,36 +128,71 @@ class Curve:
 
 
 class CurveTrainer:
-    """One curve-fitting step at a time: t ~ U(0, 1), loss CE(θ(t)) + ½·wd·‖θ(t)‖², optimizer step."""
+    """One curve-fitting step at a time: t ~ U(0, 1), loss CE(θ(t)) + ½·wd·‖θ(t)‖², optimizer step.
+
+    The gradient of the offset δ_k is c_k(t)·(∂CE/∂θ + wd·θ(t)). A step allocates nothing of the
+    parameters' size beyond what a plain training step does (on CPU a fresh allocation of that
+    size costs more than the arithmetic on it): θ(t) is written into one flat buffer whose
+    per-parameter views are the leaves the model runs on, and the offsets' gradient is written in
+    place into `curve.offsets.grad`. With one middle bend its factor c_1(t) rides on the loss's
+    gradient seed, so the L2 term is added in the same pass that writes the gradient.
+    """
 
     def __init__(self, model: nn.Module, curve: Curve, x: Tensor, y: Tensor, cfg: TrainConfig,
                  seed: int = 0):
+        if curve.num_bends < min_bends(curve.kind):
+            raise UsageError(f"a {curve.num_bends}-bend {curve.kind} curve has no middle bend to "
+                             f"fit; use at least {min_bends(curve.kind)} bends")
         self.model = model.train()
         self.curve, self.x, self.y, self.cfg = curve, x, y, cfg
-        self.opt = make_optimizer([curve.middle], dataclasses.replace(cfg, weight_decay=0.0))
+        self.opt = make_optimizer([curve.offsets], dataclasses.replace(cfg, weight_decay=0.0))
         self.gen = torch.Generator().manual_seed(seed)
+        offsets = curve.offsets
+        with torch.no_grad():
+            self.theta = torch.empty_like(curve.ends[0])
+            self._theta = list(curve.unflatten(self.theta).values())
+            self.leaves = {k: v.detach().requires_grad_() for k, v in
+                           curve.unflatten(self.theta).items()}
+            offsets.grad = torch.zeros_like(offsets)
+            # With several middle bends ∂CE/∂θ + wd·θ(t) goes to a scratch buffer first.
+            self._sum = offsets.grad[0] if len(offsets) == 1 else torch.empty_like(self.theta)
+            self._sum_views = list(curve.unflatten(self._sum).values())
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate."""
         for g in self.opt.param_groups:
             g["lr"] = lr
 
-    def step(self, idx: Tensor) -> Tensor:
-        """One step on the samples at `idx`; return the batch loss (cross-entropy plus L2)."""
-        t = float(torch.rand((), generator=self.gen))
-        wd = self.cfg.weight_decay
-        theta = self.curve.flat_point(t, wd)
-        state = self.curve.unflatten(theta)
-        state.update(self.curve.buffers(t))
+    def step(self, idx: Tensor, t: float | None = None) -> Tensor:
+        """One step on the samples at `idx` at curve position `t` (drawn from U(0, 1) when None);
+        return the batch cross-entropy before the update (the L2 term is left out of the value,
+        as a plain training step leaves out its weight decay)."""
+        if t is None:
+            t = float(torch.rand((), generator=self.gen))
+        curve, wd = self.curve, self.cfg.weight_decay
+        mid = curve.coefficients(t)[1:-1].tolist()
+        with torch.no_grad():
+            torch.lerp(curve.ends[0], curve.ends[1], t, out=self.theta)
+            for ck, dk in zip(mid, curve.offsets):
+                if ck:
+                    self.theta.add_(dk, alpha=ck)
+        state = {**self.leaves, **curve.buffers(t)}
         out = functional_call(self.model, state, (self.x.index_select(0, idx),))
         loss = F.cross_entropy(out, self.y.index_select(0, idx))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()  # the L2 term's gradient is added inside _CurvePoint.backward
-        self.opt.step()
-        loss = loss.detach()
-        if wd:
-            loss = loss + 0.5 * wd * theta.detach().square().sum()
-        return loss
+        scale = mid[0] if len(mid) == 1 else 1.0
+        loss.backward(torch.tensor(scale, dtype=loss.dtype, device=loss.device))
+        with torch.no_grad():
+            for leaf, theta, dst in zip(self.leaves.values(), self._theta, self._sum_views):
+                if leaf.grad is None:  # a parameter the loss does not reach
+                    torch.mul(theta, scale * wd, out=dst)
+                else:
+                    torch.add(leaf.grad, theta, alpha=scale * wd, out=dst)
+                    leaf.grad = None
+            if len(mid) > 1:
+                for ck, grad in zip(mid, curve.offsets.grad):
+                    torch.mul(self._sum, ck, out=grad)
+            self.opt.step()
+        return loss.detach()
 
 
 def fit_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], x: Tensor,
@@ -172,7 +201,7 @@ def fit_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor]
               on_epoch: Callable[[int, float, float], None] | None = None) -> Curve:
     """Fit the middle bends of a curve between `a` and `b` on (x, y); endpoints stay fixed.
 
-    `on_epoch(epoch, mean loss, lr)` is called after each epoch (1-based)."""
+    `on_epoch(epoch, mean cross-entropy, lr)` is called after each epoch (1-based)."""
     cfg.validate()
     from .schedules import parse_schedule
 
@@ -201,7 +230,8 @@ def fit_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor]
             bar.update(1)
     finally:
         bar.close()
-    curve.middle.requires_grad_(False)
+        curve.offsets.grad = None
+    curve.offsets.requires_grad_(False)
     return curve
 
 

@@ -21,18 +21,16 @@ PATH_KINDS = ("linear", "bezier", "polychain")
 
 
 def bezier_coefficients(t: float | Tensor, n: int) -> Tensor:
-    """Bernstein weights C(n−1, k)·t^k·(1−t)^(n−1−k) for k = 0 … n−1."""
-    t = torch.as_tensor(t, dtype=torch.float64)
-    k = torch.arange(n, dtype=torch.float64)
-    binom = torch.tensor([math.comb(n - 1, i) for i in range(n)], dtype=torch.float64)
-    return binom * t**k * (1 - t) ** (n - 1 - k)
+    """Bernstein weights C(n−1, k)·t^k·(1−t)^(n−1−k) for k = 0 … n−1 (float64)."""
+    t = float(t)  # scalar arithmetic: a curve-fitting step asks for these once per batch
+    return torch.tensor([math.comb(n - 1, k) * t**k * (1 - t) ** (n - 1 - k) for k in range(n)],
+                        dtype=torch.float64)
 
 
 def polychain_coefficients(t: float | Tensor, n: int) -> Tensor:
-    """Hat weights max(0, 1 − |t·(n−1) − k|) for k = 0 … n−1."""
-    t = torch.as_tensor(t, dtype=torch.float64)
-    k = torch.arange(n, dtype=torch.float64)
-    return (1 - (t * (n - 1) - k).abs()).clamp_min(0)
+    """Hat weights max(0, 1 − |t·(n−1) − k|) for k = 0 … n−1 (float64)."""
+    t = float(t)
+    return torch.tensor([max(0.0, 1 - abs(t * (n - 1) - k)) for k in range(n)], dtype=torch.float64)
 
 
 class ParamPath:
