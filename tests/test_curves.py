@@ -142,44 +142,110 @@ def test_curve_step_is_sgd_on_the_curve_objective(kind, n, t):
         assert torch.equal(after[0][k], a[k]) and torch.equal(after[-1][k], b[k])
 
 
-def test_curve_command_writes_outputs_and_curve_round_trips(models, tmp_path):
-    from modeconn.cli import main
-
-    _, paths = models
-    out = tmp_path / "curve"
-    assert main(["curve", str(paths[0]), str(paths[1]), "--epochs", "2", "--points", "7",
-                 "--out", str(out)]) == 0
-    rows = (out / "path.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 7 * 2  # curve and linear, train and test, 7 points
-    bar = json.loads((out / "barrier.json").read_text())
-    assert bar
-    _, path, _ = load_curve(out / "curve.safetensors")
-    a = params_of(load_checkpoint(paths[0]))
-    assert all(torch.equal(path.point(0.0)[k], a[k]) for k in a if a[k].is_floating_point())
-    ens = tmp_path / "ens"
-    assert main(["curve-ensemble", str(out / "curve.safetensors"), "--out", str(ens)]) == 0
-    assert any(ens.iterdir())
-
-
-def test_plane_sharpness_and_fge_commands(models, tmp_path):
-    from modeconn.cli import main
-
-    _, paths = models
-    assert main(["landscape", *map(str, paths), "--grid", "3", "--out", str(tmp_path / "ls")]) == 0
-    assert any(p.suffix == ".csv" for p in (tmp_path / "ls").iterdir())
-    assert main(["sharpness", str(paths[0]), "--probes", "2", "--out", str(tmp_path / "sh")]) == 0
-    assert main(["fge", str(paths[0]), "--cycles", "2", "--cycle-epochs", "1",
-                 "--out", str(tmp_path / "fge")]) == 0
-
-
-def test_curve_between_different_architectures_exits_2(models, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def runs(models):
+    """A fitted curve between models 0 and 1, FGE snapshots from model 0 and a narrower model."""
     from modeconn.cli import main
 
     root, paths = models
+    assert main(["curve", str(paths[0]), str(paths[1]), "--epochs", "2", "--points", "7",
+                 "--out", str(root / "curve"), "--quiet"]) == 0
+    assert main(["fge", str(paths[0]), "--cycles", "2", "--cycle-epochs", "1",
+                 "--out", str(root / "fge"), "--quiet"]) == 0
     assert main(["train", "--width", "16", "--depth", "1", "--epochs", "1", "--out",
                  str(root / "other"), "--quiet"]) == 0
-    rc = main(["curve", str(paths[0]), str(root / "other/all/model.safetensors"), "--out",
-               str(tmp_path / "bad")])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and err.startswith("modeconn: error:")
-    assert not (tmp_path / "bad").exists()
+    return {"a": paths[0], "b": paths[1], "c": paths[2], "curve": root / "curve",
+            "fge": root / "fge", "other": root / "other" / "all" / "model.safetensors"}
+
+
+def test_curve_command_writes_outputs_and_curve_round_trips(runs):
+    out = runs["curve"]
+    rows = (out / "path.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 7 * 2  # curve and linear, train and test, 7 points
+    bar = json.loads((out / "barrier.json").read_text())
+    assert set(bar) >= {"curve", "linear"} and set(bar["curve"]) >= {"train", "test"}
+    _, path, _ = load_curve(out / "curve.safetensors")
+    a = params_of(load_checkpoint(runs["a"]))
+    assert all(torch.equal(path.point(0.0)[k], a[k]) for k in a if a[k].is_floating_point())
+
+
+def test_curve_ensemble_table_has_independent_lmc_curve_and_fge_rows(runs, cli, tmp_path):
+    from modeconn.io import read_csv
+
+    rc, out, _ = cli("curve-ensemble", runs["curve"] / "curve.safetensors", "--k", "3",
+                     "--fge", runs["fge"], "--out", tmp_path / "ens")
+    assert rc == 0
+    assert [line.split()[0] for line in out.splitlines()[:4]] == ["independent", "lmc", "curve", "fge"]
+    table = {r["ensemble"]: r for r in read_csv(tmp_path / "ens" / "comparison.csv")}
+    assert list(table) == ["independent", "lmc", "curve", "fge"]
+    assert [int(table[k]["size"]) for k in table] == [2, 3, 3, 2]
+    saved = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert saved["fge_members"] == [str(runs["fge"] / f"snapshot_{i}.safetensors") for i in (1, 2)]
+    # The fge row is the snapshots' ensemble, scored as `modeconn fge` scores it ...
+    own = json.loads((runs["fge"] / "ensemble.json").read_text())["fge"]
+    assert saved["fge"]["acc"] == own["acc"]
+    assert saved["fge"]["nll"] == pytest.approx(own["nll"], rel=1e-9)
+    # ... which is the mean of the members' softmax outputs.
+    data = eval_data(DataSpec())
+    probs = []
+    for name in saved["fge_members"]:
+        net = load_checkpoint(name).build().eval()
+        with torch.no_grad():
+            probs.append(net(data.test_x).softmax(-1))
+    acc = float((torch.stack(probs).mean(0).argmax(-1) == data.test_y).double().mean())
+    assert float(table["fge"]["acc"]) == pytest.approx(acc, abs=1e-12)
+
+
+def test_plane_sharpness_and_fge_commands(runs, cli, tmp_path):
+    rc, out, _ = cli("landscape", runs["a"], runs["b"], runs["c"], "--grid", "3",
+                     "--out", tmp_path / "ls")
+    assert rc == 0 and "3x3 points" in out
+    assert len((tmp_path / "ls" / "plane.csv").read_text().splitlines()) == 1 + 3 * 3 * 2
+    rc, _, _ = cli("landscape", "--curve", runs["curve"] / "curve.safetensors", "--grid", "3",
+                   "--splits", "test", "--out", tmp_path / "lc")
+    plane_json = json.loads((tmp_path / "lc" / "plane.json").read_text())
+    assert rc == 0 and set(plane_json["paths"]) == {"linear path", "bezier curve"}
+    assert plane_json["points"]["A"] == pytest.approx([0.0, 0.0], abs=1e-9)
+    rc, out, _ = cli("sharpness", runs["a"], "--probes", "2", "--out", tmp_path / "sh.json")
+    assert rc == 0 and json.loads((tmp_path / "sh.json").read_text())["samples"] == 2 * 3
+    snaps = sorted(p.name for p in runs["fge"].glob("snapshot_*.safetensors"))
+    assert snaps == ["snapshot_1.safetensors", "snapshot_2.safetensors"]
+
+
+BAD_INPUT = {
+    "bezier with 2 bends": (["curve", "a", "b", "--bends", "2"], "--bends must be at least 3"),
+    "polychain with 2 bends": (["curve", "a", "b", "--kind", "polychain", "--bends", "2"],
+                               "--bends must be at least 3"),
+    "curve across architectures": (["curve", "a", "other"], "different architecture"),
+    "curve ensemble of one": (["curve-ensemble", "curve", "--k", "1"], "--k must be at least 2"),
+    "fge of another architecture": (["curve-ensemble", "curve", "--fge", "other_fge"],
+                                    "different architecture"),
+    "fge folder without snapshots": (["curve-ensemble", "curve", "--fge", "empty"],
+                                     "no snapshot_N"),
+    "fge folder missing": (["curve-ensemble", "curve", "--fge", "missing"], "not found"),
+    "fge without cycles": (["fge", "a", "--cycles", "0"], "--cycles must be at least 1"),
+    "landscape of two models": (["landscape", "a", "b"], "three checkpoints"),
+    "landscape of models and a curve": (["landscape", "a", "--curve", "curve"], "not both"),
+    "range of one value": (["landscape", "a", "b", "c", "--range", "0.5"], "--range takes LOW,HIGH"),
+    "range reversed": (["landscape", "a", "b", "c", "--range=1,0"], "--range needs LOW < HIGH"),
+    "range not numbers": (["landscape", "a", "b", "c", "--range", "x,y"], "comma-separated numbers"),
+    "grid of one point": (["landscape", "a", "b", "c", "--grid", "1"], "--grid must be at least 2"),
+    "sharpness without probes": (["sharpness", "a", "--probes", "0"], "--probes must be at least 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_curve_and_landscape_input_is_one_line_and_writes_nothing(runs, cli, tmp_path, case):
+    import shutil
+
+    argv, message = BAD_INPUT[case]
+    shutil.copy(runs["other"], tmp_path / "snapshot_1.safetensors")
+    (tmp_path / "empty").mkdir()
+    names = {"a": runs["a"], "b": runs["b"], "c": runs["c"], "other": runs["other"],
+             "curve": runs["curve"] / "curve.safetensors", "other_fge": tmp_path,
+             "empty": tmp_path / "empty", "missing": tmp_path / "missing"}
+    out = tmp_path / "out"
+    rc, _, err = cli(argv[0], *[names.get(a, a) for a in argv[1:]], "--out", out)
+    assert rc == 2, err
+    assert err.count("\n") == 1 and err.startswith("modeconn: error:") and message in err, err
+    assert not out.exists()

@@ -488,6 +488,23 @@ def _ensemble_line(name: str, m: dict) -> str:
             f"ECE {m['ece']:.4f}")
 
 
+def _fge_members(folder: str, curve_ckpt, device) -> tuple[list[str], list[dict]]:
+    """Names and parameter dicts of the snapshots in a `modeconn fge` folder, refused unless they
+    share the curve's architecture and dataset."""
+    from .checkpoint import load_same_architecture, params_of
+    from .fge import snapshot_paths
+
+    _, snaps = load_same_architecture(snapshot_paths(folder), device)  # safetensors only
+    if snaps[0].architecture != curve_ckpt.architecture:
+        raise UsageError(f"the FGE snapshots in {folder} have a different architecture from the "
+                         f"curve {curve_ckpt.path}; run modeconn fge on one of the curve's endpoints")
+    data = [c.meta.get("data", {}).get("dataset") for c in (curve_ckpt, snaps[0])]
+    if data[0] != data[1]:
+        raise UsageError(f"the FGE snapshots in {folder} were trained on {data[1]}, the curve on "
+                         f"{data[0]}; run modeconn fge on one of the curve's endpoints")
+    return [str(c.path) for c in snaps], [params_of(c, device) for c in snaps]
+
+
 def cmd_curve_ensemble(args: argparse.Namespace) -> int:
     from .curves import load_curve, path_ensemble
     from .data import DataSpec, eval_data
@@ -501,6 +518,7 @@ def cmd_curve_ensemble(args: argparse.Namespace) -> int:
         raise UsageError(f"--k must be at least 2, got {args.k}")
     device = resolve_device(args.device)
     model, path, ckpt = load_curve(args.curve, device)
+    fge_names, fge_points = _fge_members(args.fge, ckpt, device) if args.fge else ([], [])
     out = _out_dir(args.out, args.overwrite)
     data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), "full", args.data_dir).to(device)
     ev = Evaluator(model, {"test": (data.test_x, data.test_y)}, bn_data=data.train_x,
@@ -511,8 +529,11 @@ def cmd_curve_ensemble(args: argparse.Namespace) -> int:
         "lmc": path_ensemble(linear_path(*ends), ev, args.k),
         "curve": path_ensemble(path, ev, args.k),
     }
+    if fge_points:
+        table["fge"] = ensemble_metrics(ev.probabilities(fge_points, "test"), data.test_y)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "ensemble.json", {"curve": str(ckpt.path), "k": args.k, **table})
+    write_json(out / "ensemble.json", {"curve": str(ckpt.path), "k": args.k, **table,
+                                       **({"fge_members": fge_names} if fge_names else {})})
     write_csv(out / "comparison.csv", [{"ensemble": k, **{m: v for m, v in r.items() if m != "t"}}
                                        for k, r in table.items()])
     for name, m in table.items():
@@ -526,7 +547,7 @@ def cmd_fge(args: argparse.Namespace) -> int:
     from .data import DataSpec, eval_data
     from .ensemble import ensemble_metrics
     from .evaluate import Evaluator
-    from .fge import fge_snapshots
+    from .fge import fge_snapshots, snapshot_name
     from .io import write_json
     from .train import resolve_device
 
@@ -544,7 +565,7 @@ def cmd_fge(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for i, snap in enumerate(snaps):
-        names.append(str(out / f"snapshot_{i + 1}.safetensors"))
+        names.append(str(out / snapshot_name(i + 1)))
         model.load_state_dict(snap)
         save_model(names[-1], model, ckpt.architecture, data=ckpt.meta.get("data", {}),
                    fge={"start": str(ckpt.path), "cycle": i + 1})
@@ -794,9 +815,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("curve-ensemble", help="ensembles of K points on a curve and on the linear "
-                                               "path, beside the two endpoints")
+                                               "path, beside the two endpoints (and FGE snapshots)")
     p.add_argument("curve")
     p.add_argument("--k", type=int, default=5)
+    p.add_argument("--fge", default=None, metavar="DIR",
+                   help="also score the snapshots in this `modeconn fge --out` folder")
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
     add_output_args(p)
     p.set_defaults(func=cmd_curve_ensemble)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from torch import Tensor, nn
 
@@ -14,6 +17,26 @@ from .models import has_batchnorm
 from .schedules import Schedule
 from .train import Stepper, TrainConfig, epoch_order, make_optimizer
 from .utils import progress
+
+_SNAPSHOT = re.compile(r"snapshot_(\d+)\.safetensors")
+
+
+def snapshot_name(cycle: int) -> str:
+    """File name of the snapshot taken in `cycle` (1-based)."""
+    return f"snapshot_{cycle}.safetensors"
+
+
+def snapshot_paths(folder: str | os.PathLike) -> list[Path]:
+    """The snapshots `modeconn fge` wrote into `folder`, in cycle order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"FGE folder {folder} not found; pass the --out folder of modeconn fge")
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir()
+                   if (m := _SNAPSHOT.fullmatch(p.name)))
+    if not found:
+        raise UsageError(f"{folder} holds no snapshot_N.safetensors; pass the --out folder of "
+                         "modeconn fge")
+    return [p for _, p in found]
 
 
 def fge_snapshots(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor,
