@@ -18,7 +18,9 @@ from modeconn.align import (
     certify,
     check_spec,
     linear_assignment,
+    mean_params,
     merge_many,
+    ste_epochs,
     ste_matching,
     ste_mm,
     weight_matching,
@@ -399,6 +401,36 @@ def test_warm_matcher_agrees_with_cold_restarts_on_drifting_weights():
     assert warm.passes == 1 or warm.lap.certified > 0
 
 
+def test_warm_matcher_sees_in_place_updates_of_its_inputs():
+    # STE proxies are updated in place by the optimizer and passed as fresh detach() views,
+    # which share the version counter: a cache keyed on it must still notice the change.
+    model = make("mlp", SMALL, widths=[24, 24])
+    spec = auto_spec(model, example(SMALL))
+    target = make("mlp", SMALL, seed=1, widths=[24, 24]).state_dict()
+    proxy = {k: v.clone() for k, v in model.state_dict().items()}
+    warm = WeightMatcher(spec)
+    first = warm({k: v.detach() for k, v in proxy.items()}, target)
+    assert first == WeightMatcher(spec, warm=False)(proxy, target)
+    moved = Permutation.random(spec, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for k, v in moved.inverse().apply(target).items():
+            proxy[k].copy_(v)  # the proxy becomes a permuted copy of the target
+    got = warm({k: v.detach() for k, v in proxy.items()}, target)
+    assert got != first
+    assert equal_states(got.apply(target), proxy)
+
+
+def test_ste_epochs_reach_the_reference_step_count_on_small_data():
+    from modeconn.align.matching import STE_MIN_STEPS
+
+    assert ste_epochs(50_000, 256) == 10  # CIFAR-sized: the reference's 10 epochs
+    small = ste_epochs(1437, 256)  # digits: 6 steps per epoch
+    assert small * 6 >= STE_MIN_STEPS and (small - 1) * 6 < STE_MIN_STEPS
+    assert ste_epochs(1437, 256, epochs=3) == 3
+    with pytest.raises(UsageError, match="at least 1"):
+        ste_epochs(1437, 256, epochs=0)
+
+
 # --- activations, STE, merging -----------------------------------------------------------------
 
 
@@ -528,3 +560,23 @@ def test_matching_cuts_the_barrier_between_digits_mlps(digits):
     print(f"digits MLP midpoint barrier: {before:.3f} -> WM {after_wm:.3f}, STE {after_ste:.3f}")
     assert after_wm <= 0.2 * before
     assert after_ste <= after_wm + 0.02
+
+
+@pytest.mark.slow
+def test_ste_mm_merges_at_least_as_well_as_matching_to_the_first(digits):
+    models = [trained("mlp", digits, seed=s, epochs=3, width=64) for s in range(3)]
+    x, y = digits.train_x, digits.train_y
+    spec = auto_spec(models[0], x[:4])
+    states = [m.state_dict() for m in models]
+    to_first = [Permutation.identity(spec)] + [weight_matching(states[0], s, spec)
+                                               for s in states[1:]]
+
+    def merged_loss(perms):
+        merged = mean_params([p.apply(s) for p, s in zip(perms, states, strict=True)])
+        return float(F.cross_entropy(torch.func.functional_call(models[0], merged, (x,)), y))
+
+    result = ste_mm(models, x, y, spec, epochs=8)
+    assert result.perms[0].is_identity()
+    start, end = merged_loss(to_first), merged_loss(result.perms)
+    print(f"STE-MM merged train loss {start:.4f} -> {end:.4f}")
+    assert end < start

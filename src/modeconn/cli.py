@@ -81,6 +81,19 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
+def add_ste_args(p: argparse.ArgumentParser, method: str, batched: str) -> None:
+    """Options of the straight-through estimators (STE in align, STE-MM in merge-many)."""
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"{method} epochs (default 10, or more on small datasets, enough for the "
+                        "steps the reference takes: modeconn.align.ste_epochs)")
+    p.add_argument("--lr", type=float, default=1e-3, help=f"{method} learning rate (Adam)")
+    p.add_argument("--batch-size", type=int, default=256, help=f"{batched} batch size")
+    p.add_argument("--warm", default=True, action=argparse.BooleanOptionalAction,
+                   help=f"warm-start {method}'s per-batch weight matching from the last "
+                        "permutation and LAP solution (--no-warm: cold solves from the identity, "
+                        "as the reference code does; slower)")
+
+
 def model_overrides(args: argparse.Namespace) -> dict:
     """Model options given on the command line."""
     width = args.width
@@ -761,11 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b")
     p.add_argument("--method", default="wm", choices=["wm", "am", "ste"])
     p.add_argument("--points", type=int, default=25)
-    p.add_argument("--epochs", type=int, default=10, help="STE epochs")
-    p.add_argument("--lr", type=float, default=1e-3, help="STE learning rate (Adam)")
-    p.add_argument("--batch-size", type=int, default=256, help="STE/AM batch size")
-    p.add_argument("--warm", default=True, action=argparse.BooleanOptionalAction,
-                   help="warm-start STE's per-batch weight matching from the last permutation")
+    add_ste_args(p, "STE", "STE/AM")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
@@ -779,12 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true",
                    help="REPAIR the merged model (models with BatchNorm always get BN reset)")
     p.add_argument("--points", type=int, default=11, help="points per pairwise barrier")
-    p.add_argument("--epochs", type=int, default=10, help="STE-MM epochs")
-    p.add_argument("--lr", type=float, default=1e-3, help="STE-MM learning rate (Adam)")
-    p.add_argument("--batch-size", type=int, default=256, help="STE-MM batch size")
-    p.add_argument("--warm", default=True, action=argparse.BooleanOptionalAction,
-                   help="warm-start STE-MM's per-batch weight matching (--no-warm: cold solves, "
-                        "slower; on digits it found better merges)")
+    add_ste_args(p, "STE-MM", "STE-MM")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")

@@ -8,6 +8,7 @@ from .matching import (
     batch_statistics,
     mean_params,
     merge_many,
+    ste_epochs,
     ste_matching,
     ste_mm,
     weight_matching,
@@ -17,5 +18,5 @@ from .trace import auto_spec
 
 __all__ = ["Merged", "Permutation", "PermutationSpec", "WarmLAP", "WeightMatcher",
            "activation_matching", "auto_spec", "batch_statistics", "certify", "check_spec",
-           "linear_assignment", "mean_params", "merge_many", "ste_matching", "ste_mm",
-           "weight_matching"]
+           "linear_assignment", "mean_params", "merge_many", "ste_epochs", "ste_matching",
+           "ste_mm", "weight_matching"]
