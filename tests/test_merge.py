@@ -132,6 +132,16 @@ def test_merge_many_of_permuted_copies_reproduces_the_model(trained, tmp_path, c
         torch.testing.assert_close(merged[k], v, atol=1e-5, rtol=1e-5)
     report = json.loads((tmp_path / "mm" / "merge.json").read_text())
     assert report["merged"]["test"]["acc"] == pytest.approx(report["members"][0]["test"]["acc"])
+    # The merged model is the first member itself: the same estimate (same probes); the permuted
+    # copies have the same Hessian trace, estimated with probes on permuted coordinates.
+    trace = report["hessian_trace"]
+    assert trace["trace"] > 0 and trace["samples"] == 10 * trace["batches"]
+    first, *others = (m["hessian_trace"] for m in report["members"])
+    assert first["trace"] == pytest.approx(trace["trace"], rel=1e-3)
+    for other in others:
+        assert abs(other["trace"] - trace["trace"]) < 4 * (other["trace_se"] ** 2
+                                                          + trace["trace_se"] ** 2) ** 0.5
+    assert "Hessian trace" in out
     lines = (tmp_path / "mm" / "barriers.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + 3
 
@@ -151,6 +161,7 @@ def test_merge_many_avg_with_repair_runs(trained, tmp_path, cli):
     ["merge-many", "{s0}"],
     ["merge-many", "{s0}", "{w16}"],
     ["merge-many", "{s0}", "{s1}", "--method", "nope"],
+    ["merge-many", "{s0}", "{s1}", "--hessian-probes", "-1"],
 ])
 def test_cli_errors_exit_2_with_one_line(trained, tmp_path, cli, argv):
     argv = [a.format(**trained) for a in argv] + ["--out", str(tmp_path / "o"), "--device", "cpu"]
