@@ -249,3 +249,32 @@ def test_bad_curve_and_landscape_input_is_one_line_and_writes_nothing(runs, cli,
     assert rc == 2, err
     assert err.count("\n") == 1 and err.startswith("modeconn: error:") and message in err, err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_curve_ensemble_is_at_least_as_accurate_as_its_endpoints(cli, tmp_path):
+    """Two digits MLPs from different seeds: the fitted curve removes most of the linear barrier,
+    its points are better models than the linear path's, and its K=5 ensemble is at least as
+    accurate as the endpoints on average."""
+    from modeconn.io import read_csv
+
+    for s in (0, 1):
+        rc, _, err = cli("train", "--width", "128", "--depth", "2", "--epochs", "10", "--init-seed",
+                         s, "--out", tmp_path / f"m{s}", "--quiet", "--device", "cpu")
+        assert rc == 0, err
+    a, b = (tmp_path / f"m{s}" / "all" / "model.safetensors" for s in (0, 1))
+    rc, _, err = cli("curve", a, b, "--epochs", "10", "--points", "11", "--out", tmp_path / "curve",
+                     "--quiet", "--device", "cpu")
+    assert rc == 0, err
+    bar = json.loads((tmp_path / "curve" / "barrier.json").read_text())
+    linear, curve = (bar[p]["train"]["loss"]["linear"]["barrier"] for p in ("linear", "curve"))
+    assert linear > 0.2 and curve < 0.3 * linear
+    rc, _, err = cli("curve-ensemble", tmp_path / "curve" / "curve.safetensors", "--k", "5",
+                     "--out", tmp_path / "ens", "--device", "cpu")
+    assert rc == 0, err
+    table = {r["ensemble"]: {k: float(v) for k, v in r.items() if k != "ensemble"}
+             for r in read_csv(tmp_path / "ens" / "comparison.csv")}
+    endpoints = table["independent"]["member_acc"]  # the mean accuracy of the two endpoints
+    assert table["curve"]["acc"] >= endpoints
+    assert table["curve"]["member_nll"] < table["lmc"]["member_nll"]
+    assert table["curve"]["nll"] < table["lmc"]["nll"]
