@@ -9,18 +9,14 @@ over the per-sample PIL dataset).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.optim.swa_utils import update_bn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reference import as_uint8_images, matmul_peak, normalised, reference_loader, timed  # noqa: E402
+from reference import matmul_peak, reference_point, synthetic_images, timed  # noqa: E402
 
-from modeconn.data import synthetic  # noqa: E402
 from modeconn.evaluate import flops_per_sample  # noqa: E402
 from modeconn.models import build_model, model_config  # noqa: E402
 from modeconn.paths import interpolate, linear_path  # noqa: E402
@@ -28,25 +24,9 @@ from modeconn.paths import interpolate, linear_path  # noqa: E402
 
 def reference_interpolation(model, a, b, train_loader, test_loader, points):
     """The reference loop: a deep copy per point, update_bn and DataLoader evaluation."""
-    out = []
-    for i in range(points):
-        lam = i / (points - 1)
-        net = copy.deepcopy(model)
-        net.load_state_dict(linear_path(a, b).point(lam))
-        update_bn(train_loader, net)
-        net.eval()
-        row = {}
-        with torch.no_grad():
-            for split, loader in (("train", train_loader), ("test", test_loader)):
-                loss = correct = n = 0
-                for x, y in loader:
-                    o = net(x)
-                    loss += F.cross_entropy(o, y, reduction="sum").item()
-                    correct += (o.argmax(1) == y).sum().item()
-                    n += len(y)
-                row[split] = (loss / n, correct / n)
-        out.append(row)
-    return out
+    path = linear_path(a, b)
+    return [reference_point(model, path.point(i / (points - 1)), train_loader, test_loader)
+            for i in range(points)]
 
 
 def main() -> None:
@@ -55,13 +35,8 @@ def main() -> None:
     args = ap.parse_args()
     n_train, n_test = (2000, 500) if args.quick else (10000, 2000)
     points = 5 if args.quick else 25
-    data = synthetic(n_train=n_train, n_test=n_test, shape=(1, 28, 28), seed=0)
-    tr_u8, te_u8 = as_uint8_images(data.train_x), as_uint8_images(data.test_x)
-    xtr, xte = normalised(tr_u8), normalised(te_u8)
-    # The reference normalises the test set with the training statistics as well.
-    f = torch.from_numpy(tr_u8.astype("float32") / 255)
-    xte = ((torch.from_numpy(te_u8.astype("float32") / 255).unsqueeze(1) - f.mean()) / f.std())
-    ytr, yte = data.train_y, data.test_y
+    data = synthetic_images(n_train, n_test)
+    xtr, xte, ytr, yte = data.train_x, data.test_x, data.train_y, data.test_y
     peak = matmul_peak()
     print(f"matmul peak {peak:.0f} GFLOP/s, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
@@ -75,8 +50,7 @@ def main() -> None:
         b = build_model(cfg).state_dict()
         pts = points if name == "mlp" else max(3, points // 5)
         ntr = n_train if name == "mlp" else n_train // 5
-        loaders = (reference_loader(tr_u8[:ntr], ytr[:ntr].numpy(), 128),
-                   reference_loader(te_u8, yte.numpy(), 128))
+        loaders = data.loaders(ntr)
         t_ref = timed(lambda: reference_interpolation(model, a, b, *loaders, pts))
         splits = {"train": (xtr[:ntr], ytr[:ntr]), "test": (xte, yte)}
         t_ours = timed(lambda: interpolate(model, a, b, splits, bn_data=xtr[:ntr], points=pts),
