@@ -15,6 +15,12 @@ for m in wm ste-mm; do
   $M merge-many "$OUT"/mlp?/all/model.safetensors --method $m --out "$OUT/merge4-$m" \
     --overwrite --device cpu
 done
+for s in 0 1; do  # normalisation-free VGG11 (width 0.25; He init, Adam)
+  $M train --out "$OUT/vgg$s" --model vgg11 --norm none --width 0.25 --epochs 20 --optimizer adam \
+    --lr 0.001 --warmup 1 --init-seed $s --quiet --device cpu
+done
+$M merge-many "$OUT"/vgg?/all/model.safetensors --method wm --repair --out "$OUT/vgg-repair" \
+  --overwrite --device cpu
 for s in 0 1; do  # normalisation-free ConvNets
   $M train --out "$OUT/conv$s" --model convnet --width 0.5 --epochs 8 --init-seed $s --quiet \
     --device cpu
