@@ -310,6 +310,20 @@ def test_warm_lap_skips_solves_while_still_optimal():
     assert lap.solved == 1 and lap.certified == 5
 
 
+def test_warm_lap_backs_off_when_certificates_keep_failing():
+    rng = np.random.default_rng(0)
+    lap = WarmLAP(max_backoff=8)
+    for _ in range(21):  # unrelated matrices: the last answer is never optimal again
+        score = rng.standard_normal((128, 128))
+        np.testing.assert_array_equal(lap.solve("k", score), linear_assignment(score))
+    # Attempts after the first solve at calls 2, 4, 7, 12, 21: back-off 1, 2, 4, 8, 8.
+    assert (lap.attempts, lap.certified, lap.solved) == (5, 0, 21)
+    same = rng.standard_normal((128, 128))
+    for _ in range(40):  # the matrix stops changing: certificates come back
+        np.testing.assert_array_equal(lap.solve("k", same), linear_assignment(same))
+    assert lap.certified >= 20
+
+
 def test_certificate_rejects_a_suboptimal_assignment():
     rng = np.random.default_rng(3)
     score = rng.standard_normal((40, 40))
