@@ -730,10 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("interpolate", help="evaluate the linear path between two checkpoints")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--points", type=int, default=25)
-    p.add_argument("--splits", default="train,test")
+    p.add_argument("a", help="model checkpoint at t = 0")
+    p.add_argument("b", help="model checkpoint at t = 1")
+    p.add_argument("--points", type=int, default=25, help="evenly spaced t in [0, 1]")
+    p.add_argument("--splits", default="train,test", help="splits to evaluate, comma-separated")
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
                    help="re-estimate BatchNorm statistics at every point (auto: when the model has BN)")
     p.add_argument("--on", default="full", choices=["full", "own"],
@@ -767,8 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_lmc)
 
     p = sub.add_parser("ensemble", help="score an ensemble of checkpoints and their similarity")
-    p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--bn-reset", default="off", choices=["auto", "on", "off"])
+    p.add_argument("checkpoints", nargs="+", help="the members (one architecture)")
+    p.add_argument("--bn-reset", default="off", choices=["auto", "on", "off"],
+                   help="re-estimate each member's BatchNorm statistics first")
     add_output_args(p)
     p.set_defaults(func=cmd_ensemble)
 
@@ -783,12 +784,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("align", help="align B to A by permutation and compare the barriers")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--method", default="wm", choices=["wm", "am", "ste"])
-    p.add_argument("--points", type=int, default=25)
+    p.add_argument("a", help="model checkpoint to align to")
+    p.add_argument("b", help="model checkpoint to permute")
+    p.add_argument("--method", default="wm", choices=["wm", "am", "ste"],
+                   help="weight matching, activation matching or straight-through estimator")
+    p.add_argument("--points", type=int, default=25, help="points on the linear paths")
     add_ste_args(p, "STE", "STE/AM")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="layer order of weight matching, batches")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="results/align")
@@ -796,8 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("merge-many", help="align K models, average them, BN reset or REPAIR")
-    p.add_argument("models", nargs="*")
-    p.add_argument("--method", default="wm", choices=["wm", "ste-mm", "avg"])
+    p.add_argument("models", nargs="*", help="model checkpoints of one architecture")
+    p.add_argument("--method", default="wm", choices=["wm", "ste-mm", "avg"],
+                   help="MergeMany weight matching, STE-MM, or no alignment (plain average)")
     p.add_argument("--repair", action="store_true",
                    help="REPAIR the merged model (models with BatchNorm always get BN reset)")
     p.add_argument("--points", type=int, default=11, help="points per pairwise barrier")
@@ -815,8 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_merge_many)
 
     p = sub.add_parser("curve", help="fit a Bezier or polychain curve between two checkpoints")
-    p.add_argument("a")
-    p.add_argument("b")
+    p.add_argument("a", help="model checkpoint at t = 0 (kept fixed)")
+    p.add_argument("b", help="model checkpoint at t = 1 (kept fixed)")
     p.add_argument("--kind", default="bezier", choices=["bezier", "polychain"])
     p.add_argument("--bends", type=int, default=3, help="bends including both endpoints")
     add_train_args(p)
@@ -825,10 +828,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on", default="full", choices=["full", "own"],
                    help="fit and evaluate on the whole training set (the union of the subsets) "
                         "or on model A's own subset")
-    p.add_argument("--points", type=int, default=61)
-    p.add_argument("--splits", default="train,test")
-    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--tolerance", type=float, default=0.01)
+    p.add_argument("--points", type=int, default=61, help="evaluated points along the curve")
+    p.add_argument("--splits", default="train,test", help="splits to evaluate, comma-separated")
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
+                   help="re-estimate BatchNorm statistics at every point (auto: when the model has BN)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="loss barrier counted as connected")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -838,8 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("curve-ensemble", help="ensembles of K points on a curve and on the linear "
                                                "path, beside the two endpoints (and FGE snapshots)")
-    p.add_argument("curve")
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("curve", help="a `modeconn curve` checkpoint (curve.safetensors)")
+    p.add_argument("--k", type=int, default=5, help="points per path ensemble, endpoints included")
     p.add_argument("--fge", default=None, metavar="DIR",
                    help="also score the snapshots in this `modeconn fge --out` folder")
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
@@ -847,9 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_curve_ensemble)
 
     p = sub.add_parser("fge", help="fast geometric ensembling from a trained checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("--cycles", type=int, default=4)
-    p.add_argument("--cycle-epochs", type=int, default=2)
+    p.add_argument("checkpoint", help="trained model checkpoint to start from")
+    p.add_argument("--cycles", type=int, default=4, help="learning-rate cycles, one snapshot each")
+    p.add_argument("--cycle-epochs", type=int, default=2, help="epochs per cycle")
     p.add_argument("--low", type=float, default=0.01, help="lowest learning rate, as a factor of --lr")
     add_train_args(p)
     p.add_argument("--seed", type=int, default=0)
@@ -867,17 +871,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=21, help="points per axis")
     p.add_argument("--range", type=_float_list, default=[-0.2, 1.2],
                    help="LOW,HIGH in units of |u| and |v_perp|")
-    p.add_argument("--splits", default="train,test")
-    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--splits", default="train,test", help="splits to evaluate, comma-separated")
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
+                   help="re-estimate BatchNorm statistics at every grid point (auto: when the "
+                        "model has BN)")
     add_output_args(p)
-    p.add_argument("--pdf", action="store_true")
+    p.add_argument("--pdf", action="store_true", help="also write the figure as PDF")
     p.set_defaults(func=cmd_landscape)
 
     p = sub.add_parser("sharpness", help="Hutchinson estimate of the Hessian trace at a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("--probes", type=int, default=10)
+    p.add_argument("checkpoint", help="model checkpoint")
+    p.add_argument("--probes", type=int, default=10, help="Rademacher probes (≥ 2 for an error)")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--max-batches", type=int, default=None,
+                   help="average over the first N batches only (default: the whole split)")
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.add_argument("--on", default="full", choices=["full", "own"])
     p.add_argument("--seed", type=int, default=0)
