@@ -358,8 +358,9 @@ def cmd_merge_many(args: argparse.Namespace) -> int:
     if args.hessian_probes:
         h = report["hessian_trace"]
         members = [m["hessian_trace"]["trace"] for m in report["members"]]
-        print(f"Hessian trace (train, {h['samples']} samples): merged {h['trace']:.2f} ± "
-              f"{h['trace_se']:.2f} | members {min(members):.2f}–{max(members):.2f}")
+        print(f"Hessian trace (train, {h['probes']} probes × {h['batches']} batches): merged "
+              f"{h['trace']:.2f} ± {h['trace_se']:.2f} (SE) | members {min(members):.2f}–"
+              f"{max(members):.2f}")
     print(f"wrote {out}")
     return 0
 
