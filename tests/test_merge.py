@@ -181,3 +181,49 @@ def test_merge_many_with_batchnorm_does_bn_reset(tmp_path, cli):
                        "--device", "cpu")
     assert rc == 0, err
     assert json.loads((tmp_path / "mm" / "merge.json").read_text())["normalisation"] == "bn-reset"
+
+
+def test_align_with_a_hand_written_spec(trained, tmp_path, cli):
+    # The traced spec, round-tripped through an align run's permutation.json, gives the same result.
+    rc, _, err = cli("align", trained["s0"], trained["s1"], "--points", "3", "--out",
+                     tmp_path / "auto", "--device", "cpu")
+    assert rc == 0, err
+    written = tmp_path / "auto" / "permutation.json"
+    rc, _, err = cli("align", trained["s0"], trained["s1"], "--points", "3", "--spec", written,
+                     "--out", tmp_path / "given", "--device", "cpu")
+    assert rc == 0, err
+    assert (tmp_path / "given" / "permutation.json").read_text() == written.read_text()
+    # A spec that permutes only the first hidden layer: the second layer's units stay in place.
+    spec = json.loads(written.read_text())["spec"]
+    first = next(iter(spec["sizes"]))
+    narrow = {"sizes": {first: spec["sizes"][first]},
+              "axes": {k: [p if p == first else None for p in v] for k, v in spec["axes"].items()
+                       if first in v}}
+    (tmp_path / "narrow.json").write_text(json.dumps(narrow))
+    rc, _, err = cli("merge-many", trained["s0"], trained["s1"], "--spec", tmp_path / "narrow.json",
+                     "--points", "3", "--hessian-probes", "0", "--out", tmp_path / "mm",
+                     "--device", "cpu")
+    assert rc == 0, err
+    merged = load_checkpoint(tmp_path / "mm" / "merged.safetensors").tensors
+    a, b = (load_checkpoint(trained[s]).tensors for s in ("s0", "s1"))
+    second_bias = next(k for k, v in spec["axes"].items() if k.endswith("bias") and v[0] != first)
+    torch.testing.assert_close(merged[second_bias], (a[second_bias] + b[second_bias]) / 2)
+    first_bias = next(k for k, v in spec["axes"].items() if k.endswith("bias") and v[0] == first)
+    assert not torch.allclose(merged[first_bias], (a[first_bias] + b[first_bias]) / 2)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read --spec"),
+    ("[1, 2]", "is not a permutation spec"),
+    ('{"sizes": {"P0": 32}}', "is not a permutation spec"),
+    ('{"sizes": {"P0": 7}, "axes": {"1.weight": ["P0", null]}}', "has size 7"),
+    ('{"sizes": {"P0": 32}, "axes": {"1.weight": ["P0", null]}}', "does not fit"),
+])
+def test_bad_hand_written_spec_is_one_line(trained, tmp_path, cli, content, message):
+    path = tmp_path / "spec.json"
+    if content is not None:
+        path.write_text(content)
+    rc, _, err = cli("align", trained["s0"], trained["s1"], "--spec", path, "--out",
+                     tmp_path / "o", "--device", "cpu")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()

@@ -205,9 +205,30 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _align_setup(paths: list[str], device_name: str, data_dir: str | None):
-    """Models of one architecture, their evaluation data and an automatic, checked spec."""
-    from .align import auto_spec
+def _read_spec(path: str):
+    """A hand-written permutation spec: PermutationSpec.to_dict JSON, or an align run's
+    permutation.json (its "spec")."""
+    import json
+
+    from .align import PermutationSpec
+
+    try:
+        data = json.loads(Path(path).read_text())
+        data = data.get("spec", data)
+        return PermutationSpec.from_dict(data)
+    except OSError as e:
+        raise UsageError(f"cannot read --spec {path}: {e.strerror}") from None
+    except (ValueError, AttributeError, KeyError, TypeError) as e:
+        raise UsageError(f"--spec {path} is not a permutation spec ({type(e).__name__}: {e}); "
+                         "write {\"sizes\": {P: n}, \"axes\": {tensor: [P or null per axis]}} "
+                         "or pass an align run's permutation.json") from None
+
+
+def _align_setup(paths: list[str], device_name: str, data_dir: str | None,
+                 spec_path: str | None = None):
+    """Models of one architecture, their evaluation data and a checked spec: read from
+    `spec_path`, else derived from the model's graph."""
+    from .align import auto_spec, check_spec
     from .checkpoint import load_same_architecture, params_of
     from .data import DataSpec, eval_data
     from .train import resolve_device
@@ -215,6 +236,10 @@ def _align_setup(paths: list[str], device_name: str, data_dir: str | None):
     device = resolve_device(device_name)
     model, ckpts = load_same_architecture(paths, device)
     data = eval_data(DataSpec.from_dict(ckpts[0].meta.get("data", {})), "full", data_dir).to(device)
+    if spec_path is not None:
+        spec = _read_spec(spec_path)
+        check_spec(model, spec, data.train_x[:2])  # validates names and sizes, then invariance
+        return model, ckpts, [params_of(c, device) for c in ckpts], data, spec
     try:
         spec = auto_spec(model, data.train_x[:2])  # check_spec runs inside
     except UsageError:
@@ -245,7 +270,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     if args.points < 2:
         raise UsageError(f"--points must be at least 2, got {args.points}")
     model, (a, b), (pa, pb), data, spec = _align_setup([args.a, args.b], args.device,
-                                                       args.data_dir)
+                                                       args.data_dir, args.spec)
     out = _out_dir(args.out, args.overwrite)
     if args.method == "wm":
         perm = weight_matching(pa, pb, spec=spec, seed=args.seed)
@@ -298,7 +323,8 @@ def cmd_merge_many(args: argparse.Namespace) -> int:
     if args.hessian_probes < 0 or args.hessian_batches < 1:
         raise UsageError("--hessian-probes must be 0 (skip) or more and --hessian-batches at "
                          f"least 1, got {args.hessian_probes} and {args.hessian_batches}")
-    model, ckpts, states, data, spec = _align_setup(args.models, args.device, args.data_dir)
+    model, ckpts, states, data, spec = _align_setup(args.models, args.device, args.data_dir,
+                                                    args.spec)
     out = _out_dir(args.out, args.overwrite)
     if args.method == "wm":
         merged = merge_many(states, spec, seed=args.seed)
@@ -790,6 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="wm", choices=["wm", "am", "ste"],
                    help="weight matching, activation matching or straight-through estimator")
     p.add_argument("--points", type=int, default=25, help="points on the linear paths")
+    p.add_argument("--spec", default=None, metavar="JSON",
+                   help="a hand-written permutation spec instead of the one traced from the "
+                        "model (checked before use; an align run's permutation.json also works)")
     add_ste_args(p, "STE", "STE/AM")
     p.add_argument("--seed", type=int, default=0, help="layer order of weight matching, batches")
     p.add_argument("--data-dir", default=None)
@@ -805,6 +834,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true",
                    help="REPAIR the merged model (models with BatchNorm always get BN reset)")
     p.add_argument("--points", type=int, default=11, help="points per pairwise barrier")
+    p.add_argument("--spec", default=None, metavar="JSON",
+                   help="a hand-written permutation spec instead of the one traced from the "
+                        "model (checked before use; an align run's permutation.json also works)")
     add_ste_args(p, "STE-MM", "STE-MM")
     p.add_argument("--hessian-probes", type=int, default=10,
                    help="Hutchinson probes for the Hessian trace of the merged model and of each "
