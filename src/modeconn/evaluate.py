@@ -69,8 +69,8 @@ class Evaluator:
         self.method = method
         self.keys = list(self.model.state_dict().keys())
         # 2-D convolutions on CPU run one point at a time (see _vmap_ok), fastest in channels-last
-        # layout and at batches of about 128: measured 1.2-2.3x over NCHW at batch 1024 on
-        # ResNet-8/20 and VGG11 (benchmarks/landscape.py).
+        # layout at batches of about 128: forward passes of ResNet-8/20 and VGG11 measured 1.2-2.3x
+        # faster than NCHW at batch 1024 (benchmarks/interpolation.py's ResNet-20: 16.3 -> 14.8 s).
         x = next(iter(self.splits.values()))[0]
         self._channels_last = (method != "vmap" and x.device.type == "cpu" and x.dim() == 4
                                and any(isinstance(m, nn.Conv2d) for m in self.model.modules()))
