@@ -197,9 +197,10 @@ def test_curve_ensemble_table_has_independent_lmc_curve_and_fge_rows(runs, cli, 
 
 
 def test_plane_sharpness_and_fge_commands(runs, cli, tmp_path):
-    rc, out, _ = cli("landscape", runs["a"], runs["b"], runs["c"], "--grid", "3",
-                     "--out", tmp_path / "ls")
-    assert rc == 0 and "3x3 points" in out
+    rc, out, err = cli("landscape", runs["a"], runs["b"], runs["c"], "--grid", "3",
+                       "--range", "-0.5,1.5", "--out", tmp_path / "ls")  # a negative LOW as is
+    assert rc == 0 and "3x3 points" in out, err
+    assert json.loads((tmp_path / "ls" / "plane.json").read_text())["range"] == [-0.5, 1.5]
     assert len((tmp_path / "ls" / "plane.csv").read_text().splitlines()) == 1 + 3 * 3 * 2
     rc, _, _ = cli("landscape", "--curve", runs["curve"] / "curve.safetensors", "--grid", "3",
                    "--splits", "test", "--out", tmp_path / "lc")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +13,20 @@ from .errors import UsageError
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+NEGATIVE_VALUE_OPTIONS = ("--range",)
+
+
+def _glue_negative_values(argv: list[str]) -> list[str]:
+    """`--range -0.2,1.2` → `--range=-0.2,1.2`: argparse would take the value for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in NEGATIVE_VALUE_OPTIONS and re.match(r"-\.?\d", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _int_list(text: str) -> list[int]:
@@ -934,7 +949,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None
+                                                               else [str(a) for a in argv]))
         return args.func(args)
     except UsageError as e:
         print(f"modeconn: error: {e}", file=sys.stderr)
