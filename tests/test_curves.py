@@ -169,6 +169,28 @@ def test_curve_command_writes_outputs_and_curve_round_trips(runs):
     assert all(torch.equal(path.point(0.0)[k], a[k]) for k in a if a[k].is_floating_point())
 
 
+def test_curve_point_is_a_model_checkpoint_of_the_curve_at_t(runs, cli, tmp_path):
+    curve = runs["curve"] / "curve.safetensors"
+    _, path, _ = load_curve(curve)
+    for t in (0.0, 0.3):
+        rc, out, err = cli("curve-point", curve, "--t", t, "--out", tmp_path / f"p{t}.safetensors")
+        assert rc == 0 and f"t={t:g}: train loss" in out, err
+        point = load_checkpoint(tmp_path / f"p{t}.safetensors", kind="model")
+        assert point.meta["curve_point"]["t"] == t
+        for k, v in path.point(t).items():  # the MLP has no BatchNorm: the point as it is
+            assert torch.equal(point.tensors[k], v), k
+    a = load_checkpoint(runs["a"]).tensors
+    assert all(torch.equal(load_checkpoint(tmp_path / "p0.0.safetensors").tensors[k], v)
+               for k, v in a.items())
+    # it is a model like any other: interpolate, sharpness, align take it
+    rc, _, err = cli("sharpness", tmp_path / "p0.3.safetensors", "--probes", "2")
+    assert rc == 0, err
+    rc, err_out, err = cli("curve-point", curve, "--t", "1.5", "--out", tmp_path / "bad.safetensors")
+    assert rc == 2 and "--t must be in [0, 1]" in err and not (tmp_path / "bad.safetensors").exists()
+    rc, _, err = cli("curve-point", curve, "--out", tmp_path / "p0.3.safetensors")
+    assert rc == 2 and "already exists" in err
+
+
 def test_curve_ensemble_table_has_independent_lmc_curve_and_fge_rows(runs, cli, tmp_path):
     from modeconn.io import read_csv
 

@@ -610,6 +610,37 @@ def cmd_curve_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curve_point(args: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .curves import load_curve
+    from .data import DataSpec, eval_data
+    from .evaluate import Evaluator
+    from .train import resolve_device
+
+    if not 0 <= args.t <= 1:
+        raise UsageError(f"--t must be in [0, 1], got {args.t}")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out {out} must end in .safetensors")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} already exists; choose another --out or pass --overwrite")
+    device = resolve_device(args.device)
+    model, path, ckpt = load_curve(args.curve, device)
+    data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), "full", args.data_dir).to(device)
+    ev = Evaluator(model, {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)},
+                   bn_data=data.train_x, bn_reset=args.bn_reset)
+    point = ev.bn_reestimated(path.point(args.t))
+    (res,) = ev.evaluate([point])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, point, kind="model", architecture=ckpt.architecture,
+                    data=ckpt.meta.get("data", {}),
+                    curve_point={"curve": str(ckpt.path), "t": args.t, "bn_reset": ev.bn_reset})
+    print(f"t={args.t:g}: train loss {res['train']['loss']:.4f} acc {res['train']['acc']:.4f} | "
+          f"test loss {res['test']['loss']:.4f} acc {res['test']['acc']:.4f}")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_fge(args: argparse.Namespace) -> int:
     from .checkpoint import load_same_architecture, params_of, save_model
     from .data import DataSpec, eval_data
@@ -897,6 +928,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
     add_output_args(p)
     p.set_defaults(func=cmd_curve_ensemble)
+
+    p = sub.add_parser("curve-point", help="the model at t on a curve, as a model checkpoint")
+    p.add_argument("curve", help="a `modeconn curve` checkpoint (curve.safetensors)")
+    p.add_argument("--t", type=float, default=0.5, help="position on the curve, in [0, 1]")
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
+                   help="re-estimate BatchNorm statistics at the point (auto: when the model has BN)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="the model checkpoint to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_curve_point)
 
     p = sub.add_parser("fge", help="fast geometric ensembling from a trained checkpoint")
     p.add_argument("checkpoint", help="trained model checkpoint to start from")
