@@ -32,22 +32,24 @@ def reference_interpolation(model, a, b, train_loader, test_loader, points):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the reference's batches too)")
     args = ap.parse_args()
     n_train, n_test = (2000, 500) if args.quick else (10000, 2000)
     points = 5 if args.quick else 25
     data = synthetic_images(n_train, n_test)
-    xtr, xte, ytr, yte = data.train_x, data.test_x, data.train_y, data.test_y
-    peak = matmul_peak()
-    print(f"matmul peak {peak:.0f} GFLOP/s, torch {torch.__version__}, "
+    dev = torch.device(args.device)
+    xtr, xte, ytr, yte = (t.to(dev) for t in (data.train_x, data.test_x, data.train_y, data.test_y))
+    peak = matmul_peak(device=args.device)
+    print(f"matmul peak {peak:.0f} GFLOP/s on {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     for name, opts in (("mlp", {"widths": [512, 512], "bn": True}),
                        ("resnet20", {"width": 1.0}) if not args.quick else ("resnet8", {})):
         cfg = model_config(name, (1, 28, 28), 10, **opts)
         torch.manual_seed(0)
-        model = build_model(cfg)
+        model = build_model(cfg).to(dev)
         a = {k: v.clone() for k, v in model.state_dict().items()}
         torch.manual_seed(1)
-        b = build_model(cfg).state_dict()
+        b = build_model(cfg).to(dev).state_dict()
         pts = points if name == "mlp" else max(3, points // 5)
         ntr = n_train if name == "mlp" else n_train // 5
         loaders = data.loaders(ntr)

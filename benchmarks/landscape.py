@@ -53,11 +53,14 @@ def main() -> None:
     ap.add_argument("--only", choices=["mlp", "resnet"], default=None)
     ap.add_argument("--ref-points", type=int, default=21,
                     help="grid points the reference runs on (0: all)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the reference's batches too)")
     args = ap.parse_args()
     n = args.grid or (5 if args.quick else 21)
-    peak = matmul_peak()
-    print(f"# matmul peak {peak:.0f} GFLOP/s, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, load average {os.getloadavg()[0]:.2f}; {n}x{n} grid over [-0.2, 1.2]^2, "
+    dev = torch.device(args.device)
+    peak = matmul_peak(device=args.device)
+    print(f"# matmul peak {peak:.0f} GFLOP/s on {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}; "
+          f"{n}x{n} grid over [-0.2, 1.2]^2, "
           "BatchNorm re-estimated per point", flush=True)
     print(f"{'model':8s} {'params':>9s} {'train/test':>10s} {'ref points':>10s} {'reference s':>12s} "
           f"{'modeconn s':>11s} {'ratio':>6s} {'GFLOP/s':>8s} {'max |dloss|':>11s}")
@@ -65,11 +68,12 @@ def main() -> None:
         if args.only and not name.startswith(args.only):
             continue
         cfg = model_config(name, (1, 28, 28), 10, **opts)
-        model = init_model(cfg, 0)
-        w = [init_model(cfg, s).state_dict() for s in range(3)]
+        model = init_model(cfg, 0).to(dev)
+        w = [init_model(cfg, s).to(dev).state_dict() for s in range(3)]
         pl = plane(*w)
         data = synthetic_images(ntr, nte)
-        splits = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
+        splits = {"train": (data.train_x.to(dev), data.train_y.to(dev)),
+                  "test": (data.test_x.to(dev), data.test_y.to(dev))}
         loaders = data.loaders(ntr)
         k = n * n if args.ref_points <= 0 else min(args.ref_points, n * n)
         indices = [round(i * (n * n - 1) / max(k - 1, 1)) for i in range(k)]
@@ -86,7 +90,7 @@ def main() -> None:
         diff = max(abs(rows[2 * i + j]["loss"] - by_index[i][s][0]) / max(1.0, by_index[i][s][0])
                    for i in indices for j, s in enumerate(("train", "test")))
         # Per point: one BatchNorm pass over train, then evaluation of train and test.
-        work = n * n * flops_per_sample(model, data.train_x[:2]) * (2 * ntr + nte)
+        work = n * n * flops_per_sample(model, splits["train"][0][:2]) * (2 * ntr + nte)
         print(f"{name:8s} {sum(v.numel() for v in model.parameters()):9,d} {f'{ntr}/{nte}':>10s} "
               f"{k:10d} {t_ref:12.1f} {t_ours:11.1f} {t_ref / t_ours:5.1f}x {work / t_ours / 1e9:8.1f} "
               f"{diff:11.1e}", flush=True)

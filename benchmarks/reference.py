@@ -98,16 +98,18 @@ def reference_point(model: torch.nn.Module, state: dict[str, torch.Tensor], trai
                     test_loader: DataLoader) -> dict[str, tuple[float, float]]:
     """How the reference repositories evaluate one parameter point with BatchNorm re-estimation:
     a deep copy of the model, load_state_dict, swa_utils.update_bn over the training loader, then
-    (loss, accuracy) over the training and test loaders."""
+    (loss, accuracy) over the training and test loaders; batches go to the model's device."""
     net = copy.deepcopy(model)
     net.load_state_dict(state)
-    update_bn(train_loader, net)
+    device = next(net.parameters()).device
+    update_bn(train_loader, net, device=device)
     net.eval()
     row = {}
     with torch.no_grad():
         for split, loader in (("train", train_loader), ("test", test_loader)):
             loss = correct = n = 0
             for x, y in loader:
+                x, y = x.to(device), y.to(device)
                 o = net(x)
                 loss += F.cross_entropy(o, y, reduction="sum").item()
                 correct += (o.argmax(1) == y).sum().item()
@@ -116,23 +118,33 @@ def reference_point(model: torch.nn.Module, state: dict[str, torch.Tensor], trai
     return row
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 matmul GFLOP/s of n×n products on this machine, now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sync() -> None:
+    """Wait for queued GPU work, so that wall-clock timings include it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Best fp32 matmul GFLOP/s of n×n products on this machine's `device`, now."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
 
 def timed(fn, repeats: int = 1) -> float:
-    """Best wall time of `fn()` over `repeats` runs."""
+    """Best wall time of `fn()` over `repeats` runs (queued GPU work included)."""
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t)
     return best
