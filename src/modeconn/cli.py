@@ -96,6 +96,20 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
+def add_alignment_args(p: argparse.ArgumentParser, out_default: str) -> None:
+    """Options shared by align and merge-many."""
+    p.add_argument("--spec", default=None, metavar="JSON",
+                   help="a hand-written permutation spec instead of the one traced from the "
+                        "model (checked before use; an align run's permutation.json also works)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="layer order of weight matching; batches and probes of STE, STE-MM and "
+                        "the Hessian trace")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=out_default)
+    p.add_argument("--overwrite", action="store_true")
+
+
 def add_ste_args(p: argparse.ArgumentParser, method: str, batched: str) -> None:
     """Options of the straight-through estimators (STE in align, STE-MM in merge-many)."""
     p.add_argument("--epochs", type=int, default=None,
@@ -862,15 +876,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="wm", choices=["wm", "am", "ste"],
                    help="weight matching, activation matching or straight-through estimator")
     p.add_argument("--points", type=int, default=25, help="points on the linear paths")
-    p.add_argument("--spec", default=None, metavar="JSON",
-                   help="a hand-written permutation spec instead of the one traced from the "
-                        "model (checked before use; an align run's permutation.json also works)")
     add_ste_args(p, "STE", "STE/AM")
-    p.add_argument("--seed", type=int, default=0, help="layer order of weight matching, batches")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="results/align")
-    p.add_argument("--overwrite", action="store_true")
+    add_alignment_args(p, "results/align")
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("merge-many", help="align K models, average them, BN reset or REPAIR")
@@ -880,20 +887,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true",
                    help="REPAIR the merged model (models with BatchNorm always get BN reset)")
     p.add_argument("--points", type=int, default=11, help="points per pairwise barrier")
-    p.add_argument("--spec", default=None, metavar="JSON",
-                   help="a hand-written permutation spec instead of the one traced from the "
-                        "model (checked before use; an align run's permutation.json also works)")
     add_ste_args(p, "STE-MM", "STE-MM")
     p.add_argument("--hessian-probes", type=int, default=10,
                    help="Hutchinson probes for the Hessian trace of the merged model and of each "
                         "member (0: skip)")
     p.add_argument("--hessian-batches", type=int, default=4,
                    help="training batches of 512 the Hessian trace averages over")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="results/merge")
-    p.add_argument("--overwrite", action="store_true")
+    add_alignment_args(p, "results/merge")
     p.set_defaults(func=cmd_merge_many)
 
     p = sub.add_parser("curve", help="fit a Bezier or polychain curve between two checkpoints")
