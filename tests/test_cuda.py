@@ -97,10 +97,11 @@ def test_commands_run_on_the_device(cli, tmp_path):
     runs = [("curve", a, b, "--epochs", "1", "--points", "5", "--quiet"),
             ("landscape", "--curve", tmp_path / "curve" / "curve.safetensors", "--grid", "3"),
             ("align", a, b, "--method", "ste", "--epochs", "1", "--points", "3"),
+            ("align", a, b, "--method", "am", "--points", "3"),
             ("merge-many", a, b, "--method", "ste-mm", "--epochs", "1", "--points", "3",
              "--hessian-probes", "2")]
-    for argv in runs:
-        out = tmp_path / argv[0]
+    for i, argv in enumerate(runs):
+        out = tmp_path / (argv[0] if argv[0] != "align" else f"align{i}")
         rc, _, err = cli(*argv, "--out", out, *dev)
         assert rc == 0, f"{argv[0]}: {err}"
     merged = json.loads((tmp_path / "merge-many" / "merge.json").read_text())

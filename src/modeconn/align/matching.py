@@ -339,7 +339,8 @@ def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
             m.train(was)
     perms = {}
     for name, n in spec.sizes.items():
-        score = sum((moments[i].score(statistic) for i, (q, _) in enumerate(points) if q == name),
+        score = sum((moments[i].score(statistic).cpu() for i, (q, _) in enumerate(points)
+                     if q == name),
                     torch.zeros(n, n, dtype=torch.float64))
         perms[name] = torch.from_numpy(linear_assignment(score.numpy()))
     return Permutation(spec, perms)
