@@ -641,10 +641,11 @@ def cmd_curve_point(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, path, ckpt = load_curve(args.curve, device)
     data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), "full", args.data_dir).to(device)
-    ev = Evaluator(model, {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)},
-                   bn_data=data.train_x, bn_reset=args.bn_reset)
+    splits = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
+    ev = Evaluator(model, splits, bn_data=data.train_x, bn_reset=args.bn_reset)
     point = ev.bn_reestimated(path.point(args.t))
-    (res,) = ev.evaluate([point])
+    # The point already holds its statistics: evaluate it as it is, without a second BN pass.
+    (res,) = Evaluator(model, splits, bn_reset="off").evaluate([point])
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, point, kind="model", architecture=ckpt.architecture,
                     data=ckpt.meta.get("data", {}),
