@@ -391,30 +391,3 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
         assert all(torch.equal(ta[k], tb[k]) for k in ta), m
         assert _rows(tmp_path / "A" / m / "metrics.csv") == \
             _rows(tmp_path / "B" / m / "metrics.csv")
-
-
-@pytest.mark.parametrize("name", ["resnet8", "vgg11"])
-def test_stepper_trains_convolutions_in_channels_last_layout_to_the_same_values(name):
-    """On CPU the Stepper moves a convolutional model and its inputs to channels-last layout (a
-    faster path); the steps are those of the model in its default layout."""
-    import torch.nn.functional as F
-
-    cfg = model_config(name, (3, 8, 8), 10, width=0.25)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 3, 8, 8, generator=g), torch.arange(64) % 10
-    model, ref = init_model(cfg, 0), init_model(cfg, 0)
-    tc = TrainConfig(lr=0.05)
-    stepper = train.Stepper(model, train.make_optimizer(model.parameters(), tc), x, y, 32)
-    assert stepper.x.is_contiguous(memory_format=torch.channels_last)
-    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
-               and not p.is_contiguous() for p in model.parameters())
-    opt = train.make_optimizer(ref.parameters(), tc)
-    for idx in (torch.arange(32), torch.arange(32, 64)):
-        loss = stepper.step(idx)
-        ref_loss = F.cross_entropy(ref(x[idx]), y[idx])
-        opt.zero_grad()
-        ref_loss.backward()
-        opt.step()
-        torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-5, atol=1e-6)
-    for (k, p), q in zip(model.state_dict().items(), ref.state_dict().values()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=k)

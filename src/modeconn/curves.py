@@ -24,7 +24,6 @@ from torch.func import functional_call
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import DivergedError, UsageError
-from .evaluate import nhwc, prefers_channels_last
 from .models import build_model
 from .paths import ParamPath, bezier_coefficients, check_compatible, polychain_coefficients
 from .train import TrainConfig, epoch_order, make_optimizer
@@ -53,14 +52,12 @@ class Curve:
     trainable leaf `offsets` (n−2, P): w_k = (1 − s_k)·w_0 + s_k·w_{n−1} + δ_k with s_k = k/(n−1).
     Bernstein and hat weights both reproduce straight lines (Σ_k c_k = 1, Σ_k c_k·s_k = t), so
     θ(t) = (1 − t)·w_0 + t·w_{n−1} + Σ_k c_k(t)·δ_k. Offsets start at zero: the middle bends on the
-    straight segment, as in the reference. With `channels_last` the 4-D (convolution) kernels are
-    flattened in channels-last order, so that their views are channels-last tensors (`fit_curve`
-    asks for it where `Stepper` trains in that layout: 2-D convolutions on CPU).
+    straight segment, as in the reference.
     """
 
     def __init__(self, model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
                  kind: str = "bezier", num_bends: int = 3,
-                 middle: list[Mapping[str, Tensor]] | None = None, channels_last: bool = False):
+                 middle: list[Mapping[str, Tensor]] | None = None):
         _check_kind(kind)
         if num_bends < 2:
             raise UsageError(f"a curve needs at least 2 bends (its endpoints), got {num_bends}")
@@ -75,8 +72,6 @@ class Curve:
         self.buffer_keys = [k for k in a if k not in self.param_keys]
         self.shapes = [a[k].shape for k in self.param_keys]
         self.sizes = [a[k].numel() for k in self.param_keys]
-        self.channels_last = channels_last
-        self._nhwc = [channels_last and len(s) == 4 for s in self.shapes]
         self.ends = torch.stack([self._flat(self.a), self._flat(self.b)])
         self.offsets = self.ends.new_zeros(num_bends - 2, self.ends.shape[1])
         if middle is not None:
@@ -88,8 +83,7 @@ class Curve:
         self.offsets.requires_grad_()
 
     def _flat(self, d: Mapping[str, Tensor]) -> Tensor:
-        return torch.cat([(d[k].permute(0, 2, 3, 1) if cl else d[k]).detach().reshape(-1)
-                          for k, cl in zip(self.param_keys, self._nhwc, strict=True)])
+        return torch.cat([d[k].detach().reshape(-1) for k in self.param_keys])
 
     def _chord(self, t: float) -> Tensor:
         return torch.lerp(self.ends[0], self.ends[1], t)  # exact at t = 0 and t = 1
@@ -106,10 +100,9 @@ class Curve:
         return self._chord(float(t)) + c[1:-1] @ self.offsets
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
-        """Named views of a flat parameter vector (channels-last views where `_flat` put them)."""
-        return {k: v.view(s[0], s[2], s[3], s[1]).permute(0, 3, 1, 2) if cl else v.view(s)
-                for k, v, s, cl in zip(self.param_keys, torch.split(flat, self.sizes), self.shapes,
-                                       self._nhwc, strict=True)}
+        """Named views of a flat parameter vector."""
+        return {k: v.view(s) for k, v, s in zip(self.param_keys, torch.split(flat, self.sizes),
+                                                self.shapes, strict=True)}
 
     def buffers(self, t: float) -> dict[str, Tensor]:
         """Buffers at t: the endpoints' interpolation (integer buffers copied from the first)."""
@@ -151,7 +144,7 @@ class CurveTrainer:
             raise UsageError(f"a {curve.num_bends}-bend {curve.kind} curve has no middle bend to "
                              f"fit; use at least {min_bends(curve.kind)} bends")
         self.model = model.train()
-        self.curve, self.x, self.y, self.cfg = curve, nhwc(x) if curve.channels_last else x, y, cfg
+        self.curve, self.x, self.y, self.cfg = curve, x, y, cfg
         self.opt = make_optimizer([curve.offsets], dataclasses.replace(cfg, weight_decay=0.0))
         self.gen = torch.Generator().manual_seed(seed)
         offsets = curve.offsets
@@ -212,7 +205,7 @@ def fit_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor]
     cfg.validate()
     from .schedules import parse_schedule
 
-    curve = Curve(model, a, b, kind, num_bends, channels_last=prefers_channels_last(model, x))
+    curve = Curve(model, a, b, kind, num_bends)
     net = _private(model, x.device)
     trainer = CurveTrainer(net, curve, x, y, cfg, seed)
     sched = parse_schedule(cfg.schedule, cfg.warmup)

@@ -269,9 +269,15 @@ class Evaluator:
 
 
 def prefers_channels_last(model: nn.Module, x: Tensor) -> bool:
-    """Whether `model` runs faster on inputs like `x` in channels-last layout: 2-D convolutions on
-    CPU (training steps measured 1.06-1.27x, evaluation 1.2-2.3x, on ResNet-8/20, VGG11 and the
-    ConvNet); on GPUs fp32 convolutions are left in the default layout."""
+    """Whether `model` runs inference (forward passes, no gradients) faster on inputs like `x` in
+    channels-last layout: 2-D convolutions on CPU (1.2-2.3x on ResNet-8/20, VGG11 and the
+    ConvNet); on GPUs fp32 convolutions are left in the default layout.
+
+    Gradient paths (`Stepper`, curve fitting) never use it: on CPUs without AVX-512, oneDNN's
+    weight gradient of strided 1x1 convolutions with few input channels is wrong in this layout
+    at two threads and corrupts the heap at one (ResNet-8 at width 0.25); its forward passes match
+    float64 in every case checked (tests/test_layout.py).
+    """
     return (x.device.type == "cpu" and x.dim() == 4
             and any(isinstance(m, nn.Conv2d) for m in model.modules()))
 

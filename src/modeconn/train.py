@@ -18,7 +18,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_checkpoint, save_model
 from .data import DataSpec, Prepared, subset_name
 from .errors import DivergedError, UsageError
-from .evaluate import evaluate, nhwc, prefers_channels_last
+from .evaluate import evaluate
 from .grouped import GroupedMLP, groupable, grouped_loss
 from .io import write_csv, write_json
 from .models import build_model, has_batchnorm
@@ -173,22 +173,13 @@ class Stepper:
     forward, cross-entropy, backward, optimizer step. `run_epoch` runs the steps of one epoch in
     batches of `batch_size` along `order`, with the learning rate `lr_at(step)` and a divergence
     check (every step on CPU; every `gpu_check_every` steps elsewhere, to avoid a sync per step).
-    A model with 2-D convolutions on CPU is moved to channels-last layout in place (same values,
-    faster steps; see `prefers_channels_last`), its inputs and optimizer state with it.
+    Models train in their default memory layout (see `prefers_channels_last` for why not in
+    channels-last on CPU).
     """
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
                  y: torch.Tensor, batch_size: int, drop_single: bool = False,
                  gpu_check_every: int = 50):
-        if prefers_channels_last(model, x):  # same values, faster convolutions on CPU
-            model.to(memory_format=torch.channels_last)
-            x = nhwc(x)
-            # Resumed optimizer state in the layout of its parameter, as a fresh run makes it:
-            # elementwise kernels round alike only over tensors of one layout.
-            for param, state in opt.state.items():
-                for key, value in state.items():
-                    if torch.is_tensor(value) and value.shape == param.shape:
-                        state[key] = torch.empty_like(param).copy_(value)
         self.model, self.opt, self.x, self.y = model, opt, x, y
         self.batch_size = batch_size
         self.drop_single = drop_single  # BatchNorm cannot train on one sample
