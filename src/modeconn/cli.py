@@ -10,12 +10,43 @@ from pathlib import Path
 from .errors import UsageError
 
 
+def format_default(value) -> str:
+    """A default as it would be typed: lists comma-separated."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to every option whose default is set (not None, False or empty;
+    0 is shown)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default is None or default is False \
+                or default == argparse.SUPPRESS or (isinstance(default, (list, tuple)) and not default):
+            return text
+        return f"{text} (default: {format_default(default).replace('%', '%%')})"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 NEGATIVE_VALUE_OPTIONS = ("--range",)
+
+HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cache/modeconn/data)"
+HELP_DEVICE = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+HELP_OVERWRITE = "write into --out even if it exists and is not empty"
+HELP_QUIET = "no progress bars"
+HELP_BN_RESET = ("re-estimate BatchNorm statistics on the training data before evaluating "
+                 "(auto: when the model has BN)")
 
 
 def _glue_negative_values(argv: list[str]) -> list[str]:
@@ -49,12 +80,13 @@ def add_data_args(p: argparse.ArgumentParser, shift_default: str = "none") -> No
     g.add_argument("--dataset", default="digits",
                    help="digits (embedded), mnist, fashion-mnist, cifar10, cifar100, "
                         "synthetic[:n=N,test=N,shape=CxHxW,classes=K,seed=S]")
-    g.add_argument("--data-dir", default=None, help="where dataset files live (default $MODECONN_DATA)")
+    g.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
     g.add_argument("--shift", default=shift_default,
                    help="none, iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:ALPHA, "
                         "domain:none|rotate=30+noise=0.1")
     g.add_argument("--subsets", type=int, default=None, help="number of subsets for dirichlet")
-    g.add_argument("--split-seed", type=int, default=0)
+    g.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the split into subsets (and of dirichlet proportions)")
     g.add_argument("--normalise", default="global", choices=["global", "subset", "none"],
                    help="input normalisation statistics")
 
@@ -75,25 +107,27 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "mlp") -> None:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Optimisation options."""
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
-    g.add_argument("--lr", type=float, default=0.05)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--nesterov", action="store_true")
-    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--epochs", type=int, default=20, help="passes over the training data")
+    g.add_argument("--batch-size", type=int, default=64, help="examples per optimisation step")
+    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
+                   help="optimiser")
+    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD only)")
+    g.add_argument("--weight-decay", type=float, default=5e-4,
+                   help="L2 penalty (decoupled for adamw)")
     g.add_argument("--schedule", default="constant",
                    help="constant, cosine, curve, step:M1,M2[@GAMMA], cyclic:EPOCHS[@LOW]")
     g.add_argument("--warmup", type=float, default=0.0, help="epochs of linear warm-up")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--device", default="auto", help=HELP_DEVICE)
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
     """Options shared by commands that read checkpoints and write one output directory."""
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--device", default="auto", help=HELP_DEVICE)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
 
 
 def add_alignment_args(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -104,10 +138,10 @@ def add_alignment_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="layer order of weight matching; batches and probes of STE, STE-MM and "
                         "the Hessian trace")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=out_default)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--device", default="auto", help=HELP_DEVICE)
+    p.add_argument("--out", default=out_default, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
 
 
 def add_ste_args(p: argparse.ArgumentParser, method: str, batched: str) -> None:
@@ -806,15 +840,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     g = p.add_argument_group("members")
     g.add_argument("--only", default=None, help="train only these subsets, e.g. a or a,c")
-    g.add_argument("--init", default="same", choices=["same", "different"])
+    g.add_argument("--init", default="same", choices=["same", "different"],
+                   help="one initialisation for every member, or one per member (seed + i)")
     g.add_argument("--init-seed", type=_int_list, default=[0],
                    help="one seed, or one per subset")
-    g.add_argument("--batch-order", default="same", choices=["same", "independent"])
-    g.add_argument("--order-seed", type=int, default=0)
+    g.add_argument("--batch-order", default="same", choices=["same", "independent"],
+                   help="same: every subset visited in one sequence of positions per epoch "
+                        "(same SGD noise); independent: each subset shuffled with its own seed")
+    g.add_argument("--order-seed", type=int, default=0, help="seed of the batch order")
     p.add_argument("--save-epochs", type=_int_list, default=(), help="also save these epochs")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out with the settings in its "
+                        "config.json (options given again must match them)")
+    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("interpolate", help="evaluate the linear path between two checkpoints")
@@ -840,18 +879,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", default="same", help="same, different, or same,different")
     g.add_argument("--batch-order", default="same,independent",
                    help="same, independent, or both comma-separated")
-    g.add_argument("--batch-sizes", type=_int_list, default=[32])
-    g.add_argument("--lrs", type=_float_list, default=[0.05])
+    g.add_argument("--batch-sizes", type=_int_list, default=[32],
+                   help="grid of batch sizes, comma-separated")
+    g.add_argument("--lrs", type=_float_list, default=[0.05],
+                   help="grid of learning rates, comma-separated")
     g.add_argument("--lr-scaling", default="none", choices=["none", "linear"],
                    help="linear: scale each lr by batch size / first batch size")
-    g.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
-    g.add_argument("--points", type=int, default=25)
-    g.add_argument("--ensemble-size", type=int, default=3)
-    g.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
-    g.add_argument("--tolerance", type=float, default=0.01)
-    p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    g.add_argument("--seeds", type=_int_list, default=[0, 1, 2],
+                   help="one pair of models per seed and configuration")
+    g.add_argument("--points", type=int, default=25, help="evenly spaced λ in [0, 1] per path")
+    g.add_argument("--ensemble-size", type=int, default=3,
+                   help="members of the LMC (points on the path) and independent ensembles")
+    g.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
+                   help="re-estimate BatchNorm statistics at every point (auto: when the model "
+                        "has BN)")
+    g.add_argument("--tolerance", type=float, default=0.01,
+                   help="largest train loss barrier counted as connected")
+    p.add_argument("--out", required=True, help="study directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted study in --out, reusing finished runs")
+    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_lmc)
 
     p = sub.add_parser("ensemble", help="score an ensemble of checkpoints and their similarity")
@@ -862,13 +909,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("demo", help="the LMC-under-shift study on digits (a few minutes)")
-    p.add_argument("--out", default="results/demo")
+    p.add_argument("--out", default="results/demo", help="output directory")
     p.add_argument("--quick", action="store_true", help="a smaller smoke run")
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes on CPU (default: one per core)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default="auto", help=HELP_DEVICE)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted demo in --out, reusing finished studies")
+    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("align", help="align B to A by permutation and compare the barriers")
@@ -900,7 +948,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curve", help="fit a Bezier or polychain curve between two checkpoints")
     p.add_argument("a", help="model checkpoint at t = 0 (kept fixed)")
     p.add_argument("b", help="model checkpoint at t = 1 (kept fixed)")
-    p.add_argument("--kind", default="bezier", choices=["bezier", "polychain"])
+    p.add_argument("--kind", default="bezier", choices=["bezier", "polychain"],
+                   help="Bezier curve or polygonal chain through the bends")
     p.add_argument("--bends", type=int, default=3, help="bends including both endpoints")
     add_train_args(p)
     p.set_defaults(schedule="curve", epochs=30)
@@ -913,11 +962,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
                    help="re-estimate BatchNorm statistics at every point (auto: when the model has BN)")
     p.add_argument("--tolerance", type=float, default=0.01, help="loss barrier counted as connected")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--pdf", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
+    p.add_argument("--pdf", action="store_true", help="also write PDF figures")
+    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("curve-ensemble", help="ensembles of K points on a curve and on the linear "
@@ -926,7 +975,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="points per path ensemble, endpoints included")
     p.add_argument("--fge", default=None, metavar="DIR",
                    help="also score the snapshots in this `modeconn fge --out` folder")
-    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
+                   help=HELP_BN_RESET)
     add_output_args(p)
     p.set_defaults(func=cmd_curve_ensemble)
 
@@ -935,10 +985,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t", type=float, default=0.5, help="position on the curve, in [0, 1]")
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
                    help="re-estimate BatchNorm statistics at the point (auto: when the model has BN)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--device", default="auto", help=HELP_DEVICE)
     p.add_argument("--out", required=True, help="the model checkpoint to write (.safetensors)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_curve_point)
 
     p = sub.add_parser("fge", help="fast geometric ensembling from a trained checkpoint")
@@ -947,13 +997,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle-epochs", type=int, default=2, help="epochs per cycle")
     p.add_argument("--low", type=float, default=0.01, help="lowest learning rate, as a factor of --lr")
     add_train_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--on", default="full", choices=["full", "own"])
-    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="batch order")
+    p.add_argument("--on", default="full", choices=["full", "own"],
+                   help="train and evaluate on the whole dataset or on the model's own subset")
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
+                   help=HELP_BN_RESET)
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--out", required=True, help="output directory (one checkpoint per snapshot)")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
+    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_fge)
 
     p = sub.add_parser("landscape", help="loss on the plane through three checkpoints or a curve")
@@ -973,19 +1025,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sharpness", help="Hutchinson estimate of the Hessian trace at a checkpoint")
     p.add_argument("checkpoint", help="model checkpoint")
     p.add_argument("--probes", type=int, default=10, help="Rademacher probes (≥ 2 for an error)")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=512, help="examples per Hessian-vector product")
     p.add_argument("--max-batches", type=int, default=None,
                    help="average over the first N batches only (default: the whole split)")
-    p.add_argument("--split", default="train", choices=["train", "test"])
-    p.add_argument("--on", default="full", choices=["full", "own"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--split", default="train", choices=["train", "test"],
+                   help="split whose loss the Hessian is taken of")
+    p.add_argument("--on", default="full", choices=["full", "own"],
+                   help="the whole dataset or the model's own subset")
+    p.add_argument("--seed", type=int, default=0, help="Rademacher probes")
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--device", default="auto", help=HELP_DEVICE)
     p.add_argument("--out", default=None, help="write the estimate to this JSON file")
     p.set_defaults(func=cmd_sharpness)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
-    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint files (.safetensors)")
     p.set_defaults(func=cmd_info)
     return parser
 
