@@ -176,11 +176,56 @@ def train_config(args: argparse.Namespace):
                        warmup=args.warmup, save_epochs=tuple(getattr(args, "save_epochs", ()) or ()))
 
 
+# Where the data are and how a run is shown are not settings of the run: not recorded, not compared.
+NOT_TRAIN_SETTINGS = ("out", "resume", "quiet", "device", "data_dir", "command", "func")
+
+
+def _train_settings(args: argparse.Namespace) -> dict:
+    """The options of `modeconn train` that define the run, as recorded in its config.json."""
+    return {k: v for k, v in vars(args).items()
+            if k not in NOT_TRAIN_SETTINGS and not k.startswith("_")}
+
+
+def _given_options(args: argparse.Namespace) -> set[str]:
+    """The destinations of the options typed on the command line (not left at their defaults)."""
+    argv = getattr(args, "_argv", None)
+    if argv is None:  # called without main(): treat every option as given
+        return set(vars(args))
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    p = sub.choices[args.command]
+    p._defaults.clear()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS  # an option not typed leaves no attribute
+    return set(vars(p.parse_args(argv[argv.index(args.command) + 1:])))
+
+
+def _resume_settings(args: argparse.Namespace) -> dict | None:
+    """On --resume, take every run setting not typed again from the run's config.json (those
+    typed must match it, which train_run checks); None for a run that recorded no options."""
+    import json
+
+    path = Path(args.out) / "config.json"
+    if not args.resume or not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text()).get("options")
+    except (OSError, ValueError, AttributeError):
+        return {}  # train_run reports the unreadable run
+    if stored is None:
+        return None
+    given = _given_options(args)
+    for key, value in stored.items():
+        if key not in given and key not in NOT_TRAIN_SETTINGS:
+            setattr(args, key, value)
+    return stored
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import DataSpec, prepare_subsets
     from .models import model_config
     from .train import plan_members, resolve_device, train_run
 
+    recorded = _resume_settings(args)
     cfg = train_config(args)
     cfg.validate()
     device = resolve_device(args.device)
@@ -200,7 +245,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                              **model_overrides(args))
     members = plan_members(spec, subsets, args.init, args.init_seed, args.batch_order,
                            args.order_seed, only)
-    results = train_run(model_cfg, members, cfg, Path(args.out), device, args.resume, args.quiet)
+    run_info = None if recorded is None else {"options": _train_settings(args)}
+    results = train_run(model_cfg, members, cfg, Path(args.out), device, args.resume, args.quiet,
+                        run_info)
     diverged = False
     for r in results:
         if r["status"] == "diverged":
@@ -1046,8 +1093,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None
-                                                               else [str(a) for a in argv]))
+        argv = _glue_negative_values(sys.argv[1:] if argv is None else [str(a) for a in argv])
+        args = build_parser().parse_args(argv)
+        args._argv = argv
         return args.func(args)
     except UsageError as e:
         print(f"modeconn: error: {e}", file=sys.stderr)
