@@ -281,7 +281,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     from .data import DataSpec, eval_data
     from .io import write_csv, write_json
     from .paths import interpolate
-    from .report.figures import path_figure, save
+    from .report.figures import display_names, path_figure, save
     from .train import resolve_device
 
     device = resolve_device(args.device)
@@ -304,8 +304,10 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "path.csv", rows, ["t", "split", "loss", "acc", "length"])
     write_json(out / "barrier.json", summary)
-    save(path_figure({"linear": rows}, title=f"{a.path.name} → {b.path.name}"), out / "path.png",
-         args.pdf)
+    na, nb = display_names([a.path, b.path])
+    on = "the whole dataset" if args.on == "full" else f"{na}'s own subset"
+    save(path_figure({"linear": rows}, title=f"linear path {na} → {nb}, on {data.spec.dataset} "
+                     f"({on})", xlabel=f"λ (0: {na}, 1: {nb})"), out / "path.png", args.pdf)
     for split in splits:
         s = summary[split]
         print(f"{split}: loss barrier {s['loss']['linear']['barrier']:.4f} at λ={s['lambda_star']:.2f}, "
@@ -375,7 +377,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
     from .io import write_csv, write_json, write_text
     from .paths import interpolate
-    from .report.figures import path_figure, save
+    from .report.figures import display_names, path_figure, save
 
     if args.points < 2:
         raise UsageError(f"--points must be at least 2, got {args.points}")
@@ -409,8 +411,10 @@ def cmd_align(args: argparse.Namespace) -> int:
     for label in ("before", "after"):
         write_json(out / f"barrier_{label}.json", summaries[label])
         write_csv(out / f"path_{label}.csv", paths[label], ["t", "split", "loss", "acc", "length"])
-    save(path_figure(paths, title=f"{a.path.name} → {b.path.name} ({args.method})"),
-         out / "path.png")
+    na, nb = display_names([a.path, b.path])
+    save(path_figure({f"{nb} before": paths["before"], f"{nb} aligned": paths["after"]},
+                     title=f"linear path {na} → {nb}, before and after aligning {nb} to {na} "
+                           f"({args.method})", xlabel=f"λ (0: {na}, 1: {nb})"), out / "path.png")
     before, after = _test_barrier(summaries["before"]), _test_barrier(summaries["after"])
     reduction = 100 * (before - after) / before if before > 0 else float("nan")
     print(f"test loss barrier {before:.4f} → {after:.4f} ({reduction:.1f}% reduction, "
@@ -550,7 +554,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from .ensemble import ensemble_metrics, pairwise_similarity
     from .evaluate import Evaluator
     from .io import write_csv, write_json
-    from .report.figures import polar_similarity_figure, save
+    from .report.figures import display_names, polar_similarity_figure, save
     from .train import resolve_device
 
     if len(args.checkpoints) < 2:
@@ -572,10 +576,9 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     write_csv(out / "similarity.csv", sims)
     accs = [float((p.argmax(-1) == data.test_y).double().mean()) for p in probs]
     ref = [r for r in sims if r["a"] == names[0]]
-    save(polar_similarity_figure([Path(n).stem for n in names],
-                                 [1.0] + [r["weight_cosine"] for r in ref], accs,
-                                 title="similarity to the first model", rlabel="test accuracy"),
-         out / "polar_similarity.png")
+    save(polar_similarity_figure(display_names(names), [1.0] + [r["weight_cosine"] for r in ref],
+                                 accs, title=f"ensemble members on {data.spec.dataset}",
+                                 rlabel="test accuracy"), out / "polar_similarity.png")
     print(f"ensemble of {len(names)}: acc {metrics['acc']:.4f} (mean member "
           f"{metrics['member_acc']:.4f}, gain {100 * metrics['gain_acc']:+.2f}%), "
           f"NLL {metrics['nll']:.4f}, Brier {metrics['brier']:.4f}, ECE {metrics['ece']:.4f}")
@@ -598,7 +601,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
     from .curves import compare_with_linear, fit_curve, min_bends, save_curve
     from .data import DataSpec, eval_data
     from .io import write_csv, write_json
-    from .report.figures import path_figure, save
+    from .report.figures import display_names, path_figure, save
     from .train import environment, resolve_device
 
     cfg = train_config(args)
@@ -634,7 +637,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
     write_csv(out / "path.csv", rows, ["path", "t", "split", "loss", "acc", "length"])
     write_json(out / "barrier.json", {**summary, "models": {"a": str(a.path), "b": str(b.path)}})
     save(path_figure({k: [r for r in rows if r["path"] == k] for k in ("curve", "linear")},
-                     title=f"{args.kind} curve ({args.bends} bends) vs linear path", xlabel="t"),
+                     title=f"{args.kind} curve ({args.bends} bends) vs linear path, "
+                           f"{' → '.join(display_names([a.path, b.path]))}", xlabel="t"),
          out / "path.png", args.pdf)
     for split in splits:
         c, lin = summary["curve"][split], summary["linear"][split]
