@@ -148,6 +148,7 @@ def test_info_prints_architecture(cli, tmp_path):
     assert "architecture" in stdout and '"arch": "mlp"' in stdout
     assert '"widths": [32, 32, 32]' in stdout
     assert "kind          model" in stdout
+    assert [line.split()[0] for line in stdout.splitlines()].count("kind") == 1, stdout
     assert str(ckpt) in stdout
 
 

@@ -128,7 +128,7 @@ def describe(ckpt: Checkpoint) -> str:
     n_params = sum(v.numel() for v in ckpt.tensors.values())
     lines = [f"file          {ckpt.path}", f"kind          {ckpt.kind}",
              f"tensors       {len(ckpt.tensors)} ({n_params:,} values)"]
-    for key in sorted(ckpt.meta):
+    for key in sorted(k for k in ckpt.meta if k != "kind"):  # kind is the second line
         lines.append(f"{key:<13} {json.dumps(ckpt.meta[key])}")
     return "\n".join(lines)
 

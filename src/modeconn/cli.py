@@ -10,12 +10,43 @@ from pathlib import Path
 from .errors import UsageError
 
 
+def format_default(value) -> str:
+    """A default as it would be typed: lists comma-separated."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to every option whose default is set (not None, False or empty;
+    0 is shown)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default is None or default is False \
+                or default == argparse.SUPPRESS or (isinstance(default, (list, tuple)) and not default):
+            return text
+        return f"{text} (default: {format_default(default).replace('%', '%%')})"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 NEGATIVE_VALUE_OPTIONS = ("--range",)
+
+HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cache/modeconn/data)"
+HELP_DEVICE = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+HELP_OVERWRITE = "write into --out even if it exists and is not empty"
+HELP_QUIET = "no progress bars"
+HELP_BN_RESET = ("re-estimate BatchNorm statistics on the training data before evaluating "
+                 "(auto: when the model has BN)")
 
 
 def _glue_negative_values(argv: list[str]) -> list[str]:
@@ -49,12 +80,13 @@ def add_data_args(p: argparse.ArgumentParser, shift_default: str = "none") -> No
     g.add_argument("--dataset", default="digits",
                    help="digits (embedded), mnist, fashion-mnist, cifar10, cifar100, "
                         "synthetic[:n=N,test=N,shape=CxHxW,classes=K,seed=S]")
-    g.add_argument("--data-dir", default=None, help="where dataset files live (default $MODECONN_DATA)")
+    g.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
     g.add_argument("--shift", default=shift_default,
                    help="none, iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:ALPHA, "
                         "domain:none|rotate=30+noise=0.1")
     g.add_argument("--subsets", type=int, default=None, help="number of subsets for dirichlet")
-    g.add_argument("--split-seed", type=int, default=0)
+    g.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the split into subsets (and of dirichlet proportions)")
     g.add_argument("--normalise", default="global", choices=["global", "subset", "none"],
                    help="input normalisation statistics")
 
@@ -75,25 +107,27 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "mlp") -> None:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Optimisation options."""
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
-    g.add_argument("--lr", type=float, default=0.05)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--nesterov", action="store_true")
-    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--epochs", type=int, default=20, help="passes over the training data")
+    g.add_argument("--batch-size", type=int, default=64, help="examples per optimisation step")
+    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
+                   help="optimiser")
+    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD only)")
+    g.add_argument("--weight-decay", type=float, default=5e-4,
+                   help="L2 penalty (decoupled for adamw)")
     g.add_argument("--schedule", default="constant",
                    help="constant, cosine, curve, step:M1,M2[@GAMMA], cyclic:EPOCHS[@LOW]")
     g.add_argument("--warmup", type=float, default=0.0, help="epochs of linear warm-up")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--device", default="auto", help=HELP_DEVICE)
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
     """Options shared by commands that read checkpoints and write one output directory."""
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--device", default="auto", help=HELP_DEVICE)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
 
 
 def add_alignment_args(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -104,10 +138,10 @@ def add_alignment_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="layer order of weight matching; batches and probes of STE, STE-MM and "
                         "the Hessian trace")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=out_default)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--device", default="auto", help=HELP_DEVICE)
+    p.add_argument("--out", default=out_default, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
 
 
 def add_ste_args(p: argparse.ArgumentParser, method: str, batched: str) -> None:
@@ -142,11 +176,56 @@ def train_config(args: argparse.Namespace):
                        warmup=args.warmup, save_epochs=tuple(getattr(args, "save_epochs", ()) or ()))
 
 
+# Where the data are and how a run is shown are not settings of the run: not recorded, not compared.
+NOT_TRAIN_SETTINGS = ("out", "resume", "quiet", "device", "data_dir", "command", "func")
+
+
+def _train_settings(args: argparse.Namespace) -> dict:
+    """The options of `modeconn train` that define the run, as recorded in its config.json."""
+    return {k: v for k, v in vars(args).items()
+            if k not in NOT_TRAIN_SETTINGS and not k.startswith("_")}
+
+
+def _given_options(args: argparse.Namespace) -> set[str]:
+    """The destinations of the options typed on the command line (not left at their defaults)."""
+    argv = getattr(args, "_argv", None)
+    if argv is None:  # called without main(): treat every option as given
+        return set(vars(args))
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    p = sub.choices[args.command]
+    p._defaults.clear()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS  # an option not typed leaves no attribute
+    return set(vars(p.parse_args(argv[argv.index(args.command) + 1:])))
+
+
+def _resume_settings(args: argparse.Namespace) -> dict | None:
+    """On --resume, take every run setting not typed again from the run's config.json (those
+    typed must match it, which train_run checks); None for a run that recorded no options."""
+    import json
+
+    path = Path(args.out) / "config.json"
+    if not args.resume or not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text()).get("options")
+    except (OSError, ValueError, AttributeError):
+        return {}  # train_run reports the unreadable run
+    if stored is None:
+        return None
+    given = _given_options(args)
+    for key, value in stored.items():
+        if key not in given and key not in NOT_TRAIN_SETTINGS:
+            setattr(args, key, value)
+    return stored
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import DataSpec, prepare_subsets
     from .models import model_config
     from .train import plan_members, resolve_device, train_run
 
+    recorded = _resume_settings(args)
     cfg = train_config(args)
     cfg.validate()
     device = resolve_device(args.device)
@@ -166,7 +245,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                              **model_overrides(args))
     members = plan_members(spec, subsets, args.init, args.init_seed, args.batch_order,
                            args.order_seed, only)
-    results = train_run(model_cfg, members, cfg, Path(args.out), device, args.resume, args.quiet)
+    run_info = None if recorded is None else {"options": _train_settings(args)}
+    results = train_run(model_cfg, members, cfg, Path(args.out), device, args.resume, args.quiet,
+                        run_info)
     diverged = False
     for r in results:
         if r["status"] == "diverged":
@@ -200,7 +281,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     from .data import DataSpec, eval_data
     from .io import write_csv, write_json
     from .paths import interpolate
-    from .report.figures import path_figure, save
+    from .report.figures import display_names, path_figure, save
     from .train import resolve_device
 
     device = resolve_device(args.device)
@@ -223,8 +304,10 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "path.csv", rows, ["t", "split", "loss", "acc", "length"])
     write_json(out / "barrier.json", summary)
-    save(path_figure({"linear": rows}, title=f"{a.path.name} → {b.path.name}"), out / "path.png",
-         args.pdf)
+    na, nb = display_names([a.path, b.path])
+    on = "the whole dataset" if args.on == "full" else f"{na}'s own subset"
+    save(path_figure({"linear": rows}, title=f"linear path {na} → {nb}, on {data.spec.dataset} "
+                     f"({on})", xlabel=f"λ (0: {na}, 1: {nb})"), out / "path.png", args.pdf)
     for split in splits:
         s = summary[split]
         print(f"{split}: loss barrier {s['loss']['linear']['barrier']:.4f} at λ={s['lambda_star']:.2f}, "
@@ -294,7 +377,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
     from .io import write_csv, write_json, write_text
     from .paths import interpolate
-    from .report.figures import path_figure, save
+    from .report.figures import display_names, path_figure, save
 
     if args.points < 2:
         raise UsageError(f"--points must be at least 2, got {args.points}")
@@ -328,8 +411,10 @@ def cmd_align(args: argparse.Namespace) -> int:
     for label in ("before", "after"):
         write_json(out / f"barrier_{label}.json", summaries[label])
         write_csv(out / f"path_{label}.csv", paths[label], ["t", "split", "loss", "acc", "length"])
-    save(path_figure(paths, title=f"{a.path.name} → {b.path.name} ({args.method})"),
-         out / "path.png")
+    na, nb = display_names([a.path, b.path])
+    save(path_figure({f"{nb} before": paths["before"], f"{nb} aligned": paths["after"]},
+                     title=f"linear path {na} → {nb}, before and after aligning {nb} to {na} "
+                           f"({args.method})", xlabel=f"λ (0: {na}, 1: {nb})"), out / "path.png")
     before, after = _test_barrier(summaries["before"]), _test_barrier(summaries["after"])
     reduction = 100 * (before - after) / before if before > 0 else float("nan")
     print(f"test loss barrier {before:.4f} → {after:.4f} ({reduction:.1f}% reduction, "
@@ -469,7 +554,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from .ensemble import ensemble_metrics, pairwise_similarity
     from .evaluate import Evaluator
     from .io import write_csv, write_json
-    from .report.figures import polar_similarity_figure, save
+    from .report.figures import display_names, polar_similarity_figure, save
     from .train import resolve_device
 
     if len(args.checkpoints) < 2:
@@ -491,10 +576,9 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     write_csv(out / "similarity.csv", sims)
     accs = [float((p.argmax(-1) == data.test_y).double().mean()) for p in probs]
     ref = [r for r in sims if r["a"] == names[0]]
-    save(polar_similarity_figure([Path(n).stem for n in names],
-                                 [1.0] + [r["weight_cosine"] for r in ref], accs,
-                                 title="similarity to the first model", rlabel="test accuracy"),
-         out / "polar_similarity.png")
+    save(polar_similarity_figure(display_names(names), [1.0] + [r["weight_cosine"] for r in ref],
+                                 accs, title=f"ensemble members on {data.spec.dataset}",
+                                 rlabel="test accuracy"), out / "polar_similarity.png")
     print(f"ensemble of {len(names)}: acc {metrics['acc']:.4f} (mean member "
           f"{metrics['member_acc']:.4f}, gain {100 * metrics['gain_acc']:+.2f}%), "
           f"NLL {metrics['nll']:.4f}, Brier {metrics['brier']:.4f}, ECE {metrics['ece']:.4f}")
@@ -517,7 +601,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
     from .curves import compare_with_linear, fit_curve, min_bends, save_curve
     from .data import DataSpec, eval_data
     from .io import write_csv, write_json
-    from .report.figures import path_figure, save
+    from .report.figures import display_names, path_figure, save
     from .train import environment, resolve_device
 
     cfg = train_config(args)
@@ -553,7 +637,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
     write_csv(out / "path.csv", rows, ["path", "t", "split", "loss", "acc", "length"])
     write_json(out / "barrier.json", {**summary, "models": {"a": str(a.path), "b": str(b.path)}})
     save(path_figure({k: [r for r in rows if r["path"] == k] for k in ("curve", "linear")},
-                     title=f"{args.kind} curve ({args.bends} bends) vs linear path", xlabel="t"),
+                     title=f"{args.kind} curve ({args.bends} bends) vs linear path, "
+                           f"{' → '.join(display_names([a.path, b.path]))}", xlabel="t"),
          out / "path.png", args.pdf)
     for split in splits:
         c, lin = summary["curve"][split], summary["linear"][split]
@@ -806,15 +891,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     g = p.add_argument_group("members")
     g.add_argument("--only", default=None, help="train only these subsets, e.g. a or a,c")
-    g.add_argument("--init", default="same", choices=["same", "different"])
+    g.add_argument("--init", default="same", choices=["same", "different"],
+                   help="one initialisation for every member, or one per member (seed + i)")
     g.add_argument("--init-seed", type=_int_list, default=[0],
                    help="one seed, or one per subset")
-    g.add_argument("--batch-order", default="same", choices=["same", "independent"])
-    g.add_argument("--order-seed", type=int, default=0)
+    g.add_argument("--batch-order", default="same", choices=["same", "independent"],
+                   help="same: every subset visited in one sequence of positions per epoch "
+                        "(same SGD noise); independent: each subset shuffled with its own seed")
+    g.add_argument("--order-seed", type=int, default=0, help="seed of the batch order")
     p.add_argument("--save-epochs", type=_int_list, default=(), help="also save these epochs")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out with the settings in its "
+                        "config.json (options given again must match them)")
+    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("interpolate", help="evaluate the linear path between two checkpoints")
@@ -840,18 +930,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", default="same", help="same, different, or same,different")
     g.add_argument("--batch-order", default="same,independent",
                    help="same, independent, or both comma-separated")
-    g.add_argument("--batch-sizes", type=_int_list, default=[32])
-    g.add_argument("--lrs", type=_float_list, default=[0.05])
+    g.add_argument("--batch-sizes", type=_int_list, default=[32],
+                   help="grid of batch sizes, comma-separated")
+    g.add_argument("--lrs", type=_float_list, default=[0.05],
+                   help="grid of learning rates, comma-separated")
     g.add_argument("--lr-scaling", default="none", choices=["none", "linear"],
                    help="linear: scale each lr by batch size / first batch size")
-    g.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
-    g.add_argument("--points", type=int, default=25)
-    g.add_argument("--ensemble-size", type=int, default=3)
-    g.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
-    g.add_argument("--tolerance", type=float, default=0.01)
-    p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    g.add_argument("--seeds", type=_int_list, default=[0, 1, 2],
+                   help="one pair of models per seed and configuration")
+    g.add_argument("--points", type=int, default=25, help="evenly spaced λ in [0, 1] per path")
+    g.add_argument("--ensemble-size", type=int, default=3,
+                   help="members of the LMC (points on the path) and independent ensembles")
+    g.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
+                   help="re-estimate BatchNorm statistics at every point (auto: when the model "
+                        "has BN)")
+    g.add_argument("--tolerance", type=float, default=0.01,
+                   help="largest train loss barrier counted as connected")
+    p.add_argument("--out", required=True, help="study directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted study in --out, reusing finished runs")
+    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_lmc)
 
     p = sub.add_parser("ensemble", help="score an ensemble of checkpoints and their similarity")
@@ -862,13 +960,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("demo", help="the LMC-under-shift study on digits (a few minutes)")
-    p.add_argument("--out", default="results/demo")
+    p.add_argument("--out", default="results/demo", help="output directory")
     p.add_argument("--quick", action="store_true", help="a smaller smoke run")
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes on CPU (default: one per core)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default="auto", help=HELP_DEVICE)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted demo in --out, reusing finished studies")
+    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("align", help="align B to A by permutation and compare the barriers")
@@ -900,7 +999,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curve", help="fit a Bezier or polychain curve between two checkpoints")
     p.add_argument("a", help="model checkpoint at t = 0 (kept fixed)")
     p.add_argument("b", help="model checkpoint at t = 1 (kept fixed)")
-    p.add_argument("--kind", default="bezier", choices=["bezier", "polychain"])
+    p.add_argument("--kind", default="bezier", choices=["bezier", "polychain"],
+                   help="Bezier curve or polygonal chain through the bends")
     p.add_argument("--bends", type=int, default=3, help="bends including both endpoints")
     add_train_args(p)
     p.set_defaults(schedule="curve", epochs=30)
@@ -913,11 +1013,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
                    help="re-estimate BatchNorm statistics at every point (auto: when the model has BN)")
     p.add_argument("--tolerance", type=float, default=0.01, help="loss barrier counted as connected")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--pdf", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
+    p.add_argument("--pdf", action="store_true", help="also write PDF figures")
+    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("curve-ensemble", help="ensembles of K points on a curve and on the linear "
@@ -926,7 +1026,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="points per path ensemble, endpoints included")
     p.add_argument("--fge", default=None, metavar="DIR",
                    help="also score the snapshots in this `modeconn fge --out` folder")
-    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
+                   help=HELP_BN_RESET)
     add_output_args(p)
     p.set_defaults(func=cmd_curve_ensemble)
 
@@ -935,10 +1036,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t", type=float, default=0.5, help="position on the curve, in [0, 1]")
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
                    help="re-estimate BatchNorm statistics at the point (auto: when the model has BN)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--device", default="auto", help=HELP_DEVICE)
     p.add_argument("--out", required=True, help="the model checkpoint to write (.safetensors)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_curve_point)
 
     p = sub.add_parser("fge", help="fast geometric ensembling from a trained checkpoint")
@@ -947,13 +1048,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle-epochs", type=int, default=2, help="epochs per cycle")
     p.add_argument("--low", type=float, default=0.01, help="lowest learning rate, as a factor of --lr")
     add_train_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--on", default="full", choices=["full", "own"])
-    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="batch order")
+    p.add_argument("--on", default="full", choices=["full", "own"],
+                   help="train and evaluate on the whole dataset or on the model's own subset")
+    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
+                   help=HELP_BN_RESET)
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--out", required=True, help="output directory (one checkpoint per snapshot)")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
+    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_fge)
 
     p = sub.add_parser("landscape", help="loss on the plane through three checkpoints or a curve")
@@ -973,27 +1076,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sharpness", help="Hutchinson estimate of the Hessian trace at a checkpoint")
     p.add_argument("checkpoint", help="model checkpoint")
     p.add_argument("--probes", type=int, default=10, help="Rademacher probes (≥ 2 for an error)")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=512, help="examples per Hessian-vector product")
     p.add_argument("--max-batches", type=int, default=None,
                    help="average over the first N batches only (default: the whole split)")
-    p.add_argument("--split", default="train", choices=["train", "test"])
-    p.add_argument("--on", default="full", choices=["full", "own"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--split", default="train", choices=["train", "test"],
+                   help="split whose loss the Hessian is taken of")
+    p.add_argument("--on", default="full", choices=["full", "own"],
+                   help="the whole dataset or the model's own subset")
+    p.add_argument("--seed", type=int, default=0, help="Rademacher probes")
+    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
+    p.add_argument("--device", default="auto", help=HELP_DEVICE)
     p.add_argument("--out", default=None, help="write the estimate to this JSON file")
     p.set_defaults(func=cmd_sharpness)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
-    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint files (.safetensors)")
     p.set_defaults(func=cmd_info)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None
-                                                               else [str(a) for a in argv]))
+        argv = _glue_negative_values(sys.argv[1:] if argv is None else [str(a) for a in argv])
+        args = build_parser().parse_args(argv)
+        args._argv = argv
         return args.func(args)
     except UsageError as e:
         print(f"modeconn: error: {e}", file=sys.stderr)

@@ -270,14 +270,18 @@ def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> Non
                                                     f"init {init}"),
                      fig_dir / f"learning_curves_{model}_init-{init}.png")
     if summary:
-        labels = [f"{r['model']} {r['init']} {r['batch_order']} bs{r['batch_size']}" for r in summary]
+        labels = [f"{r['model']} {r['init']} {r['batch_order']} bs{r['batch_size']} lr{r['lr']:g}"
+                  for r in summary]
+        held = f"{study.dataset}, {study.shift}, {study.train.epochs} epochs (mean ± std over seeds)"
+        none_ok = "all runs diverged — nothing to plot"
         figures.save(figures.bar_figure(labels, {
             s: ([r[f"{s}_loss_barrier"] for r in summary],
                 [r[f"{s}_loss_barrier_std"] for r in summary]) for s in ("train", "test")},
-            "loss barrier", f"{study.shift}: loss barrier per configuration"),
-            fig_dir / "barriers.png")
+            "loss barrier (cross-entropy)", f"loss barrier per configuration\n{held}",
+            missing="diverged", empty=none_ok), fig_dir / "barriers.png")
         figures.save(figures.bar_figure(labels, {
             s: ([100 * r[f"{s}_delta_acc"] for r in summary],
                 [100 * r[f"{s}_delta_acc_std"] for r in summary]) for s in ("train", "test")},
-            "Δ accuracy at λ* (%)", f"{study.shift}: accuracy drop (−5% reference)", hline=-5.0),
-            fig_dir / "delta.png")
+            "Δ accuracy at λ* (percentage points)",
+            f"accuracy drop along the path (−5 points reference)\n{held}", hline=-5.0,
+            missing="diverged", empty=none_ok), fig_dir / "delta.png")

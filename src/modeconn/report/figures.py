@@ -29,8 +29,29 @@ def save(fig, path: str | os.PathLike, pdf: bool = False) -> Path:
     return path
 
 
+def display_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Short readable names of checkpoint files for titles and legends: the file stems
+    (a.safetensors, b.safetensors → a, b), or, for files all of one name or named `model` (as
+    `modeconn train` writes them), the run and member directories (runs/iid/a/model.safetensors
+    → iid/a); longer when needed to tell them apart."""
+    parts = [Path(p).with_suffix("").parts or ("?",) for p in paths]
+    same = len(parts) > 1 and len({q[-1] for q in parts}) == 1
+    bases = []
+    for q in parts:
+        by_dir = (same or q[-1] == "model") and len(q) > 1
+        bases.append((q[:-1], 2) if by_dir else (q, 1))
+    names = []
+    for k in range(1, max((len(b) for b, _ in bases), default=0) + 1):
+        names = ["/".join(b[-max(k, least):]) for b, least in bases]
+        if len(set(names)) == len(names):
+            break
+    return names
+
+
 def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str = "λ"):
     """Loss and accuracy against t for one or more paths; rows may carry *_std for bands."""
+    if not any(curves.values()):
+        return message_figure("nothing to plot: no path was evaluated", title)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for (label, rows), color in zip(curves.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         for split in dict.fromkeys(r["split"] for r in rows):
@@ -42,7 +63,7 @@ def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str 
                 if f"{key}_std" in sel[0]:
                     s = np.array([float(r[f"{key}_std"]) for r in sel])
                     ax.fill_between(t, y - s, y + s, color=color, alpha=0.15)
-    axes[0].set_ylabel("loss")
+    axes[0].set_ylabel("cross-entropy loss")
     axes[1].set_ylabel("accuracy")
     for ax in axes:
         ax.set_xlabel(xlabel)
@@ -73,36 +94,99 @@ def learning_curves_figure(runs: dict[str, Sequence[dict]], title: str = ""):
     return fig
 
 
+def message_figure(message: str, title: str = ""):
+    """A figure that says why there is nothing to plot, instead of empty axes."""
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, transform=ax.transAxes)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+# Above this many configurations bars run horizontally, one labelled row per configuration.
+MAX_VERTICAL_BARS = 16
+
+
 def bar_figure(labels: Sequence[str], series: dict[str, tuple[Sequence[float], Sequence[float]]],
-               ylabel: str, title: str = "", hline: float | None = None):
-    """Grouped bars (mean ± std) per configuration, optionally with a reference line."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) + 2), 4))
-    x = np.arange(len(labels))
-    width = 0.8 / max(1, len(series))
-    for i, (name, (mean, std)) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, mean, width, yerr=std, capsize=2, label=name)
-    if hline is not None:
-        ax.axhline(hline, color="red", linestyle="--", linewidth=1)
-    ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel(ylabel)
-    ax.grid(axis="y", alpha=0.3)
+               ylabel: str, title: str = "", hline: float | None = None, missing: str = "no data",
+               empty: str = "nothing to plot: every value is missing"):
+    """Grouped bars (mean ± std) per configuration, optionally with a reference line; a missing
+    (NaN) value is marked `missing`, and a chart with no value at all says `empty`. With more
+    than MAX_VERTICAL_BARS configurations the bars are horizontal so every label stays legible."""
+    means = {k: np.asarray(m, dtype=float) for k, (m, _) in series.items()}
+    if not len(labels) or all(np.isnan(m).all() for m in means.values()):
+        return message_figure(empty, title)
+    n, k = len(labels), max(1, len(series))
+    horizontal = n > MAX_VERTICAL_BARS
+    if horizontal:
+        fig, ax = plt.subplots(figsize=(8, 1.5 + n * max(0.25, 0.12 * k)))
+    else:
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * n + 2), 4))
+    x = np.arange(n)
+    width = 0.8 / k
+    for i, (name, (_, std)) in enumerate(series.items()):
+        ok = ~np.isnan(means[name])
+        pos = (x + (i - (k - 1) / 2) * width)[ok]
+        mean, err = means[name][ok], np.nan_to_num(np.asarray(std, dtype=float)[ok])
+        if horizontal:
+            ax.barh(pos, mean, width, xerr=err, capsize=2, label=name)
+        else:
+            ax.bar(pos, mean, width, yerr=err, capsize=2, label=name)
+    # One mark per configuration without any value, across the middle of the axes.
+    if horizontal:
+        at = matplotlib.transforms.blended_transform_factory(ax.transAxes, ax.transData)
+    else:
+        at = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    for j in np.flatnonzero(np.all([np.isnan(m) for m in means.values()], axis=0)):
+        ax.text(*((0.5, j) if horizontal else (j, 0.5)), missing, transform=at, fontsize=8,
+                color="gray", ha="center", va="center")
+    if horizontal:
+        if hline is not None:
+            ax.axvline(hline, color="red", linestyle="--", linewidth=1)
+        ax.set_yticks(x, labels, fontsize=8)
+        ax.set_ylim(n - 0.5, -0.5)  # first configuration on top
+        ax.set_xlabel(ylabel)
+        ax.grid(axis="x", alpha=0.3)
+    else:
+        if hline is not None:
+            ax.axhline(hline, color="red", linestyle="--", linewidth=1)
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     return fig
 
 
 def polar_similarity_figure(names: Sequence[str], similarity: Sequence[float],
-                            radius: Sequence[float], title: str = "", rlabel: str = "accuracy"):
-    """Each model at angle arccos(similarity to the reference) and a radius (e.g. accuracy)."""
-    fig = plt.figure(figsize=(5, 5))
+                            radius: Sequence[float], title: str = "", rlabel: str = "accuracy",
+                            similarity_label: str = "cosine similarity of the parameter vectors"):
+    """Each model at angle arccos(its similarity to the first model) and a radius (e.g. its
+    accuracy); the angular range (30°, 60°, 90° or 180°) is the smallest that holds them all."""
+    fig = plt.figure(figsize=(7.5, 5.5))
     ax = fig.add_subplot(projection="polar")
     ang = np.arccos(np.clip(np.asarray(similarity, dtype=float), -1, 1))
-    ax.scatter(ang, radius)
-    for a, r, n in zip(ang, radius, names):
-        ax.annotate(n, (a, r), fontsize=7)
+    deg = np.degrees(ang)
+    widest = float(np.nanmax(deg)) if len(deg) else 0.0
+    top = 180 if widest > 90 else next(t for t in (30, 60, 90) if t >= min(1.1 * widest, 90))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (a, r, d, n) in enumerate(zip(ang, radius, deg, names)):
+        ax.scatter([a], [r], color=colors[i % len(colors)], zorder=3,
+                   label=f"{n}: {d:.1f}°, {r:.3f}")
+        ax.annotate(n, (a, r), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_thetamin(0)
-    ax.set_thetamax(90)
-    ax.set_title(f"{title}\nangle = arccos(similarity), radius = {rlabel}", fontsize=9)
+    ax.set_thetamax(top)
+    ax.set_thetagrids(np.linspace(0, top, 7))
+    rmax = 1.1 * max(max(radius, default=0.0), 1e-3)
+    ax.set_rlim(0, rmax)
+    ax.set_xlabel(f"radius: {rlabel}", fontsize=9)  # also found by ax.get_xlabel()
+    ax.xaxis.label.set_visible(False)  # drawn below the radial axis instead, not under the circle
+    ax.annotate(f"radius: {rlabel}", xy=(0, rmax / 2), xytext=(0, -30), textcoords="offset points",
+                ha="center", fontsize=9, annotation_clip=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.05, 1.0), fontsize=7,
+              title="model: angle, radius", title_fontsize=7)
+    first = f" to {names[0]}" if len(names) else ""
+    ax.set_title(f"{title}\nangle{first} = arccos({similarity_label})".lstrip("\n"), fontsize=9)
     return fig
 
 

@@ -1,0 +1,145 @@
+"""Figures a newcomer can read: they name the runs, say what their axes are, stay legible with many
+configurations, and say so when there is nothing to plot. Asserted on the matplotlib objects."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from modeconn.cli import main
+from modeconn.experiments.lmc import LMCStudy, run_study
+from modeconn.report import figures
+from modeconn.report.figures import bar_figure, display_names, path_figure
+from modeconn.train import TrainConfig
+
+TINY = ["--width", "16", "--depth", "1", "--quiet", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Two MLPs, runs/iid/a and runs/iid/b, trained 1 epoch on disjoint halves of digits."""
+    out = tmp_path_factory.mktemp("figs") / "runs" / "iid"
+    assert main(["train", *TINY, "--epochs", "1", "--shift", "iid:50,50", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """The figures the code under test saves, by file name."""
+    got = {}
+    save = figures.save
+
+    def keep(fig, path, pdf=False):
+        got[str(path).rsplit("/", 1)[-1]] = fig
+        return save(fig, path, pdf)
+
+    monkeypatch.setattr(figures, "save", keep)
+    return got
+
+
+def _texts(fig) -> list[str]:
+    """Every text of a figure: titles, labels, annotations, tick and legend texts."""
+    return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")) if t.get_text()]
+
+
+@pytest.mark.parametrize("paths, names", [
+    (["runs/iid/a/model.safetensors", "runs/iid/b/model.safetensors"], ["iid/a", "iid/b"]),
+    (["/x/runs/iid/a/model.safetensors", "/x/runs/skew/a/model.safetensors"], ["iid/a", "skew/a"]),
+    (["a.safetensors", "b.safetensors"], ["a", "b"]),
+    (["r/a/model.safetensors", "r/align/aligned_b.safetensors"], ["r/a", "aligned_b"]),
+    (["u/snap.safetensors", "v/snap.safetensors"], ["u", "v"]),
+])
+def test_display_names(paths, names):
+    assert display_names(paths) == names
+
+
+def test_ensemble_polar_plot_names_members_and_axes(run, tmp_path, saved):
+    a, b = run / "a" / "model.safetensors", run / "b" / "model.safetensors"
+    assert main(["ensemble", str(a), str(b), "--device", "cpu", "--out", str(tmp_path / "e")]) == 0
+    fig = saved["polar_similarity.png"]
+    (ax,) = fig.axes
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [t.split(":")[0] for t in legend] == ["iid/a", "iid/b"]
+    assert not any(t.startswith("model") for t in legend)
+    assert "arccos(cosine similarity of the parameter vectors)" in ax.get_title()
+    assert "iid/a" in ax.get_title()
+    assert "radius: test accuracy" in _texts(fig)
+
+
+def test_interpolate_title_names_the_runs(run, tmp_path, saved):
+    a, b = run / "a" / "model.safetensors", run / "b" / "model.safetensors"
+    assert main(["interpolate", str(a), str(b), "--device", "cpu", "--points", "3",
+                 "--out", str(tmp_path / "i")]) == 0
+    fig = saved["path.png"]
+    title = fig._suptitle.get_text()
+    assert "iid/a → iid/b" in title and "model.safetensors" not in title
+    assert "digits" in title
+    loss_ax, acc_ax = fig.axes
+    assert loss_ax.get_ylabel() == "cross-entropy loss" and acc_ax.get_ylabel() == "accuracy"
+    assert acc_ax.get_xlabel() == "λ (0: iid/a, 1: iid/b)"
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["linear train", "linear test"]
+
+
+def test_align_title_and_legend_say_before_and_after(run, tmp_path, saved):
+    a, b = run / "a" / "model.safetensors", run / "b" / "model.safetensors"
+    assert main(["align", str(a), str(b), "--device", "cpu", "--points", "3",
+                 "--out", str(tmp_path / "al")]) == 0
+    fig = saved["path.png"]
+    assert "iid/a → iid/b" in fig._suptitle.get_text() and "(wm)" in fig._suptitle.get_text()
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert legend == ["iid/b before train", "iid/b before test", "iid/b aligned train",
+                      "iid/b aligned test"]
+
+
+def test_bar_chart_of_50_configurations_stays_legible():
+    labels = [f"mlp same independent bs{16 * (i + 1)} lr0.05" for i in range(50)]
+    series = {s: ([0.01 * i for i in range(50)], [0.001] * 50) for s in ("train", "test")}
+    fig = bar_figure(labels, series, "loss barrier", "many")
+    (ax,) = fig.axes
+    ticks = ax.get_yticklabels()  # one horizontal row per configuration
+    assert [t.get_text() for t in ticks] == labels
+    assert all(t.get_rotation() == 0 and t.get_fontsize() >= 7 for t in ticks)
+    row_inches = fig.get_figheight() * ax.get_position().height / len(labels)
+    assert row_inches >= 8 / 72 * 1.5, row_inches  # a row is taller than its 8 pt label
+    assert ax.get_xlabel() == "loss barrier"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "test"]
+
+
+def test_bar_chart_of_few_configurations_is_vertical_and_marks_missing_values():
+    fig = bar_figure(["x", "y", "z"], {"train": ([0.1, math.nan, 0.3], [0.0, math.nan, 0.0])},
+                     "loss barrier", missing="diverged")
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x", "y", "z"]
+    assert ax.get_ylabel() == "loss barrier"
+    assert _texts(fig).count("diverged") == 1
+
+
+def test_path_figure_without_rows_says_so():
+    fig = path_figure({"linear": []}, title="t")
+    assert any("nothing to plot" in t for t in _texts(fig))
+    assert not [ax for ax in fig.axes if ax.lines]
+
+
+def test_study_in_which_every_run_diverged_says_so(tmp_path, saved):
+    study = LMCStudy(dataset="digits", model="mlp", model_options={"width": 16, "depth": 1},
+                     shift="iid:50,50", inits=("same",), batch_orders=("same",),
+                     batch_sizes=(32,), lrs=(1e5,), seeds=(0, 1), points=3, ensemble_size=2,
+                     train=TrainConfig(epochs=1, batch_size=32, lr=1e5))
+    summary = run_study(study, tmp_path / "s", torch.device("cpu"), quiet=True)
+    assert all(r["seeds_ok"] == 0 for r in summary)
+    for name in ("barriers.png", "delta.png"):
+        fig = saved[name]
+        assert "all runs diverged — nothing to plot" in _texts(fig), name
+        assert not [p for ax in fig.axes for p in ax.patches], name  # no empty bars
+        assert (tmp_path / "s" / "figures" / name).is_file()
+
+
+@pytest.mark.parametrize("angles, top", [([0, 2.2], 30), ([0, 15, 87], 90), ([0, 40], 60),
+                                         ([0, 100], 180)])
+def test_polar_range_is_the_smallest_that_holds_every_model(angles, top):
+    sims = [math.cos(math.radians(a)) for a in angles]
+    fig = figures.polar_similarity_figure([f"m{i}" for i in range(len(sims))], sims,
+                                          [0.9] * len(sims))
+    assert fig.axes[0].get_thetamax() == pytest.approx(top)  # degrees
