@@ -163,7 +163,7 @@ def _evaluation_data(ckpt: Checkpoint) -> tuple[str, str] | None:
     data = ckpt.meta.get("data")
     if not isinstance(data, dict) or "dataset" not in data:
         return None
-    return str(data["dataset"]), "none" if data.get("norm") == "none" else "normalised"
+    return str(data["dataset"]), "unnormalised" if data.get("norm") == "none" else "normalised"
 
 
 def check_same_dataset(ckpts: list[Checkpoint], allow_mismatch: bool = False) -> None:
