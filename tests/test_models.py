@@ -136,8 +136,11 @@ def test_bad_model_options(name, overrides, match):
 
 
 def test_bad_model_names_and_shapes():
-    with pytest.raises(UsageError, match="unknown model 'resnet21'"):
+    with pytest.raises(UsageError, match="unknown model 'resnet'?x"):
+        model_config("resnetx", (1, 8, 8), 10)
+    with pytest.raises(UsageError, match=r"ResNet depth must be 6n\+2"):  # resnetN: any 6n+2
         model_config("resnet21", (1, 8, 8), 10)
+    assert model_config("resnet26", (1, 8, 8), 10)["depth"] == 26
     with pytest.raises(UsageError, match="classes"):
         model_config("mlp", (1, 8, 8), 1)
     with pytest.raises(UsageError, match="input shape"):

@@ -42,7 +42,14 @@ class Checkpoint:
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
         """Rebuild the module and load this checkpoint's parameters and buffers into it."""
-        model = build_model(self.architecture)
+        try:
+            model = build_model(self.architecture)
+        except UsageError as e:
+            raise UsageError(f"{self.path}: metadata architecture cannot build a model ({e})") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{self.path}: metadata architecture is incomplete or damaged "
+                             f"({type(e).__name__}: {e}); re-create it with "
+                             "modeconn.checkpoint.save_model") from None
         state = {k: v for k, v in self.tensors.items() if "/" not in k}
         try:
             model.load_state_dict(state, strict=True)
@@ -79,6 +86,8 @@ _PICKLE_HINT = ("modeconn never unpickles files; convert it once in trusted code
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpoint:
     """Read and validate a checkpoint; refuse pickles, torch.save files and damaged files."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"checkpoint {path} is a directory, not a file; {_inside(path)}")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} not found; check the path")
     with open(path, "rb") as f:
@@ -109,11 +118,26 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpo
     if "architecture" not in meta:
         raise UsageError(f"{path} has no modeconn metadata (architecture); it was not written by "
                          "modeconn — save it with modeconn.checkpoint.save_model")
+    for key in ("architecture", "data"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise UsageError(f"{path}: metadata {key!r} is {type(meta[key]).__name__} JSON, not an "
+                             "object; the file is damaged or was edited — re-create it with "
+                             "modeconn.checkpoint.save_model")
     ckpt = Checkpoint(path, tensors, meta)
     if kind is not None and ckpt.kind != kind:
         raise UsageError(f"{path} holds a {ckpt.kind} checkpoint, expected a {kind}; "
                          f"pass a {kind} checkpoint")
     return ckpt
+
+
+def _inside(folder: Path) -> str:
+    """Which checkpoint files in `folder` (or its member folders) to pass instead."""
+    found = sorted(p for p in folder.glob("*.safetensors") if not p.name.endswith("state.safetensors"))
+    found += sorted(folder.glob("*/model.safetensors"))
+    if not found:
+        return "pass a .safetensors checkpoint file (e.g. RUN/MEMBER/model.safetensors)"
+    names = ", ".join(str(p) for p in found[:4]) + (", ..." if len(found) > 4 else "")
+    return f"pass one of the checkpoint files in it: {names}"
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
@@ -133,9 +157,39 @@ def describe(ckpt: Checkpoint) -> str:
     return "\n".join(lines)
 
 
-def load_same_architecture(paths: list[str | os.PathLike], device: torch.device | str = "cpu"
+def _evaluation_data(ckpt: Checkpoint) -> tuple[str, str] | None:
+    """(dataset, input normalisation) a checkpoint's model is evaluated on, None when unrecorded
+    (checkpoints written before the data metadata existed)."""
+    data = ckpt.meta.get("data")
+    if not isinstance(data, dict) or "dataset" not in data:
+        return None
+    return str(data["dataset"]), "unnormalised" if data.get("norm") == "none" else "normalised"
+
+
+def check_same_dataset(ckpts: list[Checkpoint], allow_mismatch: bool = False) -> None:
+    """Refuse checkpoints trained on different datasets (or with and without input normalisation):
+    everything is evaluated on the first one's data. `allow_mismatch` lets them through."""
+    if allow_mismatch or not ckpts:
+        return
+    ref, ref_data = ckpts[0], _evaluation_data(ckpts[0])
+    for c in ckpts[1:]:
+        data = _evaluation_data(c)
+        if ref_data is None or data is None or data == ref_data:
+            continue
+        if data[0] != ref_data[0]:
+            what = f"{ref.path} was trained on {ref_data[0]}, {c.path} on {data[0]}"
+        else:
+            what = (f"{ref.path} has {ref_data[1]} inputs, {c.path} {data[1]} inputs "
+                    "(--normalise none vs global/subset)")
+        raise UsageError(f"{what}; all are evaluated on the first one's data — pass checkpoints "
+                         "trained on one dataset, or --allow-dataset-mismatch to do it anyway")
+
+
+def load_same_architecture(paths: list[str | os.PathLike], device: torch.device | str = "cpu",
+                           allow_dataset_mismatch: bool = False
                            ) -> tuple[nn.Module, list[Checkpoint]]:
-    """Load model checkpoints that must share one architecture; return the module and all of them."""
+    """Load model checkpoints that must share one architecture and (unless
+    `allow_dataset_mismatch`) one dataset; return the module and all of them."""
     ckpts = [load_checkpoint(p, kind="model") for p in paths]
     ref = ckpts[0]
     for c in ckpts[1:]:
@@ -146,6 +200,7 @@ def load_same_architecture(paths: list[str | os.PathLike], device: torch.device 
             raise UsageError(f"{c.path} has a different architecture from {ref.path} "
                              f"({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in sorted(diff.items()))}); "
                              "pass checkpoints of one architecture")
+    check_same_dataset(ckpts, allow_dataset_mismatch)
     model = ref.build(device)
     for c in ckpts[1:]:
         c.build("cpu")  # validates tensors against the architecture

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import DivergedError, UsageError
 
 
 def format_default(value) -> str:
@@ -86,7 +87,8 @@ def add_data_args(p: argparse.ArgumentParser, shift_default: str = "none") -> No
                         "domain:none|rotate=30+noise=0.1")
     g.add_argument("--subsets", type=int, default=None, help="number of subsets for dirichlet")
     g.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the split into subsets (and of dirichlet proportions)")
+                   help="seed of the split into subsets and of dirichlet proportions (lmc: "
+                        "added to each of --seeds)")
     g.add_argument("--normalise", default="global", choices=["global", "subset", "none"],
                    help="input normalisation statistics")
 
@@ -104,10 +106,12 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "mlp") -> None:
     g.add_argument("--dropout", type=float, default=None, help="ConvNet dropout")
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    """Optimisation options."""
+def add_train_args(p: argparse.ArgumentParser, schedule: bool = True) -> None:
+    """Optimisation options (without --epochs, --schedule and --warmup when the command sets
+    its own schedule, as fge's cycles do)."""
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=20, help="passes over the training data")
+    if schedule:
+        g.add_argument("--epochs", type=int, default=20, help="passes over the training data")
     g.add_argument("--batch-size", type=int, default=64, help="examples per optimisation step")
     g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
                    help="optimiser")
@@ -116,10 +120,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD only)")
     g.add_argument("--weight-decay", type=float, default=5e-4,
                    help="L2 penalty (decoupled for adamw)")
-    g.add_argument("--schedule", default="constant",
-                   help="constant, cosine, curve, step:M1,M2[@GAMMA], cyclic:EPOCHS[@LOW]")
-    g.add_argument("--warmup", type=float, default=0.0, help="epochs of linear warm-up")
+    if schedule:
+        g.add_argument("--schedule", default="constant",
+                       help="constant, cosine, curve, step:M1,M2[@GAMMA], cyclic:EPOCHS[@LOW]")
+        g.add_argument("--warmup", type=float, default=0.0, help="epochs of linear warm-up")
     g.add_argument("--device", default="auto", help=HELP_DEVICE)
+
+
+def add_dataset_mismatch_arg(p: argparse.ArgumentParser) -> None:
+    """The one switch that lets checkpoints trained on different datasets be combined."""
+    p.add_argument("--allow-dataset-mismatch", action="store_true",
+                   help="combine checkpoints trained on different datasets (or with and without "
+                        "input normalisation); all are evaluated on the first one's data")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -142,6 +154,7 @@ def add_alignment_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--device", default="auto", help=HELP_DEVICE)
     p.add_argument("--out", default=out_default, help="output directory")
     p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
+    add_dataset_mismatch_arg(p)
 
 
 def add_ste_args(p: argparse.ArgumentParser, method: str, batched: str) -> None:
@@ -161,19 +174,20 @@ def model_overrides(args: argparse.Namespace) -> dict:
     """Model options given on the command line."""
     width = args.width
     if width is not None and args.model.startswith("mlp"):
-        if width != int(width):
+        if not math.isfinite(width) or width != int(width):
             raise UsageError(f"MLP --width is a number of units, got {width}")
         width = int(width)
     return {"depth": args.depth, "width": width, "norm": args.norm, "bias": args.bias,
             "dropout": args.dropout}
 
 
-def train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace, **fixed):
+    """The TrainConfig of the training options; `fixed` gives fields the command sets itself."""
     from .train import TrainConfig
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-                       lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-                       weight_decay=args.weight_decay, schedule=args.schedule,
-                       warmup=args.warmup, save_epochs=tuple(getattr(args, "save_epochs", ()) or ()))
+    names = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
+             "schedule", "warmup")
+    return TrainConfig(**{n: getattr(args, n) for n in names if n not in fixed}, **fixed,
+                       save_epochs=tuple(getattr(args, "save_epochs", ()) or ()))
 
 
 # Where the data are and how a run is shown are not settings of the run: not recorded, not compared.
@@ -269,7 +283,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _out_dir(path: str, overwrite: bool = False) -> Path:
-    out = Path(path)
+    from .io import check_output_dir
+
+    out = check_output_dir(path)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"output directory {out} already exists and is not empty; "
                          "choose another --out or pass --overwrite")
@@ -285,7 +301,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     from .train import resolve_device
 
     device = resolve_device(args.device)
-    model, (a, b) = load_same_architecture([args.a, args.b], device)
+    model, (a, b) = load_same_architecture([args.a, args.b], device, args.allow_dataset_mismatch)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     bad = [s for s in splits if s not in ("train", "test")]
     if bad or not splits:
@@ -337,7 +353,7 @@ def _read_spec(path: str):
 
 
 def _align_setup(paths: list[str], device_name: str, data_dir: str | None,
-                 spec_path: str | None = None):
+                 spec_path: str | None = None, allow_dataset_mismatch: bool = False):
     """Models of one architecture, their evaluation data and a checked spec: read from
     `spec_path`, else derived from the model's graph."""
     from .align import auto_spec, check_spec
@@ -346,7 +362,7 @@ def _align_setup(paths: list[str], device_name: str, data_dir: str | None,
     from .train import resolve_device
 
     device = resolve_device(device_name)
-    model, ckpts = load_same_architecture(paths, device)
+    model, ckpts = load_same_architecture(paths, device, allow_dataset_mismatch)
     data = eval_data(DataSpec.from_dict(ckpts[0].meta.get("data", {})), "full", data_dir).to(device)
     if spec_path is not None:
         spec = _read_spec(spec_path)
@@ -382,7 +398,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     if args.points < 2:
         raise UsageError(f"--points must be at least 2, got {args.points}")
     model, (a, b), (pa, pb), data, spec = _align_setup([args.a, args.b], args.device,
-                                                       args.data_dir, args.spec)
+                                                       args.data_dir, args.spec,
+                                                       args.allow_dataset_mismatch)
     out = _out_dir(args.out, args.overwrite)
     if args.method == "wm":
         perm = weight_matching(pa, pb, spec=spec, seed=args.seed)
@@ -438,7 +455,7 @@ def cmd_merge_many(args: argparse.Namespace) -> int:
         raise UsageError("--hessian-probes must be 0 (skip) or more and --hessian-batches at "
                          f"least 1, got {args.hessian_probes} and {args.hessian_batches}")
     model, ckpts, states, data, spec = _align_setup(args.models, args.device, args.data_dir,
-                                                    args.spec)
+                                                    args.spec, args.allow_dataset_mismatch)
     out = _out_dir(args.out, args.overwrite)
     if args.method == "wm":
         merged = merge_many(states, spec, seed=args.seed)
@@ -509,12 +526,26 @@ def cmd_lmc(args: argparse.Namespace) -> int:
     from .experiments.lmc import LMCStudy, run_study
     from .train import resolve_device
 
+    # --batch-size B / --lr L are a one-value grid, the same as --batch-sizes B / --lrs L.
+    grids = {}
+    for one, many, default in (("batch_size", "batch_sizes", [32]), ("lr", "lrs", [0.05])):
+        single, values = getattr(args, one), getattr(args, many)
+        if single is not None and values is not None:
+            raise UsageError(f"give --{many.replace('_', '-')} or --{one.replace('_', '-')}, "
+                             "not both")
+        grids[many] = tuple(values if values is not None else
+                            [single] if single is not None else default)
+        if not grids[many]:
+            raise UsageError(f"--{many.replace('_', '-')} needs at least one value")
     study = LMCStudy(dataset=args.dataset, data_dir=args.data_dir, model=args.model,
                      model_options=model_overrides(args), shift=args.shift,
+                     num_subsets=args.subsets, split_seed=args.split_seed,
                      normalise=args.normalise, inits=tuple(args.init.split(",")),
-                     batch_orders=tuple(args.batch_order.split(",")),
-                     batch_sizes=tuple(args.batch_sizes), lrs=tuple(args.lrs),
-                     seeds=tuple(args.seeds), train=train_config(args), points=args.points,
+                     batch_orders=tuple(args.batch_order.split(",")), **grids,
+                     seeds=tuple(args.seeds),
+                     train=train_config(args, batch_size=grids["batch_sizes"][0],
+                                        lr=grids["lrs"][0]),
+                     points=args.points,
                      ensemble_size=args.ensemble_size, bn_reset=args.bn_reset,
                      tolerance=args.tolerance, lr_scaling=args.lr_scaling)
     for v in study.inits:
@@ -560,7 +591,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     if len(args.checkpoints) < 2:
         raise UsageError("an ensemble needs at least two checkpoints")
     device = resolve_device(args.device)
-    model, ckpts = load_same_architecture(args.checkpoints, device)
+    model, ckpts = load_same_architecture(args.checkpoints, device, args.allow_dataset_mismatch)
     out = _out_dir(args.out, args.overwrite)
     data = eval_data(DataSpec.from_dict(ckpts[0].meta.get("data", {})), "full",
                      args.data_dir).to(device)
@@ -600,12 +631,14 @@ def cmd_curve(args: argparse.Namespace) -> int:
     from .checkpoint import load_same_architecture, params_of
     from .curves import compare_with_linear, fit_curve, min_bends, save_curve
     from .data import DataSpec, eval_data
-    from .io import write_csv, write_json
+    from .io import staged_dir, write_csv, write_json
+    from .paths import check_tolerance
     from .report.figures import display_names, path_figure, save
     from .train import environment, resolve_device
 
     cfg = train_config(args)
     cfg.validate()
+    check_tolerance(args.tolerance)
     if args.bends < min_bends(args.kind):
         raise UsageError(f"--bends must be at least {min_bends(args.kind)} for a {args.kind} curve, "
                          f"got {args.bends}")
@@ -613,39 +646,42 @@ def cmd_curve(args: argparse.Namespace) -> int:
         raise UsageError(f"--points must be at least 2, got {args.points}")
     splits = _splits(args.splits)
     device = resolve_device(args.device)
-    model, (a, b) = load_same_architecture([args.a, args.b], device)
-    out = _out_dir(args.out, args.overwrite)
+    model, (a, b) = load_same_architecture([args.a, args.b], device, args.allow_dataset_mismatch)
+    final = _out_dir(args.out, args.overwrite)
     data = eval_data(DataSpec.from_dict(a.meta.get("data", {})), args.on, args.data_dir).to(device)
     pa, pb = params_of(a, device), params_of(b, device)
     history: list[dict] = []
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "env.json", environment(device))
-    write_json(out / "config.json", {"a": str(a.path), "b": str(b.path), "kind": args.kind,
-                                     "bends": args.bends, "train": asdict(cfg), "seed": args.seed,
-                                     "data": {**data.spec.to_dict(), "on": args.on}})
-    curve = fit_curve(model, pa, pb, data.train_x, data.train_y, cfg, args.kind, args.bends,
-                      seed=args.seed, quiet=args.quiet,
-                      on_epoch=lambda e, loss, lr: history.append(
-                          {"epoch": e, "loss": loss, "lr": lr}))
-    path = curve.path()
-    write_csv(out / "metrics.csv", history, ["epoch", "loss", "lr"])
-    save_curve(out / "curve.safetensors", path, a.architecture, data=data.spec.to_dict(),
-               endpoints=[str(a.path), str(b.path)], seed=args.seed, train=asdict(cfg))
-    tensors = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
-    rows, summary = compare_with_linear(model, path, {s: tensors[s] for s in splits},
-                                        data.train_x, args.points, args.bn_reset, args.tolerance)
-    write_csv(out / "path.csv", rows, ["path", "t", "split", "loss", "acc", "length"])
-    write_json(out / "barrier.json", {**summary, "models": {"a": str(a.path), "b": str(b.path)}})
-    save(path_figure({k: [r for r in rows if r["path"] == k] for k in ("curve", "linear")},
-                     title=f"{args.kind} curve ({args.bends} bends) vs linear path, "
-                           f"{' → '.join(display_names([a.path, b.path]))}", xlabel="t"),
-         out / "path.png", args.pdf)
+    with staged_dir(final) as out:  # a fit that diverges or fails leaves nothing in --out
+        write_json(out / "env.json", environment(device))
+        write_json(out / "config.json", {"a": str(a.path), "b": str(b.path), "kind": args.kind,
+                                         "bends": args.bends, "train": asdict(cfg),
+                                         "seed": args.seed,
+                                         "data": {**data.spec.to_dict(), "on": args.on}})
+        curve = fit_curve(model, pa, pb, data.train_x, data.train_y, cfg, args.kind, args.bends,
+                          seed=args.seed, quiet=args.quiet,
+                          on_epoch=lambda e, loss, lr: history.append(
+                              {"epoch": e, "loss": loss, "lr": lr}))
+        path = curve.path()
+        write_csv(out / "metrics.csv", history, ["epoch", "loss", "lr"])
+        save_curve(out / "curve.safetensors", path, a.architecture, data=data.spec.to_dict(),
+                   endpoints=[str(a.path), str(b.path)], seed=args.seed, train=asdict(cfg))
+        tensors = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
+        rows, summary = compare_with_linear(model, path, {s: tensors[s] for s in splits},
+                                            data.train_x, args.points, args.bn_reset,
+                                            args.tolerance)
+        write_csv(out / "path.csv", rows, ["path", "t", "split", "loss", "acc", "length"])
+        write_json(out / "barrier.json", {**summary,
+                                          "models": {"a": str(a.path), "b": str(b.path)}})
+        save(path_figure({k: [r for r in rows if r["path"] == k] for k in ("curve", "linear")},
+                         title=f"{args.kind} curve ({args.bends} bends) vs linear path, "
+                               f"{' → '.join(display_names([a.path, b.path]))}", xlabel="t"),
+             out / "path.png", args.pdf)
     for split in splits:
         c, lin = summary["curve"][split], summary["linear"][split]
         print(f"{split}: loss barrier curve {c['loss']['linear']['barrier']:.4f} vs linear "
               f"{lin['loss']['linear']['barrier']:.4f}; error barrier curve "
               f"{c['error']['linear']['barrier']:.4f} vs linear {lin['error']['linear']['barrier']:.4f}")
-    print(f"wrote {out}")
+    print(f"wrote {final}")
     return 0
 
 
@@ -714,15 +750,14 @@ def cmd_curve_point(args: argparse.Namespace) -> int:
     from .curves import load_curve
     from .data import DataSpec, eval_data
     from .evaluate import Evaluator
+    from .io import check_output_file
     from .train import resolve_device
 
     if not 0 <= args.t <= 1:
         raise UsageError(f"--t must be in [0, 1], got {args.t}")
-    out = Path(args.out)
+    out = check_output_file(args.out, args.overwrite, example="point.safetensors")
     if out.suffix != ".safetensors":
         raise UsageError(f"--out {out} must end in .safetensors")
-    if out.exists() and not args.overwrite:
-        raise UsageError(f"{out} already exists; choose another --out or pass --overwrite")
     device = resolve_device(args.device)
     model, path, ckpt = load_curve(args.curve, device)
     data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), "full", args.data_dir).to(device)
@@ -750,7 +785,9 @@ def cmd_fge(args: argparse.Namespace) -> int:
     from .io import write_json
     from .train import resolve_device
 
-    cfg = train_config(args)
+    # The cycles are fge's schedule: cycles × cycle epochs in all, no other schedule or warm-up.
+    cfg = train_config(args, epochs=max(args.cycles, 1) * max(args.cycle_epochs, 1),
+                       schedule="constant", warmup=0.0)
     cfg.validate()
     device = resolve_device(args.device)
     model, (ckpt,) = load_same_architecture([args.checkpoint], device)
@@ -807,7 +844,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
         if len(args.models) != 3:
             raise UsageError(f"landscape takes three checkpoints (or --curve CURVE), "
                              f"got {len(args.models)}")
-        model, ckpts = load_same_architecture(args.models, device)
+        model, ckpts = load_same_architecture(args.models, device, args.allow_dataset_mismatch)
         w = [params_of(c, device) for c in ckpts]
         path, names, meta = None, ["A", "B", "C"], ckpts[0].meta
     out = _out_dir(args.out, args.overwrite)
@@ -843,12 +880,12 @@ def cmd_landscape(args: argparse.Namespace) -> int:
 def cmd_sharpness(args: argparse.Namespace) -> int:
     from .checkpoint import load_same_architecture, params_of
     from .data import DataSpec, eval_data
-    from .io import write_json
+    from .io import check_output_file, write_json
     from .landscape import hessian_trace
     from .train import resolve_device
 
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.out:
+        check_output_file(args.out, args.overwrite, example="sharpness.json")
     device = resolve_device(args.device)
     model, (ckpt,) = load_same_architecture([args.checkpoint], device)
     data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), args.on, args.data_dir).to(device)
@@ -917,6 +954,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on", default="full", choices=["full", "own"],
                    help="evaluate on the whole dataset or on model A's own subset")
     p.add_argument("--tolerance", type=float, default=0.01, help="loss barrier counted as connected")
+    add_dataset_mismatch_arg(p)
     add_output_args(p)
     p.add_argument("--pdf", action="store_true", help="also write PDF figures")
     p.set_defaults(func=cmd_interpolate)
@@ -930,10 +968,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", default="same", help="same, different, or same,different")
     g.add_argument("--batch-order", default="same,independent",
                    help="same, independent, or both comma-separated")
-    g.add_argument("--batch-sizes", type=_int_list, default=[32],
-                   help="grid of batch sizes, comma-separated")
-    g.add_argument("--lrs", type=_float_list, default=[0.05],
-                   help="grid of learning rates, comma-separated")
+    g.add_argument("--batch-sizes", type=_int_list, default=None,
+                   help="grid of batch sizes, comma-separated (default 32; --batch-size B is "
+                        "--batch-sizes B)")
+    g.add_argument("--lrs", type=_float_list, default=None,
+                   help="grid of learning rates, comma-separated (default 0.05; --lr L is --lrs L)")
     g.add_argument("--lr-scaling", default="none", choices=["none", "linear"],
                    help="linear: scale each lr by batch size / first batch size")
     g.add_argument("--seeds", type=_int_list, default=[0, 1, 2],
@@ -950,12 +989,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted study in --out, reusing finished runs")
     p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
-    p.set_defaults(func=cmd_lmc)
+    p.set_defaults(func=cmd_lmc, batch_size=None, lr=None)
 
     p = sub.add_parser("ensemble", help="score an ensemble of checkpoints and their similarity")
     p.add_argument("checkpoints", nargs="+", help="the members (one architecture)")
     p.add_argument("--bn-reset", default="off", choices=["auto", "on", "off"],
                    help="re-estimate each member's BatchNorm statistics first")
+    add_dataset_mismatch_arg(p)
     add_output_args(p)
     p.set_defaults(func=cmd_ensemble)
 
@@ -1013,6 +1053,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
                    help="re-estimate BatchNorm statistics at every point (auto: when the model has BN)")
     p.add_argument("--tolerance", type=float, default=0.01, help="loss barrier counted as connected")
+    add_dataset_mismatch_arg(p)
     p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
@@ -1047,7 +1088,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycles", type=int, default=4, help="learning-rate cycles, one snapshot each")
     p.add_argument("--cycle-epochs", type=int, default=2, help="epochs per cycle")
     p.add_argument("--low", type=float, default=0.01, help="lowest learning rate, as a factor of --lr")
-    add_train_args(p)
+    add_train_args(p, schedule=False)
     p.add_argument("--seed", type=int, default=0, help="batch order")
     p.add_argument("--on", default="full", choices=["full", "own"],
                    help="train and evaluate on the whole dataset or on the model's own subset")
@@ -1069,6 +1110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
                    help="re-estimate BatchNorm statistics at every grid point (auto: when the "
                         "model has BN)")
+    add_dataset_mismatch_arg(p)
     add_output_args(p)
     p.add_argument("--pdf", action="store_true", help="also write the figure as PDF")
     p.set_defaults(func=cmd_landscape)
@@ -1087,6 +1129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
     p.add_argument("--device", default="auto", help=HELP_DEVICE)
     p.add_argument("--out", default=None, help="write the estimate to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_sharpness)
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
@@ -1101,7 +1144,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args._argv = argv
         return args.func(args)
-    except UsageError as e:
+    except (UsageError, DivergedError) as e:  # bad input; a divergence asks for other settings
         print(f"modeconn: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,9 +24,9 @@ from torch.func import functional_call
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import DivergedError, UsageError
-from .models import build_model
+from .models import build_model, has_batchnorm
 from .paths import ParamPath, bezier_coefficients, check_compatible, polychain_coefficients
-from .train import TrainConfig, epoch_order, make_optimizer
+from .train import TrainConfig, check_trainable, epoch_order, make_optimizer
 from .utils import progress
 
 CURVE_KINDS = ("bezier", "polychain")
@@ -210,19 +210,22 @@ def fit_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor]
     trainer = CurveTrainer(net, curve, x, y, cfg, seed)
     sched = parse_schedule(cfg.schedule, cfg.warmup)
     n = len(y)
+    drop_single = has_batchnorm(model)  # BatchNorm cannot train on a last batch of one sample
+    check_trainable(model, cfg.batch_size, n)
     steps = math.ceil(n / cfg.batch_size)
+    taken = steps - int(drop_single and n % cfg.batch_size == 1)
     bar = progress(total=cfg.epochs, desc=f"fit {kind} curve", quiet=quiet)
     try:
         for epoch in range(cfg.epochs):
             order = epoch_order(n, n, seed, epoch).to(x.device)
             total = torch.zeros((), device=x.device)
             lr = cfg.lr
-            for s in range(steps):
+            for s in range(taken):
                 lr = cfg.lr * sched.factor(epoch, s / steps, cfg.epochs)
                 trainer.set_lr(lr)
                 loss = trainer.step(order[s * cfg.batch_size:(s + 1) * cfg.batch_size])
                 total += loss
-            mean = float(total) / steps
+            mean = float(total) / taken
             if not math.isfinite(mean):
                 raise DivergedError(epoch + 1, steps, mean)
             if on_epoch is not None:
@@ -282,8 +285,9 @@ def compare_with_linear(model: nn.Module, curve: ParamPath, splits: Mapping[str,
     """Evaluate a curve and the linear path between its endpoints on one grid:
     (rows with a `path` column, {'curve': barrier summary, 'linear': barrier summary})."""
     from .evaluate import Evaluator
-    from .paths import evaluate_path, grid, linear_path, summarize_path
+    from .paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
 
+    check_tolerance(tolerance)
     ev = Evaluator(model, splits, bn_data=bn_data, bn_reset=bn_reset)
     ts = grid(points)
     rows, summary = [], {}

@@ -8,9 +8,7 @@ class UsageError(ValueError):
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss."""
 
-    def __init__(self, epoch: int, step: int, loss: float):
+    def __init__(self, epoch: int, step: int, loss: float,
+                 fix: str = "lower the learning rate or add warm-up"):
         self.epoch, self.step, self.loss = epoch, step, loss
-        super().__init__(
-            f"training diverged at epoch {epoch} step {step} (loss {loss}); "
-            "lower the learning rate or add warm-up"
-        )
+        super().__init__(f"training diverged at epoch {epoch} step {step} (loss {loss}); {fix}")

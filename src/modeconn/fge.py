@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .errors import DivergedError, UsageError
 from .models import has_batchnorm
 from .schedules import Schedule
-from .train import Stepper, TrainConfig, epoch_order, make_optimizer
+from .train import Stepper, TrainConfig, check_trainable, epoch_order, make_optimizer
 from .utils import progress
 
 _SNAPSHOT = re.compile(r"snapshot_(\d+)\.safetensors")
@@ -43,13 +43,17 @@ def fge_snapshots(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: 
                   cfg: TrainConfig, cycles: int = 4, cycle_epochs: int = 2, low: float = 0.01,
                   seed: int = 0, quiet: bool = True) -> list[dict[str, Tensor]]:
     """Parameter dicts at the lowest learning rate (lr·low, mid-cycle) of each of `cycles` cycles
-    of `cycle_epochs` epochs, starting from `params`; lr goes linearly lr → lr·low → lr."""
+    of `cycle_epochs` epochs, starting from `params`; lr goes linearly lr → lr·low → lr.
+
+    The cycles are the schedule: `cfg` gives the optimizer, lr, momentum, weight decay and batch
+    size; its epochs, schedule and warm-up are not used."""
+    cfg.validate()
     if cycles < 1:
         raise UsageError(f"--cycles must be at least 1, got {cycles}")
     if cycle_epochs < 1:
         raise UsageError(f"--cycle-epochs must be at least 1, got {cycle_epochs}")
     if not 0 < low <= 1:
-        raise UsageError(f"the lowest learning-rate factor must be in (0, 1], got {low}")
+        raise UsageError(f"--low (the lowest learning-rate factor) must be in (0, 1], got {low}")
     net = copy.deepcopy(model).to(x.device)  # one private module for the whole run
     net.load_state_dict(params)
     net.train()
@@ -63,6 +67,7 @@ def fge_snapshots(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: 
     snap_at = {c * per_cycle + per_cycle // 2 for c in range(cycles)}
     snaps: list[dict[str, Tensor]] = []
     bar = progress(total=epochs, desc="fge", quiet=quiet)
+    check_trainable(net, cfg.batch_size, n)
     stepper = Stepper(net, opt, x, y, cfg.batch_size, drop_single=has_batchnorm(net))
     for epoch in range(epochs):
         order = epoch_order(n, n, seed, epoch).to(x.device)
@@ -73,7 +78,7 @@ def fge_snapshots(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: 
                 continue
             loss = stepper.step(idx)
             if not math.isfinite(float(loss)):
-                raise DivergedError(epoch + 1, s + 1, float(loss))
+                raise DivergedError(epoch + 1, s + 1, float(loss), fix="lower --lr")
             if epoch * steps + s in snap_at:
                 snaps.append({k: v.detach().clone() for k, v in net.state_dict().items()})
         bar.update(1)

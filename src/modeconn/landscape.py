@@ -55,8 +55,8 @@ class Plane:
         """Grid coordinates: n values over [lo, hi]·|u| along e1 and [lo, hi]·|v⊥| along e2."""
         if n < 2:
             raise UsageError(f"--grid must be at least 2, got {n}")
-        if not hi > lo:
-            raise UsageError(f"--range needs LOW < HIGH, got {lo}, {hi}")
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise UsageError(f"--range needs LOW < HIGH, both finite, got {lo}, {hi}")
         s = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
         return [v * self.dx for v in s], [v * self.dy for v in s]
 
@@ -139,6 +139,13 @@ def hessian_trace(model: nn.Module, params: Point, x: Tensor, y: Tensor, probes:
                   ) -> dict[str, float]:
     """Hutchinson trace of the Hessian of the mean cross-entropy of `model` at `params` on (x, y),
     per batch of `batch_size` (the model in eval mode: BatchNorm uses its running statistics)."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise UsageError(f"--max-batches must be at least 1 (or left out for the whole split), "
+                         f"got {max_batches}")
+    if len(x) == 0:
+        raise UsageError("the Hessian trace needs at least one sample")
     net = model.eval()
     nb = math.ceil(len(x) / batch_size)
     if max_batches is not None:

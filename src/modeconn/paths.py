@@ -114,6 +114,13 @@ def grid(n: int) -> list[float]:
     return [i / (n - 1) for i in range(n)]
 
 
+def check_tolerance(tolerance: float) -> float:
+    """The loss barrier below which a path counts as connected: a finite number >= 0."""
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UsageError(f"--tolerance must be a loss barrier >= 0 (e.g. 0.01), got {tolerance}")
+    return tolerance
+
+
 def evaluate_path(path: ParamPath, evaluator, ts: Sequence[float]) -> list[dict]:
     """Tidy rows (t, split, loss, acc, length) of `path` on the grid `ts` through `evaluator`."""
     results = evaluator.evaluate(path.points(ts))
@@ -128,6 +135,7 @@ def summarize_path(rows: Sequence[dict], tolerance: float = 0.01) -> dict:
     """barrier.json content: every barrier definition per split from `evaluate_path` rows."""
     from .barrier import path_summary
 
+    check_tolerance(tolerance)
     out = {}
     for split in dict.fromkeys(r["split"] for r in rows):
         sel = [r for r in rows if r["split"] == split]
@@ -142,6 +150,7 @@ def interpolate(model, a: Mapping[str, Tensor], b: Mapping[str, Tensor], splits:
     """Evaluate the linear path between two parameter dicts: (path rows, barrier summary)."""
     from .evaluate import Evaluator
 
+    check_tolerance(tolerance)
     evaluator = Evaluator(model, splits, bn_data=bn_data, bn_reset=bn_reset)
     rows = evaluate_path(linear_path(a, b), evaluator, grid(points))
     return rows, summarize_path(rows, tolerance)

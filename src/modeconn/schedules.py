@@ -45,8 +45,8 @@ class Schedule:
 
 def parse_schedule(text: str, warmup: float = 0.0) -> Schedule:
     """Parse 'constant', 'cosine', 'curve', 'step:30,60[@0.1]' or 'cyclic:4[@0.01]'."""
-    if warmup < 0:
-        raise UsageError(f"warm-up must be >= 0 epochs, got {warmup}")
+    if not (math.isfinite(warmup) and warmup >= 0):
+        raise UsageError(f"--warmup (epochs of warm-up) must be a number >= 0, got {warmup}")
     kind, _, arg = text.partition(":")
     if kind not in SCHEDULES:
         raise UsageError(f"unknown schedule {text!r}; use constant, cosine, curve, "
@@ -55,17 +55,20 @@ def parse_schedule(text: str, warmup: float = 0.0) -> Schedule:
     try:
         if kind == "step":
             milestones = tuple(int(m) for m in body.split(",")) if body else ()
-            if not milestones:
+            gamma = float(extra) if extra else 0.1
+            if not milestones or min(milestones) < 1 or not (math.isfinite(gamma) and gamma > 0):
                 raise ValueError
-            return Schedule("step", milestones, float(extra) if extra else 0.1, warmup=warmup)
+            return Schedule("step", milestones, gamma, warmup=warmup)
         if kind == "cyclic":
             cycle = int(body or 4)
-            if cycle < 1:
+            low = float(extra) if extra else 0.01
+            if cycle < 1 or not 0 < low <= 1:
                 raise ValueError
-            return Schedule("cyclic", cycle=cycle, low=float(extra) if extra else 0.01,
-                            warmup=warmup)
+            return Schedule("cyclic", cycle=cycle, low=low, warmup=warmup)
     except ValueError:
-        raise UsageError(f"bad schedule {text!r}; e.g. step:30,60@0.1 or cyclic:4@0.01") from None
+        raise UsageError(f"bad schedule {text!r}: step takes epochs >= 1 and GAMMA > 0, cyclic "
+                         "EPOCHS >= 1 and LOW in (0, 1]; e.g. step:30,60@0.1 or cyclic:4@0.01"
+                         ) from None
     if arg:
         raise UsageError(f"schedule {kind!r} takes no options; write just {kind}")
     return Schedule(kind, warmup=warmup)

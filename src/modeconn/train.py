@@ -20,7 +20,7 @@ from .data import DataSpec, Prepared, subset_name
 from .errors import DivergedError, UsageError
 from .evaluate import evaluate
 from .grouped import GroupedMLP, groupable, grouped_loss
-from .io import write_csv, write_json
+from .io import check_output_dir, write_csv, write_json
 from .models import build_model, has_batchnorm
 from .schedules import parse_schedule
 from .utils import progress
@@ -52,8 +52,8 @@ class TrainConfig:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise UsageError(f"--lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; use {', '.join(OPTIMIZERS)}")
         if not 0 <= self.momentum < 1:
@@ -63,7 +63,11 @@ class TrainConfig:
         bad = [e for e in self.save_epochs if not 1 <= e <= self.epochs]
         if bad:
             raise UsageError(f"--save-epochs {bad} outside 1..{self.epochs}")
-        parse_schedule(self.schedule, self.warmup)
+        sched = parse_schedule(self.schedule, self.warmup)
+        late = [m for m in sched.milestones if m >= self.epochs]
+        if late:
+            raise UsageError(f"--schedule {self.schedule}: milestones {late} are not below "
+                             f"--epochs {self.epochs}, so they never take effect")
 
 
 @dataclass
@@ -76,6 +80,16 @@ class Member:
     order_seed: int
     order_size: int  # length of the per-epoch position permutation (shared for batch-order same)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_trainable(model: nn.Module, batch_size: int, n: int) -> None:
+    """Refuse a BatchNorm model whose batches would all hold one sample: BatchNorm cannot train
+    on one sample, so such a batch is skipped (`Stepper`) and no step would ever be taken. (A
+    last batch of one sample in an epoch is skipped alike; the other batches train.)"""
+    if has_batchnorm(model) and min(batch_size, n) < 2:
+        what = f"--batch-size {batch_size}" if batch_size < 2 else f"a training set of {n} sample"
+        raise UsageError(f"{what} with a BatchNorm model: BatchNorm cannot train on one sample, "
+                         "so no step would be taken; use --batch-size 2 or more (or --norm none)")
 
 
 def noise_scale(lr: float, n: int, batch_size: int) -> float:
@@ -478,7 +492,9 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
 
     With `group`, members that `can_group` are trained together in one batched step."""
     cfg.validate()
-    out = Path(out)
+    out = check_output_dir(out)
+    check_trainable(init_model(model_cfg, 0), cfg.batch_size,
+                    min(len(m.data.train_y) for m in members))
     if out.exists() and any(out.iterdir()) and not resume:
         raise UsageError(f"output directory {out} already exists and is not empty; "
                          "choose another --out or pass --resume to continue it")

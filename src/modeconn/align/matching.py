@@ -39,12 +39,29 @@ def state_of(obj: ModelOrParams) -> dict[str, Tensor]:
     """The parameter dict of a module (detached state_dict) or a copy of a given dict."""
     if isinstance(obj, nn.Module):
         return dict(obj.state_dict())
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"models must be nn.Modules or parameter dicts (name -> tensor), "
+                        f"got {type(obj).__name__}")
     return {k: v.detach() for k, v in obj.items()}
+
+
+def _check_options(batch_size: int | None = None, lr: float | None = None,
+                   seed: int | None = None) -> None:
+    """Refuse impossible batch sizes, learning rates and seeds, naming the option."""
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr must be a positive number, got {lr}")
+    if seed is not None and seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {seed}")
 
 
 def resolve_spec(model: ModelOrParams, spec: PermutationSpec | None,
                  example_input: Any | None) -> PermutationSpec:
     """The given spec (checked when a module and input allow), else one derived from the model."""
+    if spec is not None and not isinstance(spec, PermutationSpec):
+        hint = " (an example input goes in example_input=)" if isinstance(spec, Tensor) else ""
+        raise TypeError(f"spec must be a PermutationSpec or None, got {type(spec).__name__}{hint}")
     if spec is None:
         if not isinstance(model, nn.Module) or example_input is None:
             raise UsageError("without a spec, alignment needs the model as an nn.Module and an "
@@ -133,6 +150,11 @@ class WeightMatcher:
 
     def __init__(self, spec: PermutationSpec, max_iter: int = 100, seed: int = 0,
                  warm: bool = True):
+        if not isinstance(spec, PermutationSpec):
+            raise TypeError(f"spec must be a PermutationSpec, got {type(spec).__name__}")
+        _check_options(seed=seed)
+        if max_iter < 1:
+            raise UsageError(f"max_iter must be at least 1, got {max_iter}")
         self.spec = spec
         self.max_iter = max_iter
         self.warm = warm
@@ -305,6 +327,7 @@ def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
     """Permutation of `b` whose units' activations on `x` best correlate with `a`'s."""
     if statistic not in ("pearson", "cross"):
         raise UsageError(f"statistic must be 'pearson' or 'cross', not {statistic!r}")
+    _check_options(batch_size=batch_size)
     ma, mb = _as_module(a, model), _as_module(b, model)
     traced = trace(ma, x[:2])
     spec = resolve_spec(ma, traced.spec if spec is None else spec, x[:2])
@@ -388,6 +411,7 @@ STE_MIN_STEPS = 250
 
 def ste_epochs(n: int, batch_size: int, epochs: int | None = None) -> int:
     """The given epochs, or the default: 10, or enough for STE_MIN_STEPS steps on small data."""
+    _check_options(batch_size=batch_size)
     if epochs is not None:
         if epochs < 1:
             raise UsageError(f"STE epochs must be at least 1, got {epochs}")
@@ -410,6 +434,7 @@ def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
     The weight matching of the start is the first candidate, so the result's midpoint loss on
     the evaluation samples is never above weight matching's. `epochs=None`: see `ste_epochs`.
     """
+    _check_options(batch_size, lr, seed)
     spec = resolve_spec(a, spec, x[:2])
     epochs = ste_epochs(len(x), batch_size, epochs)
     pa, pb = state_of(a), state_of(b)
@@ -501,6 +526,7 @@ def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
     """
     if len(models) < 2:
         raise UsageError(f"merging needs at least 2 models, got {len(models)}")
+    _check_options(batch_size, lr, seed)
     ref = models[0]
     spec = resolve_spec(ref, spec, x[:2])
     epochs = ste_epochs(len(x), batch_size, epochs)

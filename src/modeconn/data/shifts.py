@@ -43,6 +43,17 @@ def subset_name(i: int) -> str:
 
 def parse_shift(text: str, num_classes: int, num_subsets: int | None = None) -> Shift:
     """Parse a shift string for a dataset with `num_classes` classes."""
+    if num_subsets is not None and num_subsets < 2:
+        raise UsageError(f"--subsets must be at least 2 (a shift needs 2 subsets or more), "
+                         f"got {num_subsets}")
+    shift = _parse_shift(text, num_classes, num_subsets)
+    if num_subsets is not None and shift.num_subsets != num_subsets:
+        raise UsageError(f"--subsets {num_subsets} but shift {text!r} makes {shift.num_subsets} "
+                         "subsets; drop --subsets or make them agree")
+    return shift
+
+
+def _parse_shift(text: str, num_classes: int, num_subsets: int | None) -> Shift:
     kind, _, arg = text.partition(":")
     if kind == "iid":
         k = num_subsets or 2
@@ -58,10 +69,7 @@ def parse_shift(text: str, num_classes: int, num_subsets: int | None = None) -> 
                              "e.g. dirichlet:0.5") from None
         if not alpha > 0 or not math.isfinite(alpha):
             raise UsageError(f"shift {text!r}: ALPHA must be a positive number, e.g. dirichlet:0.5")
-        k = num_subsets or 2
-        if k < 2:
-            raise UsageError(f"shift {text!r}: need at least 2 subsets; pass --subsets 2 or more")
-        return Shift("dirichlet", k, alpha=alpha, text=text)
+        return Shift("dirichlet", num_subsets or 2, alpha=alpha, text=text)
     if kind == "domain":
         domains = tuple(d.strip() for d in (arg or "none|rotate=45").split("|"))
         for d in domains:
@@ -83,6 +91,8 @@ def _percent_list(arg: str, text: str) -> tuple[float, ...]:
         raise UsageError(f"shift {text!r}: shares must be percentages, e.g. iid:50,50") from None
     if len(vals) < 2:
         raise UsageError(f"shift {text!r}: give at least two subset shares, e.g. iid:50,50")
+    if not all(math.isfinite(v) for v in vals):
+        raise UsageError(f"shift {text!r}: shares must be finite percentages, e.g. iid:50,50")
     if any(v <= 0 for v in vals):
         raise UsageError(f"shift {text!r}: every share must be positive; drop empty subsets")
     if sum(vals) > 100 + 1e-9:
@@ -122,7 +132,7 @@ def _parse_label_skew(arg: str, num_classes: int, text: str) -> Shift:
             raise UsageError(f"shift {text!r}: shares must be percentages like 80 or 60/20/20") from None
         if len(vals) == 1:  # two subsets: A gets the share, B the rest
             vals.append(1.0 - vals[0])
-        if any(v < 0 for v in vals) or sum(vals) > 1 + 1e-9:
+        if not all(math.isfinite(v) and v >= 0 for v in vals) or sum(vals) > 1 + 1e-9:
             raise UsageError(f"shift {text!r}: shares of group {classes} must be between 0 and "
                              "100 and add up to at most 100")
         if k is not None and len(vals) != k:
@@ -206,6 +216,8 @@ def parse_transform(spec: str) -> list[tuple[str, str]]:
                 v = float(val)
             except ValueError:
                 raise UsageError(f"domain transform {part!r} needs a number, e.g. {name}=1") from None
+            if not math.isfinite(v):
+                raise UsageError(f"domain transform {part!r}: value must be a finite number")
             if name != "rotate" and v < 0:
                 raise UsageError(f"domain transform {part!r}: value must be >= 0")
         if name == "keep":

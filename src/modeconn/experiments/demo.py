@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
-from ..io import write_csv, write_text
+from ..io import check_output_dir, write_csv, write_text
 from ..report import figures
 from ..train import TrainConfig
 from .lmc import LMCStudy, run_study
@@ -58,13 +58,14 @@ def run_demo(out: Path, device: torch.device, quick: bool = False, resume: bool 
     On CPU the studies run in `jobs` worker processes (default: one per core) with one thread
     each: these models are too small for intra-op threads to pay, and independent studies are not.
     """
-    out = Path(out)
+    out = check_output_dir(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise UsageError(f"output directory {out} already exists and is not empty; "
                          "choose another --out or pass --resume to continue it")
     studies = demo_studies(quick)
     dirs = [out / f"{s.name}_{s.shift.split(':')[0]}" for s in studies]
-    jobs = jobs or (os.cpu_count() or 1 if device.type == "cpu" else 1)
+    if jobs is None:
+        jobs = os.cpu_count() or 1 if device.type == "cpu" else 1
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     if jobs == 1:

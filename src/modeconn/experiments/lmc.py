@@ -9,6 +9,7 @@ over seeds into tidy tables and figures.
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
@@ -22,16 +23,26 @@ from ..data import DataSpec, eval_data, prepare_subsets
 from ..ensemble import ensemble_metrics, pairwise_similarity
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..io import read_csv, write_csv, write_json
+from ..io import check_output_dir, read_csv, write_csv, write_json
 from ..models import model_config
-from ..paths import evaluate_path, grid, linear_path, summarize_path
+from ..paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
 from ..report import figures
-from ..train import TrainConfig, environment, noise_scale, plan_members, train_run
+from ..train import (
+    TrainConfig,
+    check_trainable,
+    environment,
+    init_model,
+    noise_scale,
+    plan_members,
+    train_run,
+)
 
 
 @dataclass
 class LMCStudy:
-    """What to train and compare; every list is a grid axis."""
+    """What to train and compare; every list is a grid axis. Each grid point trains with `train`
+    at its own batch size and learning rate (`train.batch_size` and `train.lr` are not used);
+    seed s splits the data with split seed `split_seed + s`."""
 
     dataset: str = "digits"
     data_dir: str | None = None
@@ -39,6 +50,8 @@ class LMCStudy:
     model_options: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
     shift: str = "iid:50,50"
+    num_subsets: int | None = None  # for shifts whose count is not in the string (dirichlet)
+    split_seed: int = 0  # offset added to each seed's split seed
     normalise: str = "global"
     inits: tuple[str, ...] = ("same",)
     batch_orders: tuple[str, ...] = ("same", "independent")
@@ -75,15 +88,21 @@ class LMCStudy:
 
     def validate(self) -> None:
         """Raise UsageError on an impossible study."""
-        self.train.validate()
         for v, what in ((self.seeds, "--seeds"), (self.batch_sizes, "--batch-sizes"),
                         (self.lrs, "--lrs")):
             if not v:
                 raise UsageError(f"{what} needs at least one value")
-        if any(b <= 0 for b in self.batch_sizes) or any(not lr > 0 for lr in self.lrs):
-            raise UsageError("batch sizes and learning rates must be positive")
+        if any(b <= 0 for b in self.batch_sizes):
+            raise UsageError(f"--batch-sizes must be positive, got {list(self.batch_sizes)}")
+        if any(not 0 < lr < math.inf for lr in self.lrs):
+            raise UsageError(f"--lrs must be positive numbers, got {list(self.lrs)}")
         if len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"--seeds has repeated values: {self.seeds}")
+        if min(self.seeds) < 0 or self.split_seed < 0:
+            raise UsageError(f"--seeds and --split-seed must be >= 0, got {list(self.seeds)} and "
+                             f"{self.split_seed}")
+        check_tolerance(self.tolerance)
+        self.train.validate()
         if self.ensemble_size < 2:
             raise UsageError(f"--ensemble-size must be at least 2, got {self.ensemble_size}")
         if self.lr_scaling not in ("none", "linear"):
@@ -97,20 +116,29 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
               quiet: bool = False) -> list[dict[str, Any]]:
     """Run the study into `out`; return the summary rows (one per configuration)."""
     study.validate()
-    out = Path(out)
+    out = check_output_dir(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise UsageError(f"output directory {out} already exists and is not empty; "
                          "choose another --out or pass --resume to continue it")
-    base = DataSpec(dataset=study.dataset, shift=study.shift, split_seed=study.seeds[0],
-                    norm=study.normalise)
-    subsets = {s: prepare_subsets(replace(base, split_seed=s), study.data_dir) for s in study.seeds}
+    base = DataSpec(dataset=study.dataset, shift=study.shift, num_subsets=study.num_subsets,
+                    split_seed=study.split_seed + study.seeds[0], norm=study.normalise)
+    subsets = {s: prepare_subsets(replace(base, split_seed=study.split_seed + s), study.data_dir)
+               for s in study.seeds}
+    if len(subsets[study.seeds[0]]) != 2:
+        raise UsageError(f"the LMC study compares pairs, but shift {study.shift!r} makes "
+                         f"{len(subsets[study.seeds[0]])} subsets; use a shift with 2 subsets "
+                         "(e.g. iid:50,50 or --subsets 2)")
     first = subsets[study.seeds[0]][0]
     model_cfg = model_config(study.model, first.input_shape, first.num_classes,
                              **study.model_options)
+    smallest = min(len(p.train_y) for subs in subsets.values() for p in subs)
+    check_trainable(init_model(model_cfg, 0), min(study.batch_sizes), smallest)
     full = eval_data(base, "full", study.data_dir).to(device)
     splits = {"train": (full.train_x, full.train_y), "test": (full.test_x, full.test_y)}
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "study.json", {**asdict(study), "model_config": model_cfg})
+    record = asdict(study)
+    record["train"].update(batch_size=None, lr=None)  # each configuration's: batch_sizes, lrs
+    write_json(out / "study.json", {**record, "model_config": model_cfg})
     write_json(out / "env.json", environment(device))
 
     from ..models import build_model
@@ -126,8 +154,8 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
         per_seed: list[dict] = []
         diverged = 0
         for seed in study.seeds:
-            members = plan_members(base, subsets[seed], cfg["init"], [seed], cfg["batch_order"],
-                                   seed)
+            members = plan_members(replace(base, split_seed=study.split_seed + seed),
+                                   subsets[seed], cfg["init"], [seed], cfg["batch_order"], seed)
             run_dir = out / "runs" / cfg["id"] / f"seed{seed}"
             results = train_run(model_cfg, members, train_cfg, run_dir, device, resume=resume,
                                 quiet=quiet, run_info={"study_config": cfg})

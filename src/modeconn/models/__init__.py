@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,9 +35,7 @@ ARCHS = ("mlp", "vgg", "resnet", "convnet")
 def model_config(name: str, input_shape: Sequence[int], num_classes: int,
                  **overrides: Any) -> dict[str, Any]:
     """The full config of a named model for the given data, with overrides applied."""
-    if name not in PRESETS:
-        raise UsageError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)}")
-    cfg = dict(PRESETS[name])
+    cfg = _preset(name)
     for key, val in overrides.items():
         if val is None:
             continue
@@ -56,6 +56,17 @@ def model_config(name: str, input_shape: Sequence[int], num_classes: int,
     cfg["num_classes"] = int(num_classes)
     validate_config(cfg)
     return cfg
+
+
+def _preset(name: str) -> dict[str, Any]:
+    """The preset config of a named model; `resnetN` for any depth N (checked to be 6n+2)."""
+    if name in PRESETS:
+        return dict(PRESETS[name])
+    m = re.fullmatch(r"resnet(\d+)", name)
+    if m:
+        return {**PRESETS["resnet"], "depth": int(m.group(1))}
+    raise UsageError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)} "
+                     "(or resnetN for any depth N = 6n+2)")
 
 
 _ALLOWED = {
@@ -88,7 +99,7 @@ def validate_config(cfg: dict[str, Any]) -> None:
         if cfg["norm"] not in RESNET_NORMS:
             raise UsageError(f"ResNet norm must be one of {', '.join(RESNET_NORMS)}, "
                              f"got {cfg['norm']!r}")
-    if arch != "mlp" and not cfg.get("width", 1.0) > 0:
+    if arch != "mlp" and not 0 < cfg.get("width", 1.0) < math.inf:
         raise UsageError(f"width multiplier must be positive, got {cfg.get('width')}")
     if arch == "convnet" and not 0 <= cfg.get("dropout", 0.0) < 1:
         raise UsageError(f"dropout must be in [0, 1), got {cfg['dropout']}")
