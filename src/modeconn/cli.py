@@ -6,6 +6,7 @@ import argparse
 import math
 import re
 import sys
+from dataclasses import MISSING as _MISSING
 from pathlib import Path
 
 from .errors import DivergedError, UsageError
@@ -48,6 +49,87 @@ HELP_OVERWRITE = "write into --out even if it exists and is not empty"
 HELP_QUIET = "no progress bars"
 HELP_BN_RESET = ("re-estimate BatchNorm statistics on the training data before evaluating "
                  "(auto: when the model has BN)")
+
+
+
+# ---------------------------------------------------------------- generated from the job registry
+
+def _flag(info) -> str:
+    return info.meta.flag or "--" + info.name.replace("_", "-")
+
+
+def _field_help(info) -> str:
+    text = info.meta.help
+    default = info.default
+    if not info.required and default is not None and default is not False \
+            and not (isinstance(default, tuple) and not default):
+        text += f" (default: {format_default(default)})"
+    return text.replace("%", "%%")
+
+
+def add_job_parser(sub, job) -> argparse.ArgumentParser:
+    """A subcommand whose arguments are the job config's fields: positional fields as
+    positionals, others as --flags; values are left as typed and checked by the config."""
+    from .jobs import config_fields
+
+    p = sub.add_parser(job.name, help=job.help, description=job.help)
+    for info in config_fields(job.config):
+        m = info.meta
+        kw: dict = {"help": _field_help(info), "default": argparse.SUPPRESS}
+        if m.positional:
+            if info.many:
+                kw["nargs"] = "+" if m.nonempty else "*"
+            p.add_argument(info.name, metavar=m.metavar or info.name, **kw)
+            continue
+        if info.base is bool:
+            kw["action"] = "store_true" if info.default is False else argparse.BooleanOptionalAction
+        else:
+            kw["metavar"] = m.metavar or ("{" + ",".join(map(str, m.choices)) + "}" if m.choices
+                                          and not info.many else info.name.upper())
+        p.add_argument(_flag(info), dest=info.name, **kw)
+    if job.output is not None:
+        o = job.output
+        p.add_argument("--out", required=o.required and o.default is None, default=o.default,
+                       help=o.help + (f" (default: {o.default})" if o.default else ""))
+    p.set_defaults(job=job, func=run_job)
+    return p
+
+
+def _given(job, args: argparse.Namespace) -> dict:
+    """The options typed on the command line, by field name (comma lists split)."""
+    from .jobs import config_fields
+
+    given = {}
+    for info in config_fields(job.config):
+        if hasattr(args, info.name):
+            value = getattr(args, info.name)
+            if info.many and isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            given[info.name] = value
+    return given
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """Build the job's config from the typed options, run it and print its summary."""
+    from .jobs import ConfigError, config_fields, execute
+
+    job = args.job
+    try:
+        config = job.config.from_dict(_given(job, args))
+    except ConfigError as e:
+        flags = {i.name: _flag(i) if not i.meta.positional else i.name
+                 for i in config_fields(job.config)}
+        got = "" if e.value is _MISSING else f", got {_typed(e.value)}"
+        raise UsageError(f"{flags.get(e.name, e.name)} {e.requirement}{got}") from None
+    result = execute(job, config, getattr(args, "out", None))
+    for line in result.lines():
+        print(line)
+    return result.exit_code
+
+
+def _typed(value) -> str:
+    """A value as it was typed."""
+    return format_default(value) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _glue_negative_values(argv: list[str]) -> list[str]:
@@ -290,47 +372,6 @@ def _out_dir(path: str, overwrite: bool = False) -> Path:
         raise UsageError(f"output directory {out} already exists and is not empty; "
                          "choose another --out or pass --overwrite")
     return out
-
-
-def cmd_interpolate(args: argparse.Namespace) -> int:
-    from .checkpoint import load_same_architecture, params_of
-    from .data import DataSpec, eval_data
-    from .io import write_csv, write_json
-    from .paths import interpolate
-    from .report.figures import display_names, path_figure, save
-    from .train import resolve_device
-
-    device = resolve_device(args.device)
-    model, (a, b) = load_same_architecture([args.a, args.b], device, args.allow_dataset_mismatch)
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    bad = [s for s in splits if s not in ("train", "test")]
-    if bad or not splits:
-        raise UsageError(f"--splits takes train and/or test, got {args.splits!r}")
-    if args.points < 2:
-        raise UsageError(f"--points must be at least 2, got {args.points}")
-    out = _out_dir(args.out, args.overwrite)
-    data = eval_data(DataSpec.from_dict(a.meta.get("data", {})), args.on, args.data_dir).to(device)
-    tensors = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
-    rows, summary = interpolate(model, params_of(a, device), params_of(b, device),
-                                {s: tensors[s] for s in splits}, bn_data=data.train_x,
-                                points=args.points, bn_reset=args.bn_reset,
-                                tolerance=args.tolerance)
-    summary["models"] = {"a": str(a.path), "b": str(b.path)}
-    summary["eval_data"] = {**data.spec.to_dict(), "on": args.on}
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "path.csv", rows, ["t", "split", "loss", "acc", "length"])
-    write_json(out / "barrier.json", summary)
-    na, nb = display_names([a.path, b.path])
-    on = "the whole dataset" if args.on == "full" else f"{na}'s own subset"
-    save(path_figure({"linear": rows}, title=f"linear path {na} → {nb}, on {data.spec.dataset} "
-                     f"({on})", xlabel=f"λ (0: {na}, 1: {nb})"), out / "path.png", args.pdf)
-    for split in splits:
-        s = summary[split]
-        print(f"{split}: loss barrier {s['loss']['linear']['barrier']:.4f} at λ={s['lambda_star']:.2f}, "
-              f"error barrier {s['error']['linear']['barrier']:.4f}, Δacc {s['delta_acc']:+.4f}, "
-              f"{'connected' if s['connected'] else 'not connected'}")
-    print(f"wrote {out}")
-    return 0
 
 
 def _read_spec(path: str):
@@ -944,20 +985,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("interpolate", help="evaluate the linear path between two checkpoints")
-    p.add_argument("a", help="model checkpoint at t = 0")
-    p.add_argument("b", help="model checkpoint at t = 1")
-    p.add_argument("--points", type=int, default=25, help="evenly spaced t in [0, 1]")
-    p.add_argument("--splits", default="train,test", help="splits to evaluate, comma-separated")
-    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
-                   help="re-estimate BatchNorm statistics at every point (auto: when the model has BN)")
-    p.add_argument("--on", default="full", choices=["full", "own"],
-                   help="evaluate on the whole dataset or on model A's own subset")
-    p.add_argument("--tolerance", type=float, default=0.01, help="loss barrier counted as connected")
-    add_dataset_mismatch_arg(p)
-    add_output_args(p)
-    p.add_argument("--pdf", action="store_true", help="also write PDF figures")
-    p.set_defaults(func=cmd_interpolate)
+    from .jobs import get
+    add_job_parser(sub, get("interpolate"))
 
     p = sub.add_parser("lmc", help="the LMC-under-data-shift study: train pairs, interpolate, "
                                     "ensembles, over grids of batch size and learning rate")

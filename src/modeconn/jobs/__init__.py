@@ -1,0 +1,12 @@
+"""Every operation as a job: a frozen config dataclass and `run(config, out) -> Result`.
+
+`modeconn.jobs.run("align", a="A.safetensors", b="B.safetensors", method="wm", out="runs/al")`
+does what `modeconn align A B --method wm --out runs/al` does; the CLI is generated from the
+registry, and study files build the same configs.
+"""
+
+from ._config import ConfigError, FieldInfo, JobConfig, config_fields, option, requirement
+from ._registry import JOBS, Job, Output, Result, execute, get, register, run
+
+__all__ = ["ConfigError", "FieldInfo", "JOBS", "Job", "JobConfig", "Output", "Result",
+           "config_fields", "execute", "get", "option", "register", "requirement", "run"]

@@ -1,0 +1,3 @@
+"""Imports every job module so that each registers itself."""
+
+from . import interpolate  # noqa: F401

@@ -1,0 +1,94 @@
+"""The job registry: name → (config class, run function, what it writes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ._config import JobConfig
+
+
+@dataclass
+class Result:
+    """What a job returns: where it wrote, the lines the CLI prints, and the exit status."""
+
+    out: Path | None
+
+    def lines(self) -> list[str]:
+        """The summary printed after the job (one line per fact)."""
+        return [] if self.out is None else [f"wrote {self.out}"]
+
+    @property
+    def exit_code(self) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class Output:
+    """The job's output location: a directory (or a file), required or with a default."""
+
+    help: str
+    required: bool = True
+    default: str | None = None
+    kind: str = "dir"  # or "file"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A registered job."""
+
+    name: str
+    config: type[JobConfig]
+    run: Callable[[Any, Path | None], Result]
+    help: str
+    output: Output | None
+
+
+JOBS: dict[str, Job] = {}
+
+
+def register(name: str, config: type[JobConfig], help: str, output: Output | None
+             ) -> Callable[[Callable], Callable]:
+    """Register `run(config, out) -> Result` under `name`."""
+    if config.job != name:
+        raise ValueError(f"config {config.__name__} says job {config.job!r}, registered as {name!r}")
+
+    def deco(fn: Callable) -> Callable:
+        JOBS[name] = Job(name, config, fn, help, output)
+        return fn
+
+    return deco
+
+
+def get(name: str) -> Job:
+    """The job registered under `name`."""
+    _load()
+    try:
+        return JOBS[name]
+    except KeyError:
+        raise UsageError(f"unknown job {name!r}; choose from {', '.join(sorted(JOBS))}") from None
+
+
+def run(name: str, out: str | Path | None = None, **options: Any) -> Result:
+    """Run job `name` with these options, writing under `out`, as the command does."""
+    job = get(name)
+    config = job.config.from_dict(options)
+    return execute(job, config, out)
+
+
+def execute(job: Job, config: JobConfig, out: str | Path | None) -> Result:
+    """Run a built config; `out` checked against what the job writes."""
+    if job.output is not None:
+        if out is None:
+            out = job.output.default
+        if out is None and job.output.required:
+            raise UsageError(f"{job.name} needs an output {job.output.kind} (out)")
+    return job.run(config, None if out is None else Path(out))
+
+
+def _load() -> None:
+    """Import the job modules (they register themselves)."""
+    from . import _jobs  # noqa: F401

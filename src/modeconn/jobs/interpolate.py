@@ -1,0 +1,68 @@
+"""interpolate: the linear path between two checkpoints and its barriers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io import write_csv, write_json
+from ..paths import interpolate
+from ..report import figures
+from ._config import JobConfig, option
+from ._inputs import Combine, bn_reset_option, load_models, on_option, output_dir, split_tensors
+from ._registry import Output, Result, register
+
+PATH_COLUMNS = ["t", "split", "loss", "acc", "length"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterpolateConfig(Combine, JobConfig):
+    job = "interpolate"
+    a: str = option(help="model checkpoint at t = 0", positional=True)
+    b: str = option(help="model checkpoint at t = 1", positional=True)
+    points: int = option(25, "evenly spaced t in [0, 1]", low=2)
+    splits: tuple[str, ...] = option(("train", "test"), "splits to evaluate, comma-separated",
+                                     choices=("train", "test"), nonempty=True)
+    bn_reset: str = bn_reset_option(help="re-estimate BatchNorm statistics at every point "
+                                         "(auto: when the model has BN)")
+    on: str = on_option()
+    tolerance: float = option(0.01, "loss barrier counted as connected", low=0)
+    pdf: bool = option(False, "also write PDF figures", setting=False)
+
+
+@dataclass
+class InterpolateResult(Result):
+    summary: dict = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = []
+        for split in self.summary["splits"]:
+            s = self.summary[split]
+            out.append(f"{split}: loss barrier {s['loss']['linear']['barrier']:.4f} at "
+                       f"λ={s['lambda_star']:.2f}, error barrier "
+                       f"{s['error']['linear']['barrier']:.4f}, Δacc {s['delta_acc']:+.4f}, "
+                       f"{'connected' if s['connected'] else 'not connected'}")
+        return out + super().lines()
+
+
+@register("interpolate", InterpolateConfig, "evaluate the linear path between two checkpoints",
+          Output("output directory"))
+def run_interpolate(config: InterpolateConfig, out: Path) -> InterpolateResult:
+    """path.csv, barrier.json and path.png of the linear path from A to B."""
+    models = load_models([config.a, config.b], config)
+    out = output_dir(out, config.overwrite)
+    data = models.data(config.on, config.data_dir)
+    (pa, pb), (na, nb) = models.params, models.names
+    rows, summary = interpolate(models.module, pa, pb, split_tensors(data, config.splits),
+                                bn_data=data.train_x, points=config.points,
+                                bn_reset=config.bn_reset, tolerance=config.tolerance)
+    summary["models"] = {"a": str(models.checkpoints[0].path), "b": str(models.checkpoints[1].path)}
+    summary["eval_data"] = {**data.spec.to_dict(), "on": config.on}
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "path.csv", rows, PATH_COLUMNS)
+    write_json(out / "barrier.json", summary)
+    on = "the whole dataset" if config.on == "full" else f"{na}'s own subset"
+    fig = figures.path_figure({"linear": rows}, title=f"linear path {na} → {nb}, on "
+                              f"{data.spec.dataset} ({on})", xlabel=f"λ (0: {na}, 1: {nb})")
+    figures.save(fig, out / "path.png", config.pdf)
+    return InterpolateResult(out, {**summary, "splits": list(config.splits)})
