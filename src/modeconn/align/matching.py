@@ -302,7 +302,10 @@ def _collector(gm: fx.GraphModule, root: nn.Module, nodes: list[str]) -> fx.Grap
 def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
                         spec: PermutationSpec | None = None, *, model: nn.Module | None = None,
                         batch_size: int = 256, statistic: str = "pearson") -> Permutation:
-    """Permutation of `b` whose units' activations on `x` best correlate with `a`'s."""
+    """Permutation of `b` whose units' activations on `x` best correlate with `a`'s.
+
+    Units are read where the reference code reads them: after the non-linearity and before any
+    pooling, every spatial position a sample."""
     if statistic not in ("pearson", "cross"):
         raise UsageError(f"statistic must be 'pearson' or 'cross', not {statistic!r}")
     ma, mb = _as_module(a, model), _as_module(b, model)
