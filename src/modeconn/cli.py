@@ -119,8 +119,8 @@ def add_ste_args(p: argparse.ArgumentParser, method: str, batched: str) -> None:
     p.add_argument("--batch-size", type=int, default=256, help=f"{batched} batch size")
     p.add_argument("--warm", default=True, action=argparse.BooleanOptionalAction,
                    help=f"warm-start {method}'s per-batch weight matching from the last "
-                        "permutation and LAP solution (--no-warm: cold solves from the identity, "
-                        "as the reference code does; slower)")
+                        "permutation (as the reference code does) and LAP solution (--no-warm: "
+                        "cold solves from the identity every batch; slower)")
 
 
 def model_overrides(args: argparse.Namespace) -> dict:

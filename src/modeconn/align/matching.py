@@ -128,7 +128,8 @@ class WeightMatcher:
     when one of them (or a tensor) changes, so a group whose cost did not change is not solved
     again. With `warm`, the previous result is the next call's starting point, B's permuted
     weights are reused, and each group's LAP is warm-started (lap.WarmLAP); without it every
-    call starts cold from the identity, as reference implementations do.
+    call starts cold from the identity. The reference STE and STE-MM loops start each call from
+    the previous permutation too (STE-MM's fast variant also keeps the LAP duals).
     """
 
     def __init__(self, spec: PermutationSpec, max_iter: int = 100, seed: int = 0,
