@@ -453,7 +453,9 @@ def summary_table(rows: list[dict]) -> str:
     for r in rows:
         def pm(key, scale=1.0):
             m, s = r[key] * scale, r[f"{key}_std"] * scale
-            return "n/a" if m != m else f"{m:.3f}±{s:.3f}"
+            if m != m:
+                return "n/a"
+            return f"{m:.3f} (n=1)" if s != s else f"{m:.3f}±{s:.3f}"  # one value: no spread
         lines.append(
             f"{r['model']:<10} {r['shift']:<26} {r['init']:<9} {r['batch_order']:<11} "
             f"{r['batch_size']:>4} {r['lr']:>6g} {r['noise_scale_g']:>7.2f} "
