@@ -4,8 +4,8 @@
    our implementation vs a reference-style NumPy port of Git Re-Basin's `weight_matching`
    (NumPy arrays, identity start, every cost term recomputed, every LAP solved cold).
 2. An STE-style loop: a few dozen WM calls while model A's parameters drift by Adam-sized steps
-   (as STE does each minibatch), cold (identity start, cold LAP: what a reference STE loop does)
-   vs warm-started (previous π and LAP potentials kept between calls).
+   (as STE does each minibatch), cold (identity start, cold LAP) vs warm-started (previous π and
+   LAP potentials kept between calls; the reference STE loops keep the previous π too).
 3. Real STE and STE-MM loops on digits (MLP 3×512, briefly trained), cold vs warm-started WM.
 
 Timings are the best of interleaved rounds, single-threaded by default (on a shared 2-core

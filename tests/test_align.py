@@ -472,6 +472,104 @@ def test_activation_matching_residual_network():
     assert agree > 0.9
 
 
+class PoolNet(nn.Module):
+    """conv-relu-pool twice (the second map stays 2x2 into the flatten), dropout, linear-relu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 5, 3, padding=1)
+        self.r1, self.r2, self.r3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.drop = nn.Dropout(0.1)
+        self.f1, self.f2 = nn.Linear(5 * 2 * 2, 7), nn.Linear(7, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.r1(self.c1(x)), 2)
+        x = self.drop(F.avg_pool2d(self.r2(self.c2(x)), 2))
+        return self.f2(self.r3(self.f1(torch.flatten(x, 1))))
+
+
+def reference_am(a: nn.Module, b: nn.Module, x: torch.Tensor, after: dict[str, str]) -> dict:
+    """Activation matching as git-re-basin's VGG script and the REPAIR notebook do it: each unit
+    read at its ReLU's output (before pooling), every position a sample, Pearson correlation."""
+    acts: dict[str, list] = {}
+    hooks = []
+    for tag, m in (("a", a), ("b", b)):
+        for perm, relu in after.items():
+            def hook(_m, _i, out, key=(tag, perm)):
+                t = out.movedim(1, -1) if out.dim() > 2 else out
+                acts.setdefault(key, []).append(t.reshape(-1, t.shape[-1]).double())
+            hooks.append(m.get_submodule(relu).register_forward_hook(hook))
+    with torch.no_grad():
+        a.eval()(x)
+        b.eval()(x)
+    for h in hooks:
+        h.remove()
+    perms = {}
+    for perm in after:
+        xa, xb = (torch.cat(acts[(t, perm)]) for t in "ab")
+        sa, sb = xa.std(0, unbiased=False), xb.std(0, unbiased=False)
+        corr = torch.nan_to_num((xa - xa.mean(0)).T @ (xb - xb.mean(0)) / len(xa)
+                                / (sa[:, None] * sb[None, :]))
+        perms[perm] = (torch.from_numpy(linear_assignment(corr.numpy())), sa > 0, sb > 0)
+    return perms
+
+
+def assert_same_matching(found: Permutation, want: dict) -> None:
+    """Equal wherever the matching is determined: a dead unit (constant zero after its ReLU,
+    common in untrained networks) correlates with nothing and may go anywhere."""
+    checked = 0
+    for p, (cols, alive_a, alive_b) in want.items():
+        sure = alive_a & alive_b[cols]
+        assert sure.any(), p
+        assert torch.equal(found[p][sure], cols[sure]), p
+        checked += int(sure.sum())
+    assert checked > 0.6 * sum(len(cols) for cols, _, _ in want.values())
+
+
+def test_activation_matching_reads_units_after_the_relu_before_pooling():
+    x = example(SMALL, n=512, seed=3)
+    torch.manual_seed(0)
+    a, b = PoolNet(), PoolNet()
+    spec = auto_spec(a, x[:4])
+    assert set(spec.sizes) == {"c1", "c2", "f1"}
+    found = activation_matching(a, b, x, batch_size=100)
+    assert_same_matching(found, reference_am(a, b, x, {"c1": "r1", "c2": "r2", "f1": "r3"}))
+
+
+class MeanNet(nn.Module):
+    """conv-relu, a global mean over the map written as a reduction, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.r1, self.f1 = nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.f1(self.r1(self.c1(x)).mean((2, 3)))
+
+
+def test_activation_matching_reads_units_before_a_global_mean():
+    x = example(SMALL, n=256, seed=5)
+    torch.manual_seed(1)
+    a, b = MeanNet(), MeanNet()
+    assert_same_matching(activation_matching(a, b, x), reference_am(a, b, x, {"c1": "r1"}))
+
+
+@pytest.mark.parametrize("case", [ZOO[3], ZOO[5], ZOO[12]], ids=zoo_id)
+def test_activation_matching_of_zoo_convnets_equals_the_reference_style(case):
+    name, shape, kw = case
+    a, b = make(name, shape, seed=0, **kw), make(name, shape, seed=1, **kw)
+    x = example(shape, n=64, seed=4)
+    # Each convolution's (or linear layer's) ReLU is the next ReLU module in the Sequential.
+    mods = list(a.named_children())
+    after = {}
+    for i, (n, m) in enumerate(mods):
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and i + 1 < len(mods):
+            after[n] = next(k for k, r in mods[i + 1:] if isinstance(r, nn.ReLU))
+    spec = auto_spec(a, x[:4])
+    assert set(spec.sizes) == set(after)
+    assert_same_matching(activation_matching(a, b, x), reference_am(a, b, x, after))
+
+
 def test_ste_matching_recovers_permuted_copy():
     model = make("mlp", SMALL, widths=[16, 16])
     x = example(SMALL, n=128)

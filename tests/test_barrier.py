@@ -132,6 +132,29 @@ def test_delta_acc_is_measured_at_the_loss_barrier_lambda():
     assert s["loss"]["midpoint"]["barrier"] == pytest.approx(0.8, abs=1e-12)
 
 
+@pytest.mark.parametrize("loss", [
+    [1.0, 0.6, 0.4, 0.3, 0.2],    # falls from A to B, below the line: the largest excess is at λ=0
+    [0.2, 0.3, 0.4, 0.6, 1.0],    # rises, below the line
+    [1.0, 0.5, 0.2, 0.5, 1.0],    # dips between equal endpoints
+    [0.5, 0.5, 0.5, 0.5, 0.5],    # flat: no excess anywhere
+])
+def test_delta_acc_is_zero_without_an_interior_loss_barrier(loss):
+    # Endpoints of different accuracy: the old Δ at λ* = 0 read ½(0.80 − 0.96) = −0.08, a "drop"
+    # on a path without any barrier.
+    acc = [0.80, 0.85, 0.9, 0.93, 0.96]
+    s = path_summary(T5, loss, acc)
+    assert s["loss"]["linear"]["barrier"] == 0.0
+    assert s["interior"] is False
+    assert s["delta_acc"] == 0.0
+    assert s["connected"] is True
+
+
+def test_delta_acc_with_an_interior_barrier_is_flagged_interior():
+    s = path_summary(T5, [0.1, 0.9, 0.5, 0.2, 0.1], [0.9, 0.8, 0.3, 0.85, 0.95])
+    assert s["interior"] is True and s["lambda_star"] == 0.25
+    assert s["delta_acc"] == pytest.approx(-0.125, abs=1e-12)
+
+
 def test_path_summary_has_every_definition_for_loss_and_error():
     s = path_summary(T5, [1.0, 1.2, 1.3, 1.1, 1.0], [0.9, 0.9, 0.8, 0.9, 0.9])
     for metric in ("loss", "error"):

@@ -117,6 +117,41 @@ def test_study_tables_are_consistent(study_dirs):
         ("b", "independent(seed1)"), ("midpoint", "independent(seed1)")}
 
 
+def test_one_independent_ensemble_reports_n_1_not_a_zero_spread(study_dirs):
+    # Two seeds and ensembles of two: one independent ensemble, but two LMC ensembles.
+    out, _, (summary, _) = study_dirs
+    row = _ok(summary)[0]
+    assert row["ind_ens_n"] == 1 and row["lmc_ens_n"] == 2
+    for key in ("acc", "nll", "gain_acc"):
+        assert row[f"ind_ens_{key}"] == row[f"ind_ens_{key}"]  # measured
+        assert row[f"ind_ens_{key}_std"] != row[f"ind_ens_{key}_std"], key  # NaN: not measured
+        assert row[f"lmc_ens_{key}_std"] >= 0
+    (csv_row,) = _ok(read_csv(out / "summary.csv"))
+    assert csv_row["ind_ens_n"] == "1" and csv_row["lmc_ens_n"] == "2"
+    assert csv_row["ind_ens_acc_std"] == "" and csv_row["ind_ens_gain_acc_std"] == ""
+    assert float(csv_row["ind_ens_acc"]) == pytest.approx(row["ind_ens_acc"], abs=1e-12)
+    assert float(csv_row["lmc_ens_acc_std"]) == pytest.approx(row["lmc_ens_acc_std"], abs=1e-12)
+    (bad,) = [r for r in summary if r["lr"] == BAD_LR]
+    assert bad["ind_ens_n"] == 0 and bad["lmc_ens_n"] == 0
+
+
+def test_summary_table_prints_n_1_for_a_single_value():
+    from modeconn.cli import summary_table
+
+    nan = float("nan")
+    row = {"model": "mlp", "shift": "iid:50,50", "init": "same", "batch_order": "same",
+           "batch_size": 32, "lr": 0.05, "noise_scale_g": 1.0, "seeds_ok": 2, "diverged": 0,
+           "train_loss_barrier": 0.02, "train_loss_barrier_std": 0.005,
+           "test_loss_barrier": 0.03, "test_loss_barrier_std": 0.001,
+           "test_delta_acc": -0.01, "test_delta_acc_std": 0.002,
+           "lmc_ens_gain_acc": 0.004, "lmc_ens_gain_acc_std": 0.001,
+           "ind_ens_gain_acc": 0.00912, "ind_ens_gain_acc_std": nan}
+    line = summary_table([row]).splitlines()[2]
+    assert "0.912 (n=1)" in line and "±0.000" not in line
+    assert "0.020±0.005" in line
+    assert "n/a" in summary_table([{**row, "ind_ens_gain_acc": nan}]).splitlines()[2]
+
+
 def test_study_is_reproducible_by_seed(study_dirs):
     first, second, (s1, s2) = study_dirs
     for name in TABLES:

@@ -334,8 +334,9 @@ def test_interpolate_writes_path_barrier_and_figure(cli, runs, tmp_path):
         lam = s["lambda_star"]
         assert lam == s["loss"]["linear"]["lambda"]
         acc = [float(r["acc"]) for r in sel]
-        assert s["delta_acc"] == pytest.approx(acc[ts.index(lam)] - (acc[0] + acc[-1]) / 2,
-                                               abs=1e-12)
+        assert s["interior"] is (0 < ts.index(lam) < len(ts) - 1)
+        want = acc[ts.index(lam)] - (acc[0] + acc[-1]) / 2 if s["interior"] else 0.0
+        assert s["delta_acc"] == pytest.approx(want, abs=1e-12)
         assert s["connected"] is (s["loss"]["linear"]["barrier"] <= 0.01)
         assert s["tolerance"] == 0.01
     assert summary["models"] == {"a": str(a), "b": str(b)}

@@ -41,7 +41,12 @@ def barrier(ts: Sequence[float], values: Sequence[float], definition: str = "lin
 
 def path_summary(ts: Sequence[float], loss: Sequence[float], acc: Sequence[float],
                  tolerance: float = 0.01) -> dict:
-    """Every barrier definition for loss and error, Δ at the loss barrier's λ*, and connectivity."""
+    """Every barrier definition for loss and error, Δ at the loss barrier's λ*, and connectivity.
+
+    Δacc = acc(λ*) − ½(acc(0) + acc(1)) at the λ* of the linear loss barrier. When the loss
+    never rises above the line between its endpoints, the largest excess (0) sits at an
+    endpoint: there is no barrier, `interior` is False and Δacc is 0, not half the endpoints'
+    accuracy difference."""
     err = [1 - a for a in acc]
     out: dict = {"loss": {}, "error": {}}
     for d in DEFINITIONS:
@@ -51,8 +56,10 @@ def path_summary(ts: Sequence[float], loss: Sequence[float], acc: Sequence[float
         out["error"][d] = {"barrier": b, "lambda": lam}
     lam = out["loss"]["linear"]["lambda"]
     i = int(np.argmin(np.abs(np.asarray(ts) - lam)))
-    out["delta_acc"] = float(acc[i] - 0.5 * (acc[0] + acc[-1]))
+    interior = 0 < i < len(ts) - 1
+    out["delta_acc"] = float(acc[i] - 0.5 * (acc[0] + acc[-1])) if interior else 0.0
     out["lambda_star"] = lam
+    out["interior"] = interior
     out["connected"] = bool(out["loss"]["linear"]["barrier"] <= tolerance)
     out["tolerance"] = tolerance
     return out

@@ -248,8 +248,8 @@ def add_ste_args(p: argparse.ArgumentParser, method: str, batched: str) -> None:
     p.add_argument("--batch-size", type=int, default=256, help=f"{batched} batch size")
     p.add_argument("--warm", default=True, action=argparse.BooleanOptionalAction,
                    help=f"warm-start {method}'s per-batch weight matching from the last "
-                        "permutation and LAP solution (--no-warm: cold solves from the identity, "
-                        "as the reference code does; slower)")
+                        "permutation (as the reference code does) and LAP solution (--no-warm: "
+                        "cold solves from the identity every batch; slower)")
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
@@ -610,7 +610,9 @@ def summary_table(rows: list[dict]) -> str:
     for r in rows:
         def pm(key, scale=1.0):
             m, s = r[key] * scale, r[f"{key}_std"] * scale
-            return "n/a" if m != m else f"{m:.3f}±{s:.3f}"
+            if m != m:
+                return "n/a"
+            return f"{m:.3f} (n=1)" if s != s else f"{m:.3f}±{s:.3f}"  # one value: no spread
         lines.append(
             f"{r['model']:<10} {r['shift']:<26} {r['init']:<9} {r['batch_order']:<11} "
             f"{r['batch_size']:>4} {r['lr']:>6g} {r['noise_scale_g']:>7.2f} "

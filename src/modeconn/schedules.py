@@ -22,7 +22,7 @@ class Schedule:
     warmup: float = 0.0  # epochs of linear warm-up
 
     def factor(self, epoch: int, frac: float, epochs: int) -> float:
-        """Multiplier of the base learning rate at `epoch` + `frac` of `epochs`."""
+        """Multiplier of the base learning rate at `epoch` (counted from 0) + `frac` of `epochs`."""
         t = (epoch + frac) / epochs
         if self.kind == "constant":
             f = 1.0
@@ -30,8 +30,8 @@ class Schedule:
             f = self.gamma ** sum(epoch >= m for m in self.milestones)
         elif self.kind == "cosine":
             f = 0.5 * (1 + math.cos(math.pi * t))
-        elif self.kind == "curve":  # Garipov et al. 2018, evaluated per epoch as in their code
-            a = epoch / epochs
+        elif self.kind == "curve":  # Garipov et al. 2018: once per epoch, epochs counted from 1
+            a = (epoch + 1) / epochs
             f = 1.0 if a <= 0.5 else 1.0 - (a - 0.5) / 0.4 * (1 - self.low) if a <= 0.9 else self.low
         else:  # cyclic (FGE): linear from 1 down to `low` and back up within each cycle
             c = ((epoch % self.cycle) + frac) / self.cycle

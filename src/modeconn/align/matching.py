@@ -145,7 +145,8 @@ class WeightMatcher:
     when one of them (or a tensor) changes, so a group whose cost did not change is not solved
     again. With `warm`, the previous result is the next call's starting point, B's permuted
     weights are reused, and each group's LAP is warm-started (lap.WarmLAP); without it every
-    call starts cold from the identity, as reference implementations do.
+    call starts cold from the identity. The reference STE and STE-MM loops start each call from
+    the previous permutation too (STE-MM's fast variant also keeps the LAP duals).
     """
 
     def __init__(self, spec: PermutationSpec, max_iter: int = 100, seed: int = 0,
@@ -324,7 +325,10 @@ def _collector(gm: fx.GraphModule, root: nn.Module, nodes: list[str]) -> fx.Grap
 def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
                         spec: PermutationSpec | None = None, *, model: nn.Module | None = None,
                         batch_size: int = 256, statistic: str = "pearson") -> Permutation:
-    """Permutation of `b` whose units' activations on `x` best correlate with `a`'s."""
+    """Permutation of `b` whose units' activations on `x` best correlate with `a`'s.
+
+    Units are read where the reference code reads them: after the non-linearity and before any
+    pooling, every spatial position a sample."""
     if statistic not in ("pearson", "cross"):
         raise UsageError(f"statistic must be 'pearson' or 'cross', not {statistic!r}")
     _check_options(batch_size=batch_size)

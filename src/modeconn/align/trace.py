@@ -43,6 +43,16 @@ class Bind:
         return self.outer, self.inner
 
 
+@dataclass(frozen=True)
+class Point:
+    """A place where a permutation's units can be observed: one dimension of a node's value."""
+
+    node: str
+    dim: int
+    outer: int
+    inner: int
+
+
 @dataclass
 class Value:
     """What the propagation knows about one tensor of the graph."""
@@ -52,16 +62,9 @@ class Value:
     # When the tensor is a state tensor seen through size-1 reshapes: its name and, per
     # dimension, the tensor axis it shows (None for inserted size-1 dimensions).
     param: tuple[str, tuple[int | None, ...]] | None = None
-
-
-@dataclass(frozen=True)
-class Point:
-    """A place where a permutation's units can be observed: one dimension of a node's value."""
-
-    node: str
-    dim: int
-    outer: int
-    inner: int
+    # Per permuted dimension: where its units were seen before the spatial operations (pooling,
+    # padding, resizing) and reshapes that led here, the place activation matching reads them.
+    seen: dict[int, Point] = field(default_factory=dict)
 
 
 class _UnionFind:
@@ -127,6 +130,9 @@ _ELEMENTWISE_MODULES = (
     nn.Tanhshrink, nn.Threshold, nn.LogSigmoid, nn.Hardshrink, nn.Softshrink, nn.Identity,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
 )
+_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                     nn.AlphaDropout, nn.FeatureAlphaDropout)
+_IDENTITY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
 _EQUIVARIANT_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
 _POOL_MODULES: dict[type[nn.Module], int] = {
     **{cls: 1 for cls in (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d,
@@ -230,6 +236,19 @@ class _Propagation:
         b = Bind(self.uf.new(size, label))
         self.outputs.append((Point(node.name, dim, 1, 1), b.perm))
         return b
+
+    def seen_at(self, arg: Any, x: Value, dim: int) -> Point | None:
+        """Where the units on `dim` of `x` (node `arg`'s value) were seen before any pooling."""
+        point = x.seen.get(dim)
+        if point is None and isinstance(arg, fx.Node):
+            point = Point(arg.name, dim, *x.dims[dim].layout)
+        return point
+
+    def observe(self, arg: Any, x: Value, dim: int) -> None:
+        """Record that a layer takes in the units on `dim` of `x` (node `arg`'s value)."""
+        point = self.seen_at(arg, x, dim)
+        if point is not None:
+            self.inputs.append((point, x.dims[dim].perm))
 
     def bind(self, name: str | None, axis: int, b: Bind | None) -> None:
         """Record that permutation `b` acts on `axis` of state tensor `name`."""
@@ -430,7 +449,19 @@ class _Propagation:
 
     def elementwise(self, node: fx.Node, args: list, kwargs: dict) -> Value:
         """Broadcasting element-wise ops: permutations on the same output dim are tied."""
-        return self.broadcast(self.leaves(args) + self.leaves(kwargs), self.out_shape(node))
+        out = self.broadcast(self.leaves(args) + self.leaves(kwargs), self.out_shape(node))
+        x = args[0] if args else None
+        if isinstance(x, Value) and x.seen and self.is_identity(node):
+            out.seen = {d: p for d, p in x.seen.items() if out.dims.get(d) == x.dims.get(d)}
+        return out
+
+    def is_identity(self, node: fx.Node) -> bool:
+        """Whether an element-wise op leaves values as they are at evaluation (dropout, identity)."""
+        if node.op == "call_module":
+            return isinstance(self.gm.get_submodule(str(node.target)), _IDENTITY_MODULES)
+        if node.op == "call_method":
+            return str(node.target) in ("contiguous", "clone", "detach")
+        return node.target in _IDENTITY_FUNCTIONS
 
     def broadcast(self, operands: list[Value], shape: tuple[int, ...]) -> Value:
         """Tie the permutations that broadcasting lines up; bind parameters; pin constants."""
@@ -482,8 +513,7 @@ class _Propagation:
         last = len(x.shape) - 1
         if last in x.dims:
             self.bind(weight, 1, x.dims[last])
-            self.inputs.append((Point(node.args[0].name, last, *x.dims[last].layout),
-                                x.dims[last].perm))
+            self.observe(node.args[0], x, last)
         out = Value(shape, {d: b for d, b in x.dims.items() if d != last})
         q = self.new_perm(shape[-1], label, node, len(shape) - 1)
         self.bind(weight, 0, q)
@@ -527,7 +557,7 @@ class _Propagation:
         if groups == 1:
             if b_in is not None:
                 self.bind(weight, ax_in, b_in)
-                self.inputs.append((Point(node.args[0].name, ch, 1, 1), b_in.perm))
+                self.observe(node.args[0], x, ch)
             q = self.new_perm(cout, label, node, ch)
         elif groups == cin == cout and not transposed:  # depthwise: channels stay where they are
             q = b_in if b_in is not None else self.new_perm(cout, label, node, ch)
@@ -623,6 +653,9 @@ class _Propagation:
                 self.uf.fix(b.perm)
             else:
                 out.dims[d] = b
+                seen = self.seen_at(node.args[0], x, d)
+                if seen is not None:
+                    out.seen[d] = seen
         return out
 
     def reshape(self, node: fx.Node, args: list, kwargs: dict) -> Value:
@@ -659,6 +692,8 @@ class _Propagation:
                 o, i = outer // before, inner // after
                 if shape[k] == o * n * i:
                     out.dims[k] = Bind(b.perm, o, i)
+                    if d in x.seen:
+                        out.seen[k] = x.seen[d]
                     placed = True
                     break
             if not placed:
@@ -680,7 +715,8 @@ class _Propagation:
                 dims = dims[0]
             order = [d % rank for d in dims]
         out = Value(self.out_shape(node),
-                    {i: x.dims[d] for i, d in enumerate(order) if d in x.dims})
+                    {i: x.dims[d] for i, d in enumerate(order) if d in x.dims},
+                    seen={i: x.seen[d] for i, d in enumerate(order) if d in x.seen})
         if x.param is not None:
             out.param = (x.param[0], tuple(x.param[1][d] for d in order))
         return out
@@ -700,7 +736,11 @@ class _Propagation:
         for d, b in x.dims.items():
             if d in dims:
                 continue
-            out.dims[d if keep else kept.index(d)] = b
+            k = d if keep else kept.index(d)
+            out.dims[k] = b
+            seen = self.seen_at(node.args[0], x, d)  # reducing other dims pools too (global mean)
+            if seen is not None:
+                out.seen[k] = seen
         return out
 
     def cat(self, node: fx.Node, args: list, kwargs: dict) -> Value:
@@ -788,8 +828,7 @@ class _Propagation:
             if vd in v.dims:
                 out.dims[od] = v.dims[vd]
                 if v is a and ra - 1 in a.dims:
-                    self.inputs.append((Point(node.args[0].name, ra - 1,
-                                              *a.dims[ra - 1].layout), a.dims[ra - 1].perm))
+                    self.observe(node.args[0], a, ra - 1)
             elif v.param is not None and v.param[1][vd] is not None:
                 q = self.new_perm(shape[od], v.param[0], node, od)
                 self.bind(v.param[0], v.param[1][vd], q)
@@ -863,8 +902,9 @@ def _build(gm: fx.GraphModule, prop: _Propagation, state: dict[str, Tensor]) -> 
             axes[tensor][axis] = names[root]
             layouts[(tensor, axis)] = b.layout
     spec = PermutationSpec(axes, sizes, layouts)
-    # Where a layer takes a permutation's units in (after the non-linearity) is preferred;
-    # where a layer creates them serves for the rest.
+    # Where a layer takes a permutation's units in (after the non-linearity, and before any
+    # pooling on the way, as the references read them) is preferred; where a layer creates
+    # them serves for the rest.
     found: tuple[dict[str, list[Point]], dict[str, list[Point]]] = ({}, {})
     for collection, into in zip((prop.inputs, prop.outputs), found, strict=True):
         for point, perm in collection:

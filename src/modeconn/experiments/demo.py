@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
-from ..io import check_output_dir, write_csv, write_text
+from ..io import check_output_dir, write_text
 from ..report import figures
 from ..train import TrainConfig
-from .lmc import LMCStudy, run_study
+from .lmc import LMCStudy, run_study, write_summary
 
 MODELS: list[tuple[str, str, dict[str, Any]]] = [
     ("mlp1", "mlp", {"depth": 1, "width": 128}),
@@ -79,7 +79,7 @@ def run_demo(out: Path, device: torch.device, quick: bool = False, resume: bool 
                        for i in order}
             results = [futures[i].result() for i in range(len(studies))]
     rows: list[dict[str, Any]] = [r for res in results for r in res]
-    write_csv(out / "summary.csv", rows)
+    write_summary(out / "summary.csv", rows)
     from ..cli import summary_table
     write_text(out / "summary.txt", summary_table(rows) + "\n")
     labels = [f"{r['model']} {r['shift'].split(':')[0]} {r['init']} {r['batch_order']} "

@@ -231,9 +231,10 @@ def _similarity(cfg: dict, finals: dict, ok: list[int], evaluator: Evaluator, y:
 
 
 def _ms(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std; the std of one value is NaN (not measured), not 0."""
     if not values:
         return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
 def _aggregate(cfg: dict, per_seed: list[dict], diverged: int, seeds: int, g: float,
@@ -252,14 +253,22 @@ def _aggregate(cfg: dict, per_seed: list[dict], diverged: int, seeds: int, g: fl
         for key in ("acc", "nll", "gain_acc"):
             m, s = _ms([v[key] for v in vals])
             row[f"{kind}_ens_{key}"], row[f"{kind}_ens_{key}_std"] = m, s
+        row[f"{kind}_ens_n"] = len(vals)  # independent: 1 with exactly k seeds (one ensemble)
     row["ensemble_size"] = k
     return row
+
+
+def write_summary(path: Path, summary: list[dict]) -> None:
+    """summary.csv, with an empty std where there was one value to average (n = 1: see
+    `seeds_ok`, `lmc_ens_n`, `ind_ens_n`), so a spread that was never measured does not read 0."""
+    write_csv(path, [{k: "" if k.endswith("_std") and v != v else v for k, v in r.items()}
+                     for r in summary])
 
 
 def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> None:
     for name, rows in tables.items():
         write_csv(out / f"{name}.csv", rows)
-    write_csv(out / "summary.csv", summary)
+    write_summary(out / "summary.csv", summary)
     fig_dir = out / "figures"
     # Interpolation curves with std bands, one figure per configuration group.
     agg: dict[str, list[dict]] = {}
