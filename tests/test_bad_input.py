@@ -132,15 +132,15 @@ BAD = {
     "--warmup inf": (["train", *FAST_TRAIN, "--warmup", "inf", "--out", "{out}"], "--warmup"),
     "--warmup nan": (["train", *FAST_TRAIN, "--warmup", "nan", "--out", "{out}"], "--warmup"),
     "--weight-decay nan": (["train", *FAST_TRAIN, "--weight-decay", "nan", "--out", "{out}"],
-                           "--weight-decay must be a number >= 0"),
+                           "--weight-decay must be a finite number ≥ 0"),
     "step gamma nan": (["train", *FAST_TRAIN, "--epochs", "2", "--schedule", "step:1@nan",
                         "--out", "{out}"], "bad schedule 'step:1@nan'"),
     "BatchNorm --batch-size 1": (["train", *FAST_TRAIN, "--norm", "bn", "--batch-size", "1",
                                   "--out", "{out}"], "BatchNorm cannot train on one sample"),
     "--tolerance nan": (["interpolate", "{a}", "{b}", "--tolerance", "nan", "--out", "{out}"],
-                        "--tolerance must be a loss barrier >= 0"),
+                        "--tolerance must be a finite number ≥ 0"),
     "--tolerance negative": (["interpolate", "{a}", "{b}", "--tolerance", "-1", "--out", "{out}"],
-                             "--tolerance must be a loss barrier >= 0"),
+                             "--tolerance must be a finite number ≥ 0"),
     "fge --epochs": (["fge", "{a}", "--epochs", "3", "--out", "{out}"],
                      "unrecognized arguments: --epochs"),
     "sharpness --out existing file": (["sharpness", "{a}", "--out", "{file}"],
@@ -176,7 +176,7 @@ BAD = {
     "convnet --width inf": (["train", "--quiet", "--model", "convnet", "--width", "inf",
                              "--out", "{out}"], "width multiplier must be positive"),
     "lmc --lrs nan": (["lmc", *FAST_TRAIN, "--lrs", "nan", "--out", "{out}"],
-                      "--lrs must be positive numbers"),
+                      "must be a finite number > 0"),
     "lmc empty --batch-sizes": (["lmc", *FAST_TRAIN, "--batch-sizes", "", "--out", "{out}"],
                                 "--batch-sizes needs at least one value"),
     "lmc --batch-size and --batch-sizes": (["lmc", *FAST_TRAIN, "--batch-size", "16",
@@ -320,7 +320,7 @@ def test_bad_schedules(text, warmup):
                                 {"warmup": float("nan")}, {"epochs": 2, "schedule": "step:2"}])
 def test_bad_train_configs(kw):
     with pytest.raises(UsageError):
-        TrainConfig(**kw).validate()
+        TrainConfig(**kw)
 
 
 @pytest.mark.parametrize("tol", [float("nan"), -0.1, float("inf")])

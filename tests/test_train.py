@@ -118,16 +118,22 @@ def test_plan_members_errors():
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch-size"), ({"lr": 0.0}, "lr"),
-    ({"lr": -1.0}, "lr"), ({"lr": math.nan}, "lr"), ({"weight_decay": -1.0}, "weight-decay"),
-    ({"optimizer": "lbfgs"}, "optimizer"), ({"momentum": 1.0}, "momentum"),
-    ({"nesterov": True, "optimizer": "adam"}, "nesterov"),
-    ({"save_epochs": (0,)}, "save-epochs"), ({"save_epochs": (21,)}, "save-epochs"),
-    ({"schedule": "linear"}, "schedule"), ({"warmup": -1.0}, "warm-up"),
+    ({"epochs": 0}, "'epochs' of training must be an integer ≥ 1, got 0"),
+    ({"batch_size": 0}, "'batch_size' of training must be an integer ≥ 1"),
+    ({"lr": 0.0}, "'lr' of training must be a finite number > 0"),
+    ({"lr": -1.0}, "'lr'"), ({"lr": math.nan}, "'lr'"),
+    ({"weight_decay": -1.0}, "'weight_decay' of training must be a finite number ≥ 0"),
+    ({"optimizer": "lbfgs"}, "'optimizer' of training must be one of sgd, adam, adamw"),
+    ({"momentum": 1.0}, "'momentum' of training must be a finite number ≥ 0 and < 1"),
+    ({"nesterov": True, "optimizer": "adam"}, "'nesterov' of training needs optimizer sgd"),
+    ({"save_epochs": (0,)}, "'save_epochs'"), ({"save_epochs": (21,)}, "'save_epochs'"),
+    ({"schedule": "linear"}, "schedule"), ({"warmup": -1.0}, "'warmup'"),
+    ({"epochs": "ten"}, "'epochs' of training must be an integer ≥ 1, got 'ten'"),
 ])
-def test_train_config_validation(kw, match):
+def test_train_config_is_checked_when_built(kw, match):
+    """Every bad setting is refused when the settings are built, naming the field."""
     with pytest.raises(UsageError, match=match):
-        TrainConfig(**kw).validate()
+        TrainConfig(**kw)
 
 
 def test_noise_scale():

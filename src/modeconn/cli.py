@@ -10,6 +10,7 @@ from dataclasses import MISSING as _MISSING
 from pathlib import Path
 
 from .errors import DivergedError, UsageError
+from .options import ConfigError
 
 
 def format_default(value) -> str:
@@ -111,20 +112,22 @@ def _given(job, args: argparse.Namespace) -> dict:
 
 def run_job(args: argparse.Namespace) -> int:
     """Build the job's config from the typed options, run it and print its summary."""
-    from .jobs import ConfigError, config_fields, execute
+    from .jobs import execute
 
     job = args.job
-    try:
-        config = job.config.from_dict(_given(job, args))
-    except ConfigError as e:
-        flags = {i.name: _flag(i) if not i.meta.positional else i.name
-                 for i in config_fields(job.config)}
-        got = "" if e.value is _MISSING else f", got {_typed(e.value)}"
-        raise UsageError(f"{flags.get(e.name, e.name)} {e.requirement}{got}") from None
+    config = job.config.from_dict(_given(job, args))
     result = execute(job, config, getattr(args, "out", None))
     for line in result.lines():
         print(line)
     return result.exit_code
+
+
+def _flag_message(e) -> str:
+    """A field's error in the words of the command line: its flag and the value as typed."""
+    flag = e.name if e.name in ("a", "b", "models", "checkpoints", "checkpoint", "curve") \
+        else "--" + e.name.replace("_", "-")
+    got = "" if e.value is _MISSING else f", got {_typed(e.value)}"
+    return f"{flag} {e.requirement}{got}"
 
 
 def _typed(value) -> str:
@@ -1175,6 +1178,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args._argv = argv
         return args.func(args)
+    except ConfigError as e:  # a field named as its flag
+        print(f"modeconn: error: {_flag_message(e)}", file=sys.stderr)
+        return 2
     except (UsageError, DivergedError) as e:  # bad input; a divergence asks for other settings
         print(f"modeconn: error: {e}", file=sys.stderr)
         return 2

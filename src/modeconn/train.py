@@ -22,52 +22,44 @@ from .evaluate import evaluate
 from .grouped import GroupedMLP, groupable, grouped_loss
 from .io import check_output_dir, write_csv, write_json
 from .models import build_model, has_batchnorm
+from .options import Options, option
 from .schedules import parse_schedule
 from .utils import progress
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every member of a run."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Options):
+    """Optimisation settings shared by every member of a run (checked when built)."""
 
-    epochs: int = 20
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "constant"
-    warmup: float = 0.0
-    save_epochs: tuple[int, ...] = ()
-    eval_batch_size: int = 2048
+    job = "training"
+    epochs: int = option(20, "passes over the training data", low=1)
+    batch_size: int = option(64, "examples per optimisation step", low=1)
+    optimizer: str = option("sgd", "optimiser", choices=OPTIMIZERS)
+    lr: float = option(0.05, "peak learning rate", low=0, low_open=True)
+    momentum: float = option(0.9, "SGD momentum", low=0, high=1, high_open=True)
+    nesterov: bool = option(False, "Nesterov momentum (SGD only)")
+    weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)", low=0)
+    schedule: str = option("constant", "constant, cosine, curve, step:M1,M2[@GAMMA], "
+                                       "cyclic:EPOCHS[@LOW]")
+    warmup: float = option(0.0, "epochs of linear warm-up", low=0)
+    save_epochs: tuple[int, ...] = option((), "also save these epochs", low=1)
+    eval_batch_size: int = option(2048, "examples per evaluation batch", low=1)
 
-    def validate(self) -> None:
-        """Raise UsageError on impossible settings."""
-        if self.epochs <= 0:
-            raise UsageError(f"--epochs must be positive, got {self.epochs}")
-        if self.batch_size <= 0:
-            raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}; use {', '.join(OPTIMIZERS)}")
-        if not 0 <= self.momentum < 1:
-            raise UsageError(f"--momentum must be in [0, 1), got {self.momentum}")
+    def check(self) -> None:
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise UsageError("--nesterov needs --optimizer sgd with --momentum > 0")
-        bad = [e for e in self.save_epochs if not 1 <= e <= self.epochs]
-        if bad:
-            raise UsageError(f"--save-epochs {bad} outside 1..{self.epochs}")
+            raise self.invalid("nesterov", "needs optimizer sgd with momentum > 0")
+        if any(e > self.epochs for e in self.save_epochs):
+            raise self.invalid("save_epochs", f"must lie in 1..{self.epochs} (the epochs)")
         sched = parse_schedule(self.schedule, self.warmup)
         late = [m for m in sched.milestones if m >= self.epochs]
         if late:
-            raise UsageError(f"--schedule {self.schedule}: milestones {late} are not below "
-                             f"--epochs {self.epochs}, so they never take effect")
+            raise self.invalid("schedule", f"has milestones {late} not below the {self.epochs} "
+                                           "epochs, so they never take effect")
+
+    def validate(self) -> None:
+        """Kept for callers that built the settings before they were checked on construction."""
 
 
 @dataclass

@@ -5,8 +5,8 @@ does what `modeconn align A B --method wm --out runs/al` does; the CLI is genera
 registry, and study files build the same configs.
 """
 
-from ._config import ConfigError, FieldInfo, JobConfig, config_fields, option, requirement
-from ._registry import JOBS, Job, Output, Result, execute, get, register, run
+from ..options import ConfigError, FieldInfo, config_fields, option, requirement
+from ._registry import JOBS, Job, JobConfig, Output, Result, execute, get, register, run
 
 __all__ = ["ConfigError", "FieldInfo", "JOBS", "Job", "JobConfig", "Output", "Result",
            "config_fields", "execute", "get", "option", "register", "requirement", "run"]

@@ -14,9 +14,9 @@ from ..data import EVAL_ON, DataSpec, Prepared, eval_data
 from ..errors import UsageError
 from ..evaluate import BN_RESET
 from ..io import check_output_dir
+from ..options import option
 from ..report.figures import display_names
 from ..train import resolve_device
-from ._config import option
 
 HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cache/modeconn/data)"
 HELP_DEVICE = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ._config import JobConfig
+from ..options import Options
+
+
+class JobConfig(Options):
+    """Base of every job's config (`job` is the job's registered name)."""
+
+    job = "job"
 
 
 @dataclass

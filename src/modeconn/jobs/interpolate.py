@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import write_csv, write_json
+from ..options import option
 from ..paths import interpolate
 from ..report import figures
-from ._config import JobConfig, option
 from ._inputs import Combine, bn_reset_option, load_models, on_option, output_dir, split_tensors
-from ._registry import Output, Result, register
+from ._registry import JobConfig, Output, Result, register
 
 PATH_COLUMNS = ["t", "split", "loss", "acc", "length"]
 

@@ -1,10 +1,10 @@
-"""Typed job configs: frozen dataclasses whose fields carry their help and constraints as data.
+"""Typed options: frozen dataclasses whose fields carry their help and constraints as data.
 
 A field is declared with `option(default, help, ...)`; its type comes from the annotation
-(`int`, `float`, `str`, `bool`, `X | None`, `tuple[X, ...]`). Building a config checks every field
-once and names the field and the job in the message (`'points' of interpolate must be an integer
-≥ 2, got 1`); the CLI turns the field into a flag and adds its name. A config round-trips through
-`to_dict`/`from_dict` (what config.json holds and what a study file gives).
+(`int`, `float`, `str`, `bool`, `X | None`, `tuple[X, ...]`). Building the dataclass checks every
+field once and names the field and its owner in the message (`'points' of interpolate must be an
+integer ≥ 2, got 1`); the CLI turns each field of a job config into a flag and adds its name. A
+config round-trips through `to_dict`/`from_dict` (what config.json holds, what a study file gives).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass
 from typing import Any, ClassVar
 
-from ..errors import UsageError
+from .errors import UsageError
 
 
 class ConfigError(UsageError):
-    """A field of a job config holds a value it cannot take."""
+    """A field of an options dataclass (a job config, the training settings) holds a value it
+    cannot take."""
 
     def __init__(self, job: str, name: str, requirement: str, value: Any):
         self.job, self.name, self.requirement, self.value = job, name, requirement, value
@@ -130,14 +131,15 @@ def requirement(info: FieldInfo) -> str:
     return "must be " + what
 
 
-class JobConfig:
-    """Base of every job's config: checks its fields when built, round-trips through dicts.
+class Options:
+    """Base of every options dataclass: checks its fields when built, round-trips through dicts.
 
-    Subclasses are `@dataclass(frozen=True)` with `job = "<name>"` and may add cross-field checks
-    in `check()`, raising `self.invalid(field, requirement)`.
+    Subclasses are `@dataclass(frozen=True, kw_only=True)` naming themselves in `job` (the name
+    messages use: a job's name, or e.g. "training") and may add cross-field checks in `check()`,
+    raising `self.invalid(field, requirement)`.
     """
 
-    job: ClassVar[str] = "job"
+    job: ClassVar[str] = "options"
 
     def __post_init__(self) -> None:
         for info in config_fields(type(self)):
@@ -150,7 +152,7 @@ class JobConfig:
 
     def invalid(self, name: str, requirement: str) -> ConfigError:
         """The error for field `name`, whose value breaks `requirement` ('must be ...')."""
-        return ConfigError(self.job, name, requirement, getattr(self, name))
+        return ConfigError(self.job, name, requirement, _plain(getattr(self, name)))
 
     def to_dict(self, settings_only: bool = False) -> dict[str, Any]:
         """Every field (or only those that are settings of the computation) as plain JSON data."""
