@@ -112,11 +112,11 @@ def _given(job, args: argparse.Namespace) -> dict:
 
 def run_job(args: argparse.Namespace) -> int:
     """Build the job's config from the typed options, run it and print its summary."""
-    from .jobs import execute
+    from .jobs import build, execute
 
     job = args.job
-    config = job.config.from_dict(_given(job, args))
-    result = execute(job, config, getattr(args, "out", None))
+    out = getattr(args, "out", None)
+    result = execute(job, build(job, _given(job, args), out), out)
     for line in result.lines():
         print(line)
     return result.exit_code

@@ -140,6 +140,7 @@ class Options:
     """
 
     job: ClassVar[str] = "options"
+    hidden: ClassVar[tuple[str, ...]] = ()  # inherited fields this class does not take
 
     def __post_init__(self) -> None:
         for info in config_fields(type(self)):
@@ -189,6 +190,8 @@ def config_fields(cls: type) -> list[FieldInfo]:
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
+        if f.name in getattr(cls, "hidden", ()):
+            continue
         meta = f.metadata.get("modeconn") or Meta(help="")
         base, optional, many = _resolve(hints[f.name])
         out.append(FieldInfo(f.name, base, optional, many, f.default, meta))

@@ -48,6 +48,7 @@ class TrainConfig(Options):
     eval_batch_size: int = option(2048, "examples per evaluation batch", low=1)
 
     def check(self) -> None:
+        super().check()
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise self.invalid("nesterov", "needs optimizer sgd with momentum > 0")
         if any(e > self.epochs for e in self.save_epochs):

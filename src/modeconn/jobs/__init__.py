@@ -6,7 +6,19 @@ registry, and study files build the same configs.
 """
 
 from ..options import ConfigError, FieldInfo, config_fields, option, requirement
-from ._registry import JOBS, Job, JobConfig, Output, Result, execute, get, register, run
+from ._registry import (
+    JOBS,
+    Job,
+    JobConfig,
+    Output,
+    Result,
+    build,
+    execute,
+    get,
+    names,
+    register,
+    run,
+)
 
-__all__ = ["ConfigError", "FieldInfo", "JOBS", "Job", "JobConfig", "Output", "Result",
-           "config_fields", "execute", "get", "option", "register", "requirement", "run"]
+__all__ = ["ConfigError", "FieldInfo", "JOBS", "Job", "JobConfig", "Output", "Result", "build",
+           "config_fields", "execute", "get", "names", "option", "register", "requirement", "run"]

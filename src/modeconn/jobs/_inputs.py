@@ -3,6 +3,7 @@ and checkpoints → (module, parameter dicts, evaluation data) on that device.""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,13 +11,14 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, load_same_architecture, params_of
-from ..data import EVAL_ON, DataSpec, Prepared, eval_data
+from ..data import EVAL_ON, NORMS, DataSpec, Prepared, eval_data
 from ..errors import UsageError
 from ..evaluate import BN_RESET
-from ..io import check_output_dir
+from ..io import check_output_dir, write_json
+from ..models import model_config
 from ..options import option
 from ..report.figures import display_names
-from ..train import resolve_device
+from ..train import TrainConfig, environment, resolve_device
 
 HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cache/modeconn/data)"
 HELP_DEVICE = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
@@ -96,7 +98,66 @@ def load_models(paths, config: Combine) -> Models:
     return Models(module, ckpts, [params_of(c, device) for c in ckpts], device)
 
 
+def record(out: Path, config, device: torch.device | str, **extra) -> None:
+    """Write a job's config.json (the job, its resolved config and `extra`) and env.json."""
+    write_json(out / "config.json", {"job": config.job, "config": config.to_dict(), **extra})
+    write_json(out / "env.json", environment(torch.device(device)))
+
+
 def split_tensors(data: Prepared, names=("train", "test")) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Named (inputs, labels) splits of prepared data."""
     tensors = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
     return {s: tensors[s] for s in names}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """The dataset, its shift into subsets and the input normalisation."""
+
+    dataset: str = option("digits", "digits (embedded), mnist, fashion-mnist, cifar10, cifar100, "
+                                    "synthetic[:n=N,test=N,shape=CxHxW,classes=K,seed=S]")
+    shift: str = option("none", "none, iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:ALPHA, "
+                                "domain:none|rotate=30+noise=0.1")
+    subsets: int | None = option(None, "number of subsets for dirichlet", low=2)
+    split_seed: int = option(0, "seed of the split into subsets and of dirichlet proportions",
+                             low=0)
+    normalise: str = option("global", "input normalisation statistics", choices=NORMS)
+
+    def data_spec(self, split_seed: int | None = None) -> DataSpec:
+        """The data spec of these options (with another split seed when given)."""
+        return DataSpec(dataset=self.dataset, shift=self.shift, num_subsets=self.subsets,
+                        split_seed=self.split_seed if split_seed is None else split_seed,
+                        norm=self.normalise)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions:
+    """A model of the zoo and the options that override its preset."""
+
+    model: str = option("mlp", "mlp, mlpnet, mlplarge, mlphuge, vgg11/13/16/19, resnet20 (any "
+                               "6n+2), convnet")
+    depth: int | None = option(None, "MLP hidden layers / VGG or ResNet depth", low=1)
+    width: float | None = option(None, "MLP units per hidden layer, or width multiplier", low=0,
+                                 low_open=True)
+    norm: str | None = option(None, "bn or none (MLP, VGG); bn, gn, ln or none (ResNet)")
+    bias: bool | None = option(None, "MLP biases")
+    dropout: float | None = option(None, "ConvNet dropout", low=0, high=1, high_open=True)
+
+    def check(self) -> None:
+        super().check()  # type: ignore[misc]
+        if self.width is not None and self.model.startswith("mlp") \
+                and self.width != int(self.width):
+            raise self.invalid("width", "must be a whole number of units for an MLP")  # type: ignore[attr-defined]
+
+    def model_config(self, input_shape, num_classes: int) -> dict:
+        """The model's config (architecture JSON) for data of this shape and class count."""
+        width = self.width
+        if width is not None and self.model.startswith("mlp"):
+            width = int(width)
+        return model_config(self.model, input_shape, num_classes, depth=self.depth, width=width,
+                            norm=self.norm, bias=self.bias, dropout=self.dropout)
+
+
+def training(options: TrainConfig) -> TrainConfig:
+    """The training settings held by a job config that extends `TrainConfig`."""
+    return TrainConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(TrainConfig)})

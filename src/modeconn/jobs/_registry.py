@@ -51,19 +51,21 @@ class Job:
     run: Callable[[Any, Path | None], Result]
     help: str
     output: Output | None
+    # Options given → options to build the config from (train --resume reads the stored ones).
+    resolve: Callable[[dict[str, Any], Path | None], dict[str, Any]] | None = None
 
 
 JOBS: dict[str, Job] = {}
 
 
-def register(name: str, config: type[JobConfig], help: str, output: Output | None
-             ) -> Callable[[Callable], Callable]:
+def register(name: str, config: type[JobConfig], help: str, output: Output | None,
+             resolve: Callable | None = None) -> Callable[[Callable], Callable]:
     """Register `run(config, out) -> Result` under `name`."""
     if config.job != name:
         raise ValueError(f"config {config.__name__} says job {config.job!r}, registered as {name!r}")
 
     def deco(fn: Callable) -> Callable:
-        JOBS[name] = Job(name, config, fn, help, output)
+        JOBS[name] = Job(name, config, fn, help, output, resolve)
         return fn
 
     return deco
@@ -78,11 +80,23 @@ def get(name: str) -> Job:
         raise UsageError(f"unknown job {name!r}; choose from {', '.join(sorted(JOBS))}") from None
 
 
+def names() -> list[str]:
+    """The registered job names."""
+    _load()
+    return sorted(JOBS)
+
+
 def run(name: str, out: str | Path | None = None, **options: Any) -> Result:
     """Run job `name` with these options, writing under `out`, as the command does."""
     job = get(name)
-    config = job.config.from_dict(options)
-    return execute(job, config, out)
+    return execute(job, build(job, options, out), out)
+
+
+def build(job: Job, options: dict[str, Any], out: str | Path | None = None) -> JobConfig:
+    """The job's config from the options given (resolved by the job first, when it says how)."""
+    if job.resolve is not None:
+        options = job.resolve(dict(options), None if out is None else Path(out))
+    return job.config.from_dict(options)
 
 
 def execute(job: Job, config: JobConfig, out: str | Path | None) -> Result:

@@ -9,7 +9,15 @@ from ..io import write_csv, write_json
 from ..options import option
 from ..paths import interpolate
 from ..report import figures
-from ._inputs import Combine, bn_reset_option, load_models, on_option, output_dir, split_tensors
+from ._inputs import (
+    Combine,
+    bn_reset_option,
+    load_models,
+    on_option,
+    output_dir,
+    record,
+    split_tensors,
+)
 from ._registry import JobConfig, Output, Result, register
 
 PATH_COLUMNS = ["t", "split", "loss", "acc", "length"]
@@ -59,6 +67,7 @@ def run_interpolate(config: InterpolateConfig, out: Path) -> InterpolateResult:
     summary["models"] = {"a": str(models.checkpoints[0].path), "b": str(models.checkpoints[1].path)}
     summary["eval_data"] = {**data.spec.to_dict(), "on": config.on}
     out.mkdir(parents=True, exist_ok=True)
+    record(out, config, models.device)
     write_csv(out / "path.csv", rows, PATH_COLUMNS)
     write_json(out / "barrier.json", summary)
     on = "the whole dataset" if config.on == "full" else f"{na}'s own subset"
