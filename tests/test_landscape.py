@@ -36,7 +36,10 @@ def _params(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {"w": torch.randn(3, 4, generator=g, dtype=torch.float64),
             "b": torch.randn(5, generator=g, dtype=torch.float64),
-            "bn.running_mean": torch.randn(2, dtype=torch.float64)}  # not a parameter: skipped
+            "bn.running_mean": torch.randn(2, dtype=torch.float64)}  # a statistic: held fixed
+
+
+STATS = {"bn.running_mean"}
 
 
 def test_hutchinson_is_exact_for_a_diagonal_hessian():
@@ -45,7 +48,8 @@ def test_hutchinson_is_exact_for_a_diagonal_hessian():
     theta = torch.cat([p["w"].reshape(-1), p["b"]])
     g = torch.Generator().manual_seed(1)
     diags = [torch.rand(17, generator=g, dtype=torch.float64) * 3 for _ in range(3)]
-    res = hutchinson(_quadratic([torch.diag(d) for d in diags]), p, batches=3, probes=4)
+    res = hutchinson(_quadratic([torch.diag(d) for d in diags]), p, batches=3, probes=4,
+                     statistics=STATS)
     mean_diag = sum(diags) / 3
     assert res["samples"] == 12 and res["probes"] == 4 and res["batches"] == 3
     assert res["trace"] == pytest.approx(float(mean_diag.sum()), rel=1e-12)
@@ -60,7 +64,7 @@ def test_hutchinson_is_exact_for_a_diagonal_hessian():
 def test_hutchinson_single_batch_diagonal_has_zero_standard_error():
     p = _params()
     res = hutchinson(_quadratic([torch.diag(torch.arange(1.0, 18.0, dtype=torch.float64))]), p,
-                     batches=1, probes=5)
+                     batches=1, probes=5, statistics=STATS)
     assert res["trace"] == pytest.approx(153.0, rel=1e-12)  # 1 + 2 + ... + 17
     assert res["trace_se"] == 0.0 and res["weighted_trace_se"] == 0.0
 
@@ -71,13 +75,13 @@ def test_hutchinson_estimates_the_trace_of_a_dense_psd_hessian():
     g = torch.Generator().manual_seed(3)
     m = torch.randn(17, 17, generator=g, dtype=torch.float64)
     a = m.T @ m / 17 + torch.eye(17, dtype=torch.float64)
-    res = hutchinson(_quadratic([a]), p, batches=1, probes=400, seed=5)
+    res = hutchinson(_quadratic([a]), p, batches=1, probes=400, seed=5, statistics=STATS)
     trace, weighted = float(a.trace()), float((theta**2 * a.diagonal()).sum())
     assert 0 < res["trace_se"] < 0.1 * trace
     assert abs(res["trace"] - trace) < 4 * res["trace_se"]
     assert abs(res["weighted_trace"] - weighted) < 4 * res["weighted_trace_se"]
     # Off-diagonal terms are what the probes average out: a different seed, a different value.
-    other = hutchinson(_quadratic([a]), p, batches=1, probes=400, seed=6)
+    other = hutchinson(_quadratic([a]), p, batches=1, probes=400, seed=6, statistics=STATS)
     assert other["trace"] != res["trace"]
 
 

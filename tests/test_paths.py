@@ -16,6 +16,7 @@ from modeconn.errors import UsageError
 from modeconn.evaluate import Evaluator
 from modeconn.io import read_csv
 from modeconn.models import build_model, model_config
+from modeconn.params import statistic_keys
 from modeconn.paths import (
     ParamPath,
     check_compatible,
@@ -27,6 +28,9 @@ from modeconn.paths import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+
+
+STATS = {"bn.running_mean", "bn.running_var"}
 
 
 def _bends(n, dtype=torch.float64, seed=0):
@@ -152,7 +156,7 @@ def test_segment_lengths_of_a_linear_path():
     a, b = _bends(2)
     path = linear_path(a, b)
     ts = grid(5)
-    lengths = path.segment_lengths(ts)
+    lengths = path.segment_lengths(ts, STATS)
     assert len(lengths) == 5 and lengths[0] == 0.0
     # Parameters only: running statistics are not weights and do not add length.
     dist = math.sqrt(sum(float(((b[k] - a[k]) ** 2).sum()) for k in ("fc.weight", "fc.bias")))
@@ -165,13 +169,31 @@ def test_segment_lengths_ignore_running_statistics():
     a, b = _bends(2)
     b = dict(a, **{"bn.running_mean": a["bn.running_mean"] + 100.0,
                    "bn.running_var": a["bn.running_var"] * 50.0})
-    assert sum(linear_path(a, b).segment_lengths(grid(3))) == pytest.approx(0.0, abs=1e-12)
+    assert sum(linear_path(a, b).segment_lengths(grid(3), STATS)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_running_statistics_are_read_from_the_module_not_from_key_names():
+    """What counts as a statistic comes from named_buffers(): a parameter named like a running
+    statistic is a weight, a buffer with another name is a statistic."""
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.running_scale = torch.nn.Parameter(torch.ones(2))
+            self.register_buffer("ema", torch.zeros(2))
+
+    assert statistic_keys(Odd()) == {"ema"}
+    bn = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert statistic_keys(bn) == {"1.running_mean", "1.running_var"}
+    a = dict(Odd().state_dict())
+    b = {"running_scale": a["running_scale"] + 3.0, "ema": a["ema"] + 100.0}
+    assert sum(linear_path(a, b).segment_lengths(grid(2), statistic_keys(Odd()))) == \
+        pytest.approx(3.0 * math.sqrt(2))
 
 
 def test_segment_lengths_on_a_non_uniform_grid_are_proportional():
     a, b = _bends(2)
     dist = float((flatten_params(b) - flatten_params(a)).norm())
-    lengths = linear_path(a, b).segment_lengths([0.0, 0.1, 0.5, 1.0])
+    lengths = linear_path(a, b).segment_lengths([0.0, 0.1, 0.5, 1.0], STATS)
     assert lengths[1:] == pytest.approx([0.1 * dist, 0.4 * dist, 0.5 * dist], rel=1e-9)
 
 

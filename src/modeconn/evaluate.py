@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from .errors import UsageError
+from .params import batchnorm_modules
 
 BN_RESET = ("auto", "on", "off")
 # Evaluation batch of 2-D convolutions on CPU: measured within 10% of the best batch (32 to 2048)
@@ -33,18 +34,13 @@ Point = Mapping[str, Tensor]
 Data = tuple[Tensor, Tensor]
 
 
-def _bn_modules(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
 def resolve_bn_reset(model: nn.Module, bn_reset: str | bool) -> bool:
     """Whether to re-estimate BatchNorm statistics: 'auto' means when the model has BatchNorm."""
     if isinstance(bn_reset, bool):
-        return bn_reset and bool(_bn_modules(model))
+        return bn_reset and bool(batchnorm_modules(model))
     if bn_reset not in BN_RESET:
         raise UsageError(f"--bn-reset must be one of {', '.join(BN_RESET)}, got {bn_reset!r}")
-    return bn_reset != "off" and bool(_bn_modules(model))
+    return bn_reset != "off" and bool(batchnorm_modules(model))
 
 
 class Evaluator:
@@ -64,7 +60,7 @@ class Evaluator:
         if self.bn_reset and bn_data is None:
             raise UsageError("BatchNorm re-estimation needs training inputs (bn_data)")
         self.bn_data = bn_data
-        self._bns = _bn_modules(self.model)
+        self._bns = batchnorm_modules(self.model)
         for _, m in self._bns:
             m.momentum = None  # cumulative average over the re-estimation batches
         self._nbt = {f"{n}.num_batches_tracked" for n, _ in self._bns}

@@ -4,7 +4,7 @@ evaluated on a grid through the evaluation engine, and the Hutchinson Hessian tr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +14,7 @@ from torch.func import functional_call
 
 from .ensemble import flatten_params
 from .errors import UsageError
+from .params import combine, statistic_keys, weight_keys
 from .paths import ParamPath, check_compatible
 
 Point = Mapping[str, Tensor]
@@ -42,9 +43,7 @@ class Plane:
 
     def point(self, x: float, y: float) -> dict[str, Tensor]:
         """The parameter dict at plane coordinates (x, y) (buffers combined the same way)."""
-        c0, c1, c2 = self.coefficients(x, y)
-        return {k: (self.w0[k] * c0 + self.w1[k] * c1 + self.w2[k] * c2)
-                if v.is_floating_point() else v for k, v in self.w0.items()}
+        return combine([self.w0, self.w1, self.w2], self.coefficients(x, y))
 
     def coordinates(self, p: Point) -> tuple[float, float]:
         """Plane coordinates of the projection of a parameter point onto the plane."""
@@ -106,15 +105,16 @@ def project_path(plane_: Plane, path: ParamPath, points: int = 61) -> tuple[list
 # ---------------------------------------------------------------- curvature
 
 def hutchinson(loss_fn: Callable[[dict[str, Tensor], int], Tensor], params: Point, batches: int,
-               probes: int, seed: int = 0) -> dict[str, float]:
+               probes: int, seed: int = 0, statistics: Iterable[str] = ()) -> dict[str, float]:
     """Hutchinson estimates of tr(H) and Σ θ_i²·H_ii of loss_fn(params, batch index), averaged over
     batches and Rademacher probes, with standard errors over the batch × probe samples.
 
     Each sample is one Hessian-vector product by double backprop: vᵀHv estimates the trace and
-    Σ θ_i²·v_i·(Hv)_i the weighted trace (E[v_i v_j] = δ_ij)."""
+    Σ θ_i²·v_i·(Hv)_i the weighted trace (E[v_i v_j] = δ_ij). The Hessian is over the weights:
+    the entries named in `statistics` (running statistics) stay fixed."""
     if probes < 1:
         raise UsageError(f"--probes must be at least 1, got {probes}")
-    keys = [k for k, v in params.items() if v.is_floating_point() and "running_" not in k]
+    keys = weight_keys(params, statistics)
     theta = {k: params[k].detach().clone().requires_grad_() for k in keys}
     rest = {k: v for k, v in params.items() if k not in theta}
     gen = torch.Generator().manual_seed(seed)
@@ -155,7 +155,7 @@ def hessian_trace(model: nn.Module, params: Point, x: Tensor, y: Tensor, probes:
         sl = slice(b * batch_size, (b + 1) * batch_size)
         return F.cross_entropy(functional_call(net, p, (x[sl],)), y[sl])
 
-    return hutchinson(loss_fn, params, nb, probes, seed)
+    return hutchinson(loss_fn, params, nb, probes, seed, statistic_keys(net))
 
 
 def _mean(v: list[float]) -> float:

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, fx, nn
 from torch.func import functional_call
 
-from .align.matching import mean_params
 from .errors import UsageError
 from .evaluate import Evaluator
+from .params import has_batchnorm, mean
 
 Params = Mapping[str, Tensor]
 
@@ -48,11 +48,7 @@ def average(params_list: Sequence[Params], weights: Sequence[float] | None = Non
             raise UsageError(f"{len(weights)} weights for {len(params_list)} models")
         total = float(sum(weights))
         weights = [float(w) / total for w in weights]
-    return mean_params(list(params_list), weights)
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return mean(list(params_list), weights)
 
 
 def bn_reset(model: nn.Module, params: Params, x: Tensor) -> dict[str, Tensor]:

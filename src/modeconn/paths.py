@@ -9,13 +9,14 @@ Floating-point tensors (weights and BatchNorm running statistics) are combined; 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import UsageError
+from .params import combine, flatten, statistic_keys, weight_keys
 
 PATH_KINDS = ("linear", "bezier", "polychain")
 
@@ -46,8 +47,6 @@ class ParamPath:
         check_compatible(bends)
         self.kind = kind
         self.bends = [dict(b) for b in bends]
-        self.keys = list(self.bends[0])
-        self.floating = [k for k in self.keys if self.bends[0][k].is_floating_point()]
 
     @property
     def num_bends(self) -> int:
@@ -61,28 +60,19 @@ class ParamPath:
     def point(self, t: float) -> dict[str, Tensor]:
         """The parameter dict at t."""
         c = self.coefficients(t) if self.kind != "linear" else polychain_coefficients(t, 2)
-        active = [(float(ci), b) for ci, b in zip(c, self.bends) if ci != 0]
-        out = {}
-        for k in self.keys:
-            if k in self.floating:
-                acc = active[0][1][k] * active[0][0]
-                for ci, b in active[1:]:
-                    acc = acc + b[k] * ci
-                out[k] = acc
-            else:
-                out[k] = self.bends[0][k]
-        return out
+        return combine(self.bends, [float(ci) for ci in c])
 
     def points(self, ts: Sequence[float]):
         """Parameter dicts at each t (a generator, so long grids stay cheap)."""
         return (self.point(float(t)) for t in ts)
 
-    def segment_lengths(self, ts: Sequence[float]) -> list[float]:
-        """Euclidean distance in weight space between consecutive grid points (parameters only)."""
-        weights = [k for k in self.floating if "running_" not in k]  # not BatchNorm statistics
+    def segment_lengths(self, ts: Sequence[float], statistics: Iterable[str] = ()) -> list[float]:
+        """Euclidean distance in weight space between consecutive grid points (the entries
+        named in `statistics`, e.g. `params.statistic_keys(model)`, left out)."""
+        weights = weight_keys(self.bends[0], statistics)
         prev, out = None, []
         for p in self.points(ts):
-            vec = torch.cat([p[k].reshape(-1).double() for k in weights])
+            vec = flatten(p, weights)
             out.append(0.0 if prev is None else float((vec - prev).norm()))
             prev = vec
         return out
@@ -124,7 +114,7 @@ def check_tolerance(tolerance: float) -> float:
 def evaluate_path(path: ParamPath, evaluator, ts: Sequence[float]) -> list[dict]:
     """Tidy rows (t, split, loss, acc, length) of `path` on the grid `ts` through `evaluator`."""
     results = evaluator.evaluate(path.points(ts))
-    lengths = path.segment_lengths(ts)
+    lengths = path.segment_lengths(ts, statistic_keys(evaluator.model))
     cum = list(np.cumsum(lengths))
     return [{"t": t, "split": split, "loss": r[split]["loss"], "acc": r[split]["acc"],
              "length": c}

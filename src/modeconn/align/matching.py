@@ -19,6 +19,8 @@ from torch import Tensor, fx, nn
 from torch.func import functional_call
 
 from ..errors import UsageError
+from ..params import distance, is_float
+from ..params import mean as mean_params
 from .lap import WarmLAP, linear_assignment
 from .spec import Permutation, PermutationSpec, axis_index, check_spec, units_first
 from .trace import Point, auto_spec, trace
@@ -70,29 +72,6 @@ def resolve_spec(model: ModelOrParams, spec: PermutationSpec | None,
     if isinstance(model, nn.Module) and example_input is not None:
         check_spec(model, spec, example_input, trials=2)
     return spec
-
-
-def _is_float(t: Tensor) -> bool:
-    return t.is_floating_point() or t.is_complex()
-
-
-def mean_params(states: Sequence[Params], weights: Sequence[float] | Tensor | None = None
-                ) -> dict[str, Tensor]:
-    """Weighted average of parameter dicts; non-float tensors are taken from the first."""
-    k = len(states)
-    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
-    out = {}
-    for name, first in states[0].items():
-        if _is_float(first):
-            out[name] = sum(w[i].to(first) * s[name] for i, s in enumerate(states))
-        else:
-            out[name] = first.clone()
-    return out
-
-
-def _distance(a: Params, b: Params) -> float:
-    """L2 distance between two parameter dicts (float tensors)."""
-    return float(sum(((a[k] - b[k]).double() ** 2).sum() for k in a if _is_float(a[k]))) ** 0.5
 
 
 # --- weight matching ------------------------------------------------------------------------
@@ -442,7 +421,7 @@ def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
     spec = resolve_spec(a, spec, x[:2])
     epochs = ste_epochs(len(x), batch_size, epochs)
     pa, pb = state_of(a), state_of(b)
-    trainable = {k for k, _ in a.named_parameters() if k in pa and _is_float(pa[k])}
+    trainable = {k for k, _ in a.named_parameters() if k in pa and is_float(pa[k])}
     theta = {k: pa[k].clone().requires_grad_(True) for k in trainable}
     opt = torch.optim.Adam(theta.values(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -462,7 +441,7 @@ def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
                 perm = matcher(current, pb)
                 aligned = perm.apply(pb)
                 mid = {k: 0.5 * (v + (_straight_through(aligned[k], theta[k])
-                                      if k in theta else aligned[k])) if _is_float(v) else v
+                                      if k in theta else aligned[k])) if is_float(v) else v
                        for k, v in pa.items()}
                 loss = loss_fn(_forward(a, mid, x[idx]), y[idx])
                 opt.zero_grad(set_to_none=True)
@@ -507,7 +486,7 @@ def merge_many(models: Sequence[ModelOrParams], spec: PermutationSpec | None = N
                 perms[l] = new
                 aligned[l] = new.apply(states[l])
         avg = mean_params(aligned)
-        dist = sum(_distance(s, avg) for s in aligned)
+        dist = sum(distance(s, avg) for s in aligned)
         if dist >= best_dist * (1 - 1e-12):
             break  # the summed distance to the average stopped decreasing
         best_dist, best = dist, list(perms)
@@ -537,7 +516,7 @@ def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
     states = [state_of(m) for m in models]
     k = len(states)
     trainable = {n for n, _ in ref.named_parameters() if n in states[0]
-                 and _is_float(states[0][n])}
+                 and is_float(states[0][n])}
     proxies = [{n: states[0][n].clone().requires_grad_(True) for n in trainable}
                for _ in range(k - 1)]
     opt = torch.optim.Adam([t for p in proxies for t in p.values()], lr=lr)

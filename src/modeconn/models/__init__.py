@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError
+from ..params import has_batchnorm
 from .convnet import ConvNet
 from .mlp import MLP
 from .resnet import NORMS as RESNET_NORMS
@@ -120,12 +121,6 @@ def build_model(cfg: dict[str, Any] | str) -> nn.Module:
     if arch == "resnet":
         return ResNet(*args, **kw)
     return ConvNet(*args, **kw)
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    """Whether a model has BatchNorm layers that keep running statistics."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-               for m in model.modules())
 
 
 __all__ = ["ARCHS", "PRESETS", "ConvNet", "MLP", "ResNet", "VGG", "build_model",
