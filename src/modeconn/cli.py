@@ -91,7 +91,7 @@ def add_job_parser(sub, job) -> argparse.ArgumentParser:
     if job.output is not None:
         o = job.output
         p.add_argument("--out", required=o.required and o.default is None, default=o.default,
-                       help=o.help + (f" (default: {o.default})" if o.default else ""))
+                       help=o.help)  # the formatter shows the default
     p.set_defaults(job=job, func=run_job)
     return p
 
