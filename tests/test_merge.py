@@ -10,6 +10,7 @@ import torch
 from conftest import FAST_TRAIN
 from torch import nn
 
+from modeconn import jobs
 from modeconn.align import Permutation, auto_spec
 from modeconn.checkpoint import load_checkpoint, save_checkpoint
 from modeconn.cli import main
@@ -47,14 +48,22 @@ def _barrier(path):
 
 
 @pytest.mark.parametrize("method", ["wm", "am", "ste"])
-def test_align_recovers_a_random_permutation(trained, tmp_path, cli, method):
+def test_align_recovers_a_random_permutation(trained, tmp_path, method):
     b = _permuted_copy(trained["s0"], tmp_path / "perm.safetensors", seed=3)
-    rc, out, err = cli("align", trained["s0"], b, "--method", method, "--points", "5",
-                       "--epochs", "1", "--out", tmp_path / "al", "--device", "cpu")
-    assert rc == 0, err
-    assert "→" in out and "reduction" in out
+    result = jobs.run("align", a=str(trained["s0"]), b=str(b), method=method, points=5, epochs=1,
+                      device="cpu", out=tmp_path / "al")
+    assert result.exit_code == 0 and result.out == tmp_path / "al"
+    assert result.before["test"]["loss"]["linear"]["barrier"] > 0.05
+    assert result.after["test"]["loss"]["linear"]["barrier"] == pytest.approx(0, abs=1e-6)
+    assert result.reduction == pytest.approx(100, abs=1e-3)
+    assert not result.permutation.is_identity()
+    assert result.lines()[0].startswith("test loss barrier ") and f"reduction, {method})" \
+        in result.lines()[0]
     assert _barrier(tmp_path / "al" / "barrier_after.json") == pytest.approx(0, abs=1e-6)
     assert _barrier(tmp_path / "al" / "barrier_before.json") > 0.05
+    config = json.loads((tmp_path / "al" / "config.json").read_text())
+    assert config["job"] == "align" and config["config"]["method"] == method
+    assert (tmp_path / "al" / "env.json").exists()
     a = load_checkpoint(trained["s0"]).tensors
     aligned = load_checkpoint(tmp_path / "al" / "aligned_b.safetensors")
     assert aligned.meta["alignment"]["method"] == method
@@ -73,6 +82,9 @@ def test_align_reduces_barrier_of_different_seeds(trained, tmp_path, cli):
     before = _barrier(tmp_path / "al" / "barrier_before.json")
     after = _barrier(tmp_path / "al" / "barrier_after.json")
     assert after < 0.5 * before
+    assert out.splitlines() == [
+        f"test loss barrier {before:.4f} → {after:.4f} "
+        f"({100 * (before - after) / before:.1f}% reduction, wm)", f"wrote {tmp_path / 'al'}"]
 
 
 def _mlp(seed: int) -> nn.Module:
@@ -121,16 +133,21 @@ def test_bn_reset_equals_update_bn():
     torch.testing.assert_close(rep["1.running_mean"], got["1.running_mean"])
 
 
-def test_merge_many_of_permuted_copies_reproduces_the_model(trained, tmp_path, cli):
+def test_merge_many_of_permuted_copies_reproduces_the_model(trained, tmp_path):
     copies = [trained["s0"]] + [_permuted_copy(trained["s0"], tmp_path / f"p{i}.safetensors", i)
                                 for i in range(1, 3)]
-    rc, out, err = cli("merge-many", *copies, "--method", "wm", "--points", "3",
-                       "--out", tmp_path / "mm", "--device", "cpu")
-    assert rc == 0, err
+    result = jobs.run("merge-many", models=[str(c) for c in copies], method="wm", points=3,
+                      device="cpu", out=tmp_path / "mm")
+    assert result.exit_code == 0 and result.out == tmp_path / "mm"
     merged = load_checkpoint(tmp_path / "mm" / "merged.safetensors").tensors
     for k, v in load_checkpoint(trained["s0"]).tensors.items():
         torch.testing.assert_close(merged[k], v, atol=1e-5, rtol=1e-5)
     report = json.loads((tmp_path / "mm" / "merge.json").read_text())
+    assert report == json.loads(json.dumps(result.report))
+    assert len(result.barriers) == 3 and all(r["test_loss_barrier"] == pytest.approx(0, abs=1e-5)
+                                              for r in result.barriers)
+    config = json.loads((tmp_path / "mm" / "config.json").read_text())
+    assert config["job"] == "merge-many" and config["config"]["models"] == [str(c) for c in copies]
     assert report["merged"]["test"]["acc"] == pytest.approx(report["members"][0]["test"]["acc"])
     # The merged model is the first member itself: the same estimate (same probes); the permuted
     # copies have the same Hessian trace, estimated with probes on permuted coordinates.
@@ -141,7 +158,7 @@ def test_merge_many_of_permuted_copies_reproduces_the_model(trained, tmp_path, c
     for other in others:
         assert abs(other["trace"] - trace["trace"]) < 4 * (other["trace_se"] ** 2
                                                           + trace["trace_se"] ** 2) ** 0.5
-    assert "Hessian trace" in out
+    assert result.lines()[1].startswith("Hessian trace (train, 10 probes")
     lines = (tmp_path / "mm" / "barriers.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + 3
 
@@ -152,7 +169,12 @@ def test_merge_many_avg_with_repair_runs(trained, tmp_path, cli):
     assert rc == 0, err
     report = json.loads((tmp_path / "mm" / "merge.json").read_text())
     assert report["normalisation"] == "repair"
-    assert "merged_without_repair" in report and "without REPAIR" in out
+    assert "merged_without_repair" in report
+    lines = out.splitlines()
+    assert lines[0].startswith("merged (avg, repair): test loss ")
+    assert lines[1].startswith("without REPAIR: test loss ")
+    assert lines[2].startswith("Hessian trace (train, 10 probes × ")
+    assert lines[3] == f"wrote {tmp_path / 'mm'}" and len(lines) == 4
 
 
 @pytest.mark.parametrize("argv", [
@@ -168,6 +190,30 @@ def test_cli_errors_exit_2_with_one_line(trained, tmp_path, cli, argv):
     rc, out, err = cli(*argv)
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("modeconn: error:")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"models": ["m0.safetensors"]},
+     "'models' of merge-many must name at least 2 checkpoints, got ['m0.safetensors']"),
+    ({"models": ["m0", "m1"], "hessian_probes": -1},
+     "'hessian_probes' of merge-many must be an integer ≥ 0, got -1"),
+    ({"models": ["m0", "m1"], "hessian_batches": 0},
+     "'hessian_batches' of merge-many must be an integer ≥ 1, got 0"),
+    ({"models": ["m0", "m1"], "method": "ste"},
+     "'method' of merge-many must be one of wm, ste-mm, avg, got 'ste'"),
+])
+def test_merge_many_config_refuses_bad_options_by_field(tmp_path, options, message):
+    with pytest.raises(jobs.ConfigError) as e:
+        jobs.run("merge-many", out=tmp_path / "mm", **options)
+    assert str(e.value) == message
+    assert not (tmp_path / "mm").exists()
+
+
+def test_merge_many_of_one_model_names_the_argument(trained, tmp_path, cli):
+    rc, _, err = cli("merge-many", trained["s0"], "--out", tmp_path / "mm")
+    assert rc == 2
+    assert err.strip() == (f"modeconn: error: models must name at least 2 checkpoints, got "
+                           f"{trained['s0']}")
 
 
 def test_merge_many_with_batchnorm_does_bn_reset(tmp_path, cli):
@@ -213,7 +259,7 @@ def test_align_with_a_hand_written_spec(trained, tmp_path, cli):
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "cannot read --spec"),
+    (None, "'spec' of align names {path}, which cannot be read: No such file or directory"),
     ("[1, 2]", "is not a permutation spec"),
     ('{"sizes": {"P0": 32}}', "is not a permutation spec"),
     ('{"sizes": {"P0": 7}, "axes": {"1.weight": ["P0", null]}}', "has size 7"),
@@ -225,5 +271,6 @@ def test_bad_hand_written_spec_is_one_line(trained, tmp_path, cli, content, mess
         path.write_text(content)
     rc, _, err = cli("align", trained["s0"], trained["s1"], "--spec", path, "--out",
                      tmp_path / "o", "--device", "cpu")
+    message = message.format(path=path)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "o").exists()

@@ -91,7 +91,7 @@ def add_job_parser(sub, job) -> argparse.ArgumentParser:
     if job.output is not None:
         o = job.output
         p.add_argument("--out", required=o.required and o.default is None, default=o.default,
-                       help=o.help + (f" (default: {o.default})" if o.default else ""))
+                       help=o.help)  # the formatter shows the default
     p.set_defaults(job=job, func=run_job)
     return p
 
@@ -227,34 +227,6 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
 
 
-def add_alignment_args(p: argparse.ArgumentParser, out_default: str) -> None:
-    """Options shared by align and merge-many."""
-    p.add_argument("--spec", default=None, metavar="JSON",
-                   help="a hand-written permutation spec instead of the one traced from the "
-                        "model (checked before use; an align run's permutation.json also works)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="layer order of weight matching; batches and probes of STE, STE-MM and "
-                        "the Hessian trace")
-    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
-    p.add_argument("--device", default="auto", help=HELP_DEVICE)
-    p.add_argument("--out", default=out_default, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
-    add_dataset_mismatch_arg(p)
-
-
-def add_ste_args(p: argparse.ArgumentParser, method: str, batched: str) -> None:
-    """Options of the straight-through estimators (STE in align, STE-MM in merge-many)."""
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"{method} epochs (default 10, or more on small datasets, enough for the "
-                        "steps the reference takes: modeconn.align.ste_epochs)")
-    p.add_argument("--lr", type=float, default=1e-3, help=f"{method} learning rate (Adam)")
-    p.add_argument("--batch-size", type=int, default=256, help=f"{batched} batch size")
-    p.add_argument("--warm", default=True, action=argparse.BooleanOptionalAction,
-                   help=f"warm-start {method}'s per-batch weight matching from the last "
-                        "permutation (as the reference code does) and LAP solution (--no-warm: "
-                        "cold solves from the identity every batch; slower)")
-
-
 def model_overrides(args: argparse.Namespace) -> dict:
     """Model options given on the command line."""
     width = args.width
@@ -375,195 +347,6 @@ def _out_dir(path: str, overwrite: bool = False) -> Path:
         raise UsageError(f"output directory {out} already exists and is not empty; "
                          "choose another --out or pass --overwrite")
     return out
-
-
-def _read_spec(path: str):
-    """A hand-written permutation spec: PermutationSpec.to_dict JSON, or an align run's
-    permutation.json (its "spec")."""
-    import json
-
-    from .align import PermutationSpec
-
-    try:
-        data = json.loads(Path(path).read_text())
-        data = data.get("spec", data)
-        return PermutationSpec.from_dict(data)
-    except OSError as e:
-        raise UsageError(f"cannot read --spec {path}: {e.strerror}") from None
-    except (ValueError, AttributeError, KeyError, TypeError) as e:
-        raise UsageError(f"--spec {path} is not a permutation spec ({type(e).__name__}: {e}); "
-                         "write {\"sizes\": {P: n}, \"axes\": {tensor: [P or null per axis]}} "
-                         "or pass an align run's permutation.json") from None
-
-
-def _align_setup(paths: list[str], device_name: str, data_dir: str | None,
-                 spec_path: str | None = None, allow_dataset_mismatch: bool = False):
-    """Models of one architecture, their evaluation data and a checked spec: read from
-    `spec_path`, else derived from the model's graph."""
-    from .align import auto_spec, check_spec
-    from .checkpoint import load_same_architecture, params_of
-    from .data import DataSpec, eval_data
-    from .train import resolve_device
-
-    device = resolve_device(device_name)
-    model, ckpts = load_same_architecture(paths, device, allow_dataset_mismatch)
-    data = eval_data(DataSpec.from_dict(ckpts[0].meta.get("data", {})), "full", data_dir).to(device)
-    if spec_path is not None:
-        spec = _read_spec(spec_path)
-        check_spec(model, spec, data.train_x[:2])  # validates names and sizes, then invariance
-        return model, ckpts, [params_of(c, device) for c in ckpts], data, spec
-    try:
-        spec = auto_spec(model, data.train_x[:2])  # check_spec runs inside
-    except UsageError:
-        raise
-    except Exception as e:  # noqa: BLE001 — a tracer failure becomes one line
-        raise UsageError(f"cannot derive a permutation spec for {type(model).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return model, ckpts, [params_of(c, device) for c in ckpts], data, spec
-
-
-def _model_meta(ckpt, **extra) -> dict:
-    """Metadata of a derived model checkpoint: the source's (architecture, data, ...) plus extras."""
-    meta = {k: v for k, v in ckpt.meta.items() if k not in ("modeconn_version", "kind")}
-    return {**meta, **extra}
-
-
-def _test_barrier(summary: dict) -> float:
-    return summary["test"]["loss"]["linear"]["barrier"]
-
-
-def cmd_align(args: argparse.Namespace) -> int:
-    from .align import activation_matching, ste_matching, weight_matching
-    from .checkpoint import save_checkpoint
-    from .io import write_csv, write_json, write_text
-    from .paths import interpolate
-    from .report.figures import display_names, path_figure, save
-
-    if args.points < 2:
-        raise UsageError(f"--points must be at least 2, got {args.points}")
-    model, (a, b), (pa, pb), data, spec = _align_setup([args.a, args.b], args.device,
-                                                       args.data_dir, args.spec,
-                                                       args.allow_dataset_mismatch)
-    out = _out_dir(args.out, args.overwrite)
-    if args.method == "wm":
-        perm = weight_matching(pa, pb, spec=spec, seed=args.seed)
-    elif args.method == "am":
-        perm = activation_matching(pa, pb, data.train_x, spec, model=model,
-                                   batch_size=args.batch_size)
-    else:
-        model.load_state_dict(pa)
-        perm = ste_matching(model, pb, data.train_x, data.train_y, spec, epochs=args.epochs,
-                            lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                            warm=args.warm)
-    aligned = perm.apply(pb)
-    splits = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
-    paths, summaries = {}, {}
-    for label, other in (("before", pb), ("after", aligned)):
-        rows, summary = interpolate(model, pa, other, splits, bn_data=data.train_x,
-                                    points=args.points, bn_reset="auto")
-        summary["models"] = {"a": str(a.path), "b": str(b.path), "aligned": label == "after"}
-        paths[label], summaries[label] = rows, summary
-    out.mkdir(parents=True, exist_ok=True)
-    alignment = {"method": args.method, "to": str(a.path), "source": str(b.path),
-                 "identity": perm.is_identity()}
-    save_checkpoint(out / "aligned_b.safetensors", aligned, **_model_meta(b, kind="model",
-                                                                          alignment=alignment))
-    write_text(out / "permutation.json", perm.to_json())
-    for label in ("before", "after"):
-        write_json(out / f"barrier_{label}.json", summaries[label])
-        write_csv(out / f"path_{label}.csv", paths[label], ["t", "split", "loss", "acc", "length"])
-    na, nb = display_names([a.path, b.path])
-    save(path_figure({f"{nb} before": paths["before"], f"{nb} aligned": paths["after"]},
-                     title=f"linear path {na} → {nb}, before and after aligning {nb} to {na} "
-                           f"({args.method})", xlabel=f"λ (0: {na}, 1: {nb})"), out / "path.png")
-    before, after = _test_barrier(summaries["before"]), _test_barrier(summaries["after"])
-    reduction = 100 * (before - after) / before if before > 0 else float("nan")
-    print(f"test loss barrier {before:.4f} → {after:.4f} ({reduction:.1f}% reduction, "
-          f"{args.method})")
-    print(f"wrote {out}")
-    return 0
-
-
-def cmd_merge_many(args: argparse.Namespace) -> int:
-    from .align import Permutation, merge_many, ste_mm
-    from .checkpoint import save_checkpoint
-    from .evaluate import Evaluator
-    from .io import write_csv, write_json
-    from .landscape import hessian_trace
-    from .merge import average, normalise
-    from .paths import interpolate
-
-    if len(args.models) < 2:
-        raise UsageError(f"merge-many needs at least 2 models, got {len(args.models)}")
-    if args.hessian_probes < 0 or args.hessian_batches < 1:
-        raise UsageError("--hessian-probes must be 0 (skip) or more and --hessian-batches at "
-                         f"least 1, got {args.hessian_probes} and {args.hessian_batches}")
-    model, ckpts, states, data, spec = _align_setup(args.models, args.device, args.data_dir,
-                                                    args.spec, args.allow_dataset_mismatch)
-    out = _out_dir(args.out, args.overwrite)
-    if args.method == "wm":
-        merged = merge_many(states, spec, seed=args.seed)
-    elif args.method == "ste-mm":
-        modules = [c.build(data.train_x.device) for c in ckpts]
-        merged = ste_mm(modules, data.train_x, data.train_y, spec, epochs=args.epochs, lr=args.lr,
-                        batch_size=args.batch_size, seed=args.seed, warm=args.warm)
-    else:
-        merged = None
-    perms = merged.perms if merged else [Permutation.identity(spec) for _ in states]
-    aligned = [p.apply(s) for p, s in zip(perms, states, strict=True)]
-    x = data.train_x
-    final, repaired_by = normalise(model, aligned, average(aligned), x, args.repair)
-    plain, _ = normalise(model, states, average(states), x, args.repair)
-    splits = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
-    ev = Evaluator(model, splits, bn_data=x, bn_reset="off")
-    results = ev.evaluate([final, plain, *states])
-    names = [str(c.path) for c in ckpts]
-    report = {"method": args.method, "normalisation": repaired_by, "merged": results[0],
-              "plain_average": results[1],
-              "plain_average_note": "the unaligned average, with the same normalisation "
-                                    f"({repaired_by})",
-              "members": [{"model": n, **r} for n, r in zip(names, results[2:], strict=True)]}
-    if args.hessian_probes:  # flatness of the merged model beside its members', on training data
-        traces = [hessian_trace(model, p, x, data.train_y, args.hessian_probes,
-                                max_batches=args.hessian_batches, seed=args.seed)
-                  for p in [final, *states]]
-        report["hessian_trace"] = traces[0]
-        for member, tr in zip(report["members"], traces[1:], strict=True):
-            member["hessian_trace"] = tr
-    if repaired_by == "repair":  # what REPAIR bought: the aligned average without it
-        report["merged_without_repair"] = ev.evaluate([average(aligned)])[0]
-    rows = []
-    for i in range(len(aligned)):
-        for j in range(i + 1, len(aligned)):
-            _, summary = interpolate(model, aligned[i], aligned[j],
-                                     {"test": (data.test_x, data.test_y)}, bn_data=x,
-                                     points=args.points, bn_reset="auto")
-            rows.append({"a": names[i], "b": names[j], "test_loss_barrier": _test_barrier(summary),
-                         "test_error_barrier": summary["test"]["error"]["linear"]["barrier"]})
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "merged.safetensors", final,
-                    **_model_meta(ckpts[0], kind="model",
-                                  merge={"method": args.method, "models": names,
-                                         "normalisation": repaired_by}))
-    write_json(out / "merge.json", report)
-    write_csv(out / "barriers.csv", rows, ["a", "b", "test_loss_barrier", "test_error_barrier"])
-    m, p = results[0]["test"], results[1]["test"]
-    accs = [r["test"]["acc"] for r in results[2:]]
-    print(f"merged ({args.method}, {repaired_by}): test loss {m['loss']:.4f} acc {m['acc']:.4f} | "
-          f"plain average: loss {p['loss']:.4f} acc {p['acc']:.4f} | members acc "
-          f"{min(accs):.4f}–{max(accs):.4f}")
-    if "merged_without_repair" in report:
-        w = report["merged_without_repair"]["test"]
-        print(f"without REPAIR: test loss {w['loss']:.4f} acc {w['acc']:.4f} "
-              f"(REPAIR {100 * (m['acc'] - w['acc']):+.1f} points)")
-    if args.hessian_probes:
-        h = report["hessian_trace"]
-        members = [m["hessian_trace"]["trace"] for m in report["members"]]
-        print(f"Hessian trace (train, {h['probes']} probes × {h['batches']} batches): merged "
-              f"{h['trace']:.2f} ± {h['trace_se']:.2f} (SE) | members {min(members):.2f}–"
-              f"{max(members):.2f}")
-    print(f"wrote {out}")
-    return 0
 
 
 def cmd_lmc(args: argparse.Namespace) -> int:
@@ -992,6 +775,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .jobs import get
     add_job_parser(sub, get("interpolate"))
+    add_job_parser(sub, get("align"))
+    add_job_parser(sub, get("merge-many"))
 
     p = sub.add_parser("lmc", help="the LMC-under-data-shift study: train pairs, interpolate, "
                                     "ensembles, over grids of batch size and learning rate")
@@ -1043,32 +828,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted demo in --out, reusing finished studies")
     p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("align", help="align B to A by permutation and compare the barriers")
-    p.add_argument("a", help="model checkpoint to align to")
-    p.add_argument("b", help="model checkpoint to permute")
-    p.add_argument("--method", default="wm", choices=["wm", "am", "ste"],
-                   help="weight matching, activation matching or straight-through estimator")
-    p.add_argument("--points", type=int, default=25, help="points on the linear paths")
-    add_ste_args(p, "STE", "STE/AM")
-    add_alignment_args(p, "results/align")
-    p.set_defaults(func=cmd_align)
-
-    p = sub.add_parser("merge-many", help="align K models, average them, BN reset or REPAIR")
-    p.add_argument("models", nargs="*", help="model checkpoints of one architecture")
-    p.add_argument("--method", default="wm", choices=["wm", "ste-mm", "avg"],
-                   help="MergeMany weight matching, STE-MM, or no alignment (plain average)")
-    p.add_argument("--repair", action="store_true",
-                   help="REPAIR the merged model (models with BatchNorm always get BN reset)")
-    p.add_argument("--points", type=int, default=11, help="points per pairwise barrier")
-    add_ste_args(p, "STE-MM", "STE-MM")
-    p.add_argument("--hessian-probes", type=int, default=10,
-                   help="Hutchinson probes for the Hessian trace of the merged model and of each "
-                        "member (0: skip)")
-    p.add_argument("--hessian-batches", type=int, default=4,
-                   help="training batches of 512 the Hessian trace averages over")
-    add_alignment_args(p, "results/merge")
-    p.set_defaults(func=cmd_merge_many)
 
     p = sub.add_parser("curve", help="fit a Bezier or polychain curve between two checkpoints")
     p.add_argument("a", help="model checkpoint at t = 0 (kept fixed)")

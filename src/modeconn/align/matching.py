@@ -49,13 +49,13 @@ def state_of(obj: ModelOrParams) -> dict[str, Tensor]:
 
 def _check_options(batch_size: int | None = None, lr: float | None = None,
                    seed: int | None = None) -> None:
-    """Refuse impossible batch sizes, learning rates and seeds, naming the option."""
+    """Refuse impossible batch sizes, learning rates and seeds, naming the argument."""
     if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UsageError(f"'batch_size' must be an integer ≥ 1, got {batch_size}")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise UsageError(f"--lr must be a positive number, got {lr}")
+        raise UsageError(f"'lr' must be a finite number > 0, got {lr}")
     if seed is not None and seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {seed}")
+        raise UsageError(f"'seed' must be an integer ≥ 0, got {seed}")
 
 
 def resolve_spec(model: ModelOrParams, spec: PermutationSpec | None,

@@ -1,3 +1,3 @@
 """Imports every job module so that each registers itself."""
 
-from . import interpolate  # noqa: F401
+from . import align, interpolate, merge  # noqa: F401

@@ -1,0 +1,138 @@
+"""merge-many: align K checkpoints (MergeMany, STE-MM or none), average them, normalise (BN reset
+or REPAIR), and score the merged model beside the plain average and the members."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..align import Permutation, merge_many, ste_mm
+from ..checkpoint import save_checkpoint
+from ..evaluate import Evaluator
+from ..io import write_csv, write_json
+from ..landscape import hessian_trace
+from ..merge import average, normalise
+from ..options import option
+from ..paths import interpolate
+from ._inputs import output_dir, record, split_tensors
+from ._registry import JobConfig, Output, Result, register
+from .align import (
+    Alignment,
+    align_setup,
+    loss_barrier,
+    model_meta,
+    ste_batch_size_option,
+    ste_epochs_option,
+    ste_lr_option,
+    ste_warm_option,
+)
+
+BARRIER_COLUMNS = ["a", "b", "test_loss_barrier", "test_error_barrier"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergeManyConfig(Alignment, JobConfig):
+    job = "merge-many"
+    models: tuple[str, ...] = option(help="model checkpoints of one architecture",
+                                     positional=True)
+    method: str = option("wm", "MergeMany weight matching, STE-MM, or no alignment (plain "
+                               "average)", choices=("wm", "ste-mm", "avg"))
+    repair: bool = option(False, "REPAIR the merged model (models with BatchNorm always get BN "
+                                 "reset)")
+    points: int = option(11, "points per pairwise barrier", low=2)
+    epochs: int | None = ste_epochs_option("STE-MM")
+    lr: float = ste_lr_option("STE-MM")
+    batch_size: int = ste_batch_size_option("STE-MM")
+    warm: bool = ste_warm_option("STE-MM")
+    hessian_probes: int = option(10, "Hutchinson probes for the Hessian trace of the merged model "
+                                     "and of each member (0: skip)", low=0)
+    hessian_batches: int = option(4, "training batches of 512 the Hessian trace averages over",
+                                  low=1)
+
+    def check(self) -> None:
+        super().check()
+        if len(self.models) < 2:
+            raise self.invalid("models", "must name at least 2 checkpoints")
+
+
+@dataclass
+class MergeManyResult(Result):
+    report: dict = field(default_factory=dict)  # what merge.json holds
+    barriers: list[dict] = field(default_factory=list)  # what barriers.csv holds
+
+    def lines(self) -> list[str]:
+        r = self.report
+        m, p = r["merged"]["test"], r["plain_average"]["test"]
+        accs = [member["test"]["acc"] for member in r["members"]]
+        out = [f"merged ({r['method']}, {r['normalisation']}): test loss {m['loss']:.4f} acc "
+               f"{m['acc']:.4f} | plain average: loss {p['loss']:.4f} acc {p['acc']:.4f} | "
+               f"members acc {min(accs):.4f}–{max(accs):.4f}"]
+        if "merged_without_repair" in r:
+            w = r["merged_without_repair"]["test"]
+            out.append(f"without REPAIR: test loss {w['loss']:.4f} acc {w['acc']:.4f} "
+                       f"(REPAIR {100 * (m['acc'] - w['acc']):+.1f} points)")
+        if "hessian_trace" in r:
+            h = r["hessian_trace"]
+            members = [member["hessian_trace"]["trace"] for member in r["members"]]
+            out.append(f"Hessian trace (train, {h['probes']} probes × {h['batches']} batches): "
+                       f"merged {h['trace']:.2f} ± {h['trace_se']:.2f} (SE) | members "
+                       f"{min(members):.2f}–{max(members):.2f}")
+        return out + super().lines()
+
+
+@register("merge-many", MergeManyConfig, "align K models, average them, BN reset or REPAIR",
+          Output("output directory", required=False, default="results/merge"))
+def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
+    """merged.safetensors, merge.json (merged, plain average, members; Hessian traces) and
+    barriers.csv (test barriers between every aligned pair)."""
+    models, data, spec = align_setup(config.models, config)
+    out = output_dir(out, config.overwrite)
+    model, ckpts, states = models.module, models.checkpoints, models.params
+    if config.method == "wm":
+        merged = merge_many(states, spec, seed=config.seed)
+    elif config.method == "ste-mm":
+        modules = [c.build(data.train_x.device) for c in ckpts]
+        merged = ste_mm(modules, data.train_x, data.train_y, spec, epochs=config.epochs,
+                        lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                        warm=config.warm)
+    else:
+        merged = None
+    perms = merged.perms if merged else [Permutation.identity(spec) for _ in states]
+    aligned = [p.apply(s) for p, s in zip(perms, states, strict=True)]
+    x = data.train_x
+    final, repaired_by = normalise(model, aligned, average(aligned), x, config.repair)
+    plain, _ = normalise(model, states, average(states), x, config.repair)
+    ev = Evaluator(model, split_tensors(data), bn_data=x, bn_reset="off")
+    results = ev.evaluate([final, plain, *states])
+    names = [str(c.path) for c in ckpts]
+    report = {"method": config.method, "normalisation": repaired_by, "merged": results[0],
+              "plain_average": results[1],
+              "plain_average_note": "the unaligned average, with the same normalisation "
+                                    f"({repaired_by})",
+              "members": [{"model": n, **r} for n, r in zip(names, results[2:], strict=True)]}
+    if config.hessian_probes:  # flatness of the merged model beside its members', on train data
+        traces = [hessian_trace(model, p, x, data.train_y, config.hessian_probes,
+                                max_batches=config.hessian_batches, seed=config.seed)
+                  for p in [final, *states]]
+        report["hessian_trace"] = traces[0]
+        for member, tr in zip(report["members"], traces[1:], strict=True):
+            member["hessian_trace"] = tr
+    if repaired_by == "repair":  # what REPAIR bought: the aligned average without it
+        report["merged_without_repair"] = ev.evaluate([average(aligned)])[0]
+    rows = []
+    test = split_tensors(data, ("test",))
+    for i in range(len(aligned)):
+        for j in range(i + 1, len(aligned)):
+            _, summary = interpolate(model, aligned[i], aligned[j], test, bn_data=x,
+                                     points=config.points, bn_reset="auto")
+            rows.append({"a": names[i], "b": names[j], "test_loss_barrier": loss_barrier(summary),
+                         "test_error_barrier": summary["test"]["error"]["linear"]["barrier"]})
+    out.mkdir(parents=True, exist_ok=True)
+    record(out, config, models.device)
+    save_checkpoint(out / "merged.safetensors", final,
+                    **model_meta(ckpts[0], kind="model",
+                                 merge={"method": config.method, "models": names,
+                                        "normalisation": repaired_by}))
+    write_json(out / "merge.json", report)
+    write_csv(out / "barriers.csv", rows, BARRIER_COLUMNS)
+    return MergeManyResult(out, report, rows)
