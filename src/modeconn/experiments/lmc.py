@@ -9,8 +9,11 @@ over seeds into tidy tables and figures.
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from ..data import DataSpec, eval_data, prepare_subsets
 from ..ensemble import ensemble_metrics, pairwise_similarity
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..io import read_csv, write_csv, write_json
+from ..io import json_text, read_csv, write_csv, write_json, write_text
 from ..models import model_config
 from ..paths import evaluate_path, grid, linear_path, summarize_path
 from ..report import figures
@@ -94,8 +97,13 @@ class LMCStudy:
 
 
 def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = False,
-              quiet: bool = False) -> list[dict[str, Any]]:
-    """Run the study into `out`; return the summary rows (one per configuration)."""
+              quiet: bool = False, log: Callable[[str], None] | None = None
+              ) -> list[dict[str, Any]]:
+    """Run the study into `out`; return the summary rows (one per configuration).
+
+    With `resume`, finished runs are reused as they are and a complete study is returned from
+    its status.json without touching a file; `log` receives one progress line per configuration.
+    """
     study.validate()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
@@ -109,9 +117,23 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
                              **study.model_options)
     full = eval_data(base, "full", study.data_dir).to(device)
     splits = {"train": (full.train_x, full.train_y), "test": (full.test_x, full.test_y)}
+    study_text = json_text({**asdict(study), "model_config": model_cfg})
+    status_path = out / "status.json"
+    if resume and (out / "study.json").is_file():
+        if (out / "study.json").read_text() != study_text:
+            raise UsageError(f"{out}: --resume with different study settings than the original "
+                             "run (study.json differs); repeat the original command or use a "
+                             "new --out")
+        if status_path.is_file():
+            status = json.loads(status_path.read_text())
+            if status.get("status") == "complete":
+                if log:
+                    log(f"complete in {out}, reused as it is")
+                return status["summary"]
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "study.json", {**asdict(study), "model_config": model_cfg})
-    write_json(out / "env.json", environment(device))
+    write_text(out / "study.json", study_text, changed_only=True)
+    if not (resume and (out / "env.json").is_file()):  # a resumed study keeps its start's
+        write_json(out / "env.json", environment(device))
 
     from ..models import build_model
     evaluator = Evaluator(build_model(model_cfg).to(device), splits, bn_data=full.train_x,
@@ -120,7 +142,9 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
     k = study.ensemble_size
     tables: dict[str, list[dict]] = defaultdict(list)
     summary = []
-    for cfg in study.configurations():
+    configurations = study.configurations()
+    for index, cfg in enumerate(configurations, 1):
+        t0 = time.perf_counter()
         train_cfg = replace(study.train, batch_size=cfg["batch_size"], lr=cfg["lr"])
         finals: dict[int, list[dict[str, torch.Tensor]]] = {}
         per_seed: list[dict] = []
@@ -173,7 +197,12 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
         n = len(subsets[study.seeds[0]][0].train_y)
         summary.append(_aggregate(cfg, per_seed, diverged, len(study.seeds),
                                   noise_scale(cfg["lr"], n, cfg["batch_size"]), k))
+        if log:
+            log(f"[{index}/{len(configurations)}] {cfg['id']}: {len(per_seed)}/{len(study.seeds)} "
+                f"seeds trained and evaluated ({time.perf_counter() - t0:.1f} s)")
     _write(out, study, tables, summary)
+    # Written last: a study with this file is complete, and a resume returns it as it is.
+    write_json(status_path, {"status": "complete", "summary": summary})
     return summary
 
 
