@@ -42,6 +42,15 @@ def test_demo_quick_writes_summary_and_figures(tmp_path):
                  "learning_curves.csv", "study.json"):
         assert (study / name).exists(), name
     assert list((study / "figures").glob("interpolation_*.png"))
+    assert "[6/6]" not in r.stderr and "[2/2] " in r.stderr  # progress lines while it ran
+
+    # `make demo` twice: the second run reuses the first, reprints the summary, rewrites nothing.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = run("demo", "--quick", "--out", str(out), "--jobs", "1")
+    assert again.returncode == 0, again.stderr
+    assert "reusing" in again.stderr
+    assert again.stdout.splitlines()[:-1] == r.stdout.splitlines()[:-1]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_train_interpolate_info_pipeline(tmp_path):

@@ -295,5 +295,5 @@ def test_study_reports_progress_per_configuration(tmp_path):
     run_study(_study(batch_orders=("same", "independent")), tmp_path / "s", CPU, quiet=True,
               log=lines.append)
     assert len(lines) == 2
-    assert lines[0].startswith("[1/2] ") and "order-same" in lines[0] and "2/2 seeds" in lines[0]
-    assert lines[1].startswith("[2/2] ") and "order-independent" in lines[1]
+    assert lines[0].startswith("[1/2] ") and "order same" in lines[0] and "2/2 seeds" in lines[0]
+    assert lines[1].startswith("[2/2] ") and "order independent" in lines[1]

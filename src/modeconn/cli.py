@@ -867,8 +867,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes on CPU (default: one per core)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a demo directory without demo.json (one that holds this demo "
+                        "is continued without it)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("align", help="align B to A by permutation and compare the barriers")

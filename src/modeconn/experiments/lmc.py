@@ -128,7 +128,7 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
             status = json.loads(status_path.read_text())
             if status.get("status") == "complete":
                 if log:
-                    log(f"complete in {out}, reused as it is")
+                    log("complete, reused as it is")
                 return status["summary"]
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "study.json", study_text, changed_only=True)
@@ -198,7 +198,8 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
         summary.append(_aggregate(cfg, per_seed, diverged, len(study.seeds),
                                   noise_scale(cfg["lr"], n, cfg["batch_size"]), k))
         if log:
-            log(f"[{index}/{len(configurations)}] {cfg['id']}: {len(per_seed)}/{len(study.seeds)} "
+            log(f"[{index}/{len(configurations)}] init {cfg['init']}, order {cfg['batch_order']}, "
+                f"bs {cfg['batch_size']}, lr {cfg['lr']:g}: {len(per_seed)}/{len(study.seeds)} "
                 f"seeds trained and evaluated ({time.perf_counter() - t0:.1f} s)")
     _write(out, study, tables, summary)
     # Written last: a study with this file is complete, and a resume returns it as it is.
