@@ -5,8 +5,9 @@ that each start the same command, kill it (SIGKILL: no clean-up runs), resume it
 `--resume`, and compare every `model.safetensors` tensor, the learning curves (all but the
 seconds column) and status.json with the uninterrupted run. Three kinds of kill:
 
-- random: at a uniformly random moment between shortly before the uninterrupted run wrote its
-  first resume state and its end (earlier kills leave nothing to resume from);
+- random: once the first resume state is on disk, after a uniformly random delay up to the rest
+  of the uninterrupted run's duration (any epoch, the final writes, or after the end; a kill
+  before the first state leaves nothing to resume from);
 - poll-final: as soon as the resume state on disk says the last epoch (found by polling its
   header), i.e. right after the final state write, often before any model file is written;
 - exact-final: the process kills itself inside `_save_state` right after the final state is
@@ -142,8 +143,11 @@ def main() -> int:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             start = time.perf_counter()
             if kind == "random":
-                kill_at = rng.uniform(0.8 * first_state, duration)
-                while proc.poll() is None and time.perf_counter() - start < kill_at:
+                delay = rng.uniform(0.0, duration - first_state)
+                while proc.poll() is None and state_epoch(out) is None:
+                    time.sleep(0.001)
+                seen = time.perf_counter()
+                while proc.poll() is None and time.perf_counter() - seen < delay:
                     time.sleep(0.001)
             else:
                 while proc.poll() is None and state_epoch(out) != args.epochs:

@@ -28,8 +28,8 @@ def test_demo_quick_writes_summary_and_figures(tmp_path):
     # mlp1 and resnet8 on label skew: same init × two batch orders, plus the init-different row
     assert len(rows) == 6
     assert {r["model"] for r in rows} == {"mlp1", "resnet8"}
-    for r in rows:
-        assert int(r["seeds_ok"]) + int(r["diverged"]) == 2
+    for row in rows:
+        assert int(row["seeds_ok"]) + int(row["diverged"]) == 2
     diff = [r for r in rows if r["init"] == "different"]
     same = [r for r in rows if r["init"] == "same"]
     # Different initialisations are separated by a barrier; one shared start is not (much).
