@@ -213,3 +213,19 @@ def test_every_header_length_residue_loads(tmp_path):
         residues.add(r)
         load_model(path)
     assert len(residues) == 32
+
+
+def test_equal_checkpoints_are_equal_files(tmp_path):
+    """Saving the same tensors and metadata twice gives the same bytes (safetensors alone
+    orders metadata keys by hash, differently from one write to the next)."""
+    import hashlib
+    meta = {f"key{i}": i for i in range(12)}
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "i": torch.arange(3), "h": torch.ones(1).half()}
+    digests = set()
+    for i in range(4):
+        save_checkpoint(tmp_path / f"{i}.safetensors", tensors, architecture={"a": 1}, **meta)
+        digests.add(hashlib.sha256((tmp_path / f"{i}.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
+    ckpt = load_checkpoint(tmp_path / "0.safetensors")
+    assert all(torch.equal(ckpt.tensors[k], v) for k, v in tensors.items())
+    assert {k: ckpt.meta[k] for k in meta} == meta

@@ -28,8 +28,8 @@ def test_demo_quick_writes_summary_and_figures(tmp_path):
     # mlp1 and resnet8 on label skew: same init × two batch orders, plus the init-different row
     assert len(rows) == 6
     assert {r["model"] for r in rows} == {"mlp1", "resnet8"}
-    for r in rows:
-        assert int(r["seeds_ok"]) + int(r["diverged"]) == 2
+    for row in rows:
+        assert int(row["seeds_ok"]) + int(row["diverged"]) == 2
     diff = [r for r in rows if r["init"] == "different"]
     same = [r for r in rows if r["init"] == "same"]
     # Different initialisations are separated by a barrier; one shared start is not (much).
@@ -42,6 +42,15 @@ def test_demo_quick_writes_summary_and_figures(tmp_path):
                  "learning_curves.csv", "study.json"):
         assert (study / name).exists(), name
     assert list((study / "figures").glob("interpolation_*.png"))
+    assert "[3/3] " in r.stderr and "[2/2] resnet8" in r.stderr  # progress while it ran
+
+    # `make demo` twice: the second run reuses the first, reprints the summary, rewrites nothing.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = run("demo", "--quick", "--out", str(out), "--jobs", "1")
+    assert again.returncode == 0, again.stderr
+    assert "reusing" in again.stderr
+    assert again.stdout.splitlines()[:-1] == r.stdout.splitlines()[:-1]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_train_interpolate_info_pipeline(tmp_path):

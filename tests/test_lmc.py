@@ -258,3 +258,82 @@ def test_lmc_command_prints_the_summary_table(cli, tmp_path, monkeypatch):
     assert len(body) == 2
     assert "0.012±0.001" in body[0] and "3/3" in body[0]
     assert f"wrote {out}" in stdout
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _files(root: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and modification time of every file under `root`."""
+    import hashlib
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(),
+                                       p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _models(root: Path) -> dict[str, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+    return {str(p.relative_to(root)): load_file(p) for p in sorted(root.rglob("model.safetensors"))}
+
+
+def _same(a, b) -> bool:
+    """Equal summaries, NaN (a spread of one value) equal to NaN."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_study_resumed_after_a_kill_at_a_final_state_write_matches_the_uninterrupted_one(
+        tmp_path, monkeypatch):
+    """Killed the moment the first pair's last resume state is written, the resumed study keeps
+    that pair's trained models (not the initialisation) and reports the same summary."""
+    import modeconn.train as train
+
+    study = _study(batch_orders=("same", "independent"))
+    full = run_study(study, tmp_path / "A", CPU, quiet=True)
+    real, calls = train._save_state, []
+
+    def kill_after_first_final_state(path, model, opt, epoch, *args, **kw):
+        real(path, model, opt, epoch, *args, **kw)
+        calls.append(epoch)
+        if epoch == study.train.epochs and calls.count(epoch) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_save_state", kill_after_first_final_state)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, tmp_path / "B", CPU, quiet=True)
+    monkeypatch.setattr(train, "_save_state", real)
+    assert _same(run_study(study, tmp_path / "B", CPU, resume=True, quiet=True), full)
+    a, b = _models(tmp_path / "A"), _models(tmp_path / "B")
+    assert len(a) == 8 and list(a) == list(b)
+    for name in a:
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), f"{name}/{k}"
+    for name in ("summary.csv", "paths.csv", "barriers.csv", "ensembles.csv"):
+        assert (tmp_path / "A" / name).read_bytes() == (tmp_path / "B" / name).read_bytes(), name
+
+
+def test_resuming_a_complete_study_changes_no_file(tmp_path):
+    study = _study()
+    summary = run_study(study, tmp_path / "s", CPU, quiet=True)
+    before = _files(tmp_path / "s")
+    lines: list[str] = []
+    assert _same(run_study(study, tmp_path / "s", CPU, resume=True, quiet=True,
+                           log=lines.append), summary)
+    assert _files(tmp_path / "s") == before  # same bytes, not even rewritten
+    assert lines and "complete" in lines[0]
+
+
+def test_resuming_a_study_with_other_settings_is_refused(tmp_path):
+    run_study(_study(), tmp_path / "s", CPU, quiet=True)
+    before = _files(tmp_path / "s")
+    with pytest.raises(UsageError, match="different study settings"):
+        run_study(_study(points=7), tmp_path / "s", CPU, resume=True, quiet=True)
+    assert _files(tmp_path / "s") == before
+
+
+def test_study_reports_progress_per_configuration(tmp_path):
+    lines: list[str] = []
+    run_study(_study(batch_orders=("same", "independent")), tmp_path / "s", CPU, quiet=True,
+              log=lines.append)
+    assert len(lines) == 2
+    assert lines[0].startswith("[1/2] ") and "order same" in lines[0] and "2/2 seeds" in lines[0]
+    assert lines[1].startswith("[2/2] ") and "order independent" in lines[1]

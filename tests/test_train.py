@@ -397,3 +397,125 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
         assert all(torch.equal(ta[k], tb[k]) for k in ta), m
         assert _rows(tmp_path / "A" / m / "metrics.csv") == \
             _rows(tmp_path / "B" / m / "metrics.csv")
+
+
+# ---------------------------------------------------------------- resume at the last epoch
+
+FINAL_CASES = {
+    # Two MLP members train grouped (one batched step); with BatchNorm they train one by one.
+    "grouped-pair": ["--model", "mlp", "--width", "32", "--shift", "iid:50,50"],
+    "member-by-member-pair": ["--model", "mlp", "--width", "32", "--norm", "bn",
+                              "--shift", "iid:50,50"],
+    "single": ["--model", "mlp", "--width", "32", "--optimizer", "adam", "--lr", "0.003"],
+}
+
+
+def _hashes(root: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and modification time of every file under `root`."""
+    import hashlib
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(),
+                                       p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _same_models(a_dir: Path, b_dir: Path) -> None:
+    models = sorted(p.relative_to(a_dir) for p in a_dir.rglob("*.safetensors")
+                    if "state" not in p.name)
+    assert models
+    assert models == sorted(p.relative_to(b_dir) for p in b_dir.rglob("*.safetensors")
+                            if "state" not in p.name)
+    for rel in models:
+        a, b = load_file(a_dir / rel), load_file(b_dir / rel)
+        assert list(a) == list(b), rel
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{rel}/{k} differs from the uninterrupted run"
+
+
+@pytest.mark.parametrize("case", list(FINAL_CASES))
+def test_resume_after_kill_at_the_final_state_write_is_bit_identical(cli, tmp_path, monkeypatch,
+                                                                     case):
+    """Killed right after the last epoch's resume state was written (before any model file),
+    the resumed run writes the trained models, not the initialisation."""
+    epochs = 3
+    args = ["train", *FINAL_CASES[case], "--epochs", str(epochs), "--batch-size", "128",
+            "--quiet", "--device", "cpu"]
+    assert cli(*args, "--out", tmp_path / "A")[0] == 0
+    interrupt = _Interrupt(monkeypatch, after_epoch=epochs)
+    assert cli(*args, "--out", tmp_path / "B")[0] == 130 and interrupt.fired
+    assert not list((tmp_path / "B").rglob("model.safetensors"))
+    rc, out, err = cli(*args, "--out", tmp_path / "B", "--resume")
+    assert rc == 0, err
+    _same_models(tmp_path / "A", tmp_path / "B")
+    for m in sorted(p.name for p in (tmp_path / "A").iterdir() if p.is_dir()):
+        assert _rows(tmp_path / "A" / m / "metrics.csv") == \
+            _rows(tmp_path / "B" / m / "metrics.csv")  # all but the seconds column
+        for name in ("status.json", "config.json"):
+            assert (tmp_path / "A" / m / name).read_bytes() == \
+                (tmp_path / "B" / m / name).read_bytes(), f"{m}/{name}"
+    assert (tmp_path / "A" / "summary.csv").read_bytes() == \
+        (tmp_path / "B" / "summary.csv").read_bytes()
+
+
+@pytest.mark.parametrize("case", ["grouped-pair", "single"])
+def test_resume_of_a_complete_run_changes_no_file(cli, tmp_path, case):
+    args = ["train", *FINAL_CASES[case], "--epochs", "2", "--quiet", "--device", "cpu",
+            "--out", tmp_path / "run"]
+    rc, first, _ = cli(*args)
+    assert rc == 0
+    before = _hashes(tmp_path / "run")
+    rc, again, err = cli(*args, "--resume")
+    assert rc == 0, err
+    assert again == first  # the same metrics are reported
+    assert _hashes(tmp_path / "run") == before  # same bytes, not even rewritten
+
+
+def test_resume_of_a_diverged_group_member_keeps_its_divergence(tmp_path, monkeypatch):
+    """A grouped member that diverged stays diverged at the same step after a resume."""
+    spec = DataSpec("digits", shift="iid:50,50")
+    subsets = prepare_subsets(spec)
+    subsets[1].train_x = subsets[1].train_x.clone()
+    subsets[1].train_x[3] = math.inf  # member b diverges in its first epoch, a trains on
+    members = plan_members(spec, subsets, "same", [0], "same", 0)
+    cfg = model_config("mlp", (1, 8, 8), 10, width=16)
+    tc = TrainConfig(epochs=3)
+    full = train_run(cfg, members, tc, tmp_path / "A", torch.device("cpu"), quiet=True)
+    assert [(r["status"], r["epoch"]) for r in full] == [("complete", 3), ("diverged", 1)]
+    _Interrupt(monkeypatch, after_epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, members, tc, tmp_path / "B", torch.device("cpu"), quiet=True)
+    resumed = train_run(cfg, members, tc, tmp_path / "B", torch.device("cpu"), quiet=True,
+                        resume=True)
+    assert resumed == full
+
+
+@pytest.mark.slow
+def test_sigkill_right_after_the_final_state_write_resumes_bit_identical(tmp_path):
+    """A real process killed by SIGKILL the moment its last resume state is on disk (a wrapper
+    kills it from inside `_save_state`; no hook in the library) resumes to the same models."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    epochs = 3
+    argv = ["train", "--width", "32", "--epochs", str(epochs), "--shift", "iid:50,50",
+            "--quiet", "--device", "cpu"]
+    wrapper = (
+        "import os, signal, sys\n"
+        "import modeconn.train as t\n"
+        "from modeconn.cli import main\n"
+        "real = t._save_state\n"
+        "def save(path, model, opt, epoch, *a, **k):\n"
+        "    real(path, model, opt, epoch, *a, **k)\n"
+        f"    if epoch == {epochs}:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "t._save_state = save\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    a = subprocess.run([sys.executable, "-m", "modeconn", *argv, "--out", str(tmp_path / "A")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert a.returncode == 0, a.stderr
+    killed = subprocess.run([sys.executable, "-c", wrapper, *argv, "--out", str(tmp_path / "B")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not list((tmp_path / "B").rglob("model.safetensors"))
+    b = subprocess.run([sys.executable, "-m", "modeconn", *argv, "--out", str(tmp_path / "B"),
+                        "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stderr
+    assert b.stdout == a.stdout.replace(str(tmp_path / "A"), str(tmp_path / "B"))
+    _same_models(tmp_path / "A", tmp_path / "B")

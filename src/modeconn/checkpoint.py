@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from . import __version__
@@ -67,9 +67,24 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     header = {"modeconn_version": __version__, **meta}
     encoded = {k: json.dumps(v) for k, v in header.items()}
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(data, str(tmp), metadata=encoded)
+    raw = memoryview(save(data, metadata=encoded))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(_canonical_header(raw))
+        f.write(raw[8 + struct.unpack("<Q", raw[:8])[0]:])
     return path
+
+
+def _canonical_header(raw: memoryview) -> bytes:
+    """The length-prefixed header of a safetensors file with its metadata keys sorted: safetensors
+    writes them in hash order, which would make files of equal content differ from run to run."""
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(bytes(raw[8:8 + n]))
+    meta = header.pop("__metadata__", None)
+    entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"])
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | dict(entries)
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors keeps it
+    return struct.pack("<Q", len(text)) + text
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, architecture: dict[str, Any],

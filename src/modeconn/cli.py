@@ -825,8 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes on CPU (default: one per core)")
     p.add_argument("--device", default="auto", help=HELP_DEVICE)
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted demo in --out, reusing finished studies")
-    p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
+                   help="continue a demo directory without demo.json (one that holds this demo "
+                        "is continued without it)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("curve", help="fit a Bezier or polychain curve between two checkpoints")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,24 @@ from .errors import UsageError
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary file is created with mode 0666 less the umask (as `open` would create
+    `path`), not tempfile's 0600: results stay readable by whoever may read the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        tmp_path = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     os.close(fd)
-    tmp_path = Path(tmp)
+    mode = stat.S_IMODE(os.stat(tmp_path).st_mode)
     try:
         yield tmp_path
+        os.chmod(tmp_path, mode)  # writers that re-create the file (safetensors) make it 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -89,30 +100,47 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text atomically."""
+def write_bytes(path: str | os.PathLike, data: bytes, changed_only: bool = False) -> bool:
+    """Write bytes atomically; with `changed_only`, leave a file that already holds exactly
+    `data` untouched (not even rewritten). Return whether the file was written."""
+    path = Path(path)
+    if changed_only and path.is_file() and path.stat().st_size == len(data) \
+            and path.read_bytes() == data:
+        return False
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
+    return True
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
+def write_text(path: str | os.PathLike, text: str, changed_only: bool = False) -> bool:
+    """Write UTF-8 text atomically (see `write_bytes` for `changed_only`)."""
+    return write_bytes(path, text.encode(), changed_only)
+
+
+def json_text(obj: Any) -> str:
+    """The text `write_json` writes for `obj`."""
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any, changed_only: bool = False) -> bool:
     """Write JSON atomically (indented, keys in insertion order)."""
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return write_text(path, json_text(obj), changed_only)
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
-              columns: list[str] | None = None) -> None:
+              columns: list[str] | None = None, changed_only: bool = False) -> bool:
     """Write dict rows as CSV atomically; columns default to the union of keys in first-seen order."""
     rows = list(rows)
     if columns is None:
         columns = []
         for row in rows:
             columns.extend(k for k in row if k not in columns)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _fmt(row.get(k, "")) for k in columns})
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k, "")) for k in columns})
+    return write_text(path, buf.getvalue(), changed_only)
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:

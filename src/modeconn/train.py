@@ -20,7 +20,7 @@ from .data import DataSpec, Prepared, subset_name
 from .errors import DivergedError, UsageError
 from .evaluate import evaluate
 from .grouped import GroupedMLP, groupable, grouped_loss
-from .io import check_output_dir, write_csv, write_json
+from .io import check_output_dir, json_text, write_csv, write_json
 from .models import build_model, has_batchnorm
 from .options import Options, option
 from .schedules import parse_schedule
@@ -159,7 +159,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 
 def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int,
-                history: list[dict], fingerprint: str) -> None:
+                history: list[dict], fingerprint: str, **extra: Any) -> None:
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     opt_tensors, opt_info = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
@@ -168,7 +168,7 @@ def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch:
     if device.type == "cuda":  # dropout on a GPU draws from the CUDA generator
         tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
     save_checkpoint(path, tensors, kind="train-state", architecture={}, epoch=epoch,
-                    optimizer=opt_info, history=history, fingerprint=fingerprint)
+                    optimizer=opt_info, history=history, fingerprint=fingerprint, **extra)
 
 
 # ---------------------------------------------------------------- the loop
@@ -265,9 +265,27 @@ class MemberRecord:
         self.history: list[dict[str, Any]] = []
 
     def start(self) -> None:
-        """Create the directory and write config.json."""
+        """Create the directory and write config.json (left as it is when already the same)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.out_dir / "config.json", self.config)
+        write_json(self.out_dir / "config.json", self.config, changed_only=True)
+
+    def finished(self) -> dict[str, Any] | None:
+        """The status of this member when its directory holds a finished run (complete with its
+        model, or diverged) of these settings; None when it still has to be trained."""
+        status_path = self.out_dir / "status.json"
+        if not status_path.is_file():
+            return None
+        status = json.loads(status_path.read_text())
+        if status.get("status") == "complete":
+            if not (self.out_dir / "model.safetensors").is_file():
+                return None
+        elif status.get("status") != "diverged":
+            return None
+        config = self.out_dir / "config.json"
+        if not config.is_file() or config.read_text() != json_text(self.config):
+            raise UsageError(f"{self.out_dir}: --resume with different settings than the "
+                             "original run; repeat the original command or use a new --out")
+        return status
 
     def log_epoch(self, model: nn.Module, epoch: int, lr: float, seconds: float) -> None:
         """Evaluate train and test after `epoch` (1-based); write metrics and a snapshot if asked."""
@@ -322,10 +340,12 @@ def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, ou
     opt = make_optimizer(model.parameters(), cfg)
     torch.manual_seed(member.init_seed + 7_000_003)  # dropout stream
     start = 0
-    if resume and state_path.exists():
-        start, rec.history = _load_state(state_path, model, opt, rec.fingerprint, out_dir)
-    elif resume and (out_dir / "model.safetensors").exists():
-        return json.loads((out_dir / "status.json").read_text())
+    if resume:
+        done = rec.finished()
+        if done is not None:  # nothing to do, nothing to rewrite
+            return done
+        if state_path.exists():
+            start, rec.history, _ = _load_state(state_path, model, opt, rec.fingerprint, out_dir)
     rec.start()
     steps = math.ceil(n / cfg.batch_size)
     stepper = Stepper(model, opt, data.train_x, data.train_y, cfg.batch_size,
@@ -349,8 +369,9 @@ def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, ou
 
 
 def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, fingerprint: str,
-                out_dir: Path) -> tuple[int, Any]:
-    """Restore model, optimizer and RNG from a train-state file; return (epoch, history)."""
+                out_dir: Path) -> tuple[int, Any, dict[str, Any]]:
+    """Restore model, optimizer and RNG from a train-state file; return (epoch, history,
+    metadata)."""
     st = load_checkpoint(path, kind="train-state")
     if st.meta["fingerprint"] != fingerprint:
         raise UsageError(f"{out_dir}: --resume with different settings than the original "
@@ -361,7 +382,7 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, finger
     device = next(model.parameters()).device
     if device.type == "cuda" and "rng/cuda" in st.tensors:
         torch.cuda.set_rng_state(st.tensors["rng/cuda"], device)
-    return st.meta["epoch"], st.meta["history"]
+    return st.meta["epoch"], st.meta["history"], st.meta
 
 
 def train_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig, out: Path,
@@ -379,14 +400,21 @@ def train_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConf
     state_path = out / "group_state.safetensors"
     fingerprint = json.dumps([r.fingerprint for r in recs])
     start, histories = 0, [[] for _ in members]
-    if resume and state_path.exists():
-        start, histories = _load_state(state_path, group, opt, fingerprint, out)
+    # Members that diverged stop there; the others go on. Recorded in the resume state, so a
+    # resumed run neither retrains nor re-detects them.
+    statuses: list[dict[str, Any] | None] = [None] * len(members)
+    if resume:
+        done = [rec.finished() for rec in recs]
+        if all(d is not None for d in done):  # nothing to do, nothing to rewrite
+            return done
+        if state_path.exists():
+            start, histories, meta = _load_state(state_path, group, opt, fingerprint, out)
+            statuses = meta.get("statuses", statuses)
     for rec, hist in zip(recs, histories):
         rec.history = hist
         rec.start()
     sizes = [len(d.train_y) for d in datas]
     steps = math.ceil(sizes[0] / cfg.batch_size)
-    statuses: list[dict[str, Any] | None] = [None] * len(members)
     bar = progress(total=cfg.epochs, initial=start, desc="train " + ",".join(m.name for m in members),
                    quiet=quiet)
     try:
@@ -422,10 +450,14 @@ def train_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConf
                 if statuses[k] is None:
                     model.load_state_dict(group.member_state(k))
                     rec.log_epoch(model, epoch + 1, lr, time.perf_counter() - t0)
-            _save_state(state_path, group, opt, epoch + 1, [r.history for r in recs], fingerprint)
+            _save_state(state_path, group, opt, epoch + 1, [r.history for r in recs], fingerprint,
+                        statuses=statuses)
             bar.update(1)
     finally:
         bar.close()
+    for k, model in enumerate(models):  # the trained weights, also when no epoch was left to run
+        if statuses[k] is None:
+            model.load_state_dict(group.member_state(k))
     return [s if s is not None else rec.finish(model)
             for s, rec, model in zip(statuses, recs, models)]
 
@@ -499,17 +531,20 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
         raise UsageError(f"{out}: --resume with different settings than the original run; "
                          "repeat the original command or use a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "env.json", environment(device))
-    write_json(out / "config.json", run_config)
+    # A resumed run keeps the env.json of its start; files that would not change are not
+    # rewritten, so resuming a complete run touches nothing.
+    if not (resume and (out / "env.json").is_file()):
+        write_json(out / "env.json", environment(device))
+    write_json(out / "config.json", run_config, changed_only=True)
     write_csv(out / "subsets.csv", [
         {"subset": m.name, "class": c, "count": cnt, "domain": m.data.domain}
-        for m in members for c, cnt in enumerate(m.data.histogram)])
+        for m in members for c, cnt in enumerate(m.data.histogram)], changed_only=True)
     if group and can_group(model_cfg, members, cfg):
         results = train_group(model_cfg, members, cfg, out, device, resume, quiet, run_info)
     else:
         results = [train_member(model_cfg, m, cfg, out / m.name, device, resume, quiet, run_info)
                    for m in members]
-    write_csv(out / "summary.csv", results)
+    write_csv(out / "summary.csv", results, changed_only=True)
     return results
 
 

@@ -9,9 +9,12 @@ over seeds into tidy tables and figures.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from ..data import DataSpec, eval_data, prepare_subsets
 from ..ensemble import ensemble_metrics, pairwise_similarity
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..io import check_output_dir, read_csv, write_csv, write_json
+from ..io import check_output_dir, json_text, read_csv, write_csv, write_json, write_text
 from ..models import model_config
 from ..paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
 from ..report import figures
@@ -113,8 +116,13 @@ class LMCStudy:
 
 
 def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = False,
-              quiet: bool = False) -> list[dict[str, Any]]:
-    """Run the study into `out`; return the summary rows (one per configuration)."""
+              quiet: bool = False, log: Callable[[str], None] | None = None
+              ) -> list[dict[str, Any]]:
+    """Run the study into `out`; return the summary rows (one per configuration).
+
+    With `resume`, finished runs are reused as they are and a complete study is returned from
+    its status.json without touching a file; `log` receives one progress line per configuration.
+    """
     study.validate()
     out = check_output_dir(out)
     if out.exists() and any(out.iterdir()) and not resume:
@@ -135,11 +143,25 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
     check_trainable(init_model(model_cfg, 0), min(study.batch_sizes), smallest)
     full = eval_data(base, "full", study.data_dir).to(device)
     splits = {"train": (full.train_x, full.train_y), "test": (full.test_x, full.test_y)}
-    out.mkdir(parents=True, exist_ok=True)
     record = asdict(study)
     record["train"].update(batch_size=None, lr=None)  # each configuration's: batch_sizes, lrs
-    write_json(out / "study.json", {**record, "model_config": model_cfg})
-    write_json(out / "env.json", environment(device))
+    study_text = json_text({**record, "model_config": model_cfg})
+    status_path = out / "status.json"
+    if resume and (out / "study.json").is_file():
+        if (out / "study.json").read_text() != study_text:
+            raise UsageError(f"{out}: --resume with different study settings than the original "
+                             "run (study.json differs); repeat the original command or use a "
+                             "new --out")
+        if status_path.is_file():
+            status = json.loads(status_path.read_text())
+            if status.get("status") == "complete":
+                if log:
+                    log("complete, reused as it is")
+                return status["summary"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "study.json", study_text, changed_only=True)
+    if not (resume and (out / "env.json").is_file()):  # a resumed study keeps its start's
+        write_json(out / "env.json", environment(device))
 
     from ..models import build_model
     evaluator = Evaluator(build_model(model_cfg).to(device), splits, bn_data=full.train_x,
@@ -148,7 +170,9 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
     k = study.ensemble_size
     tables: dict[str, list[dict]] = defaultdict(list)
     summary = []
-    for cfg in study.configurations():
+    configurations = study.configurations()
+    for index, cfg in enumerate(configurations, 1):
+        t0 = time.perf_counter()
         train_cfg = replace(study.train, batch_size=cfg["batch_size"], lr=cfg["lr"])
         finals: dict[int, list[dict[str, torch.Tensor]]] = {}
         per_seed: list[dict] = []
@@ -201,7 +225,13 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
         n = len(subsets[study.seeds[0]][0].train_y)
         summary.append(_aggregate(cfg, per_seed, diverged, len(study.seeds),
                                   noise_scale(cfg["lr"], n, cfg["batch_size"]), k))
+        if log:
+            log(f"[{index}/{len(configurations)}] init {cfg['init']}, order {cfg['batch_order']}, "
+                f"bs {cfg['batch_size']}, lr {cfg['lr']:g}: {len(per_seed)}/{len(study.seeds)} "
+                f"seeds trained and evaluated ({time.perf_counter() - t0:.1f} s)")
     _write(out, study, tables, summary)
+    # Written last: a study with this file is complete, and a resume returns it as it is.
+    write_json(status_path, {"status": "complete", "summary": summary})
     return summary
 
 
@@ -258,11 +288,11 @@ def _aggregate(cfg: dict, per_seed: list[dict], diverged: int, seeds: int, g: fl
     return row
 
 
-def write_summary(path: Path, summary: list[dict]) -> None:
+def write_summary(path: Path, summary: list[dict], changed_only: bool = False) -> bool:
     """summary.csv, with an empty std where there was one value to average (n = 1: see
     `seeds_ok`, `lmc_ens_n`, `ind_ens_n`), so a spread that was never measured does not read 0."""
-    write_csv(path, [{k: "" if k.endswith("_std") and v != v else v for k, v in r.items()}
-                     for r in summary])
+    return write_csv(path, [{k: "" if k.endswith("_std") and v != v else v for k, v in r.items()}
+                            for r in summary], changed_only=changed_only)
 
 
 def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,19 +13,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io import atomic_path  # noqa: E402
+from ..io import write_bytes  # noqa: E402
 
 SPLIT_STYLE = {"train": "-", "test": "--"}
 
 
-def save(fig, path: str | os.PathLike, pdf: bool = False) -> Path:
-    """Write a figure atomically as PNG (and PDF when asked), then close it."""
+def save(fig, path: str | os.PathLike, pdf: bool = False, changed_only: bool = False) -> Path:
+    """Write a figure atomically as PNG (and PDF when asked), then close it; with
+    `changed_only`, a file that already holds the same image is left untouched."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    if pdf:
-        with atomic_path(path.with_suffix(".pdf")) as tmp:
-            fig.savefig(tmp, format="pdf", bbox_inches="tight")
+    formats = [("png", path, {"dpi": 120})] + ([("pdf", path.with_suffix(".pdf"), {})] if pdf else [])
+    for fmt, target, kw in formats:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, bbox_inches="tight", **kw)
+        write_bytes(target, buf.getvalue(), changed_only)
     plt.close(fig)
     return path
 
