@@ -1,3 +1,7 @@
 """Imports every job module so that each registers itself."""
 
-from . import interpolate  # noqa: F401
+from . import (
+    curve,  # noqa: F401
+    fge,  # noqa: F401
+    interpolate,  # noqa: F401
+)
