@@ -24,6 +24,7 @@ from ..train import TrainConfig, environment, resolve_device
 
 HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cache/modeconn/data)"
 HELP_DEVICE = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+HELP_QUIET = "no progress bars"
 HELP_BN_RESET = ("re-estimate BatchNorm statistics on the training data before evaluating "
                  "(auto: when the model has BN)")
 
@@ -56,6 +57,11 @@ class Combine(Runtime, Overwrite):
 def bn_reset_option(default: str = "auto", help: str = HELP_BN_RESET):
     """The BatchNorm re-estimation choice."""
     return option(default, help, choices=BN_RESET)
+
+
+def quiet_option():
+    """Silence progress bars (how a job shows itself, not a setting of what it computes)."""
+    return option(False, HELP_QUIET, setting=False)
 
 
 def on_option(help: str = "evaluate on the whole dataset or on model A's own subset"):

@@ -25,14 +25,16 @@ from ._inputs import (
     bn_reset_option,
     load_curve_model,
     load_models,
+    on_option,
     output_dir,
     output_file,
+    quiet_option,
     record,
     split_tensors,
     training,
 )
 from ._registry import JobConfig, Output, Result, register
-from .fge import HELP_QUIET, ensemble_line
+from .fge import ensemble_line
 
 HELP_CURVE = "a `modeconn curve` checkpoint (curve.safetensors)"
 PATH_COLUMNS = ["path", "t", "split", "loss", "acc", "length"]
@@ -53,8 +55,8 @@ class CurveConfig(Combine, TrainConfig, JobConfig):
     schedule: str = option("curve", "constant, cosine, curve, step:M1,M2[@GAMMA], "
                                     "cyclic:EPOCHS[@LOW]")
     seed: int = option(0, "batch order and t samples")
-    on: str = option("full", "fit and evaluate on the whole training set (the union of the "
-                             "subsets) or on model A's own subset", choices=("full", "own"))
+    on: str = on_option("fit and evaluate on the whole training set (the union of the subsets) "
+                        "or on model A's own subset")
     points: int = option(61, "evaluated points along the curve", low=2)
     splits: tuple[str, ...] = option(("train", "test"), "splits to evaluate, comma-separated",
                                      choices=("train", "test"), nonempty=True)
@@ -62,7 +64,7 @@ class CurveConfig(Combine, TrainConfig, JobConfig):
                                          "(auto: when the model has BN)")
     tolerance: float = option(0.01, "loss barrier counted as connected", low=0)
     pdf: bool = option(False, "also write PDF figures", setting=False)
-    quiet: bool = option(False, HELP_QUIET, setting=False)
+    quiet: bool = quiet_option()
 
     def check(self) -> None:
         super().check()

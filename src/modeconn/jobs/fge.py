@@ -12,10 +12,18 @@ from ..fge import fge_snapshots, snapshot_name
 from ..io import write_json
 from ..options import option
 from ..train import TrainConfig
-from ._inputs import Overwrite, Runtime, bn_reset_option, load_models, output_dir, record, training
+from ._inputs import (
+    Overwrite,
+    Runtime,
+    bn_reset_option,
+    load_models,
+    on_option,
+    output_dir,
+    quiet_option,
+    record,
+    training,
+)
 from ._registry import JobConfig, Output, Result, register
-
-HELP_QUIET = "no progress bars"
 
 
 def ensemble_line(name: str, m: dict) -> str:
@@ -36,10 +44,9 @@ class FgeConfig(Runtime, Overwrite, TrainConfig, JobConfig):
     low: float = option(0.01, "lowest learning rate, as a factor of --lr", low=0, low_open=True,
                         high=1)
     seed: int = option(0, "batch order")
-    on: str = option("full", "train and evaluate on the whole dataset or on the model's own "
-                             "subset", choices=("full", "own"))
+    on: str = on_option("train and evaluate on the whole dataset or on the model's own subset")
     bn_reset: str = bn_reset_option()
-    quiet: bool = option(False, HELP_QUIET, setting=False)
+    quiet: bool = quiet_option()
 
     def train_config(self) -> TrainConfig:
         """The optimisation settings, with the cycles' epochs."""
