@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.func import functional_call
 
+from modeconn import jobs
 from modeconn.checkpoint import load_checkpoint, params_of
 from modeconn.curves import Curve, CurveTrainer, fit_curve, load_curve, save_curve
 from modeconn.data import DataSpec, eval_data
@@ -152,37 +153,71 @@ def test_curve_step_is_sgd_on_the_curve_objective(kind, n, t, arch):
 
 @pytest.fixture(scope="module")
 def runs(models):
-    """A fitted curve between models 0 and 1, FGE snapshots from model 0 and a narrower model."""
+    """A fitted curve between models 0 and 1, FGE snapshots from model 0 and a narrower model
+    (the curve and the FGE run through their jobs, as from Python)."""
     from modeconn.cli import main
 
     root, paths = models
-    assert main(["curve", str(paths[0]), str(paths[1]), "--epochs", "2", "--points", "7",
-                 "--out", str(root / "curve"), "--quiet"]) == 0
-    assert main(["fge", str(paths[0]), "--cycles", "2", "--cycle-epochs", "1",
-                 "--out", str(root / "fge"), "--quiet"]) == 0
+    curve = jobs.run("curve", a=str(paths[0]), b=str(paths[1]), epochs=2, points=7, quiet=True,
+                     out=root / "curve")
+    fge = jobs.run("fge", checkpoint=str(paths[0]), cycles=2, cycle_epochs=1, quiet=True,
+                   out=root / "fge")
     assert main(["train", "--width", "16", "--depth", "1", "--epochs", "1", "--out",
                  str(root / "other"), "--quiet"]) == 0
     return {"a": paths[0], "b": paths[1], "c": paths[2], "curve": root / "curve",
-            "fge": root / "fge", "other": root / "other" / "all" / "model.safetensors"}
+            "fge": root / "fge", "other": root / "other" / "all" / "model.safetensors",
+            "curve_result": curve, "fge_result": fge}
 
 
-def test_curve_command_writes_outputs_and_curve_round_trips(runs):
-    out = runs["curve"]
+def test_curve_job_writes_outputs_and_curve_round_trips(runs):
+    out, result = runs["curve"], runs["curve_result"]
+    assert result.out == out and result.exit_code == 0 and result.splits == ["train", "test"]
     rows = (out / "path.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 7 * 2  # curve and linear, train and test, 7 points
     bar = json.loads((out / "barrier.json").read_text())
     assert set(bar) >= {"curve", "linear"} and set(bar["curve"]) >= {"train", "test"}
+    barrier = result.summary["curve"]["test"]["loss"]["linear"]["barrier"]
+    assert bar["curve"]["test"]["loss"]["linear"]["barrier"] == pytest.approx(barrier)
+    assert [line.split(":")[0] for line in result.lines()] == ["train", "test", f"wrote {out}"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["job"] == "curve" and config["config"]["epochs"] == 2
+    assert config["config"]["schedule"] == "curve" and config["data"]["on"] == "full"
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 2
+    assert (out / "env.json").exists() and (out / "path.png").exists()
     _, path, _ = load_curve(out / "curve.safetensors")
     a = params_of(load_checkpoint(runs["a"]))
     assert all(torch.equal(path.point(0.0)[k], a[k]) for k in a if a[k].is_floating_point())
 
 
-def test_curve_point_is_a_model_checkpoint_of_the_curve_at_t(runs, cli, tmp_path):
+def test_fge_job_writes_a_snapshot_per_cycle_and_their_ensemble(runs):
+    out, result = runs["fge"], runs["fge_result"]
+    assert result.members == [str(out / f"snapshot_{i}.safetensors") for i in (1, 2)]
+    saved = json.loads((out / "ensemble.json").read_text())
+    assert saved["fge"] == pytest.approx(result.metrics) and saved["cycles"] == 2
+    assert result.lines()[0].startswith("fge          K=2   acc ")
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["cycle_epochs"] == 1 and "epochs" not in config and "schedule" not in config
+
+
+def test_curve_and_fge_commands_print_what_the_jobs_return(runs, cli, tmp_path):
+    rc, out, err = cli("curve", runs["a"], runs["b"], "--epochs", "2", "--points", "7",
+                       "--quiet", "--out", tmp_path / "curve")
+    assert rc == 0, err
+    assert out.splitlines() == runs["curve_result"].lines()[:-1] + [f"wrote {tmp_path / 'curve'}"]
+    rc, out, err = cli("fge", runs["a"], "--cycles", "2", "--cycle-epochs", "1", "--quiet",
+                       "--out", tmp_path / "fge")
+    assert rc == 0, err
+    assert out.splitlines() == [runs["fge_result"].lines()[0], f"wrote {tmp_path / 'fge'}"]
+
+
+def test_curve_point_is_a_model_checkpoint_of_the_curve_at_t(runs, tmp_path):
     curve = runs["curve"] / "curve.safetensors"
     _, path, _ = load_curve(curve)
     for t in (0.0, 0.3):
-        rc, out, err = cli("curve-point", curve, "--t", t, "--out", tmp_path / f"p{t}.safetensors")
-        assert rc == 0 and f"t={t:g}: train loss" in out, err
+        result = jobs.run("curve-point", curve=str(curve), t=t, out=tmp_path / f"p{t}.safetensors")
+        assert result.out == tmp_path / f"p{t}.safetensors" and result.t == t
+        assert result.lines()[0].startswith(f"t={t:g}: train loss ")
+        assert set(result.metrics) == {"train", "test"}
         point = load_checkpoint(tmp_path / f"p{t}.safetensors", kind="model")
         assert point.meta["curve_point"]["t"] == t
         for k, v in path.point(t).items():  # the MLP has no BatchNorm: the point as it is
@@ -190,27 +225,39 @@ def test_curve_point_is_a_model_checkpoint_of_the_curve_at_t(runs, cli, tmp_path
     a = load_checkpoint(runs["a"]).tensors
     assert all(torch.equal(load_checkpoint(tmp_path / "p0.0.safetensors").tensors[k], v)
                for k, v in a.items())
+    with pytest.raises(UsageError, match="must end in .safetensors"):
+        jobs.run("curve-point", curve=str(curve), out=tmp_path / "p.pt")
+
+
+def test_curve_point_command(runs, cli, tmp_path):
+    curve = runs["curve"] / "curve.safetensors"
+    rc, out, err = cli("curve-point", curve, "--t", "0.3", "--out", tmp_path / "p.safetensors")
+    assert rc == 0 and out.startswith("t=0.3: train loss ") and out.count("\n") == 2, err
     # it is a model like any other: interpolate, sharpness, align take it
-    rc, _, err = cli("sharpness", tmp_path / "p0.3.safetensors", "--probes", "2")
+    rc, _, err = cli("sharpness", tmp_path / "p.safetensors", "--probes", "2")
     assert rc == 0, err
     rc, err_out, err = cli("curve-point", curve, "--t", "1.5", "--out", tmp_path / "bad.safetensors")
-    assert rc == 2 and "--t must be in [0, 1]" in err and not (tmp_path / "bad.safetensors").exists()
-    rc, _, err = cli("curve-point", curve, "--out", tmp_path / "p0.3.safetensors")
+    assert rc == 2 and not (tmp_path / "bad.safetensors").exists()
+    assert err.strip() == "modeconn: error: --t must be a finite number ≥ 0 and ≤ 1, got 1.5"
+    rc, _, err = cli("curve-point", curve, "--out", tmp_path / "p.safetensors")
     assert rc == 2 and "already exists" in err
+    rc, _, err = cli("curve-point", curve, "--out", tmp_path / "p.safetensors", "--overwrite")
+    assert rc == 0, err
 
 
-def test_curve_ensemble_table_has_independent_lmc_curve_and_fge_rows(runs, cli, tmp_path):
+def test_curve_ensemble_table_has_independent_lmc_curve_and_fge_rows(runs, tmp_path):
     from modeconn.io import read_csv
 
-    rc, out, _ = cli("curve-ensemble", runs["curve"] / "curve.safetensors", "--k", "3",
-                     "--fge", runs["fge"], "--out", tmp_path / "ens")
-    assert rc == 0
-    assert [line.split()[0] for line in out.splitlines()[:4]] == ["independent", "lmc", "curve", "fge"]
+    result = jobs.run("curve-ensemble", curve=str(runs["curve"] / "curve.safetensors"), k=3,
+                      fge=str(runs["fge"]), out=tmp_path / "ens")
+    assert list(result.table) == ["independent", "lmc", "curve", "fge"]
+    assert [line.split()[0] for line in result.lines()[:4]] == list(result.table)
     table = {r["ensemble"]: r for r in read_csv(tmp_path / "ens" / "comparison.csv")}
     assert list(table) == ["independent", "lmc", "curve", "fge"]
     assert [int(table[k]["size"]) for k in table] == [2, 3, 3, 2]
     saved = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
     assert saved["fge_members"] == [str(runs["fge"] / f"snapshot_{i}.safetensors") for i in (1, 2)]
+    assert json.loads((tmp_path / "ens" / "config.json").read_text())["config"]["k"] == 3
     # The fge row is the snapshots' ensemble, scored as `modeconn fge` scores it ...
     own = json.loads((runs["fge"] / "ensemble.json").read_text())["fge"]
     assert saved["fge"]["acc"] == own["acc"]
@@ -224,6 +271,14 @@ def test_curve_ensemble_table_has_independent_lmc_curve_and_fge_rows(runs, cli, 
             probs.append(net(data.test_x).softmax(-1))
     acc = float((torch.stack(probs).mean(0).argmax(-1) == data.test_y).double().mean())
     assert float(table["fge"]["acc"]) == pytest.approx(acc, abs=1e-12)
+
+
+def test_curve_ensemble_command(runs, cli, tmp_path):
+    rc, out, err = cli("curve-ensemble", runs["curve"] / "curve.safetensors", "--k", "3",
+                       "--out", tmp_path / "ens")
+    assert rc == 0, err
+    assert [line.split()[0] for line in out.splitlines()] == ["independent", "lmc", "curve",
+                                                              "wrote"]
 
 
 def test_plane_sharpness_and_fge_commands(runs, cli, tmp_path):
@@ -244,17 +299,18 @@ def test_plane_sharpness_and_fge_commands(runs, cli, tmp_path):
 
 
 BAD_INPUT = {
-    "bezier with 2 bends": (["curve", "a", "b", "--bends", "2"], "--bends must be at least 3"),
+    "bezier with 2 bends": (["curve", "a", "b", "--bends", "2"],
+                            "--bends must be at least 3 for a bezier curve, got 2"),
     "polychain with 2 bends": (["curve", "a", "b", "--kind", "polychain", "--bends", "2"],
-                               "--bends must be at least 3"),
+                               "--bends must be at least 3 for a polychain curve, got 2"),
     "curve across architectures": (["curve", "a", "other"], "different architecture"),
-    "curve ensemble of one": (["curve-ensemble", "curve", "--k", "1"], "--k must be at least 2"),
+    "curve ensemble of one": (["curve-ensemble", "curve", "--k", "1"], "--k must be an integer ≥ 2, got 1"),
     "fge of another architecture": (["curve-ensemble", "curve", "--fge", "other_fge"],
                                     "different architecture"),
     "fge folder without snapshots": (["curve-ensemble", "curve", "--fge", "empty"],
                                      "no snapshot_N"),
     "fge folder missing": (["curve-ensemble", "curve", "--fge", "missing"], "not found"),
-    "fge without cycles": (["fge", "a", "--cycles", "0"], "--cycles must be at least 1"),
+    "fge without cycles": (["fge", "a", "--cycles", "0"], "--cycles must be an integer ≥ 1, got 0"),
     "landscape of two models": (["landscape", "a", "b"], "three checkpoints"),
     "landscape of models and a curve": (["landscape", "a", "--curve", "curve"], "not both"),
     "range of one value": (["landscape", "a", "b", "c", "--range", "0.5"], "--range takes LOW,HIGH"),

@@ -305,7 +305,7 @@ def path_ensemble(path: ParamPath, evaluator: Any, k: int, split: str = "test",
     from .ensemble import ensemble_metrics
 
     if k < 1:
-        raise UsageError(f"--k must be at least 1, got {k}")
+        raise UsageError(f"path_ensemble: k must be at least 1, got {k}")
     ts = [i / (k - 1) for i in range(k)] if ends and k > 1 else \
         [(i + 1) / (k + 1) for i in range(k)]
     probs = evaluator.probabilities(path.points(ts), split)

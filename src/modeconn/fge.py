@@ -30,12 +30,12 @@ def snapshot_paths(folder: str | os.PathLike) -> list[Path]:
     """The snapshots `modeconn fge` wrote into `folder`, in cycle order."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"FGE folder {folder} not found; pass the --out folder of modeconn fge")
+        raise UsageError(f"FGE folder {folder} not found; pass the output folder of an fge run")
     found = sorted((int(m.group(1)), p) for p in folder.iterdir()
                    if (m := _SNAPSHOT.fullmatch(p.name)))
     if not found:
-        raise UsageError(f"{folder} holds no snapshot_N.safetensors; pass the --out folder of "
-                         "modeconn fge")
+        raise UsageError(f"{folder} holds no snapshot_N.safetensors; pass the output folder of "
+                         "an fge run")
     return [p for _, p in found]
 
 
@@ -49,11 +49,12 @@ def fge_snapshots(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: 
     size; its epochs, schedule and warm-up are not used."""
     cfg.validate()
     if cycles < 1:
-        raise UsageError(f"--cycles must be at least 1, got {cycles}")
+        raise UsageError(f"fge_snapshots: cycles must be at least 1, got {cycles}")
     if cycle_epochs < 1:
-        raise UsageError(f"--cycle-epochs must be at least 1, got {cycle_epochs}")
+        raise UsageError(f"fge_snapshots: cycle_epochs must be at least 1, got {cycle_epochs}")
     if not 0 < low <= 1:
-        raise UsageError(f"--low (the lowest learning-rate factor) must be in (0, 1], got {low}")
+        raise UsageError(f"fge_snapshots: low (the lowest learning-rate factor) must be in (0, 1], "
+                         f"got {low}")
     net = copy.deepcopy(model).to(x.device)  # one private module for the whole run
     net.load_state_dict(params)
     net.train()

@@ -11,17 +11,20 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, load_same_architecture, params_of
+from ..curves import load_curve
 from ..data import EVAL_ON, NORMS, DataSpec, Prepared, eval_data
 from ..errors import UsageError
 from ..evaluate import BN_RESET
-from ..io import check_output_dir, write_json
+from ..io import check_output_dir, check_output_file, write_json
 from ..models import model_config
 from ..options import option
+from ..paths import ParamPath
 from ..report.figures import display_names
 from ..train import TrainConfig, environment, resolve_device
 
 HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cache/modeconn/data)"
 HELP_DEVICE = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+HELP_QUIET = "no progress bars"
 HELP_BN_RESET = ("re-estimate BatchNorm statistics on the training data before evaluating "
                  "(auto: when the model has BN)")
 
@@ -56,6 +59,11 @@ def bn_reset_option(default: str = "auto", help: str = HELP_BN_RESET):
     return option(default, help, choices=BN_RESET)
 
 
+def quiet_option():
+    """Silence progress bars (how a job shows itself, not a setting of what it computes)."""
+    return option(False, HELP_QUIET, setting=False)
+
+
 def on_option(help: str = "evaluate on the whole dataset or on model A's own subset"):
     """Which data a model is evaluated on."""
     return option("full", help, choices=EVAL_ON)
@@ -67,6 +75,19 @@ def output_dir(out: Path, overwrite: bool = False) -> Path:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"output directory {out} already exists and is not empty; choose "
                          "another one or allow overwriting it (--overwrite)")
+    return out
+
+
+def output_file(out: Path, overwrite: bool = False, suffix: str | None = None,
+                example: str = "FILE") -> Path:
+    """The job's output file: refused when it is a directory or lies under a file, exists
+    without `overwrite`, or does not end in `suffix`."""
+    out = check_output_file(out, True, option="output file", example=example)
+    if out.exists() and not overwrite:
+        raise UsageError(f"output file {out} already exists; choose another one or allow "
+                         "overwriting it (--overwrite)")
+    if suffix is not None and out.suffix != suffix:
+        raise UsageError(f"output file {out} must end in {suffix}")
     return out
 
 
@@ -86,16 +107,43 @@ class Models:
 
     def data(self, on: str = "full", data_dir: str | None = None) -> Prepared:
         """The evaluation data of the first checkpoint's model, on the device."""
-        spec = DataSpec.from_dict(self.checkpoints[0].meta.get("data", {}))
-        return eval_data(spec, on, data_dir).to(self.device)
+        return checkpoint_data(self.checkpoints[0], self.device, on, data_dir)
 
 
-def load_models(paths, config: Combine) -> Models:
-    """Model checkpoints of one architecture (and one dataset unless allowed), on the job's
-    device."""
+def checkpoint_data(checkpoint: Checkpoint, device: torch.device, on: str = "full",
+                    data_dir: str | None = None) -> Prepared:
+    """The evaluation data of a checkpoint's model (the dataset it records), on `device`."""
+    spec = DataSpec.from_dict(checkpoint.meta.get("data", {}))
+    return eval_data(spec, on, data_dir).to(device)
+
+
+def load_models(paths, config: Runtime) -> Models:
+    """Model checkpoints of one architecture (and one dataset unless the config allows a
+    mismatch: `Combine`), on the job's device."""
     device = resolve_device(config.device)
-    module, ckpts = load_same_architecture(list(paths), device, config.allow_dataset_mismatch)
+    module, ckpts = load_same_architecture(list(paths), device,
+                                           getattr(config, "allow_dataset_mismatch", False))
     return Models(module, ckpts, [params_of(c, device) for c in ckpts], device)
+
+
+@dataclass
+class CurveModel:
+    """A curve checkpoint loaded onto a device: the module, the path through its bends."""
+
+    module: nn.Module
+    path: ParamPath
+    checkpoint: Checkpoint
+    device: torch.device
+
+    def data(self, on: str = "full", data_dir: str | None = None) -> Prepared:
+        """The evaluation data of the curve's model, on the device."""
+        return checkpoint_data(self.checkpoint, self.device, on, data_dir)
+
+
+def load_curve_model(path, config: Runtime) -> CurveModel:
+    """A `modeconn curve` checkpoint on the job's device."""
+    device = resolve_device(config.device)
+    return CurveModel(*load_curve(path, device), device)
 
 
 def record(out: Path, config, device: torch.device | str, **extra) -> None:

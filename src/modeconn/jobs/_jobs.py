@@ -1,3 +1,9 @@
 """Imports every job module so that each registers itself."""
 
-from . import align, interpolate, merge  # noqa: F401
+from . import (  # noqa: F401
+    align,
+    curve,
+    fge,
+    interpolate,
+    merge,
+)
