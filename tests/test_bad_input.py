@@ -292,8 +292,9 @@ def test_weight_matching_refuses_a_tensor_as_spec(ckpts):
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"batch_size": 0}, "--batch-size"), ({"max_batches": 0}, "--max-batches"),
-    ({"max_batches": -1}, "--max-batches")])
+    ({"batch_size": 0}, "needs batch_size ≥ 1, got 0"),
+    ({"max_batches": 0}, r"needs max_batches ≥ 1 \(or None for the whole split\), got 0"),
+    ({"max_batches": -1}, "needs max_batches ≥ 1")])
 def test_hessian_trace_refuses(ckpts, kw, match):
     ckpt = load_checkpoint(ckpts["a"])
     with pytest.raises(UsageError, match=match):
