@@ -103,9 +103,9 @@ BAD = {
     "fge diverges": (["fge", "{a}", "--lr", "1e6", "--cycles", "1", "--cycle-epochs", "1",
                       "--quiet", "--device", "cpu", "--out", "{out}"], "training diverged"),
     "sharpness --max-batches 0": (["sharpness", "{a}", "--device", "cpu", "--max-batches", "0"],
-                                  "--max-batches must be at least 1"),
+                                  "--max-batches must be an integer ≥ 1 (or none), got 0"),
     "sharpness --max-batches -1": (["sharpness", "{a}", "--device", "cpu", "--max-batches", "-1"],
-                                   "--max-batches must be at least 1"),
+                                   "--max-batches must be an integer ≥ 1 (or none), got -1"),
     "align am --batch-size 0": (["align", "{a}", "{b}", "--method", "am", "--batch-size", "0",
                                  "--device", "cpu", "--out", "{out}"],
                                 "--batch-size must be an integer ≥ 1, got 0"),
@@ -203,9 +203,10 @@ BAD = {
                                           "--out", "{out}"],
                                          "--batch-size must be an integer ≥ 1, got 0"),
     "landscape --range inf": (["landscape", "{a}", "{b}", "{c}", "--grid", "3", "--range=0,inf",
-                               "--device", "cpu", "--out", "{out}"], "both finite"),
+                               "--device", "cpu", "--out", "{out}"],
+                              "--range must be a list of finite numbers, got 0,inf"),
     "sharpness --batch-size 0": (["sharpness", "{a}", "--batch-size", "0"],
-                                 "--batch-size must be at least 1"),
+                                 "--batch-size must be an integer ≥ 1, got 0"),
     "architecture incomplete": (["ensemble", "{partial_arch}", "{partial_arch}", "--out", "{out}"],
                                 "metadata architecture is incomplete or damaged"),
     "data metadata is a list": (["info", "{list_data}"], "metadata 'data' is list JSON"),
@@ -293,8 +294,9 @@ def test_weight_matching_refuses_a_tensor_as_spec(ckpts):
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"batch_size": 0}, "--batch-size"), ({"max_batches": 0}, "--max-batches"),
-    ({"max_batches": -1}, "--max-batches")])
+    ({"batch_size": 0}, "needs batch_size ≥ 1, got 0"),
+    ({"max_batches": 0}, r"needs max_batches ≥ 1 \(or None for the whole split\), got 0"),
+    ({"max_batches": -1}, "needs max_batches ≥ 1")])
 def test_hessian_trace_refuses(ckpts, kw, match):
     ckpt = load_checkpoint(ckpts["a"])
     with pytest.raises(UsageError, match=match):

@@ -281,19 +281,56 @@ def test_curve_ensemble_command(runs, cli, tmp_path):
                                                               "wrote"]
 
 
-def test_plane_sharpness_and_fge_commands(runs, cli, tmp_path):
+def test_landscape_job_on_three_models_and_on_a_curve(runs, tmp_path):
+    result = jobs.run("landscape", models=[str(runs[k]) for k in "abc"], grid=3,
+                      range=[-0.5, 1.5], device="cpu", out=tmp_path / "ls")
+    plane_json = json.loads((tmp_path / "ls" / "plane.json").read_text())
+    assert (result.dx, result.dy, result.grid) == (plane_json["dx"], plane_json["dy"], 3)
+    assert plane_json["range"] == [-0.5, 1.5] and set(plane_json["paths"]) == {"linear path"}
+    assert len((tmp_path / "ls" / "plane.csv").read_text().splitlines()) == 1 + 3 * 3 * 2
+    assert {p.name for p in (tmp_path / "ls").glob("plane_*.png")} == {"plane_train.png",
+                                                                       "plane_test.png"}
+    config = json.loads((tmp_path / "ls" / "config.json").read_text())
+    assert config["job"] == "landscape" and config["config"]["range"] == [-0.5, 1.5]
+    assert (tmp_path / "ls" / "env.json").exists()
+    jobs.run("landscape", curve=str(runs["curve"] / "curve.safetensors"), grid=3,
+             splits=["test"], device="cpu", out=tmp_path / "lc")
+    plane_json = json.loads((tmp_path / "lc" / "plane.json").read_text())
+    assert set(plane_json["paths"]) == {"linear path", "bezier curve"}
+    assert plane_json["points"]["A"] == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert len((tmp_path / "lc" / "plane.csv").read_text().splitlines()) == 1 + 3 * 3
+
+
+def test_sharpness_job_returns_the_estimate_and_writes_it_when_asked(runs, tmp_path):
+    result = jobs.run("sharpness", checkpoint=str(runs["a"]), probes=2, device="cpu",
+                      out=tmp_path / "sh.json")
+    saved = json.loads((tmp_path / "sh.json").read_text())
+    assert saved == {"checkpoint": str(runs["a"]), "split": "train", **result.estimate}
+    assert saved["samples"] == 2 * 3 and result.out == tmp_path / "sh.json"
+    again = jobs.run("sharpness", checkpoint=str(runs["a"]), probes=2, device="cpu")
+    assert again.out is None and again.estimate == result.estimate  # seeded probes
+
+
+def test_landscape_and_sharpness_commands(runs, cli, tmp_path):
     rc, out, err = cli("landscape", runs["a"], runs["b"], runs["c"], "--grid", "3",
                        "--range", "-0.5,1.5", "--out", tmp_path / "ls")  # a negative LOW as is
-    assert rc == 0 and "3x3 points" in out, err
-    assert json.loads((tmp_path / "ls" / "plane.json").read_text())["range"] == [-0.5, 1.5]
-    assert len((tmp_path / "ls" / "plane.csv").read_text().splitlines()) == 1 + 3 * 3 * 2
-    rc, _, _ = cli("landscape", "--curve", runs["curve"] / "curve.safetensors", "--grid", "3",
-                   "--splits", "test", "--out", tmp_path / "lc")
-    plane_json = json.loads((tmp_path / "lc" / "plane.json").read_text())
-    assert rc == 0 and set(plane_json["paths"]) == {"linear path", "bezier curve"}
-    assert plane_json["points"]["A"] == pytest.approx([0.0, 0.0], abs=1e-9)
-    rc, out, _ = cli("sharpness", runs["a"], "--probes", "2", "--out", tmp_path / "sh.json")
-    assert rc == 0 and json.loads((tmp_path / "sh.json").read_text())["samples"] == 2 * 3
+    assert rc == 0, err
+    pl = json.loads((tmp_path / "ls" / "plane.json").read_text())
+    assert pl["range"] == [-0.5, 1.5]
+    assert out.splitlines() == [f"plane |u| {pl['dx']:.3f}, |v_perp| {pl['dy']:.3f}; 3x3 points",
+                                f"wrote {tmp_path / 'ls'}"]
+    rc, out, err = cli("sharpness", runs["a"], "--probes", "2", "--out", tmp_path / "sh.json")
+    assert rc == 0, err
+    r = json.loads((tmp_path / "sh.json").read_text())
+    assert out.splitlines() == [
+        f"Hessian trace {r['trace']:.4f} ± {r['trace_se']:.4f} (SE), weighted "
+        f"{r['weighted_trace']:.4f} ± {r['weighted_trace_se']:.4f}; 2 probes × 3 batches",
+        f"wrote {tmp_path / 'sh.json'}"]
+    rc, out, err = cli("sharpness", runs["a"], "--probes", "2")
+    assert rc == 0 and len(out.splitlines()) == 1, err
+
+
+def test_fge_command_saves_one_snapshot_per_cycle(runs):
     snaps = sorted(p.name for p in runs["fge"].glob("snapshot_*.safetensors"))
     assert snaps == ["snapshot_1.safetensors", "snapshot_2.safetensors"]
 
@@ -313,11 +350,16 @@ BAD_INPUT = {
     "fge without cycles": (["fge", "a", "--cycles", "0"], "--cycles must be an integer ≥ 1, got 0"),
     "landscape of two models": (["landscape", "a", "b"], "three checkpoints"),
     "landscape of models and a curve": (["landscape", "a", "--curve", "curve"], "not both"),
-    "range of one value": (["landscape", "a", "b", "c", "--range", "0.5"], "--range takes LOW,HIGH"),
-    "range reversed": (["landscape", "a", "b", "c", "--range=1,0"], "--range needs LOW < HIGH"),
-    "range not numbers": (["landscape", "a", "b", "c", "--range", "x,y"], "comma-separated numbers"),
-    "grid of one point": (["landscape", "a", "b", "c", "--grid", "1"], "--grid must be at least 2"),
-    "sharpness without probes": (["sharpness", "a", "--probes", "0"], "--probes must be at least 1"),
+    "range of one value": (["landscape", "a", "b", "c", "--range", "0.5"],
+                           "--range must be two numbers LOW,HIGH with LOW < HIGH, got 0.5"),
+    "range reversed": (["landscape", "a", "b", "c", "--range=1,0"],
+                       "--range must be two numbers LOW,HIGH with LOW < HIGH, got 1.0,0.0"),
+    "range not numbers": (["landscape", "a", "b", "c", "--range", "x,y"],
+                          "--range must be a list of finite numbers, got x,y"),
+    "grid of one point": (["landscape", "a", "b", "c", "--grid", "1"],
+                          "--grid must be an integer ≥ 2, got 1"),
+    "sharpness without probes": (["sharpness", "a", "--probes", "0"],
+                                 "--probes must be an integer ≥ 1, got 0"),
 }
 
 

@@ -1,5 +1,5 @@
 """Ensemble metrics and similarity on hand-made predictions (ALGORITHMS.md §7), and the
-`modeconn ensemble` command."""
+`ensemble` job (from Python and as `modeconn ensemble`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from modeconn import jobs
 from modeconn.checkpoint import load_checkpoint, params_of
 from modeconn.cli import main
 from modeconn.ensemble import (
@@ -20,6 +21,7 @@ from modeconn.ensemble import (
     similarity,
 )
 from modeconn.io import read_csv
+from modeconn.options import ConfigError
 
 # ---------------------------------------------------------------- ensemble metrics
 
@@ -222,14 +224,14 @@ def _status(run, member):
     return json.loads((run / member / "status.json").read_text())
 
 
-def test_ensemble_command_writes_metrics_and_similarity(cli, pair, tmp_path):
+def test_ensemble_job_writes_metrics_and_similarity(pair, tmp_path):
     a, b = pair / "a" / "model.safetensors", pair / "b" / "model.safetensors"
     out = tmp_path / "ens"
-    rc, stdout, err = cli("ensemble", a, b, "--device", "cpu", "--out", out)
-    assert rc == 0, err
-    assert f"wrote {out}" in stdout
+    result = jobs.run("ensemble", checkpoints=[str(a), str(b)], device="cpu", out=out)
+    assert result.out == out and result.exit_code == 0
+    assert result.members == [str(a), str(b)]
     m = json.loads((out / "ensemble.json").read_text())
-    assert m["members"] == [str(a), str(b)]
+    assert m == {"members": [str(a), str(b)], **result.metrics}
     assert m["size"] == 2
     # The mean member is the mean of the two models' own test accuracies (same test set).
     sa, sb = _status(pair, "a"), _status(pair, "b")
@@ -240,7 +242,7 @@ def test_ensemble_command_writes_metrics_and_similarity(cli, pair, tmp_path):
         assert 0.0 <= m[key] <= 1.0
     assert 0.0 < m["brier"] < 2.0 and m["nll"] > 0
     rows = read_csv(out / "similarity.csv")
-    assert len(rows) == 1
+    assert len(rows) == 1 == len(result.similarity)
     row = rows[0]
     assert (row["a"], row["b"]) == (str(a), str(b))
     pa = params_of(load_checkpoint(a))
@@ -251,13 +253,27 @@ def test_ensemble_command_writes_metrics_and_similarity(cli, pair, tmp_path):
     for key in ("cohen_kappa", "weight_cosine", "cka", "error_overlap", "error_correlation"):
         assert key in row and row[key] != ""
     assert (out / "polar_similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((out / "config.json").read_text())
+    assert config["job"] == "ensemble" and config["config"]["checkpoints"] == [str(a), str(b)]
+    assert config["config"]["bn_reset"] == "off" and (out / "env.json").exists()
 
 
-def test_ensemble_of_a_checkpoint_with_itself(cli, pair, tmp_path):
+def test_ensemble_command_prints_the_summary(cli, pair, tmp_path):
+    a, b = pair / "a" / "model.safetensors", pair / "b" / "model.safetensors"
+    out = tmp_path / "ens"
+    rc, stdout, err = cli("ensemble", a, b, "--device", "cpu", "--out", out)
+    assert rc == 0, err
+    m = json.loads((out / "ensemble.json").read_text())
+    assert stdout.splitlines() == [
+        f"ensemble of 2: acc {m['acc']:.4f} (mean member {m['member_acc']:.4f}, gain "
+        f"{100 * m['gain_acc']:+.2f}%), NLL {m['nll']:.4f}, Brier {m['brier']:.4f}, "
+        f"ECE {m['ece']:.4f}", f"wrote {out}"]
+
+
+def test_ensemble_of_a_checkpoint_with_itself(pair, tmp_path):
     a = pair / "a" / "model.safetensors"
     out = tmp_path / "self"
-    rc, _, err = cli("ensemble", a, a, "--device", "cpu", "--out", out)
-    assert rc == 0, err
+    jobs.run("ensemble", checkpoints=[str(a), str(a)], device="cpu", out=out)
     m = json.loads((out / "ensemble.json").read_text())
     assert m["acc"] == pytest.approx(_status(pair, "a")["test_acc"], abs=1e-9)
     assert m["gain_acc"] == pytest.approx(0.0, abs=1e-12)
@@ -271,8 +287,12 @@ def test_ensemble_of_a_checkpoint_with_itself(cli, pair, tmp_path):
 
 
 def test_ensemble_needs_two_checkpoints(cli, pair, tmp_path):
+    a = pair / "a" / "model.safetensors"
+    with pytest.raises(ConfigError, match=r"^'checkpoints' of ensemble must name at least two "
+                                          r"checkpoints, got \['a.safetensors'\]$"):
+        jobs.run("ensemble", checkpoints=["a.safetensors"], out=tmp_path / "py")
     out = tmp_path / "one"
-    rc, stdout, err = cli("ensemble", pair / "a" / "model.safetensors", "--out", out)
+    rc, stdout, err = cli("ensemble", a, "--out", out)
     assert rc == 2
-    assert len(err.strip().splitlines()) == 1 and err.startswith("modeconn: error: ")
+    assert err == f"modeconn: error: checkpoints must name at least two checkpoints, got {a}\n"
     assert not out.exists()

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from modeconn import jobs
 from modeconn.cli import main
 from modeconn.experiments.lmc import LMCStudy, run_study
 from modeconn.report import figures
@@ -57,7 +58,7 @@ def test_display_names(paths, names):
 
 def test_ensemble_polar_plot_names_members_and_axes(run, tmp_path, saved):
     a, b = run / "a" / "model.safetensors", run / "b" / "model.safetensors"
-    assert main(["ensemble", str(a), str(b), "--device", "cpu", "--out", str(tmp_path / "e")]) == 0
+    jobs.run("ensemble", checkpoints=[str(a), str(b)], device="cpu", out=tmp_path / "e")
     fig = saved["polar_similarity.png"]
     (ax,) = fig.axes
     legend = [t.get_text() for t in ax.get_legend().get_texts()]

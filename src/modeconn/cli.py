@@ -406,140 +406,6 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cmd_ensemble(args: argparse.Namespace) -> int:
-    from .checkpoint import load_same_architecture, params_of
-    from .data import DataSpec, eval_data
-    from .ensemble import ensemble_metrics, pairwise_similarity
-    from .evaluate import Evaluator
-    from .io import write_csv, write_json
-    from .report.figures import display_names, polar_similarity_figure, save
-    from .train import resolve_device
-
-    if len(args.checkpoints) < 2:
-        raise UsageError("an ensemble needs at least two checkpoints")
-    device = resolve_device(args.device)
-    model, ckpts = load_same_architecture(args.checkpoints, device, args.allow_dataset_mismatch)
-    out = _out_dir(args.out, args.overwrite)
-    data = eval_data(DataSpec.from_dict(ckpts[0].meta.get("data", {})), "full",
-                     args.data_dir).to(device)
-    ev = Evaluator(model, {"test": (data.test_x, data.test_y)}, bn_data=data.train_x,
-                   bn_reset=args.bn_reset)
-    points = [params_of(c, device) for c in ckpts]
-    probs = ev.probabilities(points, "test")
-    metrics = ensemble_metrics(probs, data.test_y)
-    names = [str(c.path) for c in ckpts]
-    sims = pairwise_similarity(names, probs, data.test_y, points, ev.features(points, "test"))
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "ensemble.json", {"members": names, **metrics})
-    write_csv(out / "similarity.csv", sims)
-    accs = [float((p.argmax(-1) == data.test_y).double().mean()) for p in probs]
-    ref = [r for r in sims if r["a"] == names[0]]
-    save(polar_similarity_figure(display_names(names), [1.0] + [r["weight_cosine"] for r in ref],
-                                 accs, title=f"ensemble members on {data.spec.dataset}",
-                                 rlabel="test accuracy"), out / "polar_similarity.png")
-    print(f"ensemble of {len(names)}: acc {metrics['acc']:.4f} (mean member "
-          f"{metrics['member_acc']:.4f}, gain {100 * metrics['gain_acc']:+.2f}%), "
-          f"NLL {metrics['nll']:.4f}, Brier {metrics['brier']:.4f}, ECE {metrics['ece']:.4f}")
-    print(f"wrote {out}")
-    return 0
-
-
-def _splits(text: str) -> list[str]:
-    splits = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in splits if s not in ("train", "test")]
-    if bad or not splits:
-        raise UsageError(f"--splits takes train and/or test, got {text!r}")
-    return splits
-
-
-def cmd_landscape(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .checkpoint import load_same_architecture, params_of
-    from .curves import load_curve
-    from .data import DataSpec, eval_data
-    from .evaluate import Evaluator
-    from .io import write_csv, write_json
-    from .landscape import loss_plane, plane, project_path
-    from .paths import linear_path
-    from .report.figures import plane_figure, save
-    from .train import resolve_device
-
-    if len(args.range) != 2:
-        raise UsageError(f"--range takes LOW,HIGH (e.g. --range=-0.2,1.2), got {args.range}")
-    lo, hi = args.range
-    device = resolve_device(args.device)
-    splits = _splits(args.splits)
-    if args.curve:
-        if args.models:
-            raise UsageError("give either three checkpoints or --curve CURVE, not both")
-        model, path, ckpt = load_curve(args.curve, device)
-        if path.num_bends < 3:
-            raise UsageError(f"{args.curve} has only {path.num_bends} bends; its plane needs a "
-                             "middle bend (a polychain with 2 bends is the linear path)")
-        w = [path.bends[0], path.bends[-1], path.bends[path.num_bends // 2]]
-        names, meta = ["A", "B", "bend"], ckpt.meta
-    else:
-        if len(args.models) != 3:
-            raise UsageError(f"landscape takes three checkpoints (or --curve CURVE), "
-                             f"got {len(args.models)}")
-        model, ckpts = load_same_architecture(args.models, device, args.allow_dataset_mismatch)
-        w = [params_of(c, device) for c in ckpts]
-        path, names, meta = None, ["A", "B", "C"], ckpts[0].meta
-    out = _out_dir(args.out, args.overwrite)
-    pl = plane(*w)
-    data = eval_data(DataSpec.from_dict(meta.get("data", {})), "full", args.data_dir).to(device)
-    tensors = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
-    ev = Evaluator(model, {s: tensors[s] for s in splits}, bn_data=data.train_x,
-                   bn_reset=args.bn_reset)
-    rows = loss_plane(pl, ev, args.grid, lo, hi)
-    xs, ys = pl.grid(args.grid, lo, hi)
-    paths = {"linear path": project_path(pl, linear_path(w[0], w[1]), 2)}
-    if path is not None:
-        paths[f"{path.kind} curve"] = project_path(pl, path, 61)
-    marks = {n: pl.coordinates(p) for n, p in zip(names, w)}
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "plane.csv", rows, ["i", "j", "x", "y", "split", "loss", "acc"])
-    write_json(out / "plane.json", {"dx": pl.dx, "dy": pl.dy, "proj": pl.proj, "grid": args.grid,
-                                    "range": [lo, hi], "points": {n: list(m) for n, m in marks.items()},
-                                    "paths": {k: {"x": v[0], "y": v[1]} for k, v in paths.items()},
-                                    "bn_reset": ev.bn_reset})
-    for split in splits:
-        grid_v = np.full((len(ys), len(xs)), np.nan)
-        for r in rows:
-            if r["split"] == split:
-                grid_v[r["j"], r["i"]] = r["loss"]
-        save(plane_figure(xs, ys, grid_v, paths, marks, title=f"{split} loss on the plane",
-                          label=f"{split} loss"), out / f"plane_{split}.png", args.pdf)
-    print(f"plane |u| {pl.dx:.3f}, |v_perp| {pl.dy:.3f}; {args.grid}x{args.grid} points")
-    print(f"wrote {out}")
-    return 0
-
-
-def cmd_sharpness(args: argparse.Namespace) -> int:
-    from .checkpoint import load_same_architecture, params_of
-    from .data import DataSpec, eval_data
-    from .io import check_output_file, write_json
-    from .landscape import hessian_trace
-    from .train import resolve_device
-
-    if args.out:
-        check_output_file(args.out, args.overwrite, example="sharpness.json")
-    device = resolve_device(args.device)
-    model, (ckpt,) = load_same_architecture([args.checkpoint], device)
-    data = eval_data(DataSpec.from_dict(ckpt.meta.get("data", {})), args.on, args.data_dir).to(device)
-    x, y = (data.train_x, data.train_y) if args.split == "train" else (data.test_x, data.test_y)
-    res = hessian_trace(model, params_of(ckpt, device), x, y, args.probes, args.batch_size,
-                        args.max_batches, args.seed)
-    print(f"Hessian trace {res['trace']:.4f} ± {res['trace_se']:.4f} (SE), weighted "
-          f"{res['weighted_trace']:.4f} ± {res['weighted_trace_se']:.4f}; "
-          f"{res['probes']} probes × {res['batches']} batches")
-    if args.out:
-        write_json(Path(args.out), {"checkpoint": str(ckpt.path), "split": args.split, **res})
-        print(f"wrote {args.out}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -620,13 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help=HELP_QUIET)
     p.set_defaults(func=cmd_lmc, batch_size=None, lr=None)
 
-    p = sub.add_parser("ensemble", help="score an ensemble of checkpoints and their similarity")
-    p.add_argument("checkpoints", nargs="+", help="the members (one architecture)")
-    p.add_argument("--bn-reset", default="off", choices=["auto", "on", "off"],
-                   help="re-estimate each member's BatchNorm statistics first")
-    add_dataset_mismatch_arg(p)
-    add_output_args(p)
-    p.set_defaults(func=cmd_ensemble)
+    add_job_parser(sub, get("ensemble"))
 
     p = sub.add_parser("demo", help="the LMC-under-shift study on digits (a few minutes)")
     p.add_argument("--out", default="results/demo", help="output directory")
@@ -643,37 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("curve", "curve-ensemble", "curve-point", "fge"):
         add_job_parser(sub, get(name))
 
-    p = sub.add_parser("landscape", help="loss on the plane through three checkpoints or a curve")
-    p.add_argument("models", nargs="*", help="three checkpoints w0 w1 w2")
-    p.add_argument("--curve", default=None, help="a curve checkpoint: its endpoints and middle bend")
-    p.add_argument("--grid", type=int, default=21, help="points per axis")
-    p.add_argument("--range", type=_float_list, default=[-0.2, 1.2],
-                   help="LOW,HIGH in units of |u| and |v_perp|")
-    p.add_argument("--splits", default="train,test", help="splits to evaluate, comma-separated")
-    p.add_argument("--bn-reset", default="auto", choices=["auto", "on", "off"],
-                   help="re-estimate BatchNorm statistics at every grid point (auto: when the "
-                        "model has BN)")
-    add_dataset_mismatch_arg(p)
-    add_output_args(p)
-    p.add_argument("--pdf", action="store_true", help="also write the figure as PDF")
-    p.set_defaults(func=cmd_landscape)
-
-    p = sub.add_parser("sharpness", help="Hutchinson estimate of the Hessian trace at a checkpoint")
-    p.add_argument("checkpoint", help="model checkpoint")
-    p.add_argument("--probes", type=int, default=10, help="Rademacher probes (≥ 2 for an error)")
-    p.add_argument("--batch-size", type=int, default=512, help="examples per Hessian-vector product")
-    p.add_argument("--max-batches", type=int, default=None,
-                   help="average over the first N batches only (default: the whole split)")
-    p.add_argument("--split", default="train", choices=["train", "test"],
-                   help="split whose loss the Hessian is taken of")
-    p.add_argument("--on", default="full", choices=["full", "own"],
-                   help="the whole dataset or the model's own subset")
-    p.add_argument("--seed", type=int, default=0, help="Rademacher probes")
-    p.add_argument("--data-dir", default=None, help=HELP_DATA_DIR)
-    p.add_argument("--device", default="auto", help=HELP_DEVICE)
-    p.add_argument("--out", default=None, help="write the estimate to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.set_defaults(func=cmd_sharpness)
+    add_job_parser(sub, get("landscape"))
+    add_job_parser(sub, get("sharpness"))
 
     p = sub.add_parser("info", help="show what a checkpoint holds")
     p.add_argument("checkpoints", nargs="+", help="checkpoint files (.safetensors)")

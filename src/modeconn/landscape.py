@@ -53,9 +53,9 @@ class Plane:
     def grid(self, n: int = 21, lo: float = -0.2, hi: float = 1.2) -> tuple[list[float], list[float]]:
         """Grid coordinates: n values over [lo, hi]·|u| along e1 and [lo, hi]·|v⊥| along e2."""
         if n < 2:
-            raise UsageError(f"--grid must be at least 2, got {n}")
+            raise UsageError(f"a plane grid needs n ≥ 2 points per axis, got {n}")
         if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-            raise UsageError(f"--range needs LOW < HIGH, both finite, got {lo}, {hi}")
+            raise UsageError(f"a plane grid needs lo < hi, both finite, got {lo}, {hi}")
         s = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
         return [v * self.dx for v in s], [v * self.dy for v in s]
 
@@ -113,7 +113,7 @@ def hutchinson(loss_fn: Callable[[dict[str, Tensor], int], Tensor], params: Poin
     Σ θ_i²·v_i·(Hv)_i the weighted trace (E[v_i v_j] = δ_ij). The Hessian is over the weights:
     the entries named in `statistics` (running statistics) stay fixed."""
     if probes < 1:
-        raise UsageError(f"--probes must be at least 1, got {probes}")
+        raise UsageError(f"the Hutchinson estimate needs probes ≥ 1, got {probes}")
     keys = weight_keys(params, statistics)
     theta = {k: params[k].detach().clone().requires_grad_() for k in keys}
     rest = {k: v for k, v in params.items() if k not in theta}
@@ -140,9 +140,9 @@ def hessian_trace(model: nn.Module, params: Point, x: Tensor, y: Tensor, probes:
     """Hutchinson trace of the Hessian of the mean cross-entropy of `model` at `params` on (x, y),
     per batch of `batch_size` (the model in eval mode: BatchNorm uses its running statistics)."""
     if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UsageError(f"the Hessian trace needs batch_size ≥ 1, got {batch_size}")
     if max_batches is not None and max_batches < 1:
-        raise UsageError(f"--max-batches must be at least 1 (or left out for the whole split), "
+        raise UsageError(f"the Hessian trace needs max_batches ≥ 1 (or None for the whole split), "
                          f"got {max_batches}")
     if len(x) == 0:
         raise UsageError("the Hessian trace needs at least one sample")

@@ -112,17 +112,18 @@ class Models:
 
 def checkpoint_data(checkpoint: Checkpoint, device: torch.device, on: str = "full",
                     data_dir: str | None = None) -> Prepared:
-    """The evaluation data of a checkpoint's model (the dataset it records), on `device`."""
+    """The evaluation data of the dataset a checkpoint (a model or a curve) was trained on, on
+    the device."""
     spec = DataSpec.from_dict(checkpoint.meta.get("data", {}))
     return eval_data(spec, on, data_dir).to(device)
 
 
 def load_models(paths, config: Runtime) -> Models:
-    """Model checkpoints of one architecture (and one dataset unless the config allows a
-    mismatch: `Combine`), on the job's device."""
+    """Model checkpoints of one architecture (and one dataset, unless the config is a `Combine`
+    that allows a mismatch), on the job's device."""
     device = resolve_device(config.device)
-    module, ckpts = load_same_architecture(list(paths), device,
-                                           getattr(config, "allow_dataset_mismatch", False))
+    allow = getattr(config, "allow_dataset_mismatch", False)
+    module, ckpts = load_same_architecture(list(paths), device, allow)
     return Models(module, ckpts, [params_of(c, device) for c in ckpts], device)
 
 

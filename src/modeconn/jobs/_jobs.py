@@ -3,7 +3,10 @@
 from . import (  # noqa: F401
     align,
     curve,
+    ensemble,
     fge,
     interpolate,
+    landscape,
     merge,
+    sharpness,
 )

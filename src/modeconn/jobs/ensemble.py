@@ -1,0 +1,67 @@
+"""ensemble: score an ensemble of checkpoints and how similar its members are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..ensemble import ensemble_metrics, pairwise_similarity
+from ..evaluate import Evaluator
+from ..io import write_csv, write_json
+from ..options import option
+from ..report import figures
+from ._inputs import Combine, bn_reset_option, load_models, output_dir, record
+from ._registry import JobConfig, Output, Result, register
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleConfig(Combine, JobConfig):
+    job = "ensemble"
+    checkpoints: tuple[str, ...] = option(help="the members (one architecture)", positional=True,
+                                          nonempty=True)
+    bn_reset: str = bn_reset_option("off", "re-estimate each member's BatchNorm statistics first")
+
+    def check(self) -> None:
+        super().check()
+        if len(self.checkpoints) < 2:
+            raise self.invalid("checkpoints", "must name at least two checkpoints")
+
+
+@dataclass
+class EnsembleResult(Result):
+    metrics: dict = field(default_factory=dict)
+    members: list[str] = field(default_factory=list)
+    similarity: list[dict] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        m = self.metrics
+        return [f"ensemble of {len(self.members)}: acc {m['acc']:.4f} (mean member "
+                f"{m['member_acc']:.4f}, gain {100 * m['gain_acc']:+.2f}%), NLL {m['nll']:.4f}, "
+                f"Brier {m['brier']:.4f}, ECE {m['ece']:.4f}", *super().lines()]
+
+
+@register("ensemble", EnsembleConfig, "score an ensemble of checkpoints and their similarity",
+          Output("output directory"))
+def run_ensemble(config: EnsembleConfig, out: Path) -> EnsembleResult:
+    """ensemble.json, similarity.csv and polar_similarity.png of the members on the test set."""
+    models = load_models(config.checkpoints, config)
+    out = output_dir(out, config.overwrite)
+    data = models.data("full", config.data_dir)
+    ev = Evaluator(models.module, {"test": (data.test_x, data.test_y)}, bn_data=data.train_x,
+                   bn_reset=config.bn_reset)
+    points = models.params
+    probs = ev.probabilities(points, "test")
+    metrics = ensemble_metrics(probs, data.test_y)
+    names = [str(c.path) for c in models.checkpoints]
+    sims = pairwise_similarity(names, probs, data.test_y, points, ev.features(points, "test"))
+    out.mkdir(parents=True, exist_ok=True)
+    record(out, config, models.device)
+    write_json(out / "ensemble.json", {"members": names, **metrics})
+    write_csv(out / "similarity.csv", sims)
+    accs = [float((p.argmax(-1) == data.test_y).double().mean()) for p in probs]
+    ref = [r for r in sims if r["a"] == names[0]]
+    fig = figures.polar_similarity_figure(models.names, [1.0] + [r["weight_cosine"] for r in ref],
+                                          accs, title=f"ensemble members on {data.spec.dataset}",
+                                          rlabel="test accuracy")
+    figures.save(fig, out / "polar_similarity.png")
+    return EnsembleResult(out, metrics, names, sims)
