@@ -13,10 +13,10 @@ from typing import Any
 
 from torch import Tensor, fx, nn
 
-from ..graph import HINT, Point, Propagation, read
+from ..graph import Point, Propagation, read
 from .spec import PermutationSpec, check_spec
 
-__all__ = ["HINT", "Point", "Traced", "auto_spec", "trace"]
+__all__ = ["Point", "Traced", "auto_spec", "trace"]
 
 
 @dataclass
