@@ -20,22 +20,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 from torch.func import functional_call
 
 from .errors import UsageError
 from .evaluate import Evaluator
+from .graph import producer_layer, read
 from .params import has_batchnorm, mean
 
 Params = Mapping[str, Tensor]
-
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SELU, nn.SiLU, nn.Mish,
-                nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.PReLU)
-_ACTIVATION_FNS = {"relu", "relu6", "leaky_relu", "gelu", "elu", "selu", "silu", "mish", "tanh",
-                   "sigmoid", "softplus", "hardtanh", "hardswish", "relu_"}
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
-          nn.modules.instancenorm._InstanceNorm)
-_CHANNEL_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+_HINT = "register the layer it cannot follow with modeconn.graph.register_layer"
 
 
 def average(params_list: Sequence[Params], weights: Sequence[float] | None = None
@@ -58,47 +52,15 @@ def bn_reset(model: nn.Module, params: Params, x: Tensor) -> dict[str, Tensor]:
     return Evaluator(model, splits, bn_data=x, bn_reset="on").bn_reestimated(params)
 
 
-def _is_activation(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules.get(str(node.target)), _ACTIVATIONS)
-    if node.op in ("call_function", "call_method"):
-        name = getattr(node.target, "__name__", str(node.target))
-        return name in _ACTIVATION_FNS
-    return False
-
-
 def repair_layers(model: nn.Module) -> list[str]:
-    """Names of the Linear/Conv modules whose output goes straight into a nonlinearity only.
+    """Names of the channel-producing modules (Linear, Conv, registered producers) whose output
+    goes straight into a nonlinearity only, in forward order.
 
-    Found from the fx graph (any architecture fx can trace); layers feeding a normalisation
+    Found by the graph reader (any architecture fx can trace); layers feeding a normalisation
     layer are not listed (they are handled by BN reset). Modules called more than once are
     skipped: one correction cannot fit several uses.
     """
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001 — any tracing failure becomes one clear message
-        raise UsageError(f"REPAIR needs an fx-traceable model; tracing {type(model).__name__} "
-                         f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                         ) from None
-    modules = dict(gm.named_modules())
-    calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
-    out = []
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(str(node.target)),
-                                                          _CHANNEL_LAYERS):
-            continue
-        users = list(node.users)
-        if calls[str(node.target)] == 1 and users and all(_is_activation(u, modules)
-                                                           for u in users):
-            out.append(str(node.target))
-    return out
-
-
-def _channel_dim(module: nn.Module) -> int:
-    return -1 if isinstance(module, nn.Linear) else 1
+    return read(model, who="REPAIR", hint=_HINT).repair_layers()
 
 
 @torch.no_grad()
@@ -109,7 +71,8 @@ def channel_stats(model: nn.Module, params: Params, x: Tensor, layers: Sequence[
     sums: dict[str, list] = {}
 
     def hook_for(name: str):
-        dim = _channel_dim(mods[name])
+        layer = producer_layer(mods[name])
+        dim = layer.channel_dim if layer is not None else 1
 
         def hook(_m, _inp, out):
             y = out.movedim(dim, -1).reshape(-1, out.shape[dim]).double()
@@ -174,15 +137,13 @@ def repair(model: nn.Module, endpoints: Sequence[Params], merged: Params, x: Ten
         goal_sd = sum(w * s[name][1] for w, s in zip(weights, member, strict=True))
         mu, sd = channel_stats(model, out, x, [name], batch_size)[name]
         scale = goal_sd / (sd + eps)
-        weight = out[f"{name}.weight"]
-        dim = 0  # output channels come first in Linear and Conv weights
-        if isinstance(mods[name], nn.modules.conv._ConvTransposeNd):
-            dim = 1
+        layer = producer_layer(mods[name])
+        weight = out[f"{name}.{layer.weight}"]
         shape = [1] * weight.dim()
-        shape[dim] = -1
-        out[f"{name}.weight"] = weight * scale.to(weight).reshape(shape)
-        bias_key = f"{name}.bias"
-        if bias_key in out and out[bias_key] is not None:
+        shape[layer.out_axis] = -1
+        out[f"{name}.{layer.weight}"] = weight * scale.to(weight).reshape(shape)
+        bias_key = f"{name}.{layer.bias}"
+        if layer.bias is not None and bias_key in out and out[bias_key] is not None:
             b = out[bias_key].double()
             out[bias_key] = ((b - mu) * scale + goal_mu).to(out[bias_key])
     return out

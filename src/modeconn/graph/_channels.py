@@ -1,0 +1,728 @@
+"""How channels flow through a traced graph: the propagation behind permutation specs.
+
+Every value in the traced graph carries, per dimension, the channel group acting on it (or none).
+Layers with weights start a new group on their output units and bind the group of their input to
+the weight's input axis; element-wise and pooling operations pass groups through; adding or
+multiplying two grouped values ties their groups (union–find). A group that meets something it
+cannot act on (the model's input or output, a constant, a GroupNorm with several groups, a
+grouped convolution's input) is *fixed*: no permutation may act on it. An operation the
+propagation does not know raises UsageError when a grouped value reaches it. What each operation
+is comes from the roles of ``_ops`` (and the user's registrations).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from ..errors import UsageError
+from ._ops import CONV_FUNCTIONS, LINEAR, Layer, Role
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A permutation acting on one dimension of a value, in an (outer, inner) block layout."""
+
+    perm: int
+    outer: int = 1
+    inner: int = 1
+
+    @property
+    def layout(self) -> tuple[int, int]:
+        return self.outer, self.inner
+
+
+@dataclass(frozen=True)
+class Point:
+    """A place where a permutation's units can be observed: one dimension of a node's value."""
+
+    node: str
+    dim: int
+    outer: int
+    inner: int
+
+
+@dataclass
+class Value:
+    """What the propagation knows about one tensor of the graph."""
+
+    shape: tuple[int, ...]
+    dims: dict[int, Bind] = field(default_factory=dict)
+    # When the tensor is a state tensor seen through size-1 reshapes: its name and, per
+    # dimension, the tensor axis it shows (None for inserted size-1 dimensions).
+    param: tuple[str, tuple[int | None, ...]] | None = None
+    # Per permuted dimension: where its units were seen before the spatial operations (pooling,
+    # padding, resizing) and reshapes that led here, the place activation matching reads them.
+    seen: dict[int, Point] = field(default_factory=dict)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.fixed: list[bool] = []
+        self.label: list[str] = []
+
+    def new(self, size: int, label: str) -> int:
+        self.parent.append(len(self.parent))
+        self.size.append(size)
+        self.fixed.append(size <= 1)
+        self.label.append(label)
+        return len(self.parent) - 1
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> int:
+        i, j = self.find(i), self.find(j)
+        if i == j:
+            return i
+        if i > j:
+            i, j = j, i  # the older group names the union
+        self.parent[j] = i
+        self.fixed[i] = self.fixed[i] or self.fixed[j] or self.size[i] != self.size[j]
+        return i
+
+    def fix(self, i: int) -> None:
+        self.fixed[self.find(i)] = True
+
+
+def _op_name(node: fx.Node, root: nn.Module) -> str:
+    if node.op == "call_module":
+        mod = root.get_submodule(str(node.target))
+        return f"module {node.target!r} ({type(mod).__name__})"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    fn = node.target
+    mod = getattr(fn, "__module__", None) or "builtins"
+    mod = {"_operator": "operator", "torch._C._nn": "torch.nn.functional",
+           "torch._C._VariableFunctions": "torch"}.get(mod, mod)
+    return f"{mod}.{getattr(fn, '__name__', fn)}"
+
+
+def _where(node: fx.Node, model_name: str) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, cls = list(stack.values())[-1]
+        return f" in {cls.__name__}.forward ({path!r})"
+    return f" in {model_name}.forward"
+
+
+def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of input dims with runs of output dims of equal size (row-major reshape)."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(a) or j < len(b):
+        ins: list[int] = []
+        outs: list[int] = []
+        pa = pb = 1
+        if i < len(a):
+            pa *= a[i]
+            ins.append(i)
+            i += 1
+        if j < len(b):
+            pb *= b[j]
+            outs.append(j)
+            j += 1
+        while pa != pb:
+            if (pa < pb and i < len(a)) or j >= len(b):
+                pa *= a[i]
+                ins.append(i)
+                i += 1
+            else:
+                pb *= b[j]
+                outs.append(j)
+                j += 1
+        groups.append((ins, outs))
+    return groups
+
+
+class Propagation:
+    """One pass over a traced graph that collects the channel bindings of all state tensors."""
+
+    def __init__(self, gm: fx.GraphModule, state: dict[str, Tensor], model_name: str,
+                 roles: dict[fx.Node, Role | None], who: str, hint: str):
+        self.gm = gm
+        self.model_name = model_name
+        self.state = state
+        self.roles = roles
+        self.who, self.hint = who, hint
+        self.uf = _UnionFind()
+        self.binds: dict[tuple[str, int], Bind] = {}
+        self.opaque: set[str] = set()
+        self.values: dict[fx.Node, Any] = {}
+        self.inputs: list[tuple[Point, int]] = []   # values entering a layer that contracts them
+        self.outputs: list[tuple[Point, int]] = []  # values a layer creates
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def new_perm(self, size: int, label: str, node: fx.Node, dim: int) -> Bind:
+        b = Bind(self.uf.new(size, label))
+        self.outputs.append((Point(node.name, dim, 1, 1), b.perm))
+        return b
+
+    def seen_at(self, arg: Any, x: Value, dim: int) -> Point | None:
+        """Where the units on `dim` of `x` (node `arg`'s value) were seen before any pooling."""
+        point = x.seen.get(dim)
+        if point is None and isinstance(arg, fx.Node):
+            point = Point(arg.name, dim, *x.dims[dim].layout)
+        return point
+
+    def observe(self, arg: Any, x: Value, dim: int) -> None:
+        """Record that a layer takes in the units on `dim` of `x` (node `arg`'s value)."""
+        point = self.seen_at(arg, x, dim)
+        if point is not None:
+            self.inputs.append((point, x.dims[dim].perm))
+
+    def bind(self, name: str | None, axis: int, b: Bind | None) -> None:
+        """Record that permutation `b` acts on `axis` of state tensor `name`."""
+        if name is None or b is None or name not in self.state:
+            return
+        prev = self.binds.get((name, axis))
+        if prev is None:
+            self.binds[(name, axis)] = b
+        elif prev.layout == b.layout:
+            self.uf.union(prev.perm, b.perm)
+        else:
+            self.uf.fix(prev.perm)
+            self.uf.fix(b.perm)
+
+    def tie(self, a: Bind | None, b: Bind | None) -> Bind | None:
+        """Make two permutations one; different layouts cannot be tied, so both stay fixed."""
+        if a is None or b is None:
+            return a or b
+        if a.layout != b.layout:
+            self.uf.fix(a.perm)
+            self.uf.fix(b.perm)
+            return a
+        self.uf.union(a.perm, b.perm)
+        return a
+
+    def fix_value(self, v: Any) -> None:
+        for leaf in self.leaves(v):
+            for b in leaf.dims.values():
+                self.uf.fix(b.perm)
+
+    def leaves(self, v: Any) -> list[Value]:
+        if isinstance(v, Value):
+            return [v]
+        if isinstance(v, (list, tuple)):
+            return [x for item in v for x in self.leaves(item)]
+        if isinstance(v, dict):
+            return [x for item in v.values() for x in self.leaves(item)]
+        return []
+
+    def val(self, arg: Any) -> Any:
+        """What is known about an argument: a Value, a structure of them, or a plain constant."""
+        if isinstance(arg, fx.Node):
+            return self.values.get(arg)
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.val(a) for a in arg)
+        if isinstance(arg, dict):
+            return {k: self.val(a) for k, a in arg.items()}
+        if isinstance(arg, Tensor):
+            return Value(tuple(arg.shape))
+        return arg
+
+    def out_shape(self, node: fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
+
+    def param_of(self, v: Any) -> str | None:
+        """The state tensor a value is exactly (not reshaped), if any."""
+        if isinstance(v, Value) and v.param is not None:
+            name, dmap = v.param
+            if dmap == tuple(range(self.state[name].dim())):
+                return name
+        return None
+
+    def unsupported(self, node: fx.Node, why: str = "") -> UsageError:
+        what = _op_name(node, self.gm)
+        why = f" ({why})" if why else ""
+        return UsageError(f"{self.who} cannot follow permuted channels through {what}{why}"
+                          f"{_where(node, self.model_name)}; {self.hint}")
+
+    # -- the pass ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                shape = self.out_shape(node)
+                self.values[node] = Value(shape) if "tensor_meta" in node.meta else None
+            elif node.op == "get_attr":
+                self.values[node] = self.get_attr(node)
+            elif node.op == "output":
+                self.fix_value(self.val(node.args))
+            else:
+                self.values[node] = self.call(node)
+        for (name, _axis), b in self.binds.items():
+            if name in self.opaque:  # also used in a way the propagation does not model
+                self.uf.fix(b.perm)
+
+    def get_attr(self, node: fx.Node) -> Value | None:
+        target = str(node.target)
+        shape = self.out_shape(node)
+        if target in self.state:
+            return Value(shape, param=(target, tuple(range(len(shape)))))
+        return Value(shape) if "tensor_meta" in node.meta else None
+
+    def call(self, node: fx.Node) -> Any:
+        args = [self.val(a) for a in node.args]
+        kwargs = {k: self.val(a) for k, a in node.kwargs.items()}
+        handler = self.handler(node)
+        first = args[0] if args else kwargs.get("input")
+        if handler is not None and (isinstance(first, Value) or handler in self.any_args):
+            return handler(node, args, kwargs)
+        inputs = self.leaves(args) + self.leaves(kwargs)
+        if any(v.dims for v in inputs):
+            raise self.unsupported(node)
+        for v in inputs:
+            if v.param is not None:
+                self.opaque.add(v.param[0])
+        if node.op == "call_module":
+            self.opaque.update(f"{node.target}.{k}" for k in
+                               self.gm.get_submodule(str(node.target)).state_dict())
+        return self.opaque_result(node)
+
+    def opaque_result(self, node: fx.Node) -> Any:
+        meta = node.meta.get("tensor_meta")
+        if meta is None:
+            return None
+        if hasattr(meta, "shape"):
+            return Value(tuple(meta.shape))
+        return [Value(tuple(m.shape)) if hasattr(m, "shape") else None for m in meta]
+
+    def handler(self, node: fx.Node) -> Callable[[fx.Node, list, dict], Any] | None:
+        role = self.roles.get(node)
+        return None if role is None else getattr(self, role.form)
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    def shape_query(self, node: fx.Node, args: list, kwargs: dict) -> Any:
+        return self.opaque_result(node) if node.target is getattr else None
+
+    def equivariant(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """Operations that commute with permuting channels (softmax over them, normalize)."""
+        x = args[0]
+        return Value(self.out_shape(node), dict(x.dims), x.param)
+
+    @property
+    def any_args(self) -> tuple[Callable[..., Any], ...]:
+        """Handlers that do not need a tensor as the first argument."""
+        return (self.elementwise, self.shape_query, self.getitem, self.cat, self.stack)
+
+    def elementwise(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """Broadcasting element-wise ops: permutations on the same output dim are tied."""
+        out = self.broadcast(self.leaves(args) + self.leaves(kwargs), self.out_shape(node))
+        x = args[0] if args else None
+        if isinstance(x, Value) and x.seen and self.is_identity(node):
+            out.seen = {d: p for d, p in x.seen.items() if out.dims.get(d) == x.dims.get(d)}
+        return out
+
+    def is_identity(self, node: fx.Node) -> bool:
+        """Whether an element-wise op leaves values as they are at evaluation (dropout, identity)."""
+        role = self.roles.get(node)
+        return role is not None and role.kind == "passthrough"
+
+    def broadcast(self, operands: list[Value], shape: tuple[int, ...]) -> Value:
+        """Tie the permutations that broadcasting lines up; bind parameters; pin constants."""
+        rank = len(shape)
+        out = Value(shape)
+        for d in range(rank):
+            bound: list[Bind] = []
+            free: list[tuple[Value, int]] = []
+            for v in operands:
+                dv = d - (rank - len(v.shape))
+                if dv < 0 or v.shape[dv] == 1:
+                    continue
+                if dv in v.dims:
+                    bound.append(v.dims[dv])
+                else:
+                    free.append((v, dv))
+            b: Bind | None = None
+            for other in bound:
+                b = self.tie(b, other)
+            if b is None:
+                continue
+            for v, dv in free:
+                axis = v.param[1][dv] if v.param is not None else None
+                if axis is None:
+                    self.uf.fix(b.perm)  # meets an unpermuted tensor: this permutation is pinned
+                else:
+                    self.bind(v.param[0], axis, b)
+            out.dims[d] = b
+        if len(operands) == 1 and operands[0].shape == shape:
+            out.param = operands[0].param
+        return out
+
+    def linear_module(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """Linear, and any registered producer: its weight and bias as its role says."""
+        prefix = str(node.target)
+        layer = self.roles[node].layer
+        bias = f"{prefix}.{layer.bias}" if layer.bias is not None else None
+        return self.linear(node, args[0], f"{prefix}.{layer.weight}",
+                           bias if bias in self.state else None, prefix, layer)
+
+    def linear_function(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        x, w = args[0], args[1] if len(args) > 1 else kwargs.get("weight")
+        b = args[2] if len(args) > 2 else kwargs.get("bias")
+        wname, bname = self.param_of(w), self.param_of(b)
+        if wname is None or (b is not None and bname is None):
+            return self.pinned(node, [x, w, b])
+        return self.linear(node, x, wname, bname, wname.rsplit(".", 1)[0], LINEAR)
+
+    def linear(self, node: fx.Node, x: Value, weight: str, bias: str | None, label: str,
+               layer: Layer) -> Value:
+        """A weight that takes the channels on one dim in and makes new ones there."""
+        shape = self.out_shape(node)
+        ch_in, ch_out = layer.channel_dim % len(x.shape), layer.channel_dim % len(shape)
+        if ch_in in x.dims:
+            self.bind(weight, layer.in_axis, x.dims[ch_in])
+            self.observe(node.args[0], x, ch_in)
+        out = Value(shape, {d: b for d, b in x.dims.items() if d != ch_in})
+        q = self.new_perm(shape[ch_out], label, node, ch_out)
+        self.bind(weight, layer.out_axis, q)
+        self.bind(bias, 0, q)
+        out.dims[ch_out] = q
+        return out
+
+    def conv_module(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        prefix = str(node.target)
+        mod = self.gm.get_submodule(prefix)
+        transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
+        return self.conv(node, args[0], f"{prefix}.weight",
+                         f"{prefix}.bias" if mod.bias is not None else None,
+                         transposed, mod.groups, prefix)
+
+    def conv_function(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        x, w = args[0], args[1] if len(args) > 1 else kwargs.get("weight")
+        b = args[2] if len(args) > 2 else kwargs.get("bias")
+        groups = kwargs.get("groups", args[-1] if len(args) >= 7 else 1)
+        wname, bname = self.param_of(w), self.param_of(b)
+        if wname is None or (b is not None and bname is None) or not isinstance(groups, int):
+            return self.pinned(node, [x, w, b])
+        return self.conv(node, x, wname, bname, CONV_FUNCTIONS[node.target], groups,
+                         wname.rsplit(".", 1)[0])
+
+    def conv(self, node: fx.Node, x: Value, weight: str, bias: str | None, transposed: bool,
+             groups: int, label: str) -> Value:
+        shape = self.out_shape(node)
+        nsp = self.state[weight].dim() - 2
+        ch = len(x.shape) - nsp - 1
+        ax_in, ax_out = (0, 1) if transposed else (1, 0)
+        out = Value(shape)
+        for d, b in x.dims.items():
+            if d != ch:
+                self.uf.fix(b.perm)
+        b_in = x.dims.get(ch)
+        if b_in is not None and b_in.layout != (1, 1):
+            self.uf.fix(b_in.perm)
+            b_in = None
+        cin, cout = x.shape[ch], shape[ch]
+        if groups == 1:
+            if b_in is not None:
+                self.bind(weight, ax_in, b_in)
+                self.observe(node.args[0], x, ch)
+            q = self.new_perm(cout, label, node, ch)
+        elif groups == cin == cout and not transposed:  # depthwise: channels stay where they are
+            q = b_in if b_in is not None else self.new_perm(cout, label, node, ch)
+        else:  # grouped: inputs may only move within groups, so they stay fixed
+            if b_in is not None:
+                self.uf.fix(b_in.perm)
+            q = self.new_perm(cout, label, node, ch)
+        self.bind(weight, ax_out, q)
+        self.bind(bias, 0, q)
+        out.dims[ch] = q
+        return out
+
+    def pinned(self, node: fx.Node, operands: list) -> Any:
+        """A known operation used in a way the propagation does not model: pin what reaches it."""
+        self.fix_value(operands)
+        for v in self.leaves(operands):
+            if v.param is not None:
+                self.opaque.add(v.param[0])
+        return self.opaque_result(node)
+
+    def channel_params(self, prefix: str, names: Sequence[str], b: Bind | None) -> None:
+        for n in names:
+            self.bind(f"{prefix}.{n}", 0, b)
+
+    def per_channel(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """A registered norm or activation: per-channel parameters on its channel dim."""
+        layer = self.roles[node].layer
+        x = args[0]
+        shape = self.out_shape(node)
+        if len(shape) != len(x.shape):
+            raise self.unsupported(node, f"registered as {layer.kind} but changes the rank")
+        ch = layer.channel_dim % len(x.shape)
+        b = x.dims.get(ch)
+        if b is not None and b.layout != (1, 1):
+            self.uf.fix(b.perm)
+        prefix = str(node.target)
+        names = layer.params
+        if names is None:
+            state = self.gm.get_submodule(prefix).state_dict()
+            names = tuple(k for k, v in state.items() if v.dim() == 1 and len(v) == x.shape[ch])
+        self.channel_params(prefix, names, b)
+        return Value(shape, dict(x.dims))
+
+    def channel_norm(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """BatchNorm / InstanceNorm: per-channel statistics and affine parameters on dim 1."""
+        x = args[0]
+        ch = 1 if len(x.shape) > 1 else 0
+        b = x.dims.get(ch)
+        if b is not None and b.layout != (1, 1):
+            self.uf.fix(b.perm)
+        self.channel_params(str(node.target), ("weight", "bias", "running_mean", "running_var"),
+                            b)
+        return Value(self.out_shape(node), dict(x.dims))
+
+    def group_norm(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """GroupNorm is permutation-equivariant with one group or one channel per group only."""
+        mod = self.gm.get_submodule(str(node.target))
+        x = args[0]
+        b = x.dims.get(1)
+        if b is not None and (mod.num_groups not in (1, mod.num_channels) or b.layout != (1, 1)):
+            self.uf.fix(b.perm)
+        self.channel_params(str(node.target), ("weight", "bias"), b)
+        return Value(self.out_shape(node), dict(x.dims))
+
+    def layer_norm(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """LayerNorm / RMSNorm: statistics over the last dims, affine parameters over them too."""
+        mod = self.gm.get_submodule(str(node.target))
+        x = args[0]
+        k = len(mod.normalized_shape)
+        first = len(x.shape) - k
+        for d, b in x.dims.items():
+            if d >= first:
+                for n in ("weight", "bias"):
+                    self.bind(f"{node.target}.{n}", d - first, b)
+        return Value(self.out_shape(node), dict(x.dims))
+
+    def prelu(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        mod = self.gm.get_submodule(str(node.target))
+        x = args[0]
+        if mod.num_parameters > 1:
+            b = x.dims.get(1)
+            if b is not None and b.layout != (1, 1):
+                self.uf.fix(b.perm)
+            self.bind(f"{node.target}.weight", 0, b)
+        return Value(self.out_shape(node), dict(x.dims))
+
+    def embedding(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        shape = self.out_shape(node)
+        self.fix_value(args[0])
+        q = self.new_perm(shape[-1], str(node.target), node, len(shape) - 1)
+        self.bind(f"{node.target}.weight", 1, q)
+        return Value(shape, {len(shape) - 1: q})
+
+    def pool(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """Spatial operations (pooling, padding, resizing): channels pass, spatial dims pin."""
+        x = args[0]
+        role = self.roles[node]
+        if role.spatial is not None:
+            nsp = role.spatial
+        elif node.target is F.pad:
+            pad = args[1] if len(args) > 1 else kwargs["pad"]
+            nsp = len(pad) // 2
+        else:
+            nsp = len(x.shape) - 2
+        shape = self.out_shape(node)
+        if len(shape) != len(x.shape):
+            return self.pinned(node, [x])
+        out = Value(shape)
+        for d, b in x.dims.items():
+            if d >= len(x.shape) - nsp:
+                self.uf.fix(b.perm)
+            else:
+                out.dims[d] = b
+                seen = self.seen_at(node.args[0], x, d)
+                if seen is not None:
+                    out.seen[d] = seen
+        return out
+
+    def reshape(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """Row-major reshapes (flatten, view, squeeze, ...) carry permutations as block layouts."""
+        x = args[0]
+        shape = self.out_shape(node)
+        out = Value(shape)
+        big_in = [d for d in range(len(x.shape)) if x.shape[d] > 1]
+        big_out = [d for d in range(len(shape)) if shape[d] > 1]
+        if x.param is not None and [x.shape[d] for d in big_in] == [shape[d] for d in big_out]:
+            dmap: list[int | None] = [None] * len(shape)  # only size-1 dims come or go
+            for di, do in zip(big_in, big_out, strict=True):
+                dmap[do] = x.param[1][di]
+            out.param = (x.param[0], tuple(dmap))
+        for ins, outs in _reshape_groups(x.shape, shape):
+            bound = [d for d in ins if d in x.dims]
+            if not bound:
+                continue
+            if len(bound) > 1:
+                for d in bound:
+                    self.uf.fix(x.dims[d].perm)
+                continue
+            d = bound[0]
+            b = x.dims[d]
+            n = x.shape[d] // (b.outer * b.inner)
+            outer = b.outer * math.prod(x.shape[e] for e in ins if e < d)
+            inner = b.inner * math.prod(x.shape[e] for e in ins if e > d)
+            placed = False
+            for k in outs:
+                before = math.prod(shape[e] for e in outs if e < k)
+                after = math.prod(shape[e] for e in outs if e > k)
+                if outer % before or inner % after:
+                    continue
+                o, i = outer // before, inner // after
+                if shape[k] == o * n * i:
+                    out.dims[k] = Bind(b.perm, o, i)
+                    if d in x.seen:
+                        out.seen[k] = x.seen[d]
+                    placed = True
+                    break
+            if not placed:
+                self.uf.fix(b.perm)
+        return out
+
+    def transpose(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        x = args[0]
+        rank = len(x.shape)
+        if node.target in ("t", torch.t):
+            order = list(range(rank))[::-1]
+        elif node.target in ("transpose", torch.transpose):
+            a, b = (d % rank for d in args[1:3])
+            order = list(range(rank))
+            order[a], order[b] = order[b], order[a]
+        else:
+            dims = args[1:] if node.op == "call_method" else args[1]
+            if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+                dims = dims[0]
+            order = [d % rank for d in dims]
+        out = Value(self.out_shape(node),
+                    {i: x.dims[d] for i, d in enumerate(order) if d in x.dims},
+                    seen={i: x.seen[d] for i, d in enumerate(order) if d in x.seen})
+        if x.param is not None:
+            out.param = (x.param[0], tuple(x.param[1][d] for d in order))
+        return out
+
+    def reduction(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """Reducing over a permuted dim drops the permutation (the result does not depend on it)."""
+        x = args[0]
+        rank = len(x.shape)
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        keep = len(self.out_shape(node)) == rank
+        if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+            dims = set(range(rank))
+        else:
+            dims = {d % rank for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
+        out = Value(self.out_shape(node))
+        kept = [d for d in range(rank) if d not in dims]
+        for d, b in x.dims.items():
+            if d in dims:
+                continue
+            k = d if keep else kept.index(d)
+            out.dims[k] = b
+            seen = self.seen_at(node.args[0], x, d)  # reducing other dims pools too (global mean)
+            if seen is not None:
+                out.seen[k] = seen
+        return out
+
+    def cat(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """Concatenation ties the other dims; a permuted concatenation dim is pinned."""
+        parts = self.leaves(args[0])
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        shape = self.out_shape(node)
+        dim %= len(shape)
+        for v in parts:
+            if dim in v.dims:
+                self.uf.fix(v.dims[dim].perm)
+        trimmed = [Value(v.shape[:dim] + (1,) + v.shape[dim + 1:],
+                         {d: b for d, b in v.dims.items() if d != dim}) for v in parts]
+        return Value(shape, self.broadcast(trimmed, shape[:dim] + (1,) + shape[dim + 1:]).dims)
+
+    def stack(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        parts = self.leaves(args[0])
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        shape = self.out_shape(node)
+        dim %= len(shape)
+        lifted = [Value(shape[:dim] + (1,) + shape[dim + 1:],
+                        {(d if d < dim else d + 1): b for d, b in v.dims.items()}) for v in parts]
+        return Value(shape, self.broadcast(lifted, shape[:dim] + (1,) + shape[dim + 1:]).dims)
+
+    def getitem(self, node: fx.Node, args: list, kwargs: dict) -> Any:
+        x, idx = args[0], args[1]
+        if not isinstance(x, Value):
+            return x[idx] if isinstance(x, (list, tuple)) and isinstance(idx, int) else None
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if any(isinstance(i, Value) for i in idx):
+            if x.dims:
+                raise self.unsupported(node, "indexing with a tensor")
+            return self.opaque_result(node)
+        out = Value(self.out_shape(node))
+        d_in = d_out = 0
+        n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+        for i in idx:
+            if i is Ellipsis:
+                skip = len(x.shape) - n_real
+                for k in range(skip):
+                    if d_in + k in x.dims:
+                        out.dims[d_out + k] = x.dims[d_in + k]
+                d_in += skip
+                d_out += skip
+            elif i is None:
+                d_out += 1
+            elif isinstance(i, slice):
+                if d_in in x.dims:
+                    if i != slice(None) and x.shape[d_in] != out.shape[d_out]:
+                        raise self.unsupported(node, "slicing a permuted dimension")
+                    out.dims[d_out] = x.dims[d_in]
+                d_in += 1
+                d_out += 1
+            else:
+                if d_in in x.dims:
+                    raise self.unsupported(node, "indexing a permuted dimension")
+                d_in += 1
+        for k in range(len(x.shape) - d_in):
+            if d_in + k in x.dims:
+                out.dims[d_out + k] = x.dims[d_in + k]
+        return out
+
+    def matmul(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """a @ b: the contracted dims are tied; a parameter operand acts like a linear layer."""
+        a, b = args[0], args[1]
+        shape = self.out_shape(node)
+        if len(a.shape) < 2 or len(b.shape) < 2:
+            if a.dims or b.dims:
+                raise self.unsupported(node, "matrix-vector product")
+            return Value(shape)
+        ra, rb = len(a.shape), len(b.shape)
+        # The contraction behaves like an element-wise product over one shared dim.
+        ka = Value((a.shape[-1],), {0: a.dims[ra - 1]} if ra - 1 in a.dims else {},
+                   (a.param[0], (a.param[1][-1],)) if a.param else None)
+        kb = Value((b.shape[-2],), {0: b.dims[rb - 2]} if rb - 2 in b.dims else {},
+                   (b.param[0], (b.param[1][-2],)) if b.param else None)
+        self.broadcast([ka, kb], (a.shape[-1],))
+        batch_a = Value(a.shape[:-2], {d: x for d, x in a.dims.items() if d < ra - 2},
+                        (a.param[0], a.param[1][:-2]) if a.param else None)
+        batch_b = Value(b.shape[:-2], {d: x for d, x in b.dims.items() if d < rb - 2},
+                        (b.param[0], b.param[1][:-2]) if b.param else None)
+        batch = self.broadcast([batch_a, batch_b], tuple(shape[:-2]))
+        out = Value(shape, dict(batch.dims))
+        for v, vd, od in ((a, ra - 2, len(shape) - 2), (b, rb - 1, len(shape) - 1)):
+            if vd in v.dims:
+                out.dims[od] = v.dims[vd]
+                if v is a and ra - 1 in a.dims:
+                    self.observe(node.args[0], a, ra - 1)
+            elif v.param is not None and v.param[1][vd] is not None:
+                q = self.new_perm(shape[od], v.param[0], node, od)
+                self.bind(v.param[0], v.param[1][vd], q)
+                out.dims[od] = q
+        return out
