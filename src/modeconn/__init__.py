@@ -1,3 +1,40 @@
-"""modeconn: mode connectivity for any PyTorch model."""
+"""modeconn: mode connectivity for any PyTorch model.
+
+The verbs are importable from the top, over private modules (as POT's `ot.emd`): every science
+function takes a model template (an `nn.Module`), parameter dicts (`state_dict`s), data tensors and
+keyword options. Every command of the CLI is also a job: `modeconn.jobs.run("align", ...)`.
+"""
 
 __version__ = "0.1.0"
+
+from .align import (  # noqa: E402
+    Permutation,
+    PermutationSpec,
+    activation_matching,
+    auto_spec,
+    merge_many,
+    ste_matching,
+    ste_mm,
+    weight_matching,
+)
+from .barrier import barrier, path_summary  # noqa: E402
+from .checkpoint import load_checkpoint, load_model, save_model  # noqa: E402
+from .curves import Curve, fit_curve, load_curve, save_curve  # noqa: E402
+from .ensemble import ensemble_metrics, similarity  # noqa: E402
+from .evaluate import Evaluator  # noqa: E402
+from .fge import fge_snapshots  # noqa: E402
+from .graph import register_layer  # noqa: E402
+from .landscape import hessian_trace, loss_plane, plane  # noqa: E402
+from .merge import average, bn_reset, repair  # noqa: E402
+from .models import build_model, model_config  # noqa: E402
+from .paths import ParamPath, interpolate, linear_path  # noqa: E402
+from .train import TrainConfig  # noqa: E402
+
+__all__ = [
+    "Curve", "Evaluator", "ParamPath", "Permutation", "PermutationSpec", "TrainConfig",
+    "__version__", "activation_matching", "auto_spec", "average", "barrier", "bn_reset",
+    "build_model", "ensemble_metrics", "fge_snapshots", "fit_curve", "hessian_trace",
+    "interpolate", "linear_path", "load_checkpoint", "load_curve", "load_model", "loss_plane",
+    "merge_many", "model_config", "path_summary", "plane", "register_layer", "repair",
+    "save_curve", "save_model", "similarity", "ste_matching", "ste_mm", "weight_matching",
+]

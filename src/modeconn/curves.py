@@ -25,6 +25,7 @@ from torch.func import functional_call
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import DivergedError, UsageError
 from .models import build_model, has_batchnorm
+from .params import check_module
 from .paths import ParamPath, bezier_coefficients, check_compatible, polychain_coefficients
 from .train import TrainConfig, check_trainable, epoch_order, make_optimizer
 from .utils import progress
@@ -61,6 +62,7 @@ class Curve:
         _check_kind(kind)
         if num_bends < 2:
             raise UsageError(f"a curve needs at least 2 bends (its endpoints), got {num_bends}")
+        check_module(model)
         check_compatible([a, b])
         self.kind, self.num_bends = kind, num_bends
         self.a = {k: v.detach() for k, v in a.items()}

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from .errors import UsageError
-from .params import batchnorm_modules
+from .params import batchnorm_modules, check_module, check_params
 
 BN_RESET = ("auto", "on", "off")
 # Evaluation batch of 2-D convolutions on CPU: measured within 10% of the best batch (32 to 2048)
@@ -54,6 +54,10 @@ class Evaluator:
     def __init__(self, model: nn.Module, splits: Mapping[str, Data], bn_data: Tensor | None = None,
                  bn_reset: str | bool = "auto", batch_size: int | None = None,
                  method: str = "auto", memory_budget: float = 1.5e9):
+        check_module(model)
+        if not isinstance(splits, Mapping):
+            raise TypeError(f"splits must map split names to (inputs, labels), got "
+                            f"{type(splits).__name__}; e.g. {{'test': (x, y)}}")
         self.model = copy.deepcopy(model).eval()  # one private copy for the engine's lifetime
         self.splits = dict(splits)
         self.bn_reset = resolve_bn_reset(self.model, bn_reset)
@@ -108,6 +112,7 @@ class Evaluator:
         """Stack points into one dict of (P, ...) tensors on the data's device."""
         device = next(iter(self.splits.values()))[0].device
         for i, point in enumerate(points):
+            check_params(point, f"parameter point {i + 1}")
             missing = set(self.keys) - set(point)
             if missing:
                 raise UsageError(f"parameter point {i + 1} lacks {sorted(missing)[:3]}...; it "

@@ -14,7 +14,7 @@ from torch.func import functional_call
 
 from .ensemble import flatten_params
 from .errors import UsageError
-from .params import combine, statistic_keys, weight_keys
+from .params import check_module, check_params, combine, statistic_keys, weight_keys
 from .paths import ParamPath, check_compatible
 
 Point = Mapping[str, Tensor]
@@ -144,6 +144,8 @@ def hessian_trace(model: nn.Module, params: Point, x: Tensor, y: Tensor, probes:
     if max_batches is not None and max_batches < 1:
         raise UsageError(f"the Hessian trace needs max_batches ≥ 1 (or None for the whole split), "
                          f"got {max_batches}")
+    check_module(model)
+    check_params(params)
     if len(x) == 0:
         raise UsageError("the Hessian trace needs at least one sample")
     net = model.eval()

@@ -26,7 +26,7 @@ from torch.func import functional_call
 from .errors import UsageError
 from .evaluate import Evaluator
 from .graph import producer_layer, read
-from .params import has_batchnorm, mean
+from .params import check_params, has_batchnorm, mean
 
 Params = Mapping[str, Tensor]
 _HINT = "register the layer it cannot follow with modeconn.graph.register_layer"
@@ -37,6 +37,8 @@ def average(params_list: Sequence[Params], weights: Sequence[float] | None = Non
     """Uniform (or weighted) average of parameter dicts (AVG); integer buffers from the first."""
     if not params_list:
         raise UsageError("averaging needs at least one parameter dict")
+    for i, p in enumerate(params_list):
+        check_params(p, f"params_list[{i}]")
     if weights is not None:
         if len(weights) != len(params_list):
             raise UsageError(f"{len(weights)} weights for {len(params_list)} models")

@@ -87,3 +87,23 @@ def batchnorm_modules(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm.
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether the model has BatchNorm layers that keep running statistics (the one rule)."""
     return bool(batchnorm_modules(model))
+
+
+def check_params(obj: object, name: str = "params") -> Params:
+    """`obj` if it is a parameter dict (name → tensor); a TypeError naming `name` otherwise."""
+    if isinstance(obj, nn.Module):
+        raise TypeError(f"{name} must be a parameter dict (name -> tensor), got the module "
+                        f"{type(obj).__name__}; pass its .state_dict()")
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise TypeError(f"{name} must be a parameter dict (name -> tensor), got "
+                        f"{type(obj).__name__}")
+    return obj
+
+
+def check_module(obj: object, name: str = "model") -> nn.Module:
+    """`obj` if it is an nn.Module (the model template); a TypeError naming `name` otherwise."""
+    if not isinstance(obj, nn.Module):
+        hint = "; parameter dicts are the other arguments" if isinstance(obj, Mapping) else ""
+        raise TypeError(f"{name} must be an nn.Module (the model template), got "
+                        f"{type(obj).__name__}{hint}")
+    return obj

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .errors import UsageError
-from .params import combine, flatten, statistic_keys, weight_keys
+from .params import check_module, check_params, combine, flatten, statistic_keys, weight_keys
 
 PATH_KINDS = ("linear", "bezier", "polychain")
 
@@ -84,7 +84,10 @@ def linear_path(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> ParamPath:
 
 
 def check_compatible(points: Sequence[Mapping[str, Tensor]]) -> None:
-    """Raise UsageError unless every point has the same names and shapes."""
+    """Raise UsageError unless every point has the same names and shapes (TypeError unless each
+    is a parameter dict)."""
+    for i, p in enumerate(points):
+        check_params(p, f"parameter point {i + 1}")
     ref = points[0]
     for i, p in enumerate(points[1:], 1):
         if set(p) != set(ref):
@@ -140,6 +143,7 @@ def interpolate(model, a: Mapping[str, Tensor], b: Mapping[str, Tensor], splits:
     """Evaluate the linear path between two parameter dicts: (path rows, barrier summary)."""
     from .evaluate import Evaluator
 
+    check_module(model)
     check_tolerance(tolerance)
     evaluator = Evaluator(model, splits, bn_data=bn_data, bn_reset=bn_reset)
     rows = evaluate_path(linear_path(a, b), evaluator, grid(points))
