@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from conftest import FAST_TRAIN
 
-from modeconn import jobs
+from modeconn import artefacts, jobs
 from modeconn.cli import build_parser, main
 from modeconn.errors import UsageError
 from modeconn.options import ConfigError, Options, config_fields, option
@@ -110,8 +110,11 @@ def test_interpolate_from_python_does_what_the_command_does(pair, tmp_path, caps
     assert printed[:-1] == result.lines()[:-1]
     for name in ("path.csv", "barrier.json"):
         assert (tmp_path / "py" / name).read_text() == (tmp_path / "cli" / name).read_text()
-    config = json.loads((tmp_path / "py" / "config.json").read_text())
+    config = artefacts.CONFIG.read(tmp_path / "py")
     assert config["job"] == "interpolate" and config["config"]["points"] == 3
+    rows = artefacts.PATH.read(tmp_path / "py")
+    assert len(rows) == 3 * 2 and rows[0]["t"] == 0.0 and rows[-1]["t"] == 1.0
+    assert artefacts.BARRIER.read(tmp_path / "py")["test"] == result.summary["test"]
     assert (tmp_path / "py" / "env.json").exists()
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import artefacts
 from ..checkpoint import Checkpoint, load_same_architecture, params_of
 from ..curves import load_curve
 from ..data import EVAL_ON, NORMS, DataSpec, Prepared, eval_data
 from ..errors import UsageError
 from ..evaluate import BN_RESET
-from ..io import check_output_dir, check_output_file, write_json
+from ..io import check_output_dir, check_output_file
 from ..models import model_config
 from ..options import option
 from ..paths import ParamPath
@@ -149,8 +150,8 @@ def load_curve_model(path, config: Runtime) -> CurveModel:
 
 def record(out: Path, config, device: torch.device | str, **extra) -> None:
     """Write a job's config.json (the job, its resolved config and `extra`) and env.json."""
-    write_json(out / "config.json", {"job": config.job, "config": config.to_dict(), **extra})
-    write_json(out / "env.json", environment(torch.device(device)))
+    artefacts.CONFIG.write(out, {"job": config.job, "config": config.to_dict(), **extra})
+    artefacts.ENV.write(out, environment(torch.device(device)))
 
 
 def split_tensors(data: Prepared, names=("train", "test")) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

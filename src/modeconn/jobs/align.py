@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import artefacts
 from ..align import (
     Permutation,
     PermutationSpec,
@@ -20,13 +21,12 @@ from ..align import (
 from ..checkpoint import Checkpoint, save_checkpoint
 from ..data import Prepared
 from ..errors import UsageError
-from ..io import write_csv, write_json, write_text
+from ..io import write_text
 from ..options import option
 from ..paths import interpolate
 from ..report import figures
 from ._inputs import Combine, Models, load_models, output_dir, record, split_tensors
 from ._registry import JobConfig, Output, Result, register
-from .interpolate import PATH_COLUMNS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,8 +178,8 @@ def run_align(config: AlignConfig, out: Path) -> AlignResult:
                     **model_meta(b, kind="model", alignment=alignment))
     write_text(out / "permutation.json", perm.to_json())
     for label in ("before", "after"):
-        write_json(out / f"barrier_{label}.json", summaries[label])
-        write_csv(out / f"path_{label}.csv", paths[label], PATH_COLUMNS)
+        artefacts.aligned_barrier(label).write(out, summaries[label])
+        artefacts.aligned_path(label).write(out, paths[label])
     na, nb = models.names
     fig = figures.path_figure({f"{nb} before": paths["before"], f"{nb} aligned": paths["after"]},
                               title=f"linear path {na} → {nb}, before and after aligning {nb} "

@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .. import artefacts
 from ..checkpoint import save_checkpoint
 from ..curves import CURVE_KINDS, compare_with_linear, fit_curve, min_bends, path_ensemble, save_curve
 from ..ensemble import ensemble_metrics
 from ..errors import UsageError
 from ..evaluate import Evaluator
 from ..fge import snapshot_paths
-from ..io import staged_dir, write_csv, write_json
+from ..io import staged_dir
 from ..options import option
 from ..paths import linear_path
 from ..report import figures
@@ -37,7 +38,6 @@ from ._registry import JobConfig, Output, Result, register
 from .fge import ensemble_line
 
 HELP_CURVE = "a `modeconn curve` checkpoint (curve.safetensors)"
-PATH_COLUMNS = ["path", "t", "split", "loss", "acc", "length"]
 
 
 # ---------------------------------------------------------------- curve
@@ -108,14 +108,14 @@ def run_curve(config: CurveConfig, out: Path) -> CurveResult:
                           on_epoch=lambda e, loss, lr: history.append(
                               {"epoch": e, "loss": loss, "lr": lr}))
         path = curve.path()
-        write_csv(staged / "metrics.csv", history, ["epoch", "loss", "lr"])
+        artefacts.CURVE_METRICS.write(staged, history)
         save_curve(staged / "curve.safetensors", path, a.architecture, data=data.spec.to_dict(),
                    endpoints=list(ends.values()), seed=config.seed, train=asdict(cfg))
         rows, summary = compare_with_linear(model, path, split_tensors(data, config.splits),
                                             data.train_x, config.points, config.bn_reset,
                                             config.tolerance)
-        write_csv(staged / "path.csv", rows, PATH_COLUMNS)
-        write_json(staged / "barrier.json", {**summary, "models": ends})
+        artefacts.CURVE_PATH.write(staged, rows)
+        artefacts.BARRIER.write(staged, {**summary, "models": ends})
         fig = figures.path_figure({k: [r for r in rows if r["path"] == k]
                                    for k in ("curve", "linear")},
                                   title=f"{config.kind} curve ({config.bends} bends) vs linear "
@@ -226,8 +226,8 @@ def run_curve_ensemble(config: CurveEnsembleConfig, out: Path) -> CurveEnsembleR
         table["fge"] = ensemble_metrics(ev.probabilities(fge_points, "test"), data.test_y)
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, c.device)
-    write_json(out / "ensemble.json", {"curve": str(c.checkpoint.path), "k": config.k, **table,
+    artefacts.ENSEMBLE.write(out, {"curve": str(c.checkpoint.path), "k": config.k, **table,
                                        **({"fge_members": fge_names} if fge_names else {})})
-    write_csv(out / "comparison.csv", [{"ensemble": k, **{m: v for m, v in r.items() if m != "t"}}
+    artefacts.COMPARISON.write(out, [{"ensemble": k, **{m: v for m, v in r.items() if m != "t"}}
                                        for k, r in table.items()])
     return CurveEnsembleResult(out, table)

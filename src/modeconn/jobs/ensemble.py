@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import artefacts
 from ..ensemble import ensemble_metrics, pairwise_similarity
 from ..evaluate import Evaluator
-from ..io import write_csv, write_json
 from ..options import option
 from ..report import figures
 from ._inputs import Combine, bn_reset_option, load_models, output_dir, record
@@ -56,8 +56,8 @@ def run_ensemble(config: EnsembleConfig, out: Path) -> EnsembleResult:
     sims = pairwise_similarity(names, probs, data.test_y, points, ev.features(points, "test"))
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, models.device)
-    write_json(out / "ensemble.json", {"members": names, **metrics})
-    write_csv(out / "similarity.csv", sims)
+    artefacts.ENSEMBLE.write(out, {"members": names, **metrics})
+    artefacts.SIMILARITY.write(out, sims)
     accs = [float((p.argmax(-1) == data.test_y).double().mean()) for p in probs]
     ref = [r for r in sims if r["a"] == names[0]]
     fig = figures.polar_similarity_figure(models.names, [1.0] + [r["weight_cosine"] for r in ref],

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import artefacts
 from ..checkpoint import save_model
 from ..ensemble import ensemble_metrics
 from ..evaluate import Evaluator
 from ..fge import fge_snapshots, snapshot_name
-from ..io import write_json
 from ..options import option
 from ..train import TrainConfig
 from ._inputs import (
@@ -84,7 +84,7 @@ def run_fge(config: FgeConfig, out: Path) -> FgeResult:
         model.load_state_dict(snap)
         save_model(names[-1], model, ckpt.architecture, data=ckpt.meta.get("data", {}),
                    fge={"start": str(ckpt.path), "cycle": i + 1})
-    write_json(out / "ensemble.json", {"start": str(ckpt.path), "fge": metrics, "members": names,
+    artefacts.ENSEMBLE.write(out, {"start": str(ckpt.path), "fge": metrics, "members": names,
                                        "cycles": config.cycles,
                                        "cycle_epochs": config.cycle_epochs, "lr": cfg.lr,
                                        "low": config.low, "seed": config.seed})

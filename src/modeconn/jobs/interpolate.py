@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import write_csv, write_json
+from .. import artefacts
 from ..options import option
 from ..paths import interpolate
 from ..report import figures
@@ -19,8 +19,6 @@ from ._inputs import (
     split_tensors,
 )
 from ._registry import JobConfig, Output, Result, register
-
-PATH_COLUMNS = ["t", "split", "loss", "acc", "length"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,8 +66,8 @@ def run_interpolate(config: InterpolateConfig, out: Path) -> InterpolateResult:
     summary["eval_data"] = {**data.spec.to_dict(), "on": config.on}
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, models.device)
-    write_csv(out / "path.csv", rows, PATH_COLUMNS)
-    write_json(out / "barrier.json", summary)
+    artefacts.PATH.write(out, rows)
+    artefacts.BARRIER.write(out, summary)
     on = "the whole dataset" if config.on == "full" else f"{na}'s own subset"
     fig = figures.path_figure({"linear": rows}, title=f"linear path {na} → {nb}, on "
                               f"{data.spec.dataset} ({on})", xlabel=f"λ (0: {na}, 1: {nb})")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import artefacts
 from ..curves import load_curve
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..io import write_csv, write_json
 from ..landscape import loss_plane, plane, project_path
 from ..options import option
 from ..paths import linear_path
@@ -26,8 +26,6 @@ from ._inputs import (
     split_tensors,
 )
 from ._registry import JobConfig, Output, Result, register
-
-PLANE_COLUMNS = ["i", "j", "x", "y", "split", "loss", "acc"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,8 +94,8 @@ def run_landscape(config: LandscapeConfig, out: Path) -> LandscapeResult:
     marks = {n: pl.coordinates(p) for n, p in zip(names, w)}
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, device)
-    write_csv(out / "plane.csv", rows, PLANE_COLUMNS)
-    write_json(out / "plane.json", {"dx": pl.dx, "dy": pl.dy, "proj": pl.proj, "grid": config.grid,
+    artefacts.PLANE.write(out, rows)
+    artefacts.PLANE_INFO.write(out, {"dx": pl.dx, "dy": pl.dy, "proj": pl.proj, "grid": config.grid,
                                     "range": [lo, hi],
                                     "points": {n: list(m) for n, m in marks.items()},
                                     "paths": {k: {"x": v[0], "y": v[1]} for k, v in paths.items()},

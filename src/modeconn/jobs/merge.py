@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import artefacts
 from ..align import Permutation, merge_many, ste_mm
 from ..checkpoint import save_checkpoint
 from ..evaluate import Evaluator
-from ..io import write_csv, write_json
 from ..landscape import hessian_trace
 from ..merge import average, normalise
 from ..options import option
@@ -26,8 +26,6 @@ from .align import (
     ste_lr_option,
     ste_warm_option,
 )
-
-BARRIER_COLUMNS = ["a", "b", "test_loss_barrier", "test_error_barrier"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +131,6 @@ def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
                     **model_meta(ckpts[0], kind="model",
                                  merge={"method": config.method, "models": names,
                                         "normalisation": repaired_by}))
-    write_json(out / "merge.json", report)
-    write_csv(out / "barriers.csv", rows, BARRIER_COLUMNS)
+    artefacts.MERGE.write(out, report)
+    artefacts.PAIR_BARRIERS.write(out, rows)
     return MergeManyResult(out, report, rows)

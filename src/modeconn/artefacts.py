@@ -1,0 +1,107 @@
+"""The file contract: the name (and, for tables, the columns) of every file a job writes, with
+one writer and one reader each, so that studies and reports read what jobs write through here.
+
+Tables are CSV with a fixed column order; documents are JSON. Both are written atomically
+(`modeconn.io`). Readers return tables with numbers parsed (int where integral text, else float;
+other text as is) and documents as written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .io import read_csv, write_csv, write_json
+
+Folder = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Table:
+    """A CSV file of rows with these columns (None: the union of the rows' keys)."""
+
+    name: str
+    columns: tuple[str, ...] | None = None
+
+    def path(self, folder: Folder) -> Path:
+        return Path(folder) / self.name
+
+    def write(self, folder: Folder, rows: Iterable[Mapping[str, Any]],
+              changed_only: bool = False) -> bool:
+        """Write the rows into `folder` (missing cells empty; extra keys dropped)."""
+        cols = None if self.columns is None else list(self.columns)
+        return write_csv(self.path(folder), rows, cols, changed_only=changed_only)
+
+    def read(self, folder: Folder) -> list[dict[str, Any]]:
+        """The rows, numbers parsed."""
+        return [{k: _parse(v) for k, v in row.items()} for row in read_csv(self.path(folder))]
+
+
+@dataclass(frozen=True)
+class Document:
+    """A JSON file."""
+
+    name: str
+
+    def path(self, folder: Folder) -> Path:
+        return Path(folder) / self.name
+
+    def write(self, folder: Folder, obj: Any, changed_only: bool = False) -> bool:
+        return write_json(self.path(folder), obj, changed_only=changed_only)
+
+    def read(self, folder: Folder) -> Any:
+        return json.loads(self.path(folder).read_text())
+
+
+def _parse(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+# Every job's output directory.
+CONFIG = Document("config.json")  # {"job", "config": the resolved config, ...}
+ENV = Document("env.json")  # versions, device, threads, git SHA
+STATUS = Document("status.json")  # complete / diverged / failed, with why
+
+# Training runs (per member).
+METRICS = Table("metrics.csv", ("epoch", "split", "loss", "acc", "lr", "seconds"))
+SUBSETS = Table("subsets.csv")
+RUN_SUMMARY = Table("summary.csv")
+
+# Paths and barriers.
+PATH = Table("path.csv", ("t", "split", "loss", "acc", "length"))
+BARRIER = Document("barrier.json")
+CURVE_PATH = Table("path.csv", ("path", "t", "split", "loss", "acc", "length"))
+CURVE_METRICS = Table("metrics.csv", ("epoch", "loss", "lr"))
+
+
+def aligned_path(label: str) -> Table:
+    """path_before.csv / path_after.csv of an alignment."""
+    return Table(f"path_{label}.csv", PATH.columns)
+
+
+def aligned_barrier(label: str) -> Document:
+    """barrier_before.json / barrier_after.json of an alignment."""
+    return Document(f"barrier_{label}.json")
+
+
+# Merging, ensembles, landscapes.
+MERGE = Document("merge.json")
+PAIR_BARRIERS = Table("barriers.csv", ("a", "b", "test_loss_barrier", "test_error_barrier"))
+ENSEMBLE = Document("ensemble.json")
+SIMILARITY = Table("similarity.csv")
+COMPARISON = Table("comparison.csv")
+PLANE = Table("plane.csv", ("i", "j", "x", "y", "split", "loss", "acc"))
+PLANE_INFO = Document("plane.json")
