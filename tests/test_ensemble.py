@@ -15,13 +15,13 @@ from modeconn.cli import main
 from modeconn.ensemble import (
     ensemble_metrics,
     expected_calibration_error,
-    flatten_params,
     linear_cka,
     pairwise_similarity,
     similarity,
 )
 from modeconn.io import read_csv
 from modeconn.options import ConfigError
+from modeconn.params import flatten, statistic_keys, weight_keys
 
 # ---------------------------------------------------------------- ensemble metrics
 
@@ -182,7 +182,8 @@ def test_weight_similarity():
           "bn.num_batches_tracked": torch.tensor(3)}
     y = torch.tensor([0, 1])
     pr = _onehot([0, 1])
-    s = similarity(pr, pr, y, p1, p1)
+    stats = {"bn.running_mean", "bn.running_var"}
+    s = similarity(pr, pr, y, p1, p1, statistics=stats)
     assert s["weight_cosine"] == pytest.approx(1.0, abs=1e-12)
     assert s["weight_l2"] == 0.0
     # Only parameters count: change running statistics freely, weights by a (3, 4) step → L2 = 5.
@@ -190,10 +191,13 @@ def test_weight_similarity():
                      "bn.running_mean": torch.tensor([0.0, 9.0]),
                      "bn.running_var": torch.tensor([1.0, 5.0]),
                      "bn.num_batches_tracked": torch.tensor(11)})
-    assert similarity(pr, pr, y, p1, p2)["weight_l2"] == pytest.approx(5.0, abs=1e-6)
+    assert similarity(pr, pr, y, p1, p2, statistics=stats)["weight_l2"] == pytest.approx(5.0, abs=1e-6)
+    # Without knowing which entries are statistics, every floating-point entry is a coordinate.
+    assert similarity(pr, pr, y, p1, p2)["weight_l2"] > 5.0
     neg = {k: -v if v.is_floating_point() else v for k, v in p1.items()}
-    assert similarity(pr, pr, y, p1, neg)["weight_cosine"] == pytest.approx(-1.0, abs=1e-12)
-    assert flatten_params(p1).tolist() == [1.0, 2.0, 3.0, 4.0, 1.0, 0.0]
+    assert similarity(pr, pr, y, p1, neg, statistics=stats)["weight_cosine"] == \
+        pytest.approx(-1.0, abs=1e-12)
+    assert flatten(p1, weight_keys(p1, stats)).tolist() == [1.0, 2.0, 3.0, 4.0, 1.0, 0.0]
 
 
 def test_pairwise_similarity_covers_every_pair_once():
@@ -247,7 +251,8 @@ def test_ensemble_job_writes_metrics_and_similarity(pair, tmp_path):
     assert (row["a"], row["b"]) == (str(a), str(b))
     pa = params_of(load_checkpoint(a))
     pb = params_of(load_checkpoint(b))
-    expected_l2 = float((flatten_params(pa) - flatten_params(pb)).norm())
+    keys = weight_keys(pa, statistic_keys(load_checkpoint(a).build()))
+    expected_l2 = float((flatten(pa, keys) - flatten(pb, keys)).norm())
     assert float(row["weight_l2"]) == pytest.approx(expected_l2, rel=1e-9)
     assert float(row["agreement"]) + float(row["disagreement"]) == pytest.approx(1.0)
     for key in ("cohen_kappa", "weight_cosine", "cka", "error_overlap", "error_correlation"):

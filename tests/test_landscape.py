@@ -134,7 +134,7 @@ def _flat(p):
 
 def test_plane_places_its_three_points_by_gram_schmidt():
     w = _points()
-    pl = plane(*w)
+    pl = plane(*w, statistics=STATS)
     u, v = _flat(w[1]) - _flat(w[0]), _flat(w[2]) - _flat(w[0])
     proj = float(u @ v) / float(u.norm())
     v_perp = float((v - (u @ v) / (u @ u) * u).norm())
@@ -149,7 +149,7 @@ def test_plane_places_its_three_points_by_gram_schmidt():
 @pytest.mark.parametrize("alpha,beta", [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.3, -0.7), (1.2, 0.9)])
 def test_plane_point_inverts_coordinates_for_points_of_the_plane(alpha, beta):
     w = _points(1)
-    pl = plane(*w)
+    pl = plane(*w, statistics=STATS)
     p = {k: w[0][k] + alpha * (w[1][k] - w[0][k]) + beta * (w[2][k] - w[0][k])
          if w[0][k].is_floating_point() else w[0][k] for k in w[0]}
     back = pl.point(*pl.coordinates(p))
@@ -159,7 +159,7 @@ def test_plane_point_inverts_coordinates_for_points_of_the_plane(alpha, beta):
 
 
 def test_plane_grid_covers_the_range_21_by_21_by_default():
-    pl = plane(*_points())
+    pl = plane(*_points(), statistics=STATS)
     xs, ys = pl.grid()
     assert len(xs) == len(ys) == 21
     assert xs[0] == pytest.approx(-0.2 * pl.dx) and xs[-1] == pytest.approx(1.2 * pl.dx)
@@ -185,7 +185,7 @@ def test_plane_needs_three_points_off_one_line():
 
 def test_project_path_of_a_bezier_through_the_third_point():
     w = _points()
-    pl = plane(*w)
+    pl = plane(*w, statistics=STATS)
     xs, ys = project_path(pl, linear_path(w[0], w[1]), 5)
     assert xs == pytest.approx([i / 4 * pl.dx for i in range(5)]) and ys == pytest.approx([0.0] * 5)
     # Bezier with control point w2: θ(½) = ¼·w0 + ½·w2 + ¼·w1.
@@ -206,7 +206,7 @@ def test_loss_plane_evaluates_every_grid_point_through_the_evaluator(bn):
     splits = {"train": (x[:40], y[:40]), "test": (x[40:], y[40:])}
     ev = Evaluator(build_model(cfg), splits, bn_data=x[:40])
     assert ev.bn_reset == bn
-    pl = plane(*w)
+    pl = plane(*w, statistics=STATS)
     rows = loss_plane(pl, ev)  # the default 21×21 grid
     assert len(rows) == 21 * 21 * 2
     assert {(r["i"], r["j"]) for r in rows} == {(i, j) for i in range(21) for j in range(21)}

@@ -11,12 +11,11 @@ import torch
 from modeconn.barrier import DEFINITIONS, barrier
 from modeconn.checkpoint import load_checkpoint, params_of
 from modeconn.cli import main
-from modeconn.ensemble import flatten_params
 from modeconn.errors import UsageError
 from modeconn.evaluate import Evaluator
 from modeconn.io import read_csv
 from modeconn.models import build_model, model_config
-from modeconn.params import statistic_keys
+from modeconn.params import flatten, statistic_keys, weight_keys
 from modeconn.paths import (
     ParamPath,
     check_compatible,
@@ -192,7 +191,8 @@ def test_running_statistics_are_read_from_the_module_not_from_key_names():
 
 def test_segment_lengths_on_a_non_uniform_grid_are_proportional():
     a, b = _bends(2)
-    dist = float((flatten_params(b) - flatten_params(a)).norm())
+    keys = weight_keys(a, STATS)
+    dist = float((flatten(b, keys) - flatten(a, keys)).norm())
     lengths = linear_path(a, b).segment_lengths([0.0, 0.1, 0.5, 1.0], STATS)
     assert lengths[1:] == pytest.approx([0.1 * dist, 0.4 * dist, 0.5 * dist], rel=1e-9)
 
@@ -281,7 +281,8 @@ def test_evaluate_path_rows(data):
             (row,) = [r for r in rows if r["t"] == t and r["split"] == split]
             assert row["loss"] == direct[i][split]["loss"] and row["acc"] == direct[i][split]["acc"]
     # `length` is the cumulative weight-space distance: ||θ_B − θ_A|| (parameters only) at t=1.
-    dist = float((flatten_params(b) - flatten_params(a)).norm())
+    keys = weight_keys(a, statistic_keys(model))
+    dist = float((flatten(b, keys) - flatten(a, keys)).norm())
     lengths = sorted({r["length"] for r in rows})
     assert lengths[0] == 0.0 and lengths[-1] == pytest.approx(dist, rel=1e-6)
     assert lengths == pytest.approx([dist * t for t in ts], rel=1e-6)
@@ -339,7 +340,8 @@ def test_interpolate_writes_path_barrier_and_figure(cli, runs, tmp_path):
         assert float(row["acc"]) == pytest.approx(status["test_acc"], abs=1e-12)
         assert float(row["loss"]) == pytest.approx(status["test_loss"], rel=1e-5)
     pa, pb = (params_of(load_checkpoint(p)) for p in (a, b))
-    dist = float((flatten_params(pb) - flatten_params(pa)).norm())
+    keys = weight_keys(pa, statistic_keys(load_checkpoint(a).build()))
+    dist = float((flatten(pb, keys) - flatten(pa, keys)).norm())
     assert float(test[-1]["length"]) == pytest.approx(dist, rel=1e-6)
     assert float(test[0]["length"]) == 0.0
 

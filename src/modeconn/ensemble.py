@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from .params import flatten, weight_keys
 
 
 def ensemble_metrics(probs: Tensor, y: Tensor, bins: int = 15) -> dict[str, float]:
@@ -57,9 +59,10 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
 
 def similarity(p1: Tensor, p2: Tensor, y: Tensor, params1: Mapping[str, Tensor] | None = None,
                params2: Mapping[str, Tensor] | None = None, feats1: Tensor | None = None,
-               feats2: Tensor | None = None) -> dict[str, float]:
+               feats2: Tensor | None = None, statistics: Iterable[str] = ()) -> dict[str, float]:
     """Prediction, error, weight and representation similarity of two models (softmax outputs
-    p1, p2 of shape (N, C) on the same inputs with labels y)."""
+    p1, p2 of shape (N, C) on the same inputs with labels y). The weight similarity leaves out
+    the entries named in `statistics` (running statistics: `params.statistic_keys(model)`)."""
     a, b = p1.argmax(-1), p2.argmax(-1)
     agree = (a == b).double().mean()
     ea, eb = (a != y).double(), (b != y).double()
@@ -74,7 +77,8 @@ def similarity(p1: Tensor, p2: Tensor, y: Tensor, params1: Mapping[str, Tensor] 
            "error_overlap": float(both / either) if either > 0 else 1.0,
            "cohen_kappa": kappa, "error_correlation": _pearson(ea, eb)}
     if params1 is not None and params2 is not None:
-        v1, v2 = flatten_params(params1), flatten_params(params2)
+        keys = weight_keys(params1, statistics)
+        v1, v2 = flatten(params1, keys), flatten(params2, keys)
         out["weight_cosine"] = float(torch.nn.functional.cosine_similarity(v1, v2, dim=0))
         out["weight_l2"] = float((v1 - v2).norm())
     if feats1 is not None and feats2 is not None:
@@ -88,21 +92,16 @@ def _pearson(u: Tensor, v: Tensor) -> float:
     return float((u * v).sum() / den) if den > 0 else 0.0
 
 
-def flatten_params(params: Mapping[str, Tensor]) -> Tensor:
-    """All floating-point entries except BatchNorm running statistics, as one float64 vector."""
-    return torch.cat([v.reshape(-1).double() for k, v in params.items()
-                      if v.is_floating_point() and "running_" not in k])
-
-
 def pairwise_similarity(names: Sequence[str], probs: Tensor, y: Tensor,
                         params: Sequence[Mapping[str, Tensor]] | None = None,
-                        feats: Sequence[Tensor] | None = None) -> list[dict]:
+                        feats: Sequence[Tensor] | None = None, statistics: Iterable[str] = ()
+                        ) -> list[dict]:
     """Tidy rows of `similarity` for every pair of models."""
     rows = []
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
             s = similarity(probs[i], probs[j], y,
                            params[i] if params else None, params[j] if params else None,
-                           feats[i] if feats else None, feats[j] if feats else None)
+                           feats[i] if feats else None, feats[j] if feats else None, statistics)
             rows.append({"a": names[i], "b": names[j], **s})
     return rows

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .ensemble import flatten_params
 from .errors import UsageError
-from .params import check_module, check_params, combine, statistic_keys, weight_keys
+from .params import check_module, check_params, combine, flatten, statistic_keys, weight_keys
 from .paths import ParamPath, check_compatible
 
 Point = Mapping[str, Tensor]
@@ -32,8 +31,9 @@ class Plane:
     dx: float  # |u|
     dy: float  # |v⊥|
     proj: float  # v·e1
-    e1: Tensor  # flat unit vectors over the parameters (float64)
+    e1: Tensor  # flat unit vectors over the weights (float64)
     e2: Tensor
+    keys: list[str]  # the weights, in the order of e1 and e2
 
     def coefficients(self, x: float, y: float) -> tuple[float, float, float]:
         """Weights (c0, c1, c2) of w0, w1, w2 giving the point at plane coordinates (x, y)."""
@@ -47,7 +47,7 @@ class Plane:
 
     def coordinates(self, p: Point) -> tuple[float, float]:
         """Plane coordinates of the projection of a parameter point onto the plane."""
-        d = flatten_params(p) - flatten_params(self.w0)
+        d = flatten(p, self.keys) - flatten(self.w0, self.keys)
         return float(d @ self.e1), float(d @ self.e2)
 
     def grid(self, n: int = 21, lo: float = -0.2, hi: float = 1.2) -> tuple[list[float], list[float]]:
@@ -64,11 +64,13 @@ class Plane:
         return (self.point(x, y) for y in ys for x in xs)
 
 
-def plane(w0: Point, w1: Point, w2: Point) -> Plane:
-    """The plane through three parameter points of one architecture."""
+def plane(w0: Point, w1: Point, w2: Point, statistics: Iterable[str] = ()) -> Plane:
+    """The plane through three parameter points of one architecture, over their weights (the
+    entries named in `statistics`, `params.statistic_keys(model)`, are combined but not axes)."""
     check_compatible([w0, w1, w2])
-    f0 = flatten_params(w0)
-    u, v = flatten_params(w1) - f0, flatten_params(w2) - f0
+    keys = weight_keys(w0, statistics)
+    f0 = flatten(w0, keys)
+    u, v = flatten(w1, keys) - f0, flatten(w2, keys) - f0
     dx = float(u.norm())
     if dx == 0:
         raise UsageError("the first two models are identical; the plane is undefined")
@@ -78,7 +80,7 @@ def plane(w0: Point, w1: Point, w2: Point) -> Plane:
     dy = float(vp.norm())
     if dy <= 1e-9 * max(dx, 1.0):
         raise UsageError("the three models lie on one line; the plane is undefined")
-    return Plane(dict(w0), dict(w1), dict(w2), dx, dy, proj, e1, vp / dy)
+    return Plane(dict(w0), dict(w1), dict(w2), dx, dy, proj, e1, vp / dy, keys)
 
 
 def loss_plane(plane_: Plane, evaluator, n: int = 21, lo: float = -0.2, hi: float = 1.2

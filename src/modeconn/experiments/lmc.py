@@ -28,6 +28,7 @@ from ..errors import UsageError
 from ..evaluate import Evaluator
 from ..io import check_output_dir, json_text, read_csv, write_csv, write_json, write_text
 from ..models import model_config
+from ..params import statistic_keys
 from ..paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
 from ..report import figures
 from ..train import (
@@ -250,7 +251,7 @@ def _similarity(cfg: dict, finals: dict, ok: list[int], evaluator: Evaluator, y:
         points.append(finals[ok[1]][0])
     probs = evaluator.probabilities(points, "test")
     feats = evaluator.features(points, "test")
-    rows = pairwise_similarity(names, probs, y, points, feats)
+    rows = pairwise_similarity(names, probs, y, points, feats, statistic_keys(evaluator.model))
     tables["similarity"].extend({**_keys(cfg), "seed": ok[0], **r} for r in rows)
     ref = [r for r in rows if r["a"] == "a"]
     accs = [float((p.argmax(-1) == y).double().mean()) for p in probs]

@@ -9,6 +9,7 @@ from .. import artefacts
 from ..ensemble import ensemble_metrics, pairwise_similarity
 from ..evaluate import Evaluator
 from ..options import option
+from ..params import statistic_keys
 from ..report import figures
 from ._inputs import Combine, bn_reset_option, load_models, output_dir, record
 from ._registry import JobConfig, Output, Result, register
@@ -53,7 +54,8 @@ def run_ensemble(config: EnsembleConfig, out: Path) -> EnsembleResult:
     probs = ev.probabilities(points, "test")
     metrics = ensemble_metrics(probs, data.test_y)
     names = [str(c.path) for c in models.checkpoints]
-    sims = pairwise_similarity(names, probs, data.test_y, points, ev.features(points, "test"))
+    sims = pairwise_similarity(names, probs, data.test_y, points, ev.features(points, "test"),
+                               statistics=statistic_keys(models.module))
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, models.device)
     artefacts.ENSEMBLE.write(out, {"members": names, **metrics})

@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..evaluate import Evaluator
 from ..landscape import loss_plane, plane, project_path
 from ..options import option
+from ..params import statistic_keys
 from ..paths import linear_path
 from ..report import figures
 from ..train import resolve_device
@@ -82,7 +83,7 @@ def run_landscape(config: LandscapeConfig, out: Path) -> LandscapeResult:
         module, device, w, ckpt = models.module, models.device, models.params, models.checkpoints[0]
         path, names = None, ["A", "B", "C"]
     out = output_dir(out, config.overwrite)
-    pl = plane(*w)
+    pl = plane(*w, statistics=statistic_keys(module))
     data = checkpoint_data(ckpt, device, "full", config.data_dir)
     ev = Evaluator(module, split_tensors(data, config.splits), bn_data=data.train_x,
                    bn_reset=config.bn_reset)
