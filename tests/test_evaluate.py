@@ -229,7 +229,7 @@ def test_bn_reset_auto_changes_results_and_off_keeps_the_point_statistics(data):
 
 def test_bn_reset_errors(data):
     model = _model("mlp-bn")
-    with pytest.raises(UsageError, match="bn-reset"):
+    with pytest.raises(UsageError, match="bn_reset must be one of"):
         Evaluator(model, data, bn_data=data["train"][0], bn_reset="sometimes")
     with pytest.raises(UsageError, match="bn_data"):
         Evaluator(model, data)  # auto with BatchNorm needs the training inputs

@@ -210,7 +210,7 @@ def _assert_one_line_error(rc, out, err):
     (["--init", "same,random"], "--init"),
     (["--batch-order", "shuffled"], "--batch-order"),
     (["--seeds", "0,0"], "--seeds"),
-    (["--points", "1"], "--points"),
+    (["--points", "1"], "points"),
     (["--ensemble-size", "1"], "--ensemble-size"),
 ])
 def test_lmc_bad_options_exit_2_with_one_line(cli, tmp_path, args, word):

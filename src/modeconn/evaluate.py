@@ -39,7 +39,7 @@ def resolve_bn_reset(model: nn.Module, bn_reset: str | bool) -> bool:
     if isinstance(bn_reset, bool):
         return bn_reset and bool(batchnorm_modules(model))
     if bn_reset not in BN_RESET:
-        raise UsageError(f"--bn-reset must be one of {', '.join(BN_RESET)}, got {bn_reset!r}")
+        raise UsageError(f"bn_reset must be one of {', '.join(BN_RESET)}, got {bn_reset!r}")
     return bn_reset != "off" and bool(batchnorm_modules(model))
 
 

@@ -51,29 +51,30 @@ def _file_above(path: Path) -> Path | None:
     return None
 
 
-def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
     """Refuse an output directory that is an existing file or lies under one."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UsageError(f"{option} {path} is an existing file, not a directory; choose a "
+        raise UsageError(f"{what} {path} is an existing file, not a directory; choose a "
                          "directory path")
     if (above := _file_above(path)) is not None:
-        raise UsageError(f"{option} {path}: {above} is a file, not a directory; choose another path")
+        raise UsageError(f"{what} {path}: {above} is a file, not a directory; choose another path")
     return path
 
 
 def check_output_file(path: str | os.PathLike, overwrite: bool = False,
-                      option: str = "--out", example: str = "FILE") -> Path:
+                      what: str = "output file", example: str = "FILE") -> Path:
     """Refuse an output file path that is a directory, lies under a file, or (unless
     `overwrite`) exists."""
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"{option} {path} is a directory; name the file to write, e.g. "
+        raise UsageError(f"{what} {path} is a directory; name the file to write, e.g. "
                          f"{path / example}")
     if (above := _file_above(path)) is not None:
-        raise UsageError(f"{option} {path}: {above} is a file, not a directory; choose another path")
+        raise UsageError(f"{what} {path}: {above} is a file, not a directory; choose another path")
     if path.exists() and not overwrite:
-        raise UsageError(f"{path} already exists; choose another {option} or pass --overwrite")
+        raise UsageError(f"{what} {path} already exists; choose another or allow overwriting it "
+                         "(--overwrite)")
     return path
 
 

@@ -103,14 +103,14 @@ def check_compatible(points: Sequence[Mapping[str, Tensor]]) -> None:
 def grid(n: int) -> list[float]:
     """n evenly spaced values in [0, 1], endpoints included."""
     if n < 2:
-        raise UsageError(f"--points must be at least 2, got {n}")
+        raise UsageError(f"a path grid needs at least 2 points, got {n}")
     return [i / (n - 1) for i in range(n)]
 
 
 def check_tolerance(tolerance: float) -> float:
     """The loss barrier below which a path counts as connected: a finite number >= 0."""
     if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise UsageError(f"--tolerance must be a loss barrier >= 0 (e.g. 0.01), got {tolerance}")
+        raise UsageError(f"the tolerance must be a loss barrier ≥ 0 (e.g. 0.01), got {tolerance}")
     return tolerance
 
 

@@ -46,7 +46,7 @@ class Schedule:
 def parse_schedule(text: str, warmup: float = 0.0) -> Schedule:
     """Parse 'constant', 'cosine', 'curve', 'step:30,60[@0.1]' or 'cyclic:4[@0.01]'."""
     if not (math.isfinite(warmup) and warmup >= 0):
-        raise UsageError(f"--warmup (epochs of warm-up) must be a number >= 0, got {warmup}")
+        raise UsageError(f"the warm-up must be a number of epochs ≥ 0, got {warmup}")
     kind, _, arg = text.partition(":")
     if kind not in SCHEDULES:
         raise UsageError(f"unknown schedule {text!r}; use constant, cosine, curve, "

@@ -85,9 +85,9 @@ def prepare_subsets(spec: DataSpec, data_dir: str | os.PathLike | None = None) -
     if spec.norm not in NORMS:
         raise UsageError(f"unknown normalisation {spec.norm!r}; use one of {', '.join(NORMS)}")
     if spec.split_seed < 0:
-        raise UsageError(f"--split-seed must be an integer >= 0, got {spec.split_seed}")
+        raise UsageError(f"the split seed must be an integer ≥ 0, got {spec.split_seed}")
     if spec.shift == "none" and spec.num_subsets is not None:
-        raise UsageError(f"--subsets {spec.num_subsets} needs a --shift (e.g. dirichlet:0.5); "
+        raise UsageError(f"{spec.num_subsets} subsets need a shift (e.g. dirichlet:0.5); "
                          "without one the whole training set is one subset")
     data = _cached(spec.dataset, str(Path(data_dir)) if data_dir is not None else None)
     if spec.shift == "none":

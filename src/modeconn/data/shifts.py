@@ -44,12 +44,12 @@ def subset_name(i: int) -> str:
 def parse_shift(text: str, num_classes: int, num_subsets: int | None = None) -> Shift:
     """Parse a shift string for a dataset with `num_classes` classes."""
     if num_subsets is not None and num_subsets < 2:
-        raise UsageError(f"--subsets must be at least 2 (a shift needs 2 subsets or more), "
-                         f"got {num_subsets}")
+        raise UsageError(f"the number of subsets must be at least 2 (a shift needs 2 subsets "
+                         f"or more), got {num_subsets}")
     shift = _parse_shift(text, num_classes, num_subsets)
     if num_subsets is not None and shift.num_subsets != num_subsets:
-        raise UsageError(f"--subsets {num_subsets} but shift {text!r} makes {shift.num_subsets} "
-                         "subsets; drop --subsets or make them agree")
+        raise UsageError(f"{num_subsets} subsets asked for, but shift {text!r} makes "
+                         f"{shift.num_subsets}; leave the number of subsets out or make them agree")
     return shift
 
 

@@ -83,7 +83,7 @@ def output_file(out: Path, overwrite: bool = False, suffix: str | None = None,
                 example: str = "FILE") -> Path:
     """The job's output file: refused when it is a directory or lies under a file, exists
     without `overwrite`, or does not end in `suffix`."""
-    out = check_output_file(out, True, option="output file", example=example)
+    out = check_output_file(out, True, example=example)
     if out.exists() and not overwrite:
         raise UsageError(f"output file {out} already exists; choose another one or allow "
                          "overwriting it (--overwrite)")
