@@ -305,6 +305,7 @@ class MemberRecord:
 
 
 def _lr_at(cfg: TrainConfig, epoch: int, steps: int) -> Callable[[int], float]:
+    """The learning rate of each step of `epoch` (what `Stepper.run_epoch` takes)."""
     lr_at = _schedule(cfg, steps)
     return lambda b: lr_at(epoch, b)
 
