@@ -18,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import DivergedError, UsageError
+from .epochs import Epoch, EpochDriver, scheduled_lr, set_lr
+from .errors import UsageError
 from .models import build_model, has_batchnorm
 from .params import check_module
 from .paths import ParamPath, bezier_coefficients, check_compatible, polychain_coefficients
+from .schedules import parse_schedule
+from .task import CLASSIFICATION, Task
 from .train import TrainConfig, check_trainable, epoch_order, make_optimizer
-from .utils import progress
 
 CURVE_KINDS = ("bezier", "polychain")
 
@@ -130,7 +131,8 @@ class Curve:
 
 
 class CurveTrainer:
-    """One curve-fitting step at a time: t ~ U(0, 1), loss CE(θ(t)) + ½·wd·‖θ(t)‖², optimizer step.
+    """One curve-fitting step at a time: t ~ U(0, 1), loss CE(θ(t)) + ½·wd·‖θ(t)‖², optimizer step
+    (CE: the task's loss, cross-entropy by default).
 
     The gradient of the offset δ_k is c_k(t)·(∂CE/∂θ + wd·θ(t)). A step allocates nothing of the
     parameters' size beyond what a plain training step does (on CPU a fresh allocation of that
@@ -141,12 +143,12 @@ class CurveTrainer:
     """
 
     def __init__(self, model: nn.Module, curve: Curve, x: Tensor, y: Tensor, cfg: TrainConfig,
-                 seed: int = 0):
+                 seed: int = 0, *, task: Task = CLASSIFICATION):
         if curve.num_bends < min_bends(curve.kind):
             raise UsageError(f"a {curve.num_bends}-bend {curve.kind} curve has no middle bend to "
                              f"fit; use at least {min_bends(curve.kind)} bends")
         self.model = model.train()
-        self.curve, self.x, self.y, self.cfg = curve, x, y, cfg
+        self.curve, self.x, self.y, self.cfg, self.task = curve, x, y, cfg, task
         self.opt = make_optimizer([curve.offsets], dataclasses.replace(cfg, weight_decay=0.0))
         self.gen = torch.Generator().manual_seed(seed)
         offsets = curve.offsets
@@ -162,13 +164,12 @@ class CurveTrainer:
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate."""
-        for g in self.opt.param_groups:
-            g["lr"] = lr
+        set_lr(self.opt, lr)
 
     def step(self, idx: Tensor, t: float | None = None) -> Tensor:
         """One step on the samples at `idx` at curve position `t` (drawn from U(0, 1) when None);
-        return the batch cross-entropy before the update (the L2 term is left out of the value,
-        as a plain training step leaves out its weight decay)."""
+        return the batch loss of the task before the update (the L2 term is left out of the
+        value, as a plain training step leaves out its weight decay)."""
         if t is None:
             t = float(torch.rand((), generator=self.gen))
         curve, wd = self.curve, self.cfg.weight_decay
@@ -180,7 +181,7 @@ class CurveTrainer:
                     self.theta.add_(dk, alpha=ck)
         state = {**self.leaves, **curve.buffers(t)}
         out = functional_call(self.model, state, (self.x.index_select(0, idx),))
-        loss = F.cross_entropy(out, self.y.index_select(0, idx))
+        loss = self.task.loss(out, self.y.index_select(0, idx))
         scale = mid[0] if len(mid) == 1 else 1.0
         loss.backward(torch.tensor(scale, dtype=loss.dtype, device=loss.device))
         with torch.no_grad():
@@ -200,41 +201,43 @@ class CurveTrainer:
 def fit_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], x: Tensor,
               y: Tensor, cfg: TrainConfig, kind: str = "bezier", num_bends: int = 3,
               seed: int = 0, quiet: bool = True,
-              on_epoch: Callable[[int, float, float], None] | None = None) -> Curve:
+              on_epoch: Callable[[int, float, float], None] | None = None, *,
+              task: Task = CLASSIFICATION) -> Curve:
     """Fit the middle bends of a curve between `a` and `b` on (x, y); endpoints stay fixed.
 
-    `on_epoch(epoch, mean cross-entropy, lr)` is called after each epoch (1-based)."""
+    `on_epoch(epoch, mean loss of the task (cross-entropy), lr)` is called after each epoch
+    (1-based); a non-finite batch loss raises DivergedError."""
     cfg.validate()
-    from .schedules import parse_schedule
-
     curve = Curve(model, a, b, kind, num_bends)
     net = _private(model, x.device)
-    trainer = CurveTrainer(net, curve, x, y, cfg, seed)
-    sched = parse_schedule(cfg.schedule, cfg.warmup)
+    trainer = CurveTrainer(net, curve, x, y, cfg, seed, task=task)
     n = len(y)
     drop_single = has_batchnorm(model)  # BatchNorm cannot train on a last batch of one sample
     check_trainable(model, cfg.batch_size, n)
     steps = math.ceil(n / cfg.batch_size)
     taken = steps - int(drop_single and n % cfg.batch_size == 1)
-    bar = progress(total=cfg.epochs, desc=f"fit {kind} curve", quiet=quiet)
+    total = torch.zeros((), device=x.device)
+
+    def step(idx: Tensor) -> Tensor:
+        nonlocal total
+        loss = trainer.step(idx)
+        total += loss
+        return loss
+
+    def end_epoch(e: Epoch) -> None:
+        nonlocal total
+        mean = float(total) / taken
+        total = torch.zeros((), device=x.device)
+        if on_epoch is not None:
+            on_epoch(e.number, mean, e.lr)
+
+    driver = EpochDriver(step, trainer.opt, batch_size=cfg.batch_size, device=x.device,
+                         drop_single=drop_single)
     try:
-        for epoch in range(cfg.epochs):
-            order = epoch_order(n, n, seed, epoch).to(x.device)
-            total = torch.zeros((), device=x.device)
-            lr = cfg.lr
-            for s in range(taken):
-                lr = cfg.lr * sched.factor(epoch, s / steps, cfg.epochs)
-                trainer.set_lr(lr)
-                loss = trainer.step(order[s * cfg.batch_size:(s + 1) * cfg.batch_size])
-                total += loss
-            mean = float(total) / taken
-            if not math.isfinite(mean):
-                raise DivergedError(epoch + 1, steps, mean)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, mean, lr)
-            bar.update(1)
+        driver.run(cfg.epochs, lambda epoch: epoch_order(n, n, seed, epoch).to(x.device),
+                   scheduled_lr(cfg.lr, parse_schedule(cfg.schedule, cfg.warmup), cfg.epochs,
+                                steps), end_epoch=end_epoch, desc=f"fit {kind} curve", quiet=quiet)
     finally:
-        bar.close()
         curve.offsets.grad = None
     curve.offsets.requires_grad_(False)
     return curve
@@ -311,4 +314,4 @@ def path_ensemble(path: ParamPath, evaluator: Any, k: int, split: str = "test",
     ts = [i / (k - 1) for i in range(k)] if ends and k > 1 else \
         [(i + 1) / (k + 1) for i in range(k)]
     probs = evaluator.probabilities(path.points(ts), split)
-    return {**ensemble_metrics(probs, evaluator.splits[split][1]), "t": ts}
+    return {**ensemble_metrics(probs, evaluator.splits[split][1], task=evaluator.task), "t": ts}

@@ -8,44 +8,28 @@ import torch
 from torch import Tensor
 
 from .params import flatten, weight_keys
+from .task import CLASSIFICATION, Task, expected_calibration_error
+
+__all__ = ["ensemble_metrics", "expected_calibration_error", "linear_cka",
+           "pairwise_similarity", "similarity"]
 
 
-def ensemble_metrics(probs: Tensor, y: Tensor, bins: int = 15) -> dict[str, float]:
-    """Accuracy, NLL, Brier and ECE of the mean of member softmax outputs `probs` (M, N, C),
-    with the mean member's values and the ensemble's gain over it."""
-    members = [_scores(p, y, bins) for p in probs]
-    ens = _scores(probs.mean(0), y, bins)
+def ensemble_metrics(probs: Tensor, y: Tensor, bins: int = 15, *,
+                     task: Task = CLASSIFICATION) -> dict[str, float]:
+    """The task's ensemble scores (accuracy, NLL, Brier, ECE) of the mean of member
+    probabilities `probs` (M, N, C), with the mean member's values and the ensemble's gain
+    over it."""
+    members = [task.ensemble_scores(p, y, bins) for p in probs]
+    ens = task.ensemble_scores(probs.mean(0), y, bins)
     out = dict(ens)
     for key in ens:
         out[f"member_{key}"] = sum(m[key] for m in members) / len(members)
-    out["gain_acc"] = out["acc"] - out["member_acc"]
-    out["gain_nll"] = out["member_nll"] - out["nll"]
+    if "acc" in ens:
+        out["gain_acc"] = out["acc"] - out["member_acc"]
+    if "nll" in ens:
+        out["gain_nll"] = out["member_nll"] - out["nll"]
     out["size"] = len(members)
     return out
-
-
-def _scores(p: Tensor, y: Tensor, bins: int) -> dict[str, float]:
-    p = p.double()
-    conf, pred = p.max(-1)
-    correct = (pred == y).double()
-    onehot = torch.nn.functional.one_hot(y, p.shape[-1]).double()
-    return {
-        "acc": float(correct.mean()),
-        "nll": float(-p.gather(1, y[:, None]).clamp_min(1e-12).log().mean()),
-        "brier": float(((p - onehot) ** 2).sum(1).mean()),
-        "ece": expected_calibration_error(conf, correct, bins),
-    }
-
-
-def expected_calibration_error(conf: Tensor, correct: Tensor, bins: int = 15) -> float:
-    """Σ_b |B_b|/N · |acc(B_b) − conf(B_b)| over equal-width confidence bins (right-closed)."""
-    edges = torch.linspace(0, 1, bins + 1, dtype=conf.dtype)
-    ece = conf.new_zeros(())
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        mask = (conf > lo) & (conf <= hi)
-        if mask.any():
-            ece += mask.double().mean() * (correct[mask].mean() - conf[mask].mean()).abs()
-    return float(ece)
 
 
 def linear_cka(x: Tensor, y: Tensor) -> float:
@@ -60,10 +44,11 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
 def similarity(p1: Tensor, p2: Tensor, y: Tensor, params1: Mapping[str, Tensor] | None = None,
                params2: Mapping[str, Tensor] | None = None, feats1: Tensor | None = None,
                feats2: Tensor | None = None, statistics: Iterable[str] = ()) -> dict[str, float]:
-    """Prediction, error, weight and representation similarity of two models (softmax outputs
-    p1, p2 of shape (N, C) on the same inputs with labels y). The weight similarity leaves out
-    the entries named in `statistics` (running statistics: `params.statistic_keys(model)`)."""
-    a, b = p1.argmax(-1), p2.argmax(-1)
+    """Prediction, error, weight and representation similarity of two classifiers (softmax
+    outputs p1, p2 of shape (N, C) on the same inputs with labels y). The weight similarity
+    leaves out the entries named in `statistics` (running statistics:
+    `params.statistic_keys(model)`)."""
+    a, b = CLASSIFICATION.predict(p1), CLASSIFICATION.predict(p2)
     agree = (a == b).double().mean()
     ea, eb = (a != y).double(), (b != y).double()
     both, either = (ea * eb).sum(), ((ea + eb) > 0).double().sum()

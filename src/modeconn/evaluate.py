@@ -17,12 +17,12 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from .errors import UsageError
 from .params import batchnorm_modules, check_module, check_params
+from .task import CLASSIFICATION, Task
 
 BN_RESET = ("auto", "on", "off")
 # Evaluation batch of 2-D convolutions on CPU: measured within 10% of the best batch (32 to 2048)
@@ -49,16 +49,19 @@ class Evaluator:
     `bn_data` (usually the training inputs) feeds BatchNorm re-estimation when it is on.
     `method` is 'vmap' (stack points, one batched forward), 'loop' (one point at a time through
     functional_call) or 'auto' (vmap, falling back to loop if the model cannot be vmapped).
+    `task` scores the outputs (loss, metrics, probabilities); classification by default.
     """
 
     def __init__(self, model: nn.Module, splits: Mapping[str, Data], bn_data: Tensor | None = None,
                  bn_reset: str | bool = "auto", batch_size: int | None = None,
-                 method: str = "auto", memory_budget: float = 1.5e9):
+                 method: str = "auto", memory_budget: float = 1.5e9, *,
+                 task: Task = CLASSIFICATION):
         check_module(model)
         if not isinstance(splits, Mapping):
             raise TypeError(f"splits must map split names to (inputs, labels), got "
                             f"{type(splits).__name__}; e.g. {{'test': (x, y)}}")
         self.model = copy.deepcopy(model).eval()  # one private copy for the engine's lifetime
+        self.task = task
         self.splits = dict(splits)
         self.bn_reset = resolve_bn_reset(self.model, bn_reset)
         if self.bn_reset and bn_data is None:
@@ -205,36 +208,34 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(self, points: Iterable[Point]) -> list[dict[str, dict[str, float]]]:
-        """For each point: {split: {'loss': mean CE, 'acc': accuracy}}."""
+        """For each point: {split: the task's metrics ('loss': mean CE, 'acc': accuracy)}."""
         results: list[dict[str, dict[str, float]]] = []
         for chunk in self._chunks(points):
             batched, shared, use_vmap = self._prepared(chunk)
             per_point: list[dict[str, dict[str, float]]] = [{} for _ in chunk]
             for split, (x, y) in self.splits.items():
-                loss = torch.zeros(len(chunk), dtype=torch.float64, device=x.device)
-                correct = torch.zeros(len(chunk), dtype=torch.int64, device=x.device)
-                for i in range(0, len(x), self.batch_size):
-                    logits = self._forward(batched, shared, x[i:i + self.batch_size], use_vmap)
-                    yb = y[i:i + self.batch_size]
-                    loss += F.cross_entropy(logits.flatten(0, 1), yb.repeat(len(chunk)),
-                                            reduction="none").view(len(chunk), -1).double().sum(1)
-                    correct += (logits.argmax(-1) == yb).sum(1)
-                n = max(len(x), 1)
+                totals = None
+                for i in range(0, len(x) or 1, self.batch_size):  # an empty split: one empty batch
+                    out = self._forward(batched, shared, x[i:i + self.batch_size], use_vmap)
+                    totals = _accumulate(totals, self.task.stacked_totals(
+                        out, y[i:i + self.batch_size]))
                 for j in range(len(chunk)):
-                    per_point[j][split] = {"loss": loss[j].item() / n, "acc": correct[j].item() / n}
+                    per_point[j][split] = self.task.metrics({k: v[j] for k, v in totals.items()},
+                                                            len(x))
             results.extend(per_point)
         return results
 
     @torch.no_grad()
     def probabilities(self, points: Iterable[Point], split: str) -> Tensor:
-        """Softmax outputs (P, N, C) of every point on a split (BatchNorm re-estimated if on)."""
+        """The task's probabilities (P, N, C) of every point on a split (softmax outputs for
+        classification; BatchNorm re-estimated if on)."""
         x, _ = self.splits[split]
         outs = []
         for chunk in self._chunks(points):
             batched, shared, use_vmap = self._prepared(chunk)
-            outs.append(torch.cat([self._forward(batched, shared, x[i:i + self.batch_size],
-                                                 use_vmap).softmax(-1)
-                                   for i in range(0, len(x), self.batch_size)], dim=1))
+            outs.append(torch.cat([self.task.probabilities(
+                self._forward(batched, shared, x[i:i + self.batch_size], use_vmap))
+                for i in range(0, len(x), self.batch_size)], dim=1))
         return torch.cat(outs)
 
     @torch.no_grad()
@@ -293,23 +294,27 @@ def _stacked_nhwc(v: Tensor) -> Tensor:
     return v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` as it is (eval mode, its own statistics)."""
+def _accumulate(totals: dict[str, Tensor] | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Running sums of a task's totals over batches."""
+    return batch if totals is None else {k: v + batch[k] for k, v in totals.items()}
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024, *,
+             task: Task = CLASSIFICATION) -> tuple[float, ...]:
+    """The task's metrics (mean cross-entropy, accuracy) of `model` as it is (eval mode, its own
+    statistics), in the order of `task.metric_names`."""
     if prefers_channels_last(model, x):  # see CPU_CONV_BATCH
         batch_size = min(batch_size, CPU_CONV_BATCH)
     was_training = model.training
     model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    totals = None
     with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            out = model(x[i:i + batch_size])
-            yb = y[i:i + batch_size]
-            loss += F.cross_entropy(out, yb, reduction="sum").double()
-            correct += (out.argmax(1) == yb).sum()
+        for i in range(0, len(x) or 1, batch_size):  # an empty set: one empty batch
+            totals = _accumulate(totals, task.totals(model(x[i:i + batch_size]),
+                                                     y[i:i + batch_size]))
     model.train(was_training)
-    n = max(len(x), 1)
-    return loss.item() / n, correct.item() / n
+    metrics = task.metrics(totals, len(x))
+    return tuple(metrics[k] for k in task.metric_names)
 
 
 def flops_per_sample(model: nn.Module, x: Tensor) -> int:

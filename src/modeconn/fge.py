@@ -12,11 +12,12 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from .errors import DivergedError, UsageError
+from .epochs import scheduled_lr
+from .errors import UsageError
 from .models import has_batchnorm
 from .schedules import Schedule
+from .task import CLASSIFICATION, Task
 from .train import Stepper, TrainConfig, check_trainable, epoch_order, make_optimizer
-from .utils import progress
 
 _SNAPSHOT = re.compile(r"snapshot_(\d+)\.safetensors")
 
@@ -41,12 +42,14 @@ def snapshot_paths(folder: str | os.PathLike) -> list[Path]:
 
 def fge_snapshots(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor,
                   cfg: TrainConfig, cycles: int = 4, cycle_epochs: int = 2, low: float = 0.01,
-                  seed: int = 0, quiet: bool = True) -> list[dict[str, Tensor]]:
+                  seed: int = 0, quiet: bool = True, *,
+                  task: Task = CLASSIFICATION) -> list[dict[str, Tensor]]:
     """Parameter dicts at the lowest learning rate (lr·low, mid-cycle) of each of `cycles` cycles
     of `cycle_epochs` epochs, starting from `params`; lr goes linearly lr → lr·low → lr.
 
     The cycles are the schedule: `cfg` gives the optimizer, lr, momentum, weight decay and batch
-    size; its epochs, schedule and warm-up are not used."""
+    size; its epochs, schedule and warm-up are not used. Raises DivergedError at a non-finite
+    loss of the task (cross-entropy)."""
     cfg.validate()
     if cycles < 1:
         raise UsageError(f"fge_snapshots: cycles must be at least 1, got {cycles}")
@@ -67,21 +70,14 @@ def fge_snapshots(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: 
     per_cycle = steps * cycle_epochs
     snap_at = {c * per_cycle + per_cycle // 2 for c in range(cycles)}
     snaps: list[dict[str, Tensor]] = []
-    bar = progress(total=epochs, desc="fge", quiet=quiet)
+
+    def after_step(epoch: int, s: int) -> None:
+        if epoch * steps + s in snap_at:
+            snaps.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+
     check_trainable(net, cfg.batch_size, n)
-    stepper = Stepper(net, opt, x, y, cfg.batch_size, drop_single=has_batchnorm(net))
-    for epoch in range(epochs):
-        order = epoch_order(n, n, seed, epoch).to(x.device)
-        for s in range(steps):
-            stepper.set_lr(cfg.lr * sched.factor(epoch, s / steps, epochs))
-            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            if len(idx) == 1 and stepper.drop_single:
-                continue
-            loss = stepper.step(idx)
-            if not math.isfinite(float(loss)):
-                raise DivergedError(epoch + 1, s + 1, float(loss), fix="lower --lr")
-            if epoch * steps + s in snap_at:
-                snaps.append({k: v.detach().clone() for k, v in net.state_dict().items()})
-        bar.update(1)
-    bar.close()
+    stepper = Stepper(net, opt, x, y, cfg.batch_size, drop_single=has_batchnorm(net), task=task)
+    stepper.driver.run(epochs, lambda epoch: epoch_order(n, n, seed, epoch).to(x.device),
+                       scheduled_lr(cfg.lr, sched, epochs, steps), after_step=after_step,
+                       desc="fge", quiet=quiet)
     return snaps

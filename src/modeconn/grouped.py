@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .task import CLASSIFICATION, Task
+
 _SUPPORTED = (nn.Flatten, nn.Linear, nn.ReLU, nn.Identity)
 
 
@@ -82,13 +84,14 @@ class GroupedMLP(nn.Module):
         return out
 
 
-def grouped_loss(logits: Tensor, targets: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """(sum of member mean losses, per-member losses) for padded logits (K, B, C) and each
-    member's targets (length ≤ B): padded rows carry no loss and no gradient."""
-    k, b, _ = logits.shape
+def grouped_loss(logits: Tensor, targets: Sequence[Tensor], *,
+                 task: Task = CLASSIFICATION) -> tuple[Tensor, Tensor]:
+    """(sum of member mean losses, per-member losses) of the task (cross-entropy) for padded
+    outputs (K, B, ...) and each member's targets (length ≤ B): padded rows carry no loss and
+    no gradient."""
+    k, b = logits.shape[:2]
     if all(len(t) == b for t in targets):
-        per = F.cross_entropy(logits.flatten(0, 1), torch.cat(list(targets)),
-                              reduction="none").view(k, b).mean(1)
+        per = task.losses(logits.flatten(0, 1), torch.cat(list(targets))).view(k, b).mean(1)
     else:
-        per = torch.stack([F.cross_entropy(logits[j, :len(t)], t) for j, t in enumerate(targets)])
+        per = torch.stack([task.loss(logits[j, :len(t)], t) for j, t in enumerate(targets)])
     return per.sum(), per.detach()

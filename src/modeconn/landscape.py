@@ -8,13 +8,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from .errors import UsageError
 from .params import check_module, check_params, combine, flatten, statistic_keys, weight_keys
 from .paths import ParamPath, check_compatible
+from .task import CLASSIFICATION, Task
 
 Point = Mapping[str, Tensor]
 
@@ -137,10 +137,11 @@ def hutchinson(loss_fn: Callable[[dict[str, Tensor], int], Tensor], params: Poin
 
 
 def hessian_trace(model: nn.Module, params: Point, x: Tensor, y: Tensor, probes: int = 10,
-                  batch_size: int = 512, max_batches: int | None = None, seed: int = 0
-                  ) -> dict[str, float]:
-    """Hutchinson trace of the Hessian of the mean cross-entropy of `model` at `params` on (x, y),
-    per batch of `batch_size` (the model in eval mode: BatchNorm uses its running statistics)."""
+                  batch_size: int = 512, max_batches: int | None = None, seed: int = 0, *,
+                  task: Task = CLASSIFICATION) -> dict[str, float]:
+    """Hutchinson trace of the Hessian of the task's mean loss (cross-entropy) of `model` at
+    `params` on (x, y), per batch of `batch_size` (the model in eval mode: BatchNorm uses its
+    running statistics)."""
     if batch_size < 1:
         raise UsageError(f"the Hessian trace needs batch_size ≥ 1, got {batch_size}")
     if max_batches is not None and max_batches < 1:
@@ -157,7 +158,7 @@ def hessian_trace(model: nn.Module, params: Point, x: Tensor, y: Tensor, probes:
 
     def loss_fn(p: dict[str, Tensor], b: int) -> Tensor:
         sl = slice(b * batch_size, (b + 1) * batch_size)
-        return F.cross_entropy(functional_call(net, p, (x[sl],)), y[sl])
+        return task.loss(functional_call(net, p, (x[sl],)), y[sl])
 
     return hutchinson(loss_fn, params, nb, probes, seed, statistic_keys(net))
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint, save_model
 from .data import DataSpec, Prepared, subset_name
+from .epochs import Epoch, EpochDriver, LrAt, scheduled_lr, set_lr
+from .epochs import check_finite as _check_finite  # noqa: F401  (benchmarks/train_throughput.py)
 from .errors import DivergedError, UsageError
 from .evaluate import evaluate
 from .grouped import GroupedMLP, groupable, grouped_loss
@@ -24,7 +24,7 @@ from .io import check_output_dir, json_text, write_csv, write_json
 from .models import build_model, has_batchnorm
 from .options import Options, option
 from .schedules import parse_schedule
-from .utils import progress
+from .task import CLASSIFICATION, Task
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -174,34 +174,38 @@ def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch:
 # ---------------------------------------------------------------- the loop
 
 class Stepper:
-    """The inner training loop on in-memory tensors, shared by `train_member` and the benchmarks.
+    """The inner training loop on in-memory tensors, shared by `train_member`, FGE and the
+    benchmarks.
 
     `step(idx)` does one optimisation step on the samples at positions `idx`: gather the batch,
-    forward, cross-entropy, backward, optimizer step. `run_epoch` runs the steps of one epoch in
-    batches of `batch_size` along `order`, with the learning rate `lr_at(step)` and a divergence
-    check (every step on CPU; every `gpu_check_every` steps elsewhere, to avoid a sync per step).
-    Models train in their default memory layout (see `prefers_channels_last` for why not in
-    channels-last on CPU).
+    forward, the task's loss (cross-entropy), backward, optimizer step. `run_epoch` runs the steps
+    of one epoch through the epoch driver (`epochs.EpochDriver`: batches along `order`, the
+    learning rate `lr_at(step)`, the divergence check). Models train in their default memory
+    layout (see `prefers_channels_last` for why not in channels-last on CPU).
     """
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
                  y: torch.Tensor, batch_size: int, drop_single: bool = False,
-                 gpu_check_every: int = 50):
-        self.model, self.opt, self.x, self.y = model, opt, x, y
+                 gpu_check_every: int = 50, *, task: Task = CLASSIFICATION):
+        self.model, self.opt, self.x, self.y, self.task = model, opt, x, y, task
         self.batch_size = batch_size
-        self.drop_single = drop_single  # BatchNorm cannot train on one sample
-        self.check_every = 1 if x.device.type == "cpu" else gpu_check_every
+        self.driver = EpochDriver(self.step, opt, batch_size=batch_size, device=x.device,
+                                  drop_single=drop_single, gpu_check_every=gpu_check_every)
+
+    @property
+    def drop_single(self) -> bool:
+        """Whether a last batch of one sample is skipped (BatchNorm cannot train on one)."""
+        return self.driver.drop_single
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of every parameter group."""
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        set_lr(self.opt, lr)
 
     def step(self, idx: torch.Tensor) -> torch.Tensor:
         """One step on the samples at `idx`; return the batch loss (before the update)."""
         # index_select copies whole rows; x[idx] gives the same values 2-4x slower.
-        loss = F.cross_entropy(self.model(self.x.index_select(0, idx)),
-                               self.y.index_select(0, idx))
+        loss = self.task.loss(self.model(self.x.index_select(0, idx)),
+                              self.y.index_select(0, idx))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -213,43 +217,19 @@ class Stepper:
 
         Raises DivergedError (1-based epoch and step) at the first non-finite batch loss.
         """
-        bs = self.batch_size
-        steps = math.ceil(len(order) / bs)
-        every_step = self.check_every == 1
-        losses = None if every_step else torch.empty(steps, device=order.device)
-        done = checked = 0
-        lr = math.nan
-        for b in range(steps):
-            idx = order[b * bs:(b + 1) * bs]
-            if len(idx) == 1 and self.drop_single:
-                break
-            lr = lr_at(b)
-            self.set_lr(lr)
-            loss = self.step(idx)
-            if losses is None:
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise DivergedError(epoch + 1, b + 1, value)
-                continue
-            losses[b] = loss
-            done = b + 1
-            if done - checked >= self.check_every:
-                _check_finite(losses, checked, done, epoch)
-                checked = done
-        if losses is not None:
-            _check_finite(losses, checked, done, epoch)
-        return lr
+        return self.driver.run_epoch(order, lr_at, epoch)
 
 
 class MemberRecord:
     """A member's run directory: resolved config, learning curves, snapshots and final status."""
 
-    COLUMNS = ["epoch", "split", "loss", "acc", "lr", "seconds"]
-
     def __init__(self, model_cfg: dict[str, Any], member: Member, cfg: TrainConfig,
-                 data: Prepared, out_dir: Path, run_info: dict[str, Any] | None = None):
+                 data: Prepared, out_dir: Path, run_info: dict[str, Any] | None = None, *,
+                 task: Task = CLASSIFICATION):
         self.model_cfg, self.member, self.cfg, self.data, self.out_dir = \
             model_cfg, member, cfg, data, out_dir
+        self.task = task
+        self.columns = ["epoch", "split", *task.metric_names, "lr", "seconds"]
         n = len(data.train_y)
         self.config = {
             "member": member.name, "model": model_cfg, "train": asdict(cfg),
@@ -292,9 +272,10 @@ class MemberRecord:
         row = {"epoch": epoch, "lr": lr, "seconds": seconds}
         for split, x, y in (("train", self.data.train_x, self.data.train_y),
                             ("test", self.data.test_x, self.data.test_y)):
-            loss_v, acc = evaluate(model, x, y, self.cfg.eval_batch_size)
-            self.history.append({**row, "split": split, "loss": loss_v, "acc": acc})
-        write_csv(self.out_dir / "metrics.csv", self.history, self.COLUMNS)
+            values = evaluate(model, x, y, self.cfg.eval_batch_size, task=self.task)
+            self.history.append({**row, "split": split,
+                                 **dict(zip(self.task.metric_names, values))})
+        write_csv(self.out_dir / "metrics.csv", self.history, self.columns)
         if epoch in self.cfg.save_epochs:
             save_model(self.out_dir / f"epoch_{epoch}.safetensors", model, self.model_cfg,
                        data=self.data.spec.to_dict(), seed=self.member.init_seed, epoch=epoch,
@@ -304,7 +285,7 @@ class MemberRecord:
         """Mark the run diverged (no final model is written)."""
         status = {"member": self.member.name, "status": "diverged", "epoch": e.epoch,
                   "step": e.step, "loss": str(e.loss)}
-        write_csv(self.out_dir / "metrics.csv", self.history, self.COLUMNS)
+        write_csv(self.out_dir / "metrics.csv", self.history, self.columns)
         write_json(self.out_dir / "status.json", status)
         return status
 
@@ -317,23 +298,30 @@ class MemberRecord:
                    normalisation={"mean": d.mean, "std": d.std, "domain": d.domain})
         final = {r["split"]: r for r in self.history[-2:]}
         status = {"member": self.member.name, "status": "complete", "epoch": self.cfg.epochs,
-                  "train_loss": final["train"]["loss"], "train_acc": final["train"]["acc"],
-                  "test_loss": final["test"]["loss"], "test_acc": final["test"]["acc"]}
+                  **{f"{split}_{m}": final[split][m] for split in ("train", "test")
+                     for m in self.task.metric_names}}
         write_json(self.out_dir / "status.json", status)
         return status
 
 
 def _lr_at(cfg: TrainConfig, epoch: int, steps: int) -> Callable[[int], float]:
-    sched = parse_schedule(cfg.schedule, cfg.warmup)
-    return lambda b: cfg.lr * sched.factor(epoch, b / steps, cfg.epochs)
+    """The learning rate of each step of `epoch` (what `Stepper.run_epoch` takes)."""
+    lr_at = _schedule(cfg, steps)
+    return lambda b: lr_at(epoch, b)
+
+
+def _schedule(cfg: TrainConfig, steps: int) -> LrAt:
+    """The learning rate of every step of a run of `cfg` with `steps` steps per epoch."""
+    return scheduled_lr(cfg.lr, parse_schedule(cfg.schedule, cfg.warmup), cfg.epochs, steps)
 
 
 def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, out_dir: Path,
                  device: torch.device, resume: bool = False, quiet: bool = False,
-                 run_info: dict[str, Any] | None = None) -> dict[str, Any]:
+                 run_info: dict[str, Any] | None = None, *,
+                 task: Task = CLASSIFICATION) -> dict[str, Any]:
     """Train one member, writing its run directory; return its status and final metrics."""
     data = member.data.to(device)
-    rec = MemberRecord(model_cfg, member, cfg, data, out_dir, run_info)
+    rec = MemberRecord(model_cfg, member, cfg, data, out_dir, run_info, task=task)
     n = len(data.train_y)
     state_path = out_dir / "state.safetensors"
     model = init_model(model_cfg, member.init_seed).to(device)
@@ -349,22 +337,22 @@ def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, ou
     rec.start()
     steps = math.ceil(n / cfg.batch_size)
     stepper = Stepper(model, opt, data.train_x, data.train_y, cfg.batch_size,
-                      drop_single=has_batchnorm(model))
-    bar = progress(total=cfg.epochs, initial=start, desc=f"train {member.name}", quiet=quiet)
+                      drop_single=has_batchnorm(model), task=task)
+
+    def end_epoch(e: Epoch) -> None:
+        rec.log_epoch(model, e.number, e.lr, e.seconds)
+        model.train()
+        _save_state(state_path, model, opt, e.number, rec.history, rec.fingerprint)
+
     model.train()
     try:
-        for epoch in range(start, cfg.epochs):
-            t0 = time.perf_counter()
-            order = epoch_order(n, member.order_size, member.order_seed, epoch).to(device)
-            lr = stepper.run_epoch(order, _lr_at(cfg, epoch, steps), epoch)
-            rec.log_epoch(model, epoch + 1, lr, time.perf_counter() - t0)
-            model.train()
-            _save_state(state_path, model, opt, epoch + 1, rec.history, rec.fingerprint)
-            bar.update(1)
+        stepper.driver.run(
+            cfg.epochs, lambda epoch: epoch_order(n, member.order_size, member.order_seed,
+                                                  epoch).to(device),
+            _schedule(cfg, steps), start=start, end_epoch=end_epoch,
+            desc=f"train {member.name}", quiet=quiet)
     except DivergedError as e:
         return rec.diverged(e)
-    finally:
-        bar.close()
     return rec.finish(model)
 
 
@@ -387,12 +375,13 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, finger
 
 def train_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig, out: Path,
                 device: torch.device, resume: bool = False, quiet: bool = False,
-                run_info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                run_info: dict[str, Any] | None = None, *,
+                task: Task = CLASSIFICATION) -> list[dict[str, Any]]:
     """Train members of a groupable MLP together (`grouped.GroupedMLP`, one batched step for
     all), each with its own data, batch order and seed; outputs as `train_member` writes them.
     A member whose loss turns non-finite is marked diverged while the others go on unaffected."""
     datas = [m.data.to(device) for m in members]
-    recs = [MemberRecord(model_cfg, m, cfg, d, out / m.name, run_info)
+    recs = [MemberRecord(model_cfg, m, cfg, d, out / m.name, run_info, task=task)
             for m, d in zip(members, datas)]
     models = [init_model(model_cfg, m.init_seed).to(device) for m in members]
     group = GroupedMLP(models).to(device)
@@ -415,46 +404,39 @@ def train_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConf
         rec.start()
     sizes = [len(d.train_y) for d in datas]
     steps = math.ceil(sizes[0] / cfg.batch_size)
-    bar = progress(total=cfg.epochs, initial=start, desc="train " + ",".join(m.name for m in members),
-                   quiet=quiet)
-    try:
-        for epoch in range(start, cfg.epochs):
-            t0 = time.perf_counter()
-            orders = [epoch_order(n, m.order_size, m.order_seed, epoch).to(device)
-                      for n, m in zip(sizes, members)]
-            lr_at = _lr_at(cfg, epoch, steps)
-            bs = cfg.batch_size
-            for b in range(steps):
-                idx = [o[b * bs:(b + 1) * bs] for o in orders]
-                width = max(len(i) for i in idx)
-                # Shorter last batches are padded with their first sample; those rows carry no loss.
-                padded = [torch.cat([i, i[:1].expand(width - len(i))]) for i in idx]
-                x = torch.stack([d.train_x.index_select(0, i) for d, i in zip(datas, padded)])
-                lr = lr_at(b)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                loss, per = grouped_loss(group(x), [d.train_y.index_select(0, i)
-                                                    for d, i in zip(datas, idx)])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if device.type == "cpu" or b == steps - 1:
-                    bad = ~torch.isfinite(per)
-                    for k in bad.nonzero().flatten().tolist():
-                        if statuses[k] is None:
-                            statuses[k] = recs[k].diverged(
-                                DivergedError(epoch + 1, b + 1, float(per[k])))
-            if all(s is not None for s in statuses):
-                break
-            for k, (rec, model) in enumerate(zip(recs, models)):
-                if statuses[k] is None:
-                    model.load_state_dict(group.member_state(k))
-                    rec.log_epoch(model, epoch + 1, lr, time.perf_counter() - t0)
-            _save_state(state_path, group, opt, epoch + 1, [r.history for r in recs], fingerprint,
-                        statuses=statuses)
-            bar.update(1)
-    finally:
-        bar.close()
+
+    def step(idx: list[torch.Tensor]) -> torch.Tensor:
+        width = max(len(i) for i in idx)
+        # Shorter last batches are padded with their first sample; those rows carry no loss.
+        padded = [torch.cat([i, i[:1].expand(width - len(i))]) for i in idx]
+        x = torch.stack([d.train_x.index_select(0, i) for d, i in zip(datas, padded)])
+        loss, per = grouped_loss(group(x), [d.train_y.index_select(0, i)
+                                            for d, i in zip(datas, idx)], task=task)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return per
+
+    def diverged(k: int, e: DivergedError) -> None:
+        if statuses[k] is None:
+            statuses[k] = recs[k].diverged(e)
+
+    def end_epoch(e: Epoch) -> bool:
+        if all(s is not None for s in statuses):
+            return True
+        for k, (rec, model) in enumerate(zip(recs, models)):
+            if statuses[k] is None:
+                model.load_state_dict(group.member_state(k))
+                rec.log_epoch(model, e.number, e.lr, e.seconds)
+        _save_state(state_path, group, opt, e.number, [r.history for r in recs], fingerprint,
+                    statuses=statuses)
+        return False
+
+    driver = EpochDriver(step, opt, batch_size=cfg.batch_size, device=device, diverged=diverged)
+    driver.run(cfg.epochs, lambda epoch: [epoch_order(n, m.order_size, m.order_seed, epoch)
+                                          .to(device) for n, m in zip(sizes, members)],
+               _schedule(cfg, steps), start=start, end_epoch=end_epoch,
+               desc="train " + ",".join(m.name for m in members), quiet=quiet)
     for k, model in enumerate(models):  # the trained weights, also when no epoch was left to run
         if statuses[k] is None:
             model.load_state_dict(group.member_state(k))
@@ -469,13 +451,6 @@ def can_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
         return False
     steps = {math.ceil(len(m.data.train_y) / cfg.batch_size) for m in members}
     return len(steps) == 1
-
-
-def _check_finite(losses: torch.Tensor, lo: int, hi: int, epoch: int) -> None:
-    bad = ~torch.isfinite(losses[lo:hi])
-    if bad.any():
-        step = lo + int(bad.nonzero()[0, 0])
-        raise DivergedError(epoch + 1, step + 1, float(losses[step]))
 
 
 def plan_members(spec: DataSpec, subsets: list[Prepared], init: str, init_seeds: list[int],
@@ -512,10 +487,12 @@ def plan_members(spec: DataSpec, subsets: list[Prepared], init: str, init_seeds:
 
 def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig, out: Path,
               device: torch.device, resume: bool = False, quiet: bool = False,
-              run_info: dict[str, Any] | None = None, group: bool = True) -> list[dict[str, Any]]:
+              run_info: dict[str, Any] | None = None, group: bool = True, *,
+              task: Task = CLASSIFICATION) -> list[dict[str, Any]]:
     """Train members into `out/<member>/`; write the run's config, class histograms and summary.
 
-    With `group`, members that `can_group` are trained together in one batched step."""
+    With `group`, members that `can_group` are trained together in one batched step; `task`
+    gives the loss and metrics (classification by default)."""
     cfg.validate()
     out = check_output_dir(out)
     check_trainable(init_model(model_cfg, 0), cfg.batch_size,
@@ -540,10 +517,11 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
         {"subset": m.name, "class": c, "count": cnt, "domain": m.data.domain}
         for m in members for c, cnt in enumerate(m.data.histogram)], changed_only=True)
     if group and can_group(model_cfg, members, cfg):
-        results = train_group(model_cfg, members, cfg, out, device, resume, quiet, run_info)
+        results = train_group(model_cfg, members, cfg, out, device, resume, quiet, run_info,
+                              task=task)
     else:
-        results = [train_member(model_cfg, m, cfg, out / m.name, device, resume, quiet, run_info)
-                   for m in members]
+        results = [train_member(model_cfg, m, cfg, out / m.name, device, resume, quiet, run_info,
+                                task=task) for m in members]
     write_csv(out / "summary.csv", results, changed_only=True)
     return results
 

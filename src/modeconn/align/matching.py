@@ -14,13 +14,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.func import functional_call
 
 from ..errors import UsageError
 from ..params import distance, is_float
 from ..params import mean as mean_params
+from ..task import CLASSIFICATION
 from .lap import WarmLAP, linear_assignment
 from .spec import Permutation, PermutationSpec, axis_index, check_spec, units_first
 from .trace import Point, auto_spec, trace
@@ -410,7 +410,7 @@ def _straight_through(value: Tensor, proxy: Tensor) -> Tensor:
 def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
                  spec: PermutationSpec | None = None, *, batch_size: int = 256,
                  epochs: int | None = None, lr: float = 1e-3, seed: int = 0,
-                 loss_fn: LossFn = F.cross_entropy, max_iter: int = 100,
+                 loss_fn: LossFn = CLASSIFICATION.loss, max_iter: int = 100,
                  eval_size: int | None = 4096, warm: bool = True) -> Permutation:
     """Permutation of `b` found by the straight-through estimator (best midpoint loss on x, y).
 
@@ -499,7 +499,7 @@ def merge_many(models: Sequence[ModelOrParams], spec: PermutationSpec | None = N
 def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
            spec: PermutationSpec | None = None, *, batch_size: int = 256,
            epochs: int | None = None, lr: float = 1e-3, seed: int = 0, simplex: bool = True,
-           loss_fn: LossFn = F.cross_entropy, max_iter: int = 100, warm: bool = True,
+           loss_fn: LossFn = CLASSIFICATION.loss, max_iter: int = 100, warm: bool = True,
            eval_size: int | None = 4096) -> Merged:
     """Align K models to the first with the multi-model straight-through estimator (STE-MM).
 

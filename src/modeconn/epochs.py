@@ -1,0 +1,161 @@
+"""The epoch driver: the one loop over epochs and steps that every trainer runs.
+
+Plain training (`train.Stepper`), grouped training (`train.train_group`), curve fitting
+(`curves.fit_curve`) and fast geometric ensembling (`fge.fge_snapshots`) each give only their
+optimisation step and what they do after an epoch; the driver owns the rest: the order of each
+epoch cut into batches (a last batch of one sample is dropped for BatchNorm models, which cannot
+train on one sample), the learning rate of every step from the schedule and its warm-up, the
+divergence policy and the progress bar.
+
+Divergence policy: a non-finite batch loss is a `DivergedError` with the 1-based epoch and step
+of the first such loss. Losses are checked every step on CPU; on other devices every
+`gpu_check_every` steps and at the end of each epoch, so that training does not wait on the
+device each step. A step may return one loss per member (grouped training): then each member's
+first non-finite loss is reported to `diverged(member, error)` and training goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import DivergedError
+from .schedules import Schedule
+from .utils import progress
+
+Order = Tensor | Sequence[Tensor]  # the positions of an epoch; one order per member when grouped
+LrAt = Callable[[int, int], float]  # (epoch, step), both from 0 → learning rate
+
+
+def scheduled_lr(lr: float, schedule: Schedule, epochs: int, steps: int) -> LrAt:
+    """The learning rate of step `b` of `epoch` for peak `lr` under `schedule` (with warm-up)."""
+    return lambda epoch, b: lr * schedule.factor(epoch, b / steps, epochs)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group of `opt`."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+@dataclass
+class Epoch:
+    """An epoch just run: its 0-based index, the last learning rate used and its start time."""
+
+    index: int
+    lr: float
+    started: float  # time.perf_counter() when the epoch began
+
+    @property
+    def number(self) -> int:
+        """The 1-based epoch number (as logged)."""
+        return self.index + 1
+
+    @property
+    def seconds(self) -> float:
+        """Seconds since the epoch began."""
+        return time.perf_counter() - self.started
+
+
+def check_finite(losses: Tensor, lo: int, hi: int, epoch: int, offset: int = 0) -> None:
+    """Raise DivergedError at the first non-finite loss of steps lo … hi − 1 (+ `offset`)."""
+    bad = ~torch.isfinite(losses[lo:hi])
+    if bad.any():
+        step = lo + int(bad.nonzero()[0, 0])
+        raise DivergedError(epoch + 1, offset + step + 1, float(losses[step]))
+
+
+class EpochDriver:
+    """Runs epochs of `step(batch) -> loss` along given orders with the optimizer's learning
+    rate set from a schedule before each step (see the module docstring for the policies).
+
+    `step` receives the positions of a batch (a list of them, one per member, when the order is a
+    list) and returns the batch loss, detached: a scalar, or one loss per member with
+    `diverged(member, error)` given.
+    """
+
+    def __init__(self, step: Callable[[Order], Tensor], optimizer: torch.optim.Optimizer, *,
+                 batch_size: int, device: torch.device | str = "cpu", drop_single: bool = False,
+                 gpu_check_every: int = 50,
+                 diverged: Callable[[int, DivergedError], None] | None = None):
+        self.step, self.optimizer, self.batch_size = step, optimizer, batch_size
+        self.drop_single = drop_single  # BatchNorm cannot train on one sample
+        self.check_every = 1 if torch.device(device).type == "cpu" else gpu_check_every
+        self.diverged = diverged
+
+    def run_epoch(self, order: Order, lr_at: Callable[[int], float], epoch: int = 0,
+                  after_step: Callable[[int, int], None] | None = None) -> float:
+        """Run the steps of `epoch` (from 0) along `order` in batches, with learning rate
+        `lr_at(step)`, then `after_step(epoch, step)`; return the last learning rate used.
+
+        Raises DivergedError (1-based epoch and step) at the first non-finite scalar loss."""
+        bs = self.batch_size
+        grouped = not torch.is_tensor(order)
+        steps = math.ceil(len(order[0] if grouped else order) / bs)
+        losses: Tensor | None = None  # kept between checks off the CPU
+        checked = done = 0
+        lr = math.nan
+        for b in range(steps):
+            sl = slice(b * bs, (b + 1) * bs)
+            idx = [o[sl] for o in order] if grouped else order[sl]
+            if self.drop_single and not grouped and len(idx) == 1:
+                break
+            lr = lr_at(b)
+            set_lr(self.optimizer, lr)
+            loss = self.step(idx)
+            if self.check_every == 1:
+                self._check(loss[None], b, epoch)
+            else:
+                if losses is None:
+                    losses = loss.new_empty((steps, *loss.shape))
+                losses[b] = loss
+                done = b + 1
+                if done - checked >= self.check_every:
+                    self._check(losses[checked:done], checked, epoch)
+                    checked = done
+            if after_step is not None:
+                after_step(epoch, b)
+        if losses is not None and done > checked:
+            self._check(losses[checked:done], checked, epoch)
+        return lr
+
+    def _check(self, losses: Tensor, first: int, epoch: int) -> None:
+        """Apply the divergence policy to the losses of steps first, first + 1, … of `epoch`."""
+        if losses.shape == (1,):  # the check of one step's scalar loss
+            value = losses.item()
+            if not math.isfinite(value):
+                raise DivergedError(epoch + 1, first + 1, value)
+            return
+        if losses.dim() == 1:
+            check_finite(losses, 0, len(losses), epoch, first)
+            return
+        bad = ~torch.isfinite(losses)
+        for k in bad.any(0).nonzero().flatten().tolist():  # (steps, members)
+            step = int(bad[:, k].nonzero()[0, 0])
+            error = DivergedError(epoch + 1, first + step + 1, float(losses[step, k]))
+            if self.diverged is None:
+                raise error
+            self.diverged(k, error)
+
+    def run(self, epochs: int, order_of: Callable[[int], Order], lr_at: LrAt, *, start: int = 0,
+            end_epoch: Callable[[Epoch], bool | None] | None = None, desc: str = "train",
+            quiet: bool = False, after_step: Callable[[int, int], None] | None = None) -> None:
+        """Run epochs `start` … `epochs` − 1 with the order `order_of(epoch)` and learning rates
+        `lr_at(epoch, step)`; after each, `end_epoch(epoch)`, which stops the run by returning
+        True. A progress bar counts the epochs."""
+        bar = progress(total=epochs, initial=start, desc=desc, quiet=quiet)
+        try:
+            for epoch in range(start, epochs):
+                started = time.perf_counter()
+                lr = self.run_epoch(order_of(epoch), lambda b, e=epoch: lr_at(e, b), epoch,
+                                    after_step)
+                if end_epoch is not None and end_epoch(Epoch(epoch, lr, started)):
+                    break
+                bar.update(1)
+        finally:
+            bar.close()
