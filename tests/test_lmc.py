@@ -136,7 +136,7 @@ def test_one_independent_ensemble_reports_n_1_not_a_zero_spread(study_dirs):
 
 
 def test_summary_table_prints_n_1_for_a_single_value():
-    from modeconn.cli import summary_table
+    from modeconn.experiments.lmc import summary_table
 
     nan = float("nan")
     row = {"model": "mlp", "shift": "iid:50,50", "init": "same", "batch_order": "same",
