@@ -117,8 +117,9 @@ def _flag_message(e) -> str:
 
 
 def _typed(value) -> str:
-    """A value as it was typed."""
-    return format_default(value) if isinstance(value, (list, tuple)) else str(value)
+    """A value as it was typed ('' for nothing)."""
+    text = format_default(value) if isinstance(value, (list, tuple)) else str(value)
+    return text or "''"
 
 
 def _glue_negative_values(argv: list[str]) -> list[str]:
