@@ -11,6 +11,7 @@ import sys
 import pytest
 from conftest import FAST_TRAIN, make_mnist_arrays, write_mnist
 
+from modeconn import jobs
 from modeconn.checkpoint import load_model
 
 
@@ -26,14 +27,15 @@ def _tree(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
-def test_train_writes_run_directory(cli, tmp_path):
+FAST = {"width": 32, "quiet": True, "device": "cpu"}
+
+
+def test_train_job_writes_run_directory(tmp_path):
     out = tmp_path / "runs" / "demo"
-    rc, stdout, err = cli("train", *FAST_TRAIN, "--epochs", "2", "--shift", "iid:50,50",
-                          "--save-epochs", "1", "--out", out)
-    assert rc == 0, err
-    assert err == ""
-    assert f"wrote {out}" in stdout
-    assert "a: train loss" in stdout and "b: train loss" in stdout
+    result = jobs.run("train", **FAST, epochs=2, shift="iid:50,50", save_epochs=[1], out=out)
+    assert result.out == out and result.exit_code == 0 and not result.diverged
+    assert [r["member"] for r in result.members] == ["a", "b"]
+    assert all(r["status"] == "complete" for r in result.members)
     for f in ("config.json", "env.json", "subsets.csv", "summary.csv"):
         assert (out / f).is_file(), f
     for m in ("a", "b"):
@@ -47,8 +49,20 @@ def test_train_writes_run_directory(cli, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["members"] == ["a", "b"]
     assert config["train"]["epochs"] == 2 and config["data"]["shift"] == "iid:50,50"
+    assert config["options"]["width"] == 32.0 and config["options"]["save_epochs"] == [1]
     model, ckpt = load_model(out / "a" / "model.safetensors")
     assert ckpt.architecture["arch"] == "mlp" and ckpt.architecture["widths"] == [32] * 3
+
+
+def test_train_command_prints_one_line_per_member(cli, tmp_path):
+    out = tmp_path / "runs" / "demo"
+    rc, stdout, err = cli("train", *FAST_TRAIN, "--epochs", "1", "--shift", "iid:50,50",
+                          "--out", out)
+    assert rc == 0, err
+    assert err == ""
+    lines = stdout.splitlines()
+    assert lines[0].startswith("a: train loss") and lines[1].startswith("b: train loss")
+    assert lines[2] == f"wrote {out}"
 
 
 def test_train_only_one_subset(cli, tmp_path):
@@ -158,6 +172,16 @@ class _Evil:
 
     def __reduce__(self):
         return (os.mkdir, (self.marker,))
+
+
+def test_info_job_describes_each_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    jobs.run("train", **FAST, epochs=1, shift="iid:50,50", out=out)
+    paths = [out / m / "model.safetensors" for m in ("a", "b")]
+    result = jobs.run("info", checkpoints=[str(p) for p in paths])
+    assert result.out is None and result.exit_code == 0
+    assert len(result.lines()) == 2
+    assert all(str(p) in text and '"arch": "mlp"' in text for p, text in zip(paths, result.lines()))
 
 
 def test_info_refuses_pickle(cli, tmp_path):

@@ -9,6 +9,7 @@ from conftest import FAST_TRAIN
 from safetensors.torch import load_file
 
 import modeconn.train
+from modeconn import jobs
 
 # Not the defaults: a resume that fell back on them would train something else.
 SETTINGS = [*FAST_TRAIN, "--depth", "2", "--epochs", "3", "--lr", "0.1", "--batch-size", "32",
@@ -66,3 +67,24 @@ def test_resume_with_different_options_is_refused(cli, interrupted_run, changed)
     assert rc == 2
     assert "different settings" in err and len(err.strip().splitlines()) == 1
     assert not (interrupted_run / "a" / "model.safetensors").exists()
+
+
+def test_resume_job_with_only_out_and_resume(interrupted_run):
+    """From Python as from the command line: the stored options fill those not given."""
+    result = jobs.run("train", out=interrupted_run, resume=True, quiet=True)
+    assert result.exit_code == 0 and [r["member"] for r in result.members] == ["a", "b"]
+    assert all(r["status"] == "complete" for r in result.members)
+    assert (interrupted_run / "a" / "model.safetensors").is_file()
+
+
+def test_resume_of_a_run_that_recorded_no_options_needs_them_again(cli, tmp_path):
+    """A run written before config.json held "options" resumes as before: from the options
+    typed again, compared with what it recorded."""
+    out = tmp_path / "old"
+    assert cli("train", *FAST_TRAIN, "--epochs", "1", "--out", out)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["options"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert jobs.build(jobs.get("train"), {"resume": True}, out).width is None  # nothing filled
+    rc, _, err = cli("train", "--out", out, "--resume", "--quiet")
+    assert rc == 2 and "different settings" in err

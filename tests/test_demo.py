@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import modeconn.experiments.demo as demo
-from modeconn.experiments.lmc import LMCStudy
+from modeconn import jobs
+from modeconn.experiments.lmc import LMCStudy, summary_table
 from modeconn.train import TrainConfig
 
 TINY = LMCStudy(dataset="digits", model="mlp", model_options={"width": 16, "depth": 1},
@@ -51,6 +52,18 @@ def test_demo_twice_reuses_the_first_run_and_changes_no_file(cli, tmp_path, tiny
     assert "reusing" in err and "reused" in err
     assert second.splitlines()[:-1] == first.splitlines()[:-1]  # the same summary table
     assert _files(out) == before  # same bytes, not even rewritten
+
+
+def test_demo_job_returns_the_summary_rows(tmp_path, tiny_demo):
+    out = tmp_path / "d"
+    result = jobs.run("demo", out=out, jobs=1, device="cpu", quiet=True)
+    assert result.out == out and result.exit_code == 0
+    assert [r["shift"] for r in result.summary] == ["iid:50,50"] * 2 + \
+        ["label-skew:0-4=80,5-9=20"] * 2
+    assert (out / "summary.txt").read_text() == summary_table(result.summary) + "\n"
+    for f in ("demo.json", "summary.csv", "barriers.png", "delta.png"):
+        assert (out / f).is_file(), f
+    assert result.lines()[-1].startswith(f"wrote {out} in ")
 
 
 def test_quiet_demo_prints_nothing_to_stderr(cli, tmp_path, tiny_demo):

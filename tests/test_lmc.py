@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from modeconn import jobs
 from modeconn.barrier import barrier
 from modeconn.data import DataSpec, prepare_subsets
 from modeconn.errors import UsageError
 from modeconn.experiments.lmc import LMCStudy, run_study
 from modeconn.io import read_csv
+from modeconn.options import ConfigError
 from modeconn.train import TrainConfig
 
 CPU = torch.device("cpu")
@@ -136,7 +138,7 @@ def test_one_independent_ensemble_reports_n_1_not_a_zero_spread(study_dirs):
 
 
 def test_summary_table_prints_n_1_for_a_single_value():
-    from modeconn.cli import summary_table
+    from modeconn.experiments.lmc import summary_table
 
     nan = float("nan")
     row = {"model": "mlp", "shift": "iid:50,50", "init": "same", "batch_order": "same",
@@ -222,42 +224,76 @@ def test_lmc_bad_options_exit_2_with_one_line(cli, tmp_path, args, word):
     assert not out.exists()
 
 
-def test_lmc_command_prints_the_summary_table(cli, tmp_path, monkeypatch):
-    """The command wires its options into LMCStudy and prints one table row per configuration
-    (run_study itself is replaced: it is tested above)."""
+def _fake_summary(study):
+    return [{"model": study.name, "shift": study.shift, "init": i, "batch_order": "same",
+             "batch_size": 16, "lr": 0.1, "noise_scale_g": 2.5, "seeds_ok": 3, "diverged": 0,
+             **{f"{k}{s}": v for k in ("train_loss_barrier", "test_loss_barrier",
+                                       "test_delta_acc", "lmc_ens_gain_acc", "ind_ens_gain_acc")
+                for s, v in (("", 0.0123), ("_std", 0.001))}}
+            for i in study.inits]
+
+
+@pytest.fixture
+def fake_study(monkeypatch):
+    """run_study replaced (it is tested above): records the study it is given."""
     seen = {}
 
     def fake_run_study(study, out, device, resume, quiet):
-        seen.update(study=study, out=Path(out))
-        return [{"model": study.name, "shift": study.shift, "init": i, "batch_order": "same",
-                 "batch_size": 16, "lr": 0.1, "noise_scale_g": 2.5, "seeds_ok": 3, "diverged": 0,
-                 **{f"{k}{s}": v for k in ("train_loss_barrier", "test_loss_barrier",
-                                           "test_delta_acc", "lmc_ens_gain_acc",
-                                           "ind_ens_gain_acc")
-                    for s, v in (("", 0.0123), ("_std", 0.001))}}
-                for i in study.inits]
+        seen.update(study=study, out=Path(out), resume=resume, quiet=quiet)
+        return _fake_summary(study)
 
     import modeconn.experiments.lmc as lmc
     monkeypatch.setattr(lmc, "run_study", fake_run_study)
+    return seen
+
+
+def test_lmc_job_wires_its_options_into_the_study(tmp_path, fake_study):
     out = tmp_path / "lmc"
-    rc, stdout, err = cli("lmc", "--width", "16", "--depth", "1", "--init", "same,different",
-                          "--batch-order", "same", "--batch-sizes", "16,64", "--lrs", "0.1",
-                          "--seeds", "3,4,5", "--points", "7", "--ensemble-size", "2",
-                          "--shift", "label-skew:0-4=80,5-9=20", "--quiet", "--device", "cpu",
-                          "--out", out)
-    assert rc == 0, err
-    st = seen["study"]
+    result = jobs.run("lmc", width=16, depth=1, init=["same", "different"], batch_order=["same"],
+                      batch_sizes=[16, 64], lrs=[0.1], seeds=[3, 4, 5], points=7,
+                      ensemble_size=2, shift="label-skew:0-4=80,5-9=20", quiet=True,
+                      device="cpu", epochs=4, out=out)
+    st = fake_study["study"]
     assert st.inits == ("same", "different") and st.batch_orders == ("same",)
     assert st.batch_sizes == (16, 64) and st.lrs == (0.1,) and st.seeds == (3, 4, 5)
     assert st.points == 7 and st.ensemble_size == 2 and st.shift == "label-skew:0-4=80,5-9=20"
-    assert st.model_options["width"] == 16 and st.model_options["depth"] == 1
-    assert seen["out"] == out
+    assert st.model_options == {"depth": 1, "width": 16, "norm": None, "bias": None,
+                                "dropout": None}
+    assert st.train.epochs == 4 and st.train.batch_size == 16 and st.train.lr == 0.1
+    assert fake_study["out"] == out and fake_study["quiet"] and not fake_study["resume"]
+    assert result.out == out and result.summary == _fake_summary(st) and result.exit_code == 0
+
+
+@pytest.mark.parametrize("given, sizes, lrs", [({}, (32,), (0.05,)),
+                                               ({"batch_size": 64, "lr": 0.03}, (64,), (0.03,))])
+def test_lmc_one_value_options_are_a_one_value_grid(tmp_path, fake_study, given, sizes, lrs):
+    jobs.run("lmc", **given, device="cpu", out=tmp_path / "lmc")
+    st = fake_study["study"]
+    assert st.batch_sizes == sizes and st.lrs == lrs
+
+
+@pytest.mark.parametrize("given, field", [({"batch_size": 16, "batch_sizes": [32]}, "batch_size"),
+                                          ({"lr": 0.1, "lrs": [0.2]}, "lr"),
+                                          ({"seeds": [0, 0]}, "seeds")])
+def test_lmc_config_refuses_by_field(given, field):
+    with pytest.raises(ConfigError) as e:
+        jobs.get("lmc").config.from_dict(given)
+    assert e.value.name == field and str(e.value).startswith(f"'{field}' of lmc ")
+
+
+def test_lmc_command_prints_the_summary_table(cli, tmp_path, fake_study):
+    out = tmp_path / "lmc"
+    rc, stdout, err = cli("lmc", "--width", "16", "--depth", "1", "--init", "same,different",
+                          "--batch-order", "same", "--batch-sizes", "16,64", "--lrs", "0.1",
+                          "--seeds", "3,4,5", "--quiet", "--device", "cpu", "--out", out)
+    assert rc == 0, err
+    assert fake_study["study"].batch_sizes == (16, 64)
     lines = stdout.splitlines()
     assert "train barrier" in lines[0]
     body = [ln for ln in lines[2:] if ln.startswith("mlp")]
     assert len(body) == 2
     assert "0.012±0.001" in body[0] and "3/3" in body[0]
-    assert f"wrote {out}" in stdout
+    assert lines[-1] == f"wrote {out}"
 
 
 # ---------------------------------------------------------------- resume

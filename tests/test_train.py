@@ -17,7 +17,7 @@ import torch
 from conftest import FAST_TRAIN
 from safetensors.torch import load_file
 
-from modeconn import train
+from modeconn import jobs, train
 from modeconn.checkpoint import load_model
 from modeconn.data import DataSpec, prepare_subsets
 from modeconn.errors import UsageError
@@ -331,6 +331,13 @@ def test_divergence_stops_run(cli, tmp_path):
     assert not (out / "all" / "model.safetensors").exists()
     summary = read_csv(out / "summary.csv")
     assert summary[0]["status"] == "diverged"
+
+
+def test_divergence_is_exit_status_1_of_the_job_result(tmp_path):
+    result = jobs.run("train", width=32, quiet=True, device="cpu", epochs=2, lr=1e6,
+                      out=tmp_path / "run")
+    assert result.diverged and result.exit_code == 1
+    assert result.lines()[0].startswith("all: DIVERGED at epoch")
 
 
 def test_divergence_in_library_returns_status(tmp_path):

@@ -24,7 +24,7 @@ from ..errors import UsageError
 from ..io import check_output_dir, json_text, write_text
 from ..report import figures
 from ..train import TrainConfig
-from .lmc import LMCStudy, run_study, write_summary
+from .lmc import LMCStudy, run_study, summary_table, write_summary
 
 MODELS: list[tuple[str, str, dict[str, Any]]] = [
     ("mlp1", "mlp", {"depth": 1, "width": 128}),
@@ -75,7 +75,7 @@ def run_demo(out: Path, device: torch.device, quick: bool = False, resume: bool 
     if jobs is None:
         jobs = os.cpu_count() or 1 if device.type == "cpu" else 1
     if jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+        raise UsageError(f"'jobs' of the demo must be at least 1, got {jobs}")
     manifest = json_text({"demo": "LMC under data shift on digits", "quick": quick,
                           "device": device.type, "studies": [asdict(s) for s in studies]})
     manifest_path = out / "demo.json"
@@ -121,7 +121,6 @@ def run_demo(out: Path, device: torch.device, quick: bool = False, resume: bool 
     rows: list[dict[str, Any]] = [r for res in results for r in res]
     # Unchanged files are left as they are: a second run over a complete demo rewrites nothing.
     write_summary(out / "summary.csv", rows, changed_only=True)
-    from ..cli import summary_table
     write_text(out / "summary.txt", summary_table(rows) + "\n", changed_only=True)
     labels = [f"{r['model']} {r['shift'].split(':')[0]} {r['init']} {r['batch_order']} "
               f"bs{r['batch_size']}" for r in rows]

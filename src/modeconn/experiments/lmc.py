@@ -27,7 +27,7 @@ from ..ensemble import ensemble_metrics, pairwise_similarity
 from ..errors import UsageError
 from ..evaluate import Evaluator
 from ..io import check_output_dir, json_text, read_csv, write_csv, write_json, write_text
-from ..models import model_config
+from ..models import build_model, model_config
 from ..params import statistic_keys
 from ..paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
 from ..report import figures
@@ -91,26 +91,30 @@ class LMCStudy:
         return out
 
     def validate(self) -> None:
-        """Raise UsageError on an impossible study."""
-        for v, what in ((self.seeds, "--seeds"), (self.batch_sizes, "--batch-sizes"),
-                        (self.lrs, "--lrs")):
+        """Raise UsageError on an impossible study (naming the study's field)."""
+        for v, what in ((self.seeds, "seeds"), (self.batch_sizes, "batch_sizes"),
+                        (self.lrs, "lrs")):
             if not v:
-                raise UsageError(f"{what} needs at least one value")
+                raise UsageError(f"'{what}' of the LMC study needs at least one value")
         if any(b <= 0 for b in self.batch_sizes):
-            raise UsageError(f"--batch-sizes must be positive, got {list(self.batch_sizes)}")
+            raise UsageError(f"'batch_sizes' of the LMC study must be positive, got "
+                             f"{list(self.batch_sizes)}")
         if any(not 0 < lr < math.inf for lr in self.lrs):
-            raise UsageError(f"--lrs must be positive numbers, got {list(self.lrs)}")
+            raise UsageError(f"'lrs' of the LMC study must be positive numbers, got "
+                             f"{list(self.lrs)}")
         if len(set(self.seeds)) != len(self.seeds):
-            raise UsageError(f"--seeds has repeated values: {self.seeds}")
+            raise UsageError(f"'seeds' of the LMC study has repeated values: {self.seeds}")
         if min(self.seeds) < 0 or self.split_seed < 0:
-            raise UsageError(f"--seeds and --split-seed must be >= 0, got {list(self.seeds)} and "
-                             f"{self.split_seed}")
+            raise UsageError(f"'seeds' and 'split_seed' of the LMC study must be >= 0, got "
+                             f"{list(self.seeds)} and {self.split_seed}")
         check_tolerance(self.tolerance)
         self.train.validate()
         if self.ensemble_size < 2:
-            raise UsageError(f"--ensemble-size must be at least 2, got {self.ensemble_size}")
+            raise UsageError(f"'ensemble_size' of the LMC study must be at least 2, got "
+                             f"{self.ensemble_size}")
         if self.lr_scaling not in ("none", "linear"):
-            raise UsageError(f"--lr-scaling must be none or linear, got {self.lr_scaling!r}")
+            raise UsageError(f"'lr_scaling' of the LMC study must be none or linear, got "
+                             f"{self.lr_scaling!r}")
         if self.shift == "none":
             raise UsageError("the LMC study needs a shift with at least two subsets, e.g. iid:50,50")
         grid(self.points)
@@ -164,7 +168,6 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
     if not (resume and (out / "env.json").is_file()):  # a resumed study keeps its start's
         write_json(out / "env.json", environment(device))
 
-    from ..models import build_model
     evaluator = Evaluator(build_model(model_cfg).to(device), splits, bn_data=full.train_x,
                           bn_reset=study.bn_reset)
     ts = grid(study.points)
@@ -287,6 +290,27 @@ def _aggregate(cfg: dict, per_seed: list[dict], diverged: int, seeds: int, g: fl
         row[f"{kind}_ens_n"] = len(vals)  # independent: 1 with exactly k seeds (one ensemble)
     row["ensemble_size"] = k
     return row
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The study summary as a fixed-width text table."""
+    head = (f"{'model':<10} {'shift':<26} {'init':<9} {'order':<11} {'bs':>4} {'lr':>6} {'g':>7} "
+            f"{'train barrier':>15} {'test barrier':>15} {'test Δacc %':>13} "
+            f"{'LMC ens gain %':>14} {'ind ens gain %':>14} {'ok':>4}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        def pm(key, scale=1.0):
+            m, s = r[key] * scale, r[f"{key}_std"] * scale
+            if m != m:
+                return "n/a"
+            return f"{m:.3f} (n=1)" if s != s else f"{m:.3f}±{s:.3f}"  # one value: no spread
+        lines.append(
+            f"{r['model']:<10} {r['shift']:<26} {r['init']:<9} {r['batch_order']:<11} "
+            f"{r['batch_size']:>4} {r['lr']:>6g} {r['noise_scale_g']:>7.2f} "
+            f"{pm('train_loss_barrier'):>15} {pm('test_loss_barrier'):>15} "
+            f"{pm('test_delta_acc', 100):>13} {pm('lmc_ens_gain_acc', 100):>14} "
+            f"{pm('ind_ens_gain_acc', 100):>14} {r['seeds_ok']:>2}/{r['seeds_ok'] + r['diverged']}")
+    return "\n".join(lines)
 
 
 def write_summary(path: Path, summary: list[dict], changed_only: bool = False) -> bool:

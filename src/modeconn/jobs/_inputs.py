@@ -26,6 +26,8 @@ from ..train import TrainConfig, environment, resolve_device
 HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cache/modeconn/data)"
 HELP_DEVICE = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 HELP_QUIET = "no progress bars"
+HELP_SHIFT = ("none, iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:ALPHA, "
+              "domain:none|rotate=30+noise=0.1")
 HELP_BN_RESET = ("re-estimate BatchNorm statistics on the training data before evaluating "
                  "(auto: when the model has BN)")
 
@@ -166,8 +168,7 @@ class DataOptions:
 
     dataset: str = option("digits", "digits (embedded), mnist, fashion-mnist, cifar10, cifar100, "
                                     "synthetic[:n=N,test=N,shape=CxHxW,classes=K,seed=S]")
-    shift: str = option("none", "none, iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:ALPHA, "
-                                "domain:none|rotate=30+noise=0.1")
+    shift: str = option("none", HELP_SHIFT)
     subsets: int | None = option(None, "number of subsets for dirichlet", low=2)
     split_seed: int = option(0, "seed of the split into subsets and of dirichlet proportions",
                              low=0)
@@ -199,13 +200,18 @@ class ModelOptions:
                 and self.width != int(self.width):
             raise self.invalid("width", "must be a whole number of units for an MLP")  # type: ignore[attr-defined]
 
-    def model_config(self, input_shape, num_classes: int) -> dict:
-        """The model's config (architecture JSON) for data of this shape and class count."""
+    def overrides(self) -> dict:
+        """The options that override the model's preset, every one named (None: the preset's),
+        an MLP's width as a whole number of units."""
         width = self.width
         if width is not None and self.model.startswith("mlp"):
             width = int(width)
-        return model_config(self.model, input_shape, num_classes, depth=self.depth, width=width,
-                            norm=self.norm, bias=self.bias, dropout=self.dropout)
+        return {"depth": self.depth, "width": width, "norm": self.norm, "bias": self.bias,
+                "dropout": self.dropout}
+
+    def model_config(self, input_shape, num_classes: int) -> dict:
+        """The model's config (architecture JSON) for data of this shape and class count."""
+        return model_config(self.model, input_shape, num_classes, **self.overrides())
 
 
 def training(options: TrainConfig) -> TrainConfig:

@@ -3,10 +3,14 @@
 from . import (  # noqa: F401
     align,
     curve,
+    demo,
     ensemble,
     fge,
+    info,
     interpolate,
     landscape,
+    lmc,
     merge,
     sharpness,
+    train,
 )

@@ -1,0 +1,131 @@
+"""train: models on controlled subsets of a dataset, one member directory per subset.
+
+The run directory's contract is train_run's (config.json with the run's "options", summary.csv,
+one folder per member, the resume fingerprint): a run started before the job layer resumes the
+same. `--resume` with only `--out` works through `resolve_train`, which fills every option not
+given again from the run's config.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import prepare_subsets
+from ..errors import UsageError
+from ..options import option
+from ..train import TrainConfig, plan_members, resolve_device, train_run
+from ._inputs import DataOptions, ModelOptions, Runtime, quiet_option, training
+from ._registry import JobConfig, Output, Result, register
+
+# The options a run records in config.json under "options", in the order runs have always
+# written them (the resume check and the member fingerprints compare them).
+RECORDED_OPTIONS = (
+    "dataset", "shift", "subsets", "split_seed", "normalise", "model", "depth", "width", "norm",
+    "bias", "dropout", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+    "weight_decay", "schedule", "warmup", "only", "init", "init_seed", "batch_order",
+    "order_seed", "save_epochs")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainJobConfig(Runtime, DataOptions, ModelOptions, TrainConfig, JobConfig):
+    job = "train"
+    hidden = ("eval_batch_size",)
+    only: str | None = option(None, "train only these subsets, e.g. a or a,c")
+    init: str = option("same", "one initialisation for every member, or one per member "
+                               "(seed + i)", choices=("same", "different"))
+    init_seed: tuple[int, ...] = option((0,), "one seed, or one per subset")
+    batch_order: str = option("same", "same: every subset visited in one sequence of positions "
+                                      "per epoch (same SGD noise); independent: each subset "
+                                      "shuffled with its own seed",
+                              choices=("same", "independent"))
+    order_seed: int = option(0, "seed of the batch order")
+    resume: bool = option(False, "continue an interrupted run in --out with the settings in its "
+                                 "config.json (options given again must match them)",
+                          setting=False)
+    quiet: bool = quiet_option()
+
+    def recorded_options(self) -> dict[str, Any]:
+        """The run's options as its config.json records them."""
+        values = self.to_dict()
+        return {k: values[k] for k in RECORDED_OPTIONS}
+
+
+@dataclass
+class TrainResult(Result):
+    members: list[dict] = field(default_factory=list)
+
+    @property
+    def diverged(self) -> bool:
+        return any(r["status"] == "diverged" for r in self.members)
+
+    def lines(self) -> list[str]:
+        out = []
+        for r in self.members:
+            if r["status"] == "diverged":
+                out.append(f"{r['member']}: DIVERGED at epoch {r['epoch']} step {r['step']} "
+                           f"(loss {r['loss']}); lower --lr or add --warmup")
+            else:
+                out.append(f"{r['member']}: train loss {r['train_loss']:.4f} acc "
+                           f"{r['train_acc']:.4f} | test loss {r['test_loss']:.4f} acc "
+                           f"{r['test_acc']:.4f}")
+        return out + super().lines()
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.diverged else 0
+
+
+_NO_OPTIONS = object()  # a run whose config.json predates the recorded options
+
+
+def _stored_options(out: Path | None, resume: bool) -> Any:
+    """The options recorded in the run `out` resumes ({} when there is nothing to read: a new
+    run, or a config.json train_run reports itself; `_NO_OPTIONS` for a run that recorded
+    none)."""
+    path = None if out is None else out / "config.json"
+    if not resume or path is None or not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text()).get("options")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return _NO_OPTIONS if stored is None else stored
+
+
+def resolve_train(given: dict[str, Any], out: Path | None) -> dict[str, Any]:
+    """On resume, every recorded option not given again is taken from the run's config.json
+    (those given must match it, which train_run checks)."""
+    stored = _stored_options(out, bool(given.get("resume")))
+    if stored is _NO_OPTIONS:
+        return given
+    return {**{k: v for k, v in stored.items() if k in RECORDED_OPTIONS}, **given}
+
+
+@register("train", TrainJobConfig, "train models on controlled subsets of a dataset",
+          Output("run directory"), resolve=resolve_train)
+def run_train(config: TrainJobConfig, out: Path) -> TrainResult:
+    """One member per subset (or those in `only`) trained into `out/<member>/`."""
+    device = resolve_device(config.device)
+    spec = config.data_spec()
+    subsets = prepare_subsets(spec, config.data_dir)
+    only = None
+    if config.only:
+        names = [s.strip() for s in config.only.split(",")]
+        valid = [chr(ord("a") + i) for i in range(len(subsets))] if config.shift != "none" \
+            else ["all"]
+        bad = [s for s in names if s not in valid]
+        if bad:
+            raise UsageError(f"'only' of train names {','.join(bad)}: no such subset; choose "
+                             f"from {','.join(valid)}")
+        only = [valid.index(s) for s in names]
+    model_cfg = config.model_config(subsets[0].input_shape, subsets[0].num_classes)
+    members = plan_members(spec, subsets, config.init, list(config.init_seed),
+                           config.batch_order, config.order_seed, only)
+    legacy = _stored_options(out, config.resume) is _NO_OPTIONS
+    run_info = None if legacy else {"options": config.recorded_options()}
+    results = train_run(model_cfg, members, training(config), out, device, config.resume,
+                        config.quiet, run_info)
+    return TrainResult(out, results)
