@@ -107,7 +107,7 @@ def test_plan_members_errors():
     subsets = prepare_subsets(spec)
     with pytest.raises(UsageError, match="one per subset"):
         plan_members(spec, subsets, "same", [1, 2, 3], "same", 0)
-    with pytest.raises(UsageError, match="--init same"):
+    with pytest.raises(UsageError, match="init same with different init seeds"):
         plan_members(spec, subsets, "same", [1, 2], "same", 0)
     with pytest.raises(UsageError):
         plan_members(spec, subsets, "shared", [0], "same", 0)
@@ -297,7 +297,7 @@ def test_resume_with_other_settings_refused(cli, tmp_path, monkeypatch):
     top_config = (tmp_path / "run" / "config.json").read_text()
     member_config = (tmp_path / "run" / "all" / "config.json").read_text()
     rc, out, err = cli(*args[:-1], "5", "--lr", "0.01", "--out", tmp_path / "run", "--resume")
-    assert rc == 2 and err.startswith("modeconn: error:") and "--resume" in err
+    assert rc == 2 and err.startswith("modeconn: error:") and "resumed with different settings" in err
     assert len(err.strip().splitlines()) == 1
     # The refused attempt leaves the interrupted run as it was, so it can still be resumed.
     assert (tmp_path / "run" / "all" / "config.json").read_text() == member_config

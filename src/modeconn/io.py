@@ -62,6 +62,20 @@ def check_output_dir(path: str | os.PathLike, what: str = "output directory") ->
     return path
 
 
+WAYS_ON = {"overwrite": "allow overwriting it (--overwrite)",
+           "resume": "continue it (--resume)"}
+
+
+def output_dir(path: str | os.PathLike, *, allowed: bool = False, way: str = "overwrite") -> Path:
+    """An output directory: refused when it is a file or lies under one, and when it exists and is
+    not empty unless `allowed` (the caller overwrites or continues it, `way`)."""
+    path = check_output_dir(path)
+    if path.exists() and any(path.iterdir()) and not allowed:
+        raise UsageError(f"output directory {path} already exists and is not empty; choose "
+                         f"another one or {WAYS_ON[way]}")
+    return path
+
+
 def check_output_file(path: str | os.PathLike, overwrite: bool = False,
                       what: str = "output file", example: str = "FILE") -> Path:
     """Refuse an output file path that is a directory, lies under a file, or (unless

@@ -20,7 +20,7 @@ from .epochs import check_finite as _check_finite  # noqa: F401  (benchmarks/tra
 from .errors import DivergedError, UsageError
 from .evaluate import evaluate
 from .grouped import GroupedMLP, groupable, grouped_loss
-from .io import check_output_dir, json_text, write_csv, write_json
+from .io import json_text, output_dir, write_csv, write_json
 from .models import build_model, has_batchnorm
 from .options import Options, option
 from .schedules import parse_schedule
@@ -80,9 +80,10 @@ def check_trainable(model: nn.Module, batch_size: int, n: int) -> None:
     on one sample, so such a batch is skipped (`Stepper`) and no step would ever be taken. (A
     last batch of one sample in an epoch is skipped alike; the other batches train.)"""
     if has_batchnorm(model) and min(batch_size, n) < 2:
-        what = f"--batch-size {batch_size}" if batch_size < 2 else f"a training set of {n} sample"
+        what = f"batch size {batch_size}" if batch_size < 2 else f"a training set of {n} sample"
         raise UsageError(f"{what} with a BatchNorm model: BatchNorm cannot train on one sample, "
-                         "so no step would be taken; use --batch-size 2 or more (or --norm none)")
+                         "so no step would be taken; use batches of 2 or more (or a model without "
+                         "BatchNorm)")
 
 
 def noise_scale(lr: float, n: int, batch_size: int) -> float:
@@ -127,7 +128,7 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA device is available; use --device auto or cpu")
+        raise UsageError("device cuda asked for but no CUDA device is available; use auto or cpu")
     return torch.device(device)
 
 
@@ -263,8 +264,8 @@ class MemberRecord:
             return None
         config = self.out_dir / "config.json"
         if not config.is_file() or config.read_text() != json_text(self.config):
-            raise UsageError(f"{self.out_dir}: --resume with different settings than the "
-                             "original run; repeat the original command or use a new --out")
+            raise UsageError(f"{self.out_dir}: resumed with different settings than the original "
+                             "run; repeat the original settings or use a new output directory")
         return status
 
     def log_epoch(self, model: nn.Module, epoch: int, lr: float, seconds: float) -> None:
@@ -362,8 +363,8 @@ def _load_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, finger
     metadata)."""
     st = load_checkpoint(path, kind="train-state")
     if st.meta["fingerprint"] != fingerprint:
-        raise UsageError(f"{out_dir}: --resume with different settings than the original "
-                         "run; repeat the original command or use a new --out")
+        raise UsageError(f"{out_dir}: resumed with different settings than the original run; "
+                         "repeat the original settings or use a new output directory")
     model.load_state_dict({k[6:]: v for k, v in st.tensors.items() if k.startswith("model/")})
     _load_optimizer(opt, st.tensors, st.meta["optimizer"])
     torch.set_rng_state(st.tensors["rng/torch"])
@@ -459,18 +460,18 @@ def plan_members(spec: DataSpec, subsets: list[Prepared], init: str, init_seeds:
     (same|independent) policies; seeds are explicit and recorded."""
     k = len(subsets)
     if init not in ("same", "different"):
-        raise UsageError(f"--init must be same or different, got {init!r}")
+        raise UsageError(f"init must be same or different, got {init!r}")
     if batch_order not in ("same", "independent"):
-        raise UsageError(f"--batch-order must be same or independent, got {batch_order!r}")
+        raise UsageError(f"batch order must be same or independent, got {batch_order!r}")
     if len(init_seeds) == 1:
         seeds = [init_seeds[0] + (i if init == "different" else 0) for i in range(k)]
     elif len(init_seeds) == k:
         seeds = list(init_seeds)
         if init == "same" and len(set(seeds)) > 1:
-            raise UsageError("--init same with different --init-seed values; give one seed "
-                             "or use --init different")
+            raise UsageError("init same with different init seeds; give one seed or use init "
+                             "different")
     else:
-        raise UsageError(f"--init-seed takes one seed or one per subset ({k}), got {len(init_seeds)}")
+        raise UsageError(f"init seeds: one seed or one per subset ({k}), got {len(init_seeds)}")
     longest = max(len(s.train_y) for s in subsets)
     members = []
     for i, sub in enumerate(subsets):
@@ -494,19 +495,16 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
     With `group`, members that `can_group` are trained together in one batched step; `task`
     gives the loss and metrics (classification by default)."""
     cfg.validate()
-    out = check_output_dir(out)
+    out = output_dir(out, allowed=resume, way="resume")
     check_trainable(init_model(model_cfg, 0), cfg.batch_size,
                     min(len(m.data.train_y) for m in members))
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise UsageError(f"output directory {out} already exists and is not empty; "
-                         "choose another --out or pass --resume to continue it")
     run_config = json.loads(json.dumps({
         "model": model_cfg, "train": asdict(cfg), "data": members[0].data.spec.to_dict(),
         "members": [m.name for m in members], **(run_info or {})}))
     if resume and (out / "config.json").exists() \
             and json.loads((out / "config.json").read_text()) != run_config:
-        raise UsageError(f"{out}: --resume with different settings than the original run; "
-                         "repeat the original command or use a new --out")
+        raise UsageError(f"{out}: resumed with different settings than the original run; "
+                         "repeat the original settings or use a new output directory")
     out.mkdir(parents=True, exist_ok=True)
     # A resumed run keeps the env.json of its start; files that would not change are not
     # rewritten, so resuming a complete run touches nothing.

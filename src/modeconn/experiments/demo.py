@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
-from ..io import check_output_dir, json_text, write_text
+from ..io import check_output_dir, json_text, output_dir, write_text
 from ..report import figures
 from ..train import TrainConfig
 from .lmc import LMCStudy, run_study, summary_table, write_summary
@@ -84,14 +84,13 @@ def run_demo(out: Path, device: torch.device, quick: bool = False, resume: bool 
         if manifest_path.is_file():
             if manifest_path.read_text() != manifest:
                 raise UsageError(f"{out} holds a demo run with other settings (demo.json differs: "
-                                 "--quick, device or the demo's studies); remove it or choose "
-                                 "another --out")
+                                 "quick, device or the demo's studies); remove it or choose "
+                                 "another output directory")
             resume = True
             if not quiet:
                 say(f"{out} holds this demo already: reusing what is done, running the rest")
-        elif not resume:
-            raise UsageError(f"output directory {out} already exists and is not empty; "
-                             "choose another --out or pass --resume to continue it")
+        else:
+            output_dir(out, allowed=resume, way="resume")
     write_text(manifest_path, manifest, changed_only=True)
     t0 = time.perf_counter()
 

@@ -26,7 +26,7 @@ from ..data import DataSpec, eval_data, prepare_subsets
 from ..ensemble import ensemble_metrics, pairwise_similarity
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..io import check_output_dir, json_text, read_csv, write_csv, write_json, write_text
+from ..io import json_text, output_dir, read_csv, write_csv, write_json, write_text
 from ..models import build_model, model_config
 from ..params import statistic_keys
 from ..paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
@@ -129,10 +129,7 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
     its status.json without touching a file; `log` receives one progress line per configuration.
     """
     study.validate()
-    out = check_output_dir(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise UsageError(f"output directory {out} already exists and is not empty; "
-                         "choose another --out or pass --resume to continue it")
+    out = output_dir(out, allowed=resume, way="resume")
     base = DataSpec(dataset=study.dataset, shift=study.shift, num_subsets=study.num_subsets,
                     split_seed=study.split_seed + study.seeds[0], norm=study.normalise)
     subsets = {s: prepare_subsets(replace(base, split_seed=study.split_seed + s), study.data_dir)
@@ -140,7 +137,7 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
     if len(subsets[study.seeds[0]]) != 2:
         raise UsageError(f"the LMC study compares pairs, but shift {study.shift!r} makes "
                          f"{len(subsets[study.seeds[0]])} subsets; use a shift with 2 subsets "
-                         "(e.g. iid:50,50 or --subsets 2)")
+                         "(e.g. iid:50,50, or 2 subsets)")
     first = subsets[study.seeds[0]][0]
     model_cfg = model_config(study.model, first.input_shape, first.num_classes,
                              **study.model_options)
@@ -154,9 +151,9 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
     status_path = out / "status.json"
     if resume and (out / "study.json").is_file():
         if (out / "study.json").read_text() != study_text:
-            raise UsageError(f"{out}: --resume with different study settings than the original "
-                             "run (study.json differs); repeat the original command or use a "
-                             "new --out")
+            raise UsageError(f"{out}: resumed with different study settings than the original "
+                             "run (study.json differs); repeat the original settings or use a "
+                             "new output directory")
         if status_path.is_file():
             status = json.loads(status_path.read_text())
             if status.get("status") == "complete":

@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import artefacts
+from .. import artefacts, io
 from ..checkpoint import Checkpoint, load_same_architecture, params_of
 from ..curves import load_curve
 from ..data import EVAL_ON, NORMS, DataSpec, Prepared, eval_data
 from ..errors import UsageError
 from ..evaluate import BN_RESET
-from ..io import check_output_dir, check_output_file
+from ..io import check_output_file
 from ..models import model_config
 from ..options import option
 from ..paths import ParamPath
@@ -74,11 +74,7 @@ def on_option(help: str = "evaluate on the whole dataset or on model A's own sub
 
 def output_dir(out: Path, overwrite: bool = False) -> Path:
     """The job's output directory: refused when it is a file, or not empty without `overwrite`."""
-    out = check_output_dir(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"output directory {out} already exists and is not empty; choose "
-                         "another one or allow overwriting it (--overwrite)")
-    return out
+    return io.output_dir(out, allowed=overwrite)
 
 
 def output_file(out: Path, overwrite: bool = False, suffix: str | None = None,

@@ -90,7 +90,7 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise UsageError(f"need at least 2 classes, got {cfg.get('num_classes')}")
     if arch == "mlp" and (not cfg["widths"] or min(cfg["widths"]) <= 0):
         raise UsageError(f"MLP widths must be positive, got {cfg['widths']}; "
-                         "use --depth >= 1 and --width >= 1")
+                         "use a depth ≥ 1 and a width ≥ 1")
     if arch == "vgg" and cfg["depth"] not in (11, 13, 16, 19):
         raise UsageError(f"VGG depth must be 11, 13, 16 or 19, got {cfg['depth']}")
     if arch == "resnet":
