@@ -102,7 +102,7 @@ def pair(tmp_path_factory):
 
 def test_interpolate_from_python_does_what_the_command_does(pair, tmp_path, capsys):
     a, b = pair / "a" / "model.safetensors", pair / "b" / "model.safetensors"
-    result = jobs.run("interpolate", a=str(a), b=str(b), points=3, device="cpu",
+    result = jobs.run("interpolate", a=a, b=b, points=3, device="cpu",
                       out=tmp_path / "py")
     assert main(["interpolate", str(a), str(b), "--points", "3", "--device", "cpu",
                  "--out", str(tmp_path / "cli")]) == 0

@@ -10,6 +10,7 @@ re-estimates running statistics per point (`Evaluator`, bn_reset).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -22,11 +23,23 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .ensemble import ensemble_metrics
 from .epochs import Epoch, EpochDriver, scheduled_lr, set_lr
 from .errors import UsageError
+from .evaluate import Evaluator
 from .models import build_model, has_batchnorm
 from .params import check_module
-from .paths import ParamPath, bezier_coefficients, check_compatible, polychain_coefficients
+from .paths import (
+    ParamPath,
+    bezier_coefficients,
+    check_compatible,
+    check_tolerance,
+    evaluate_path,
+    grid,
+    linear_path,
+    polychain_coefficients,
+    summarize_path,
+)
 from .schedules import parse_schedule
 from .task import CLASSIFICATION, Task
 from .train import TrainConfig, check_trainable, epoch_order, make_optimizer
@@ -245,8 +258,6 @@ def fit_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor]
 
 def _private(model: nn.Module, device: torch.device) -> nn.Module:
     """The module itself on `device`, in train mode; its own tensors are never read."""
-    import copy
-
     return copy.deepcopy(model).to(device).train()  # once per fit, not per point
 
 
@@ -289,9 +300,6 @@ def compare_with_linear(model: nn.Module, curve: ParamPath, splits: Mapping[str,
                         tolerance: float = 0.01) -> tuple[list[dict], dict]:
     """Evaluate a curve and the linear path between its endpoints on one grid:
     (rows with a `path` column, {'curve': barrier summary, 'linear': barrier summary})."""
-    from .evaluate import Evaluator
-    from .paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
-
     check_tolerance(tolerance)
     ev = Evaluator(model, splits, bn_data=bn_data, bn_reset=bn_reset)
     ts = grid(points)
@@ -307,8 +315,6 @@ def path_ensemble(path: ParamPath, evaluator: Any, k: int, split: str = "test",
                   ends: bool = True) -> dict[str, float]:
     """ensemble_metrics of K points evenly spaced along a path (endpoints included unless
     `ends` is False, then the K interior points of a K+2 grid), BatchNorm as `evaluator` does it."""
-    from .ensemble import ensemble_metrics
-
     if k < 1:
         raise UsageError(f"path_ensemble: k must be at least 1, got {k}")
     ts = [i / (k - 1) for i in range(k)] if ends and k > 1 else \

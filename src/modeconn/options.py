@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -232,6 +233,8 @@ def _scalar(job: str, info: FieldInfo, v: Any, whole: Any) -> Any:
             raise bad
         return v
     if base is str:
+        if isinstance(v, os.PathLike):  # a path where a file name is expected
+            v = os.fspath(v)
         if not isinstance(v, str):
             raise bad
     elif base is int:

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .barrier import path_summary
 from .errors import UsageError
+from .evaluate import Evaluator
 from .params import check_module, check_params, combine, flatten, statistic_keys, weight_keys
 
 PATH_KINDS = ("linear", "bezier", "polychain")
@@ -126,8 +128,6 @@ def evaluate_path(path: ParamPath, evaluator, ts: Sequence[float]) -> list[dict]
 
 def summarize_path(rows: Sequence[dict], tolerance: float = 0.01) -> dict:
     """barrier.json content: every barrier definition per split from `evaluate_path` rows."""
-    from .barrier import path_summary
-
     check_tolerance(tolerance)
     out = {}
     for split in dict.fromkeys(r["split"] for r in rows):
@@ -141,8 +141,6 @@ def interpolate(model, a: Mapping[str, Tensor], b: Mapping[str, Tensor], splits:
                 bn_data: Tensor | None = None, points: int = 25, bn_reset: str = "auto",
                 tolerance: float = 0.01) -> tuple[list[dict], dict]:
     """Evaluate the linear path between two parameter dicts: (path rows, barrier summary)."""
-    from .evaluate import Evaluator
-
     check_module(model)
     check_tolerance(tolerance)
     evaluator = Evaluator(model, splits, bn_data=bn_data, bn_reset=bn_reset)

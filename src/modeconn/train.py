@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint, save_model
 from .data import DataSpec, Prepared, subset_name
 from .epochs import Epoch, EpochDriver, LrAt, scheduled_lr, set_lr
@@ -526,10 +529,6 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions, device and git SHA, for env.json."""
-    import platform
-    import subprocess
-
-    from . import __version__
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, cwd=Path(__file__).parent).stdout.strip() or None

@@ -44,8 +44,10 @@ class InterpolateResult(Result):
         out = []
         for split in self.summary["splits"]:
             s = self.summary[split]
-            out.append(f"{split}: loss barrier {s['loss']['linear']['barrier']:.4f} at "
-                       f"λ={s['lambda_star']:.2f}, error barrier "
+            where = f"at λ={s['lambda_star']:.2f}" if s.get("interior", True) \
+                else "(no interior maximum)"
+            out.append(f"{split}: loss barrier {s['loss']['linear']['barrier']:.4f} {where}, "
+                       f"error barrier "
                        f"{s['error']['linear']['barrier']:.4f}, Δacc {s['delta_acc']:+.4f}, "
                        f"{'connected' if s['connected'] else 'not connected'}")
         return out + super().lines()
