@@ -25,3 +25,15 @@ def test_readme_own_module_example_runs(capsys):
 
 def torch_equal_sorted(u, v) -> bool:
     return bool((u.flatten().sort().values == v.flatten().sort().values).all())
+
+
+def test_readme_jobs_example_runs(tmp_path, monkeypatch, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if "jobs.run(\"train\"" in b]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 — our own README
+    printed = capsys.readouterr().out
+    assert "'barrier'" in printed and "test loss barrier" in printed
+    assert len(namespace["rows"]) == 5 * 2 and namespace["config"].method == "wm"
+    assert namespace["al"].permutation is not None

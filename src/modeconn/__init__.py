@@ -28,10 +28,11 @@ from .landscape import hessian_trace, loss_plane, plane  # noqa: E402
 from .merge import average, bn_reset, repair  # noqa: E402
 from .models import build_model, model_config  # noqa: E402
 from .paths import ParamPath, interpolate, linear_path  # noqa: E402
+from .task import CLASSIFICATION, Classification, Task  # noqa: E402
 from .train import TrainConfig  # noqa: E402
 
 __all__ = [
-    "Curve", "Evaluator", "ParamPath", "Permutation", "PermutationSpec", "TrainConfig",
+    "CLASSIFICATION", "Classification", "Curve", "Evaluator", "ParamPath", "Permutation", "PermutationSpec", "Task", "TrainConfig",
     "__version__", "activation_matching", "auto_spec", "average", "barrier", "bn_reset",
     "build_model", "ensemble_metrics", "fge_snapshots", "fit_curve", "hessian_trace",
     "interpolate", "linear_path", "load_checkpoint", "load_curve", "load_model", "loss_plane",
