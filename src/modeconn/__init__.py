@@ -32,7 +32,8 @@ from .task import CLASSIFICATION, Classification, Task  # noqa: E402
 from .train import TrainConfig  # noqa: E402
 
 __all__ = [
-    "CLASSIFICATION", "Classification", "Curve", "Evaluator", "ParamPath", "Permutation", "PermutationSpec", "Task", "TrainConfig",
+    "CLASSIFICATION", "Classification", "Curve", "Evaluator", "ParamPath", "Permutation",
+    "PermutationSpec", "Task", "TrainConfig",
     "__version__", "activation_matching", "auto_spec", "average", "barrier", "bn_reset",
     "build_model", "ensemble_metrics", "fge_snapshots", "fit_curve", "hessian_trace",
     "interpolate", "linear_path", "load_checkpoint", "load_curve", "load_model", "loss_plane",
