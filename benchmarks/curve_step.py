@@ -40,6 +40,7 @@ from train_throughput import (  # noqa: E402
 )
 
 from modeconn.curves import Curve, CurveTrainer  # noqa: E402
+from modeconn.evaluate import prefers_channels_last  # noqa: E402
 from modeconn.models import has_batchnorm, model_config  # noqa: E402
 from modeconn.train import Stepper, TrainConfig, init_model, make_optimizer  # noqa: E402
 
@@ -93,7 +94,8 @@ def run_case(case: Case, rounds: int) -> dict:
     stepper = Stepper(plain_model, make_optimizer(plain_model.parameters(), CFG), data.x, data.y,
                       case.batch, drop_single=has_batchnorm(plain_model))
     curve_model = copy.deepcopy(a).train()
-    curve = Curve(curve_model, a.state_dict(), b.state_dict(), "bezier", 3)
+    curve = Curve(curve_model, a.state_dict(), b.state_dict(), "bezier", 3,
+                  channels_last=prefers_channels_last(curve_model, data.x, gradients=True))
     trainer = CurveTrainer(curve_model, curve, data.x, data.y, CFG)
     n = len(data.y)
     best = time_interleaved({"plain": Loop(stepper.step, n, case.batch),

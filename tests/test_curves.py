@@ -117,13 +117,15 @@ def _curve_objective(model, bends, kind, t, x, y, wd):
 CONV = {"name": "resnet8", "width": 0.25}  # with BatchNorm and a projection shortcut
 
 
-@pytest.mark.parametrize("kind,n,t,arch", [
-    ("bezier", 3, 0.3, None), ("bezier", 4, 0.65, None),
-    ("polychain", 4, 0.3, None), ("polychain", 3, 0.8, None),
-    ("bezier", 3, 0.3, CONV), ("polychain", 4, 0.65, CONV)])
-def test_curve_step_is_sgd_on_the_curve_objective(kind, n, t, arch):
+@pytest.mark.parametrize("kind,n,t,arch,channels_last", [
+    ("bezier", 3, 0.3, None, False), ("bezier", 4, 0.65, None, False),
+    ("polychain", 4, 0.3, None, False), ("polychain", 3, 0.8, None, False),
+    ("bezier", 3, 0.3, CONV, True), ("polychain", 4, 0.65, CONV, True),
+    ("bezier", 3, 0.3, CONV, False)])
+def test_curve_step_is_sgd_on_the_curve_objective(kind, n, t, arch, channels_last):
     """One CurveTrainer step (in-place buffers, gradient seed scaling) against autograd through
-    the curve point written out term by term, in float64, on a BatchNorm MLP and on a ResNet."""
+    the curve point written out term by term, in float64, on a BatchNorm MLP, and on a ResNet
+    whose kernels the curve keeps in channels-last layout."""
     if arch is None:
         cfg_m = model_config("mlp", (1, 8, 8), 10, width=16, depth=2, norm="bn")
     else:
@@ -133,7 +135,10 @@ def test_curve_step_is_sgd_on_the_curve_objective(kind, n, t, arch):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(32, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(32) % 10
     lr, wd = 0.1, 0.01
-    curve = Curve(model, a, b, kind, n, middle=mid)
+    curve = Curve(model, a, b, kind, n, middle=mid, channels_last=channels_last)
+    views = [v for k, v in curve.unflatten(curve.ends[0]).items() if v.dim() == 4]
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(v.is_contiguous(memory_format=layout) for v in views)
     bends = [{k: v.clone().requires_grad_(v.is_floating_point() and k in curve.param_keys)
               for k, v in d.items()} for d in curve.bend_dicts()]
     objective, ce = _curve_objective(copy.deepcopy(model), bends, kind, t, x, y, wd)

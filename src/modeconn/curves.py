@@ -26,7 +26,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .ensemble import ensemble_metrics
 from .epochs import Epoch, EpochDriver, scheduled_lr, set_lr
 from .errors import UsageError
-from .evaluate import Evaluator
+from .evaluate import Evaluator, nhwc, prefers_channels_last
 from .models import build_model, has_batchnorm
 from .params import check_module
 from .paths import (
@@ -67,12 +67,14 @@ class Curve:
     trainable leaf `offsets` (n−2, P): w_k = (1 − s_k)·w_0 + s_k·w_{n−1} + δ_k with s_k = k/(n−1).
     Bernstein and hat weights both reproduce straight lines (Σ_k c_k = 1, Σ_k c_k·s_k = t), so
     θ(t) = (1 − t)·w_0 + t·w_{n−1} + Σ_k c_k(t)·δ_k. Offsets start at zero: the middle bends on the
-    straight segment, as in the reference.
+    straight segment, as in the reference. With `channels_last` the 4-D (convolution) kernels are
+    flattened in channels-last order, so that their views are channels-last tensors (`fit_curve`
+    asks for it where `Stepper` trains in that layout: `prefers_channels_last` with gradients).
     """
 
     def __init__(self, model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
                  kind: str = "bezier", num_bends: int = 3,
-                 middle: list[Mapping[str, Tensor]] | None = None):
+                 middle: list[Mapping[str, Tensor]] | None = None, channels_last: bool = False):
         _check_kind(kind)
         if num_bends < 2:
             raise UsageError(f"a curve needs at least 2 bends (its endpoints), got {num_bends}")
@@ -88,6 +90,8 @@ class Curve:
         self.buffer_keys = [k for k in a if k not in self.param_keys]
         self.shapes = [a[k].shape for k in self.param_keys]
         self.sizes = [a[k].numel() for k in self.param_keys]
+        self.channels_last = channels_last
+        self._nhwc = [channels_last and len(s) == 4 for s in self.shapes]
         self.ends = torch.stack([self._flat(self.a), self._flat(self.b)])
         self.offsets = self.ends.new_zeros(num_bends - 2, self.ends.shape[1])
         if middle is not None:
@@ -99,7 +103,8 @@ class Curve:
         self.offsets.requires_grad_()
 
     def _flat(self, d: Mapping[str, Tensor]) -> Tensor:
-        return torch.cat([d[k].detach().reshape(-1) for k in self.param_keys])
+        return torch.cat([(d[k].permute(0, 2, 3, 1) if cl else d[k]).detach().reshape(-1)
+                          for k, cl in zip(self.param_keys, self._nhwc, strict=True)])
 
     def _chord(self, t: float) -> Tensor:
         return torch.lerp(self.ends[0], self.ends[1], t)  # exact at t = 0 and t = 1
@@ -116,9 +121,10 @@ class Curve:
         return self._chord(float(t)) + c[1:-1] @ self.offsets
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
-        """Named views of a flat parameter vector."""
-        return {k: v.view(s) for k, v, s in zip(self.param_keys, torch.split(flat, self.sizes),
-                                                self.shapes, strict=True)}
+        """Named views of a flat parameter vector (channels-last views where `_flat` put them)."""
+        return {k: v.view(s[0], s[2], s[3], s[1]).permute(0, 3, 1, 2) if cl else v.view(s)
+                for k, v, s, cl in zip(self.param_keys, torch.split(flat, self.sizes), self.shapes,
+                                       self._nhwc, strict=True)}
 
     def buffers(self, t: float) -> dict[str, Tensor]:
         """Buffers at t: the endpoints' interpolation (integer buffers copied from the first)."""
@@ -161,7 +167,8 @@ class CurveTrainer:
             raise UsageError(f"a {curve.num_bends}-bend {curve.kind} curve has no middle bend to "
                              f"fit; use at least {min_bends(curve.kind)} bends")
         self.model = model.train()
-        self.curve, self.x, self.y, self.cfg, self.task = curve, x, y, cfg, task
+        self.x = nhwc(x) if curve.channels_last else x
+        self.curve, self.y, self.cfg, self.task = curve, y, cfg, task
         self.opt = make_optimizer([curve.offsets], dataclasses.replace(cfg, weight_decay=0.0))
         self.gen = torch.Generator().manual_seed(seed)
         offsets = curve.offsets
@@ -221,7 +228,8 @@ def fit_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor]
     `on_epoch(epoch, mean loss of the task (cross-entropy), lr)` is called after each epoch
     (1-based); a non-finite batch loss raises DivergedError."""
     cfg.validate()
-    curve = Curve(model, a, b, kind, num_bends)
+    curve = Curve(model, a, b, kind, num_bends,
+                  channels_last=prefers_channels_last(model, x, gradients=True))
     net = _private(model, x.device)
     trainer = CurveTrainer(net, curve, x, y, cfg, seed, task=task)
     n = len(y)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -270,18 +271,31 @@ class Evaluator:
         return {k: out[k] for k in self.keys}
 
 
-def prefers_channels_last(model: nn.Module, x: Tensor) -> bool:
-    """Whether `model` runs inference (forward passes, no gradients) faster on inputs like `x` in
-    channels-last layout: 2-D convolutions on CPU (1.2-2.3x on ResNet-8/20, VGG11 and the
-    ConvNet); on GPUs fp32 convolutions are left in the default layout.
+def prefers_channels_last(model: nn.Module, x: Tensor, gradients: bool = False) -> bool:
+    """Whether `model` should run on inputs like `x` in channels-last layout: 2-D convolutions
+    on CPU, where it is faster (forward passes 1.2-2.3x on ResNet-8/20, VGG11 and the ConvNet,
+    training steps 1.06-1.5x); on GPUs fp32 convolutions are left in the default layout.
 
-    Gradient paths (`Stepper`, curve fitting) never use it: on CPUs without AVX-512, oneDNN's
-    weight gradient of strided 1x1 convolutions with few input channels is wrong in this layout
-    at two threads and corrupts the heap at one (ResNet-8 at width 0.25); its forward passes match
-    float64 in every case checked (tests/test_layout.py).
+    With `gradients` (training, curve fitting) only where oneDNN's channels-last weight
+    gradients are proven right: its AVX-512 kernels (`channels_last_gradients_safe`).
     """
     return (x.device.type == "cpu" and x.dim() == 4
-            and any(isinstance(m, nn.Conv2d) for m in model.modules()))
+            and any(isinstance(m, nn.Conv2d) for m in model.modules())
+            and (not gradients or channels_last_gradients_safe()))
+
+
+_AVX512_ISAS = ("AVX512", "AVX10", "ALL")  # ONEDNN_MAX_CPU_ISA values that keep AVX-512 kernels
+
+
+def channels_last_gradients_safe() -> bool:
+    """Whether oneDNN runs its AVX-512 kernels here, whose channels-last convolution gradients
+    match float64 in every case checked (tests/test_layout.py: 624 layer shapes, the zoo's models,
+    1-8 threads). Its AVX2 kernels do not: the weight gradient of strided 1x1 convolutions with
+    2-7 input channels is wrong at two threads and corrupts the heap at one (ResNet-8 at width
+    0.25 on an AVX2-only CPU), so there gradients run in the default layout."""
+    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "")
+    return (torch.backends.cpu.get_cpu_capability() == "AVX512"
+            and (not limit or limit.upper().startswith(_AVX512_ISAS)))
 
 
 def nhwc(x: Tensor) -> Tensor:

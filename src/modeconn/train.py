@@ -21,7 +21,7 @@ from .data import DataSpec, Prepared, subset_name
 from .epochs import Epoch, EpochDriver, LrAt, scheduled_lr, set_lr
 from .epochs import check_finite as _check_finite  # noqa: F401  (benchmarks/train_throughput.py)
 from .errors import DivergedError, UsageError
-from .evaluate import evaluate
+from .evaluate import evaluate, nhwc, prefers_channels_last
 from .grouped import GroupedMLP, groupable, grouped_loss
 from .io import json_text, output_dir, write_csv, write_json
 from .models import build_model, has_batchnorm
@@ -184,13 +184,23 @@ class Stepper:
     `step(idx)` does one optimisation step on the samples at positions `idx`: gather the batch,
     forward, the task's loss (cross-entropy), backward, optimizer step. `run_epoch` runs the steps
     of one epoch through the epoch driver (`epochs.EpochDriver`: batches along `order`, the
-    learning rate `lr_at(step)`, the divergence check). Models train in their default memory
-    layout (see `prefers_channels_last` for why not in channels-last on CPU).
+    learning rate `lr_at(step)`, the divergence check). A model with 2-D convolutions on CPU
+    trains in channels-last layout where that is proven right (`prefers_channels_last` with
+    gradients): model, inputs and resumed optimizer state are moved in place, same values.
     """
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
                  y: torch.Tensor, batch_size: int, drop_single: bool = False,
                  gpu_check_every: int = 50, *, task: Task = CLASSIFICATION):
+        if prefers_channels_last(model, x, gradients=True):
+            model.to(memory_format=torch.channels_last)
+            x = nhwc(x)
+            # Resumed optimizer state in the layout of its parameter, as a fresh run makes it:
+            # elementwise kernels round alike only over tensors of one layout.
+            for param, state in opt.state.items():
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        state[key] = torch.empty_like(param).copy_(value)
         self.model, self.opt, self.x, self.y, self.task = model, opt, x, y, task
         self.batch_size = batch_size
         self.driver = EpochDriver(self.step, opt, batch_size=batch_size, device=x.device,
