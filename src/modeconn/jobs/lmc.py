@@ -21,7 +21,7 @@ from ._registry import JobConfig, Output, Result, register
 
 
 @dataclass(frozen=True, kw_only=True)
-class LMCConfig(Runtime, DataOptions, ModelOptions, TrainConfig, JobConfig):
+class LMCConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
     job = "lmc"
     hidden = ("save_epochs", "eval_batch_size")
     shift: str = option("iid:50,50", HELP_SHIFT)

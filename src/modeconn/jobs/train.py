@@ -30,7 +30,7 @@ RECORDED_OPTIONS = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainJobConfig(Runtime, DataOptions, ModelOptions, TrainConfig, JobConfig):
+class TrainJobConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
     job = "train"
     hidden = ("eval_batch_size",)
     only: str | None = option(None, "train only these subsets, e.g. a or a,c")
