@@ -289,8 +289,9 @@ _AVX512_ISAS = ("AVX512", "AVX10", "ALL")  # ONEDNN_MAX_CPU_ISA values that keep
 
 def channels_last_gradients_safe() -> bool:
     """Whether oneDNN runs its AVX-512 kernels here, whose channels-last convolution gradients
-    match float64 in every case checked (benchmarks/layout_check.py: 984 layer shapes at 1-8
-    threads; tests/test_layout.py: the zoo's models). Its AVX2 kernels do not: the weight
+    match float64 in every case checked (benchmarks/layout_check.py: 984 layer/layout cases at 2
+    threads, its small grid at 1-8; tests/test_layout.py: the zoo's models). Its AVX2 kernels do
+    not: the weight
     gradient of strided 1x1 convolutions with 2-7 input channels is wrong at two threads and
     corrupts the heap at one (ResNet-8 at width 0.25 on an AVX2-only CPU), so there gradients run
     in the default layout."""
