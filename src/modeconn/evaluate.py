@@ -291,10 +291,9 @@ def channels_last_gradients_safe() -> bool:
     """Whether oneDNN runs its AVX-512 kernels here, whose channels-last convolution gradients
     match float64 in every case checked (benchmarks/layout_check.py: 984 layer/layout cases at 2
     threads, its small grid at 1-8; tests/test_layout.py: the zoo's models). Its AVX2 kernels do
-    not: the weight
-    gradient of strided 1x1 convolutions with 2-7 input channels is wrong at two threads and
-    corrupts the heap at one (ResNet-8 at width 0.25 on an AVX2-only CPU), so there gradients run
-    in the default layout."""
+    not: the weight gradient of strided 1x1 convolutions with 2-7 input channels is wrong at two
+    threads and corrupts the heap at one (ResNet-8 at width 0.25 on an AVX2-only CPU), so there
+    gradients run in the default layout."""
     limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "")
     return (torch.backends.cpu.get_cpu_capability() == "AVX512"
             and (not limit or limit.upper().startswith(_AVX512_ISAS)))
