@@ -98,6 +98,11 @@ class MultiLabel(Task):
         return {"loss": totals["loss"].item() / max(n, 1),
                 "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
 
+    def ensemble_scores(self, probs, y, bins=15):
+        p, t = probs > 0.5, y > 0.5
+        tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+        return {"f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
+
 
 def _multilabel_data(n=120, d=6, labels=3):
     g = torch.Generator().manual_seed(0)
@@ -247,3 +252,14 @@ def test_curve_fitting_diverges_at_the_step_of_a_nan_sample():
                   seed=4)
     order = epoch_order(len(x), len(x), 4, 0)
     assert (e.value.epoch, e.value.step) == (1, _first_step_with(order, 50, 16))
+
+
+def test_a_task_must_define_its_loss_predictions_probabilities_and_ensemble_scores():
+    with pytest.raises(TypeError, match="abstract"):
+        Task()
+    # The second task's ensemble scores reach ensembles without any library change.
+    x, y = _multilabel_data()
+    probs = torch.stack([y * 0.9 + 0.05, (1 - y) * 0.9 + 0.05])  # one right member, one wrong
+    scores = ensemble_metrics(probs, y, task=MultiLabel())
+    assert scores["member_f1"] == pytest.approx(0.5) and scores["size"] == 2
+    assert "gain_acc" not in scores

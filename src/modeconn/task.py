@@ -14,6 +14,7 @@ totals.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
 import torch
@@ -21,8 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-class Task:
-    """Loss, prediction and metrics of one kind of supervised task.
+class Task(ABC):
+    """Loss, prediction and metrics of one kind of supervised task: a subclass defines
+    `losses`, `predict`, `probabilities` and `ensemble_scores` (and, for metrics beyond the mean
+    loss, `totals` and `metrics`).
 
     Outputs are the model's (B, ...) outputs for a batch of B samples with targets `y`; stacked
     outputs (P, B, ...) are those of P parameter points on the same batch.
@@ -31,9 +34,9 @@ class Task:
     name = "task"
     metric_names: tuple[str, ...] = ("loss",)  # the keys of `metrics`, loss first
 
+    @abstractmethod
     def losses(self, out: Tensor, y: Tensor) -> Tensor:
         """The loss of each sample of a batch (differentiable)."""
-        raise NotImplementedError
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         """Mean loss of a batch (differentiable): what training minimises."""
@@ -43,13 +46,13 @@ class Task:
         """Loss summed over a batch."""
         return self.losses(out, y).sum()
 
+    @abstractmethod
     def predict(self, out: Tensor) -> Tensor:
         """Predicted targets."""
-        raise NotImplementedError
 
+    @abstractmethod
     def probabilities(self, out: Tensor) -> Tensor:
         """Predicted probabilities (what an ensemble averages)."""
-        raise NotImplementedError
 
     def totals(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Sums over one model's batch that `metrics` turns into the metrics."""
@@ -65,9 +68,9 @@ class Task:
         n = max(n, 1)
         return {k: v.item() / n for k, v in totals.items()}
 
+    @abstractmethod
     def ensemble_scores(self, probs: Tensor, y: Tensor, bins: int = 15) -> dict[str, float]:
         """Scores of predicted probabilities `probs` (N, ...) against `y` (for ensembles)."""
-        raise NotImplementedError
 
 
 class Classification(Task):
