@@ -81,10 +81,7 @@ def output_file(out: Path, overwrite: bool = False, suffix: str | None = None,
                 example: str = "FILE") -> Path:
     """The job's output file: refused when it is a directory or lies under a file, exists
     without `overwrite`, or does not end in `suffix`."""
-    out = check_output_file(out, True, example=example)
-    if out.exists() and not overwrite:
-        raise UsageError(f"output file {out} already exists; choose another one or allow "
-                         "overwriting it (--overwrite)")
+    out = check_output_file(out, overwrite, example=example)
     if suffix is not None and out.suffix != suffix:
         raise UsageError(f"output file {out} must end in {suffix}")
     return out
