@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,7 +118,7 @@ class AlignConfig(Alignment, JobConfig):
     a: str = option(help="model checkpoint to align to", positional=True)
     b: str = option(help="model checkpoint to permute", positional=True)
     method: str = option("wm", "weight matching, activation matching or straight-through "
-                               "estimator", choices=("wm", "am", "ste"))
+                               "estimator", choices=("wm", "am", "ste"))  # ALIGNERS
     points: int = option(25, "points on the linear paths", low=2)
     epochs: int | None = ste_epochs_option("STE")
     lr: float = ste_lr_option("STE")
@@ -144,6 +145,24 @@ class AlignResult(Result):
                 f"{self.method})"] + super().lines()
 
 
+def _ste(models: Models, data: Prepared, spec: PermutationSpec, config: AlignConfig
+         ) -> Permutation:
+    model, (pa, pb) = models.module, models.params
+    model.load_state_dict(pa)
+    return ste_matching(model, pb, data.train_x, data.train_y, spec, epochs=config.epochs,
+                        lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                        warm=config.warm)
+
+
+# How B is aligned to A, by method: (models, data, spec, config) -> Permutation of B's units.
+ALIGNERS: dict[str, Callable[..., Permutation]] = {
+    "wm": lambda m, data, spec, c: weight_matching(*m.params, spec=spec, seed=c.seed),
+    "am": lambda m, data, spec, c: activation_matching(*m.params, data.train_x, spec,
+                                                       model=m.module, batch_size=c.batch_size),
+    "ste": _ste,
+}
+
+
 @register("align", AlignConfig, "align B to A by permutation and compare the barriers",
           Output("output directory", required=False, default="results/align"))
 def run_align(config: AlignConfig, out: Path) -> AlignResult:
@@ -152,16 +171,7 @@ def run_align(config: AlignConfig, out: Path) -> AlignResult:
     models, data, spec = align_setup([config.a, config.b], config)
     out = output_dir(out, config.overwrite)
     model, (a, b), (pa, pb) = models.module, models.checkpoints, models.params
-    if config.method == "wm":
-        perm = weight_matching(pa, pb, spec=spec, seed=config.seed)
-    elif config.method == "am":
-        perm = activation_matching(pa, pb, data.train_x, spec, model=model,
-                                   batch_size=config.batch_size)
-    else:
-        model.load_state_dict(pa)
-        perm = ste_matching(model, pb, data.train_x, data.train_y, spec, epochs=config.epochs,
-                            lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                            warm=config.warm)
+    perm = ALIGNERS[config.method](models, data, spec, config)
     aligned = perm.apply(pb)
     splits = split_tensors(data)
     paths, summaries = {}, {}

@@ -3,18 +3,20 @@ or REPAIR), and score the merged model beside the plain average and the members.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artefacts
-from ..align import Permutation, merge_many, ste_mm
+from ..align import Permutation, PermutationSpec, merge_many, ste_mm
 from ..checkpoint import save_checkpoint
+from ..data import Prepared
 from ..evaluate import Evaluator
 from ..landscape import hessian_trace
 from ..merge import average, normalise
 from ..options import option
 from ..paths import interpolate
-from ._inputs import output_dir, record, split_tensors
+from ._inputs import Models, output_dir, record, split_tensors
 from ._registry import JobConfig, Output, Result, register
 from .align import (
     Alignment,
@@ -78,6 +80,21 @@ class MergeManyResult(Result):
         return out + super().lines()
 
 
+def _ste_mm(models: Models, data: Prepared, spec: PermutationSpec, config: MergeManyConfig
+            ) -> list[Permutation]:
+    modules = [c.build(data.train_x.device) for c in models.checkpoints]
+    return ste_mm(modules, data.train_x, data.train_y, spec, epochs=config.epochs, lr=config.lr,
+                  batch_size=config.batch_size, seed=config.seed, warm=config.warm).perms
+
+
+# How the K models are aligned before averaging, by method: -> one Permutation per model.
+MERGERS: dict[str, Callable[..., list[Permutation]]] = {
+    "wm": lambda m, data, spec, c: merge_many(m.params, spec, seed=c.seed).perms,
+    "ste-mm": _ste_mm,
+    "avg": lambda m, data, spec, c: [Permutation.identity(spec) for _ in m.params],
+}
+
+
 @register("merge-many", MergeManyConfig, "align K models, average them, BN reset or REPAIR",
           Output("output directory", required=False, default="results/merge"))
 def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
@@ -86,16 +103,7 @@ def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
     models, data, spec = align_setup(config.models, config)
     out = output_dir(out, config.overwrite)
     model, ckpts, states = models.module, models.checkpoints, models.params
-    if config.method == "wm":
-        merged = merge_many(states, spec, seed=config.seed)
-    elif config.method == "ste-mm":
-        modules = [c.build(data.train_x.device) for c in ckpts]
-        merged = ste_mm(modules, data.train_x, data.train_y, spec, epochs=config.epochs,
-                        lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                        warm=config.warm)
-    else:
-        merged = None
-    perms = merged.perms if merged else [Permutation.identity(spec) for _ in states]
+    perms = MERGERS[config.method](models, data, spec, config)
     aligned = [p.apply(s) for p, s in zip(perms, states, strict=True)]
     x = data.train_x
     final, repaired_by = normalise(model, aligned, average(aligned), x, config.repair)
