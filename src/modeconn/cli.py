@@ -134,7 +134,7 @@ def _glue_negative_values(argv: list[str]) -> list[str]:
 
 
 # The commands in the order `modeconn --help` lists them.
-COMMANDS = ("train", "interpolate", "align", "merge-many", "lmc", "ensemble", "demo", "curve",
+COMMANDS = ("run", "results", "train", "interpolate", "align", "merge-many", "lmc", "ensemble", "demo", "curve",
             "curve-ensemble", "curve-point", "fge", "landscape", "sharpness", "info")
 
 

@@ -12,5 +12,6 @@ from . import (  # noqa: F401
     lmc,
     merge,
     sharpness,
+    study,
     train,
 )

@@ -5,10 +5,45 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import UsageError
 from ..options import Options
+
+Record = tuple[dict[str, Any], dict[str, float]]
+
+
+def numbers(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numbers of a flat dict (booleans as 0/1), keys prefixed."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, bool):
+            out[prefix + k] = float(v)
+        elif isinstance(v, (int, float)) and v == v and abs(v) != float("inf"):
+            out[prefix + k] = float(v)
+    return out
+
+
+def path_metrics(summary: dict[str, Any], splits) -> dict[str, float]:
+    """A barrier summary (barrier.json) as flat metrics: per split, the loss and error barrier
+    (the linear definition unsuffixed, the others suffixed), Δacc at λ*, λ*, connected."""
+    out: dict[str, float] = {}
+    for split in splits:
+        s = summary[split]
+        for metric in ("loss", "error"):
+            for definition, v in s[metric].items():
+                suffix = "" if definition == "linear" else "_" + definition.replace("-", "_")
+                out[f"{split}_{metric}_barrier{suffix}"] = float(v["barrier"])
+        out[f"{split}_delta_acc"] = float(s["delta_acc"])
+        out[f"{split}_lambda_star"] = float(s["lambda_star"])
+        out[f"{split}_connected"] = float(s["connected"])
+    return out
+
+
+def split_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """{split: {loss, acc, ...}} as flat metrics split_loss, split_acc, ..."""
+    return {k: v for split, r in results.items() if isinstance(r, dict)
+            for k, v in numbers(r, f"{split}_").items()}
 
 
 class JobConfig(Options):
@@ -22,10 +57,22 @@ class Result:
     """What a job returns: where it wrote, the lines the CLI prints, and the exit status."""
 
     out: Path | None
+    # The metrics a study's summary shows first (all are in its results table).
+    headline: ClassVar[tuple[str, ...]] = ()
 
     def lines(self) -> list[str]:
         """The summary printed after the job (one line per fact)."""
         return [] if self.out is None else [f"wrote {self.out}"]
+
+    def records(self) -> list[Record]:
+        """The job's numbers as (labels, metrics) pairs, one per thing measured (a member, a
+        path, a model); a study tabulates them, one row per job and metric."""
+        return []
+
+    @property
+    def diverged(self) -> bool:
+        """Whether training diverged (an outcome a study records, not a failure to retry)."""
+        return False
 
     @property
     def exit_code(self) -> int:
@@ -40,6 +87,7 @@ class Output:
     required: bool = True
     default: str | None = None
     kind: str = "dir"  # or "file"
+    suffix: str | None = None  # of a file: what its name ends in
 
 
 @dataclass(frozen=True)

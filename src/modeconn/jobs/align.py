@@ -27,7 +27,7 @@ from ..options import option
 from ..paths import interpolate
 from ..report import figures
 from ._inputs import Combine, Models, load_models, output_dir, record, split_tensors
-from ._registry import JobConfig, Output, Result, register
+from ._registry import JobConfig, Output, Record, Result, path_metrics, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +132,17 @@ class AlignResult(Result):
     permutation: Permutation | None = None
     before: dict = field(default_factory=dict)  # barrier summaries of the path A → B ...
     after: dict = field(default_factory=dict)  # ... and A → aligned B
+    headline = ("test_loss_barrier", "test_error_barrier", "test_loss_barrier_reduction_pct")
+
+    def records(self) -> list[Record]:
+        splits = [s for s in self.before if isinstance(self.before[s], dict)
+                  and "loss" in self.before[s]]
+        out = [({"path": "a-b"}, path_metrics(self.before, splits)),
+               ({"path": "a-aligned_b"}, path_metrics(self.after, splits))]
+        if self.reduction == self.reduction:
+            out.append(({"path": "a-aligned_b"}, {"test_loss_barrier_reduction_pct":
+                                                 float(self.reduction)}))
+        return out
 
     @property
     def reduction(self) -> float:

@@ -34,7 +34,7 @@ from ._inputs import (
     split_tensors,
     training,
 )
-from ._registry import JobConfig, Output, Result, register
+from ._registry import JobConfig, Output, Record, Result, numbers, path_metrics, register, split_metrics
 from .fge import ensemble_line
 
 HELP_CURVE = "a `modeconn curve` checkpoint (curve.safetensors)"
@@ -77,6 +77,11 @@ class CurveConfig(Combine, TrainConfig, JobConfig):
 class CurveResult(Result):
     summary: dict = field(default_factory=dict)
     splits: list[str] = field(default_factory=list)
+    headline = ("test_loss_barrier", "test_error_barrier", "train_loss_barrier")
+
+    def records(self) -> list[Record]:
+        return [({"path": p}, path_metrics(self.summary[p], self.splits))
+                for p in ("curve", "linear")]
 
     def lines(self) -> list[str]:
         out = []
@@ -140,6 +145,10 @@ class CurvePointConfig(Runtime, JobConfig):
 class CurvePointResult(Result):
     t: float = 0.0
     metrics: dict = field(default_factory=dict)
+    headline = ("test_loss", "test_acc")
+
+    def records(self) -> list[Record]:
+        return [({}, split_metrics(self.metrics))]
 
     def lines(self) -> list[str]:
         tr, te = self.metrics["train"], self.metrics["test"]
@@ -148,7 +157,8 @@ class CurvePointResult(Result):
 
 
 @register("curve-point", CurvePointConfig, "the model at t on a curve, as a model checkpoint",
-          Output("the model checkpoint to write (.safetensors)", kind="file"))
+          Output("the model checkpoint to write (.safetensors)", kind="file",
+                 suffix=".safetensors"))
 def run_curve_point(config: CurvePointConfig, out: Path) -> CurvePointResult:
     """The model at t on the curve (BatchNorm re-estimated when it has BN) as a model
     checkpoint."""
@@ -183,6 +193,10 @@ class CurveEnsembleConfig(Runtime, Overwrite, JobConfig):
 @dataclass
 class CurveEnsembleResult(Result):
     table: dict = field(default_factory=dict)
+    headline = ("acc", "nll", "ece", "gain_acc")
+
+    def records(self) -> list[Record]:
+        return [({"ensemble": name}, numbers(m)) for name, m in self.table.items()]
 
     def lines(self) -> list[str]:
         return [ensemble_line(name, m) for name, m in self.table.items()] + super().lines()

@@ -12,7 +12,7 @@ from ..options import option
 from ..params import statistic_keys
 from ..report import figures
 from ._inputs import Combine, bn_reset_option, load_models, output_dir, record
-from ._registry import JobConfig, Output, Result, register
+from ._registry import JobConfig, Output, Record, Result, numbers, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +33,10 @@ class EnsembleResult(Result):
     metrics: dict = field(default_factory=dict)
     members: list[str] = field(default_factory=list)
     similarity: list[dict] = field(default_factory=list)
+    headline = ("acc", "member_acc", "gain_acc", "nll", "ece")
+
+    def records(self) -> list[Record]:
+        return [({}, numbers(self.metrics))]
 
     def lines(self) -> list[str]:
         m = self.metrics

@@ -23,7 +23,7 @@ from ._inputs import (
     record,
     training,
 )
-from ._registry import JobConfig, Output, Result, register
+from ._registry import JobConfig, Output, Record, Result, numbers, register
 
 
 def ensemble_line(name: str, m: dict) -> str:
@@ -57,6 +57,10 @@ class FgeConfig(Runtime, Overwrite, TrainConfig, JobConfig):
 class FgeResult(Result):
     metrics: dict = field(default_factory=dict)
     members: list[str] = field(default_factory=list)
+    headline = ("acc", "member_acc", "gain_acc", "nll", "ece")
+
+    def records(self) -> list[Record]:
+        return [({}, numbers(self.metrics))]
 
     def lines(self) -> list[str]:
         return [ensemble_line("fge", self.metrics)] + super().lines()

@@ -18,7 +18,7 @@ from ._inputs import (
     record,
     split_tensors,
 )
-from ._registry import JobConfig, Output, Result, register
+from ._registry import JobConfig, Output, Record, Result, path_metrics, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +39,10 @@ class InterpolateConfig(Combine, JobConfig):
 @dataclass
 class InterpolateResult(Result):
     summary: dict = field(default_factory=dict)
+    headline = ("test_loss_barrier", "test_error_barrier", "test_delta_acc", "train_loss_barrier")
+
+    def records(self) -> list[Record]:
+        return [({}, path_metrics(self.summary, self.summary["splits"]))]
 
     def lines(self) -> list[str]:
         out = []

@@ -26,7 +26,7 @@ from ._inputs import (
     record,
     split_tensors,
 )
-from ._registry import JobConfig, Output, Result, register
+from ._registry import JobConfig, Output, Record, Result, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +58,9 @@ class LandscapeResult(Result):
     dx: float = 0.0
     dy: float = 0.0
     grid: int = 0
+
+    def records(self) -> list[Record]:
+        return [({}, {"plane_u_norm": self.dx, "plane_v_norm": self.dy})]
 
     def lines(self) -> list[str]:
         return [f"plane |u| {self.dx:.3f}, |v_perp| {self.dy:.3f}; {self.grid}x{self.grid} points",

@@ -17,7 +17,7 @@ from ._inputs import (
     bn_reset_option,
     quiet_option,
 )
-from ._registry import JobConfig, Output, Result, register
+from ._registry import JobConfig, Output, Record, Result, numbers, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +93,13 @@ class LMCConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
 @dataclass
 class LMCResult(Result):
     summary: list[dict] = field(default_factory=list)
+    headline = ("test_loss_barrier", "test_delta_acc", "lmc_ens_gain_acc", "ind_ens_gain_acc")
+
+    def records(self) -> list[Record]:
+        keys = ("init", "batch_order", "batch_size", "lr")
+        return [({k: r[k] for k in keys}, numbers({k: v for k, v in r.items()
+                                                    if k not in keys and not k.endswith("_std")}))
+                for r in self.summary]
 
     def lines(self) -> list[str]:
         return [experiment.summary_table(self.summary)] + super().lines()

@@ -17,7 +17,7 @@ from ..merge import average, normalise
 from ..options import option
 from ..paths import interpolate
 from ._inputs import Models, output_dir, record, split_tensors
-from ._registry import JobConfig, Output, Result, register
+from ._registry import JobConfig, Output, Record, Result, numbers, register, split_metrics
 from .align import (
     Alignment,
     align_setup,
@@ -59,6 +59,28 @@ class MergeManyConfig(Alignment, JobConfig):
 class MergeManyResult(Result):
     report: dict = field(default_factory=dict)  # what merge.json holds
     barriers: list[dict] = field(default_factory=list)  # what barriers.csv holds
+    headline = ("test_loss", "test_acc", "hessian_trace")
+
+    def records(self) -> list[Record]:
+        r = self.report
+
+        def metrics(entry: dict) -> dict[str, float]:
+            out = split_metrics({s: entry[s] for s in ("train", "test") if s in entry})
+            if "hessian_trace" in entry:
+                out["hessian_trace"] = float(entry["hessian_trace"]["trace"])
+            return out
+
+        merged = metrics({**r["merged"], **({"hessian_trace": r["hessian_trace"]}
+                                            if "hessian_trace" in r else {})})
+        out = [({"model": "merged"}, merged), ({"model": "plain_average"}, metrics(r["plain_average"]))]
+        if "merged_without_repair" in r:
+            out.append(({"model": "merged_without_repair"}, metrics(r["merged_without_repair"])))
+        out += [({"model": f"member{i}"}, metrics(m)) for i, m in enumerate(r["members"])]
+        if self.barriers:
+            pairs = [numbers(b) for b in self.barriers]
+            out.append(({"model": "aligned_pairs"}, {
+                k: sum(p[k] for p in pairs) / len(pairs) for k in pairs[0]}))
+        return out
 
     def lines(self) -> list[str]:
         r = self.report

@@ -10,7 +10,7 @@ from ..io import check_output_file, write_json
 from ..landscape import hessian_trace
 from ..options import option
 from ._inputs import Runtime, load_models, split_tensors
-from ._registry import JobConfig, Output, Result, register
+from ._registry import JobConfig, Output, Record, Result, numbers, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +31,10 @@ class SharpnessConfig(Runtime, JobConfig):
 @dataclass
 class SharpnessResult(Result):
     estimate: dict = field(default_factory=dict)
+    headline = ("trace", "trace_se", "weighted_trace")
+
+    def records(self) -> list[Record]:
+        return [({}, numbers(self.estimate))]
 
     def lines(self) -> list[str]:
         r = self.estimate
@@ -41,7 +45,8 @@ class SharpnessResult(Result):
 
 @register("sharpness", SharpnessConfig,
           "Hutchinson estimate of the Hessian trace at a checkpoint",
-          Output("write the estimate to this JSON file", required=False, kind="file"))
+          Output("write the estimate to this JSON file", required=False, kind="file",
+                 suffix=".json"))
 def run_sharpness(config: SharpnessConfig, out: Path | None) -> SharpnessResult:
     """The Hessian trace of the split's loss (and the weighted trace), written to `out` when
     given."""

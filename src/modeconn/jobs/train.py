@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..options import option
 from ..train import TrainConfig, plan_members, resolve_device, train_run
 from ._inputs import DataOptions, ModelOptions, Runtime, quiet_option, training
-from ._registry import JobConfig, Output, Result, register
+from ._registry import JobConfig, Output, Record, Result, numbers, register
 
 # The options a run records in config.json under "options", in the order runs have always
 # written them (the resume check and the member fingerprints compare them).
@@ -56,6 +56,12 @@ class TrainJobConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig)
 @dataclass
 class TrainResult(Result):
     members: list[dict] = field(default_factory=list)
+    headline = ("test_acc", "test_loss", "train_loss")
+
+    def records(self) -> list[Record]:
+        return [({"member": r["member"]}, numbers({k: v for k, v in r.items()
+                                                    if k not in ("member", "status", "epoch")}))
+                for r in self.members if r["status"] == "complete"]
 
     @property
     def diverged(self) -> bool:

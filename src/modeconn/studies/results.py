@@ -1,0 +1,266 @@
+"""A study's results database: results.csv and results.sqlite, and their summary.
+
+``results`` holds one row per job and metric: the job's id, stage, kind and status, its sweep
+values (``<stage>.<axis>``, inherited from the jobs it reads), its resolved settings as columns,
+the labels of what was measured (a member, a path, a model), ``metric`` and ``value``.
+``jobs`` (in the database) holds one row per job with its status, error, log and seconds. Both
+are rebuilt from the jobs' result.json files, so they are never staler than the jobs.
+Query across studies with plain SQL, e.g.::
+
+    sqlite3 results/lmc/results.sqlite \\
+      'SELECT "train.batch_size", avg(value) FROM results
+       WHERE metric = "test_loss_barrier" AND status = "complete" GROUP BY 1'
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..io import atomic_path, write_csv
+from .spec import JobSpec, Study
+from .worker import job_dir, read_result
+
+RESULTS_CSV = "results.csv"
+RESULTS_DB = "results.sqlite"
+JOBS_CSV = "jobs.csv"
+FIXED = ("id", "stage", "job", "status")
+
+
+def _cell(v: Any) -> Any:
+    """A config value as a table cell (lists comma-joined)."""
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return v
+
+
+def job_row(root: Path, spec: JobSpec, result: dict[str, Any] | None) -> dict[str, Any]:
+    """The job's row of the jobs table."""
+    status = "pending" if result is None else result["status"]
+    return {"id": spec.id, "stage": spec.stage, "job": spec.job, "status": status,
+            "error": (result or {}).get("error", ""), "seconds": (result or {}).get("seconds"),
+            "log": str(job_dir(root, spec.id) / "log.txt"), **spec.labels}
+
+
+def collect(root: Path, study: Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(result rows, job rows) of the study's jobs, read from their directories."""
+    from ..jobs import get
+
+    rows: list[dict[str, Any]] = []
+    jobs: list[dict[str, Any]] = []
+    for spec in study.jobs:
+        result = read_result(job_dir(root, spec.id))
+        jobs.append(job_row(root, spec, result))
+        if result is None or result["status"] not in ("complete", "diverged"):
+            continue
+        config = get(spec.job).config.from_dict(spec.options).to_dict(settings_only=True)
+        base = {"id": spec.id, "stage": spec.stage, "job": spec.job, "status": result["status"],
+                **spec.labels, **{k: _cell(v) for k, v in config.items()}}
+        for rec in result.get("records", []):
+            for metric, value in rec["metrics"].items():
+                rows.append({**base, **rec["labels"], "metric": metric, "value": value})
+    return rows, jobs
+
+
+def headlines(root: Path, study: Study) -> dict[str, list[str]]:
+    """The metrics each stage's summary shows first (as its jobs' results name them)."""
+    out: dict[str, list[str]] = {}
+    for spec in study.jobs:
+        if spec.stage not in out:
+            result = read_result(job_dir(root, spec.id))
+            if result is not None and result.get("headline"):
+                out[spec.stage] = list(result["headline"])
+    return out
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols = list(FIXED)
+    for r in rows:
+        cols.extend(k for k in r if k not in cols and k not in ("metric", "value"))
+    return cols + ["metric", "value"] if rows and "metric" in rows[0] else cols
+
+
+def write(root: Path, rows: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> None:
+    """results.csv, jobs.csv and results.sqlite (tables results and jobs), each written
+    atomically; when neither table changed, no file is rewritten."""
+    changed = write_csv(root / RESULTS_CSV, rows, columns=_columns(rows) if rows else
+                        [*FIXED, "metric", "value"], changed_only=True)
+    changed |= write_csv(root / JOBS_CSV, jobs, columns=_columns(jobs), changed_only=True)
+    if not changed and (root / RESULTS_DB).is_file():
+        return
+    with atomic_path(root / RESULTS_DB) as tmp:
+        tmp.unlink()  # sqlite creates its own file
+        con = sqlite3.connect(tmp)
+        try:
+            for table, data in (("results", rows), ("jobs", jobs)):
+                cols = _columns(data) if data else list(FIXED) + (["metric", "value"]
+                                                                 if table == "results" else [])
+                con.execute(f"CREATE TABLE {table} ({', '.join(_q(c) for c in cols)})")
+                con.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(cols))})",
+                                [tuple(_sql(r.get(c)) for c in cols) for r in data])
+            con.commit()
+        finally:
+            con.close()
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def read_rows(root: Path) -> list[dict[str, Any]]:
+    """The results table of a study directory (from results.sqlite)."""
+    path = root / RESULTS_DB
+    if not path.is_file():
+        raise UsageError(f"{root} has no {RESULTS_DB}; run the study first (modeconn run "
+                         "STUDY.toml --out DIR)")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute("SELECT * FROM results")]
+    finally:
+        con.close()
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def _column(row: dict[str, Any], key: str) -> str | None:
+    """The column `key` names in a row: itself, or the one sweep column ending in .key."""
+    if key in row:
+        return key
+    matches = [c for c in row if c.endswith("." + key)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def select(rows: list[dict[str, Any]], where: list[str]) -> list[dict[str, Any]]:
+    """The rows matching every key=value (a value compares as a number when it reads as one)."""
+    conditions = []
+    for w in where:
+        key, sep, value = w.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--where takes key=value, got {w!r}")
+        if rows and not any(_column(r, key) for r in rows):
+            cols = sorted({c for r in rows for c in r if r.get(c) not in (None, "")})
+            raise UsageError(f"--where {key}: no such column; columns: {', '.join(cols)}")
+        conditions.append((key, _norm(value)))
+    out = []
+    for r in rows:
+        if all((c := _column(r, k)) is not None and _norm(r[c]) == v for k, v in conditions):
+            out.append(r)
+    return out
+
+
+def _is_seed(column: str) -> bool:
+    return column.rsplit(".", 1)[-1] == "seed"
+
+
+def summary(rows: list[dict[str, Any]], group_by: list[str] | None = None,
+            metrics: dict[str, list[str]] | list[str] | None = None) -> str:
+    """Mean ± std over seeds (the seed axes and whatever is not grouped), per stage and group;
+    diverged jobs are counted, never averaged."""
+    by_stage: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_stage[r["stage"]].append(r)
+    for g in group_by or ():
+        if not any(_column(sel[0], g) for sel in by_stage.values()):
+            cols = sorted({c for sel in by_stage.values() for c in sel[0]} - {"metric", "value"})
+            raise UsageError(f"--group-by {g}: no such column; columns: {', '.join(cols)}")
+    blocks = []
+    for stage, sel in by_stage.items():
+        if group_by is None:
+            # The sweep values that vary, but the seeds, and the labels of what was measured.
+            measured = _record_labels(sel)
+            keys = [c for c in _columns(sel) if ("." in c and not _is_seed(c) or c in measured)
+                    and len({str(r.get(c)) for r in sel}) > 1]
+        else:  # the columns this stage has (a stage has none of another's labels)
+            keys = [c for g in group_by if (c := _column(sel[0], g)) is not None]
+        wanted = metrics.get(stage) if isinstance(metrics, dict) else metrics
+        names = list(dict.fromkeys(r["metric"] for r in sel))
+        shown = [m for m in (wanted or names) if m in names] or names
+        groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        diverged: dict[tuple, set] = defaultdict(set)
+        for r in sel:
+            key = tuple(r.get(k) for k in keys)
+            if r["status"] == "diverged":
+                diverged[key].add(r["id"])
+                groups[key]
+                continue
+            if r["metric"] in shown:
+                groups[key][r["metric"]].append(float(r["value"]))
+        head = [*(k.split(".", 1)[-1] if "." in k else k for k in keys), *shown, "n", "diverged"]
+        table = [head]
+        for key, values in groups.items():
+            n = max((len(v) for v in values.values()), default=0)
+            table.append([*(_fmt(k) for k in key), *(_mean_std(values.get(m, [])) for m in shown),
+                          str(n), str(len(diverged.get(key, ())))])
+        widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+        lines = [f"[{stage}] mean ± std over seeds" + (f", by {', '.join(keys)}" if keys else "")]
+        for i, row in enumerate(table):
+            lines.append("  ".join(c.rjust(w) if j >= len(keys) else c.ljust(w)
+                                   for j, (c, w) in enumerate(zip(row, widths))))
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _record_labels(rows: list[dict[str, Any]]) -> set[str]:
+    """Columns that name what a job measured: not settings of its job kind, or varying within
+    one job (an lmc job's configurations)."""
+    from ..jobs import config_fields, get
+
+    settings = {r["job"]: {i.name for i in config_fields(get(r["job"]).config)} for r in rows}
+    out = set()
+    within: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for r in rows:
+        for c, v in r.items():
+            if c in FIXED or c in ("metric", "value") or "." in c:
+                continue
+            if c not in settings[r["job"]]:
+                out.add(c)
+            within[r["id"]][c].add(str(v))
+    out |= {c for cols in within.values() for c, vs in cols.items() if len(vs) > 1}
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return "" if v is None else str(v)
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    m = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{m:.4f}"
+    return f"{m:.4f}±{statistics.stdev(values):.4f}"
+
+
+def failed_lines(jobs: list[dict[str, Any]]) -> list[str]:
+    """One line per failed job: its id, sweep values, error and log."""
+    out = []
+    for j in jobs:
+        if j["status"] == "failed":
+            labels = ", ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in j.items()
+                               if "." in k and k not in ("error", "log"))
+            out.append(f"FAILED {j['id']} ({labels}): {j['error']} — log: {j['log']}")
+    return out

@@ -1,0 +1,204 @@
+"""The sweep runner: a study's jobs through an executor, skipping what is done, kill-safe.
+
+The driver writes only what it can write again identically (study.toml, each job's job.json)
+and, at the end, the results tables rebuilt from the jobs' result.json files; the jobs write
+their own directories (see worker). So the driver, a worker, or both can be killed at any moment:
+running the study again finds every finished job by its id, redoes the rest, and runs nothing
+twice that had finished.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..errors import UsageError
+from ..io import check_output_dir, write_json, write_text
+from . import results as tables
+from .executors import EXECUTORS, SlurmOptions
+from .spec import Study, StudyError
+from .spec import parse as parse_study
+from .worker import DONE, JOB, job_dir, read_result
+
+STUDY_FILE = "study.toml"
+
+
+@dataclass
+class StudyRun:
+    """What a run of a study did and found."""
+
+    out: Path
+    study: Study
+    counts: dict[str, int] = field(default_factory=dict)  # status → jobs, after the run
+    ran: int = 0  # jobs run by this invocation
+    reused: int = 0  # jobs found done
+    lost: list[str] = field(default_factory=list)  # "<id>: why" for workers that died
+    failed: list[str] = field(default_factory=list)  # one line per failed job
+    summary: str = ""
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return sum(self.counts.get(s, 0) for s in (*DONE, "skipped")) == len(self.study.jobs)
+
+
+def open_study_dir(out: str | Path, study: Study) -> Path:
+    """The study directory `out`: new, or one holding this study (by name); others refused."""
+    out = check_output_dir(out, "study directory")
+    given = out / STUDY_FILE
+    if out.exists() and any(out.iterdir()):
+        if not given.is_file():
+            raise UsageError(f"{out} exists and is not a study directory (no {STUDY_FILE}); "
+                             "choose a new or empty directory for the study")
+        held = parse_study(given.read_text(), given)
+        if held.name != study.name:
+            raise UsageError(f"{out} holds study {held.name!r}, not {study.name!r}; choose "
+                             "another directory (--out)")
+    return out
+
+
+def run_study(study: Study, out: str | Path, executor: str = "local", workers: int | None = None,
+              retry_failed: bool = False, quiet: bool = False,
+              slurm: SlurmOptions | None = None) -> StudyRun:
+    """Run the study's jobs that are not done into `out`; rebuild its results tables.
+
+    Jobs that are complete or diverged are kept. A plain run runs new, unfinished and failed
+    jobs; `retry_failed` runs only the failed ones (and the jobs waiting on them). A job that
+    reads a diverged job is recorded as skipped; one that reads a failed job waits for a later
+    run."""
+    t0 = time.perf_counter()
+    if executor not in EXECUTORS:
+        raise UsageError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--jobs must be at least 1, got {workers}")
+    root = open_study_dir(out, study)
+    root.mkdir(parents=True, exist_ok=True)
+    write_text(root / STUDY_FILE, study.text, changed_only=True)
+    for spec in study.jobs:
+        write_json(job_dir(root, spec.id) / JOB, spec.to_dict(), changed_only=True)
+    status = {j.id: _status(root, j.id) for j in study.jobs}
+    run = StudyRun(root, study)
+    run.reused = sum(s in DONE or s == "skipped" for s in status.values())
+    if retry_failed:
+        todo = {i for i, s in status.items() if s == "failed"}
+        todo |= _waiting_on(study, todo, status)
+    else:
+        todo = {i for i, s in status.items() if s not in (*DONE, "skipped")}
+    interactive = not quiet and sys.stderr.isatty()
+    if todo:
+        bars = interactive and executor == "local"
+        ex = EXECUTORS[executor](root, workers=workers, bars=bars, slurm=slurm)
+        try:
+            _schedule(study, root, ex, todo, status, run, interactive)
+        finally:
+            ex.close()
+    rows, jobs = tables.collect(root, study)
+    tables.write(root, rows, jobs)
+    run.counts = {}
+    for j in jobs:
+        run.counts[j["status"]] = run.counts.get(j["status"], 0) + 1
+    run.failed = tables.failed_lines(jobs)
+    run.summary = tables.summary(rows, metrics=tables.headlines(root, study)) if rows else ""
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+def _status(root: Path, job_id: str) -> str:
+    result = read_result(job_dir(root, job_id))
+    return "pending" if result is None else result["status"]
+
+
+def _waiting_on(study: Study, failed: set[str], status: dict[str, str]) -> set[str]:
+    """The jobs not yet done that read (directly or not) one of `failed`."""
+    out: set[str] = set()
+    blocked = set(failed)
+    for spec in study.jobs:  # stage order: readers come after what they read
+        if status[spec.id] == "pending" and blocked & set(spec.deps):
+            out.add(spec.id)
+            blocked.add(spec.id)
+    return out
+
+
+def _schedule(study: Study, root: Path, ex: Any, todo: set[str], status: dict[str, str],
+              run: StudyRun, interactive: bool) -> None:
+    """Submit each job once what it reads is done; follow them to the end."""
+    by_id = study.by_id
+    order = [j.id for j in study.jobs if j.id in todo]
+    waiting = list(order)
+    running: set[str] = set()
+    bar = tqdm(total=len(todo), desc=f"{study.name}", unit="job", position=0,
+               disable=not interactive, dynamic_ncols=True,
+               bar_format="{desc}: {n_fmt}/{total_fmt} jobs |{bar}| {elapsed}<{remaining}"
+                          "{postfix}")
+    failed = 0
+
+    def post() -> None:
+        bar.set_postfix_str(f"running {len(running)}, failed {failed}, diverged "
+                            f"{sum(status[i] == 'diverged' for i in todo)}", refresh=True)
+
+    try:
+        while waiting or running:
+            ready, still = [], []
+            for job_id in waiting:
+                deps = [status[d] for d in by_id[job_id].deps]
+                if any(s in ("diverged", "skipped") for s in deps):
+                    _skip(root, job_id, [d for d in by_id[job_id].deps
+                                         if status[d] in ("diverged", "skipped")])
+                    status[job_id] = "skipped"
+                    bar.update()
+                elif any(s in ("failed", "lost") for s in deps):
+                    status[job_id] = "blocked"  # a later run does it once its inputs exist
+                    bar.update()
+                elif all(s == "complete" for s in deps):
+                    ready.append(job_id)
+                else:
+                    still.append(job_id)
+            waiting = still
+            if ready:
+                ex.submit(ready)
+                running.update(ready)
+                post()
+            if not running:
+                if waiting:  # nothing can move: inputs never came
+                    for job_id in waiting:
+                        status[job_id] = "blocked"
+                    waiting = []
+                break
+            for job_id, outcome, why in ex.wait():
+                running.discard(job_id)
+                result = read_result(job_dir(root, job_id))  # the files, not the messenger
+                if result is None:
+                    status[job_id] = "lost"
+                    run.lost.append(f"{job_id}: {why or 'ended without a result'}")
+                else:
+                    status[job_id] = result["status"]
+                    run.ran += bool((outcome or {}).get("ran", True))
+                    failed += result["status"] == "failed"
+                bar.update()
+                post()
+    finally:
+        bar.close()
+
+
+def _skip(root: Path, job_id: str, because: list[str]) -> None:
+    write_json(job_dir(root, job_id) / "result.json", {
+        "status": "skipped", "error": f"reads {', '.join(because)}, which diverged",
+        "records": [], "headline": []})
+
+
+def load_study(path: str | Path) -> Study:
+    """The study in a study file (or in a study directory's study.toml)."""
+    from .spec import load
+
+    path = Path(path)
+    if path.is_dir() and (path / STUDY_FILE).is_file():
+        return load(path / STUDY_FILE)
+    try:
+        return load(path)
+    except StudyError:
+        raise
