@@ -1,48 +1,53 @@
-"""demo: the LMC-under-shift study on the embedded digits data, in a few minutes."""
+"""demo: the LMC-under-shift study on the embedded digits data, as a study (examples/demo.toml)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..experiments import demo as experiment
-from ..experiments.lmc import summary_table
 from ..options import option
-from ..train import resolve_device
-from ._inputs import Runtime
+from ._inputs import HELP_DEVICE
 from ._registry import JobConfig, Output, Result, register
 
 
 @dataclass(frozen=True, kw_only=True)
-class DemoConfig(Runtime, JobConfig):
+class DemoConfig(JobConfig):
     job = "demo"
-    hidden = ("data_dir",)  # the digits are embedded
-    quick: bool = option(False, "a smaller smoke run")
-    jobs: int | None = option(None, "worker processes on CPU (default: one per core)", low=1,
+    quick: bool = option(False, "a smaller smoke run (examples/demo-quick.toml)")
+    device: str = option("auto", HELP_DEVICE, setting=False)
+    jobs: int | None = option(None, "worker processes (default: one per core)", low=1,
                               setting=False)
-    resume: bool = option(False, "continue a demo directory without demo.json (one that holds "
-                                 "this demo is continued without it)", setting=False)
-    quiet: bool = option(False, "no progress lines", setting=False)
+    quiet: bool = option(False, "no progress bars", setting=False)
 
 
 @dataclass
 class DemoResult(Result):
-    summary: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
+    table: str = ""
+    run: object = None  # studies.runner.StudyRun
 
     def lines(self) -> list[str]:
-        return [summary_table(self.summary),
-                f"wrote {self.out} in {self.seconds:.0f} s (summary.csv, summary.txt, "
-                "barriers.png, delta.png, one folder per study)"]
+        r = self.run
+        out = [self.table] + r.failed
+        out.append(f"study {r.study.name}: {len(r.study.jobs)} jobs; ran {r.ran}, found "
+                   f"{r.reused} done, in {r.seconds:.0f} s")
+        out.append(f"wrote {self.out} (summary.csv, summary.txt, barriers.png, delta.png, "
+                   "results.csv, results.sqlite, one job directory per model and shift)")
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.run.complete else 1
 
 
 @register("demo", DemoConfig, "the LMC-under-shift study on digits (a few minutes)",
-          Output("output directory", required=False, default="results/demo"))
+          Output("study directory", required=False, default="results/demo"))
 def run_demo(config: DemoConfig, out: Path) -> DemoResult:
-    """Every demo study in `out/<model>_<shift>/`, the combined summary and figures (its
-    demo.json is its record: the same demo in `out` is continued, another refused)."""
-    t0 = time.perf_counter()
-    rows = experiment.run_demo(out, resolve_device(config.device), config.quick, config.resume,
-                               config.quiet, config.jobs)
-    return DemoResult(out, rows, time.perf_counter() - t0)
+    """The demo study in `out` (what is done there is kept), its combined summary and figures."""
+    from ..experiments.demo import write_summary
+    from ..studies import EXAMPLES, load, run_study
+
+    study = load(EXAMPLES / ("demo-quick.toml" if config.quick else "demo.toml"))
+    run = run_study(study, out, workers=config.jobs, quiet=config.quiet,
+                    overrides={"device": config.device})
+    table = write_summary(run) if run.complete else "the demo is not complete: see the failed jobs"
+    return DemoResult(run.out, table=table, run=run)

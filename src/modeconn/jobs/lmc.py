@@ -53,6 +53,9 @@ class LMCConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
     bn_reset: str = bn_reset_option(help="re-estimate BatchNorm statistics at every point "
                                          "(auto: when the model has BN)")
     tolerance: float = option(0.01, "largest train loss barrier counted as connected", low=0)
+    contrast: bool = option(False, "add one init-different configuration (first batch order, "
+                                   "batch size and lr) as a contrast row")
+    label: str | None = option(None, "the model's name in tables and figures (default: --model)")
     resume: bool = option(False, "continue an interrupted study in --out, reusing finished runs",
                           setting=False)
     quiet: bool = quiet_option()
@@ -87,7 +90,7 @@ class LMCConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
             batch_orders=self.batch_order, batch_sizes=self.batch_size_grid, lrs=self.lr_grid,
             seeds=self.seeds, train=TrainConfig(**train), points=self.points,
             ensemble_size=self.ensemble_size, bn_reset=self.bn_reset, tolerance=self.tolerance,
-            lr_scaling=self.lr_scaling)
+            lr_scaling=self.lr_scaling, contrast=self.contrast, label=self.label)
 
 
 @dataclass

@@ -30,6 +30,8 @@ class RunConfig(JobConfig):
     gpus: int = option(0, "SLURM GPUs per job", low=0, setting=False)
     array_size: int = option(500, "SLURM jobs per job array", low=1, setting=False)
     parallelism: int = option(256, "SLURM array tasks running at once", low=1, setting=False)
+    device: str | None = option(None, "device of every job (default: each job's own, auto)",
+                                setting=False)
     quiet: bool = option(False, "no progress bars", setting=False)
 
 
@@ -75,7 +77,7 @@ def run_run(config: RunConfig, out: Path | None) -> StudyResult:
                          cpus=config.cpus, gpus=config.gpus, array_size=config.array_size,
                          parallelism=config.parallelism)
     run = run_study(study, out, config.executor, config.jobs, config.retry_failed,
-                    config.quiet, slurm)
+                    config.quiet, slurm, overrides={"device": config.device})
     return StudyResult(run.out, run)
 
 

@@ -53,6 +53,7 @@ class LocalExecutor:
     (at least one), so that the pool uses the machine without oversubscribing it."""
 
     name = "local"
+    retry_lost = True  # once: a worker's death breaks the pool and loses its neighbours' jobs
 
     def __init__(self, root: Path, workers: int | None = None, bars: bool = False,
                  **_: Any) -> None:
@@ -126,6 +127,7 @@ class SlurmExecutor:
     jobs submitted together form one job array (at most `array_size` tasks each)."""
 
     name = "slurm"
+    retry_lost = False  # a cancelled task was cancelled on purpose; a rerun redoes it
 
     def __init__(self, root: Path, slurm: SlurmOptions | None = None, **_: Any) -> None:
         try:

@@ -56,14 +56,17 @@ def collect(root: Path, study: Study) -> tuple[list[dict[str, Any]], list[dict[s
     for spec in study.jobs:
         result = read_result(job_dir(root, spec.id))
         jobs.append(job_row(root, spec, result))
-        if result is None or result["status"] not in ("complete", "diverged"):
+        if result is None or result["status"] not in ("complete", "diverged", "skipped"):
             continue
         config = get(spec.job).config.from_dict(spec.options).to_dict(settings_only=True)
         base = {"id": spec.id, "stage": spec.stage, "job": spec.job, "status": result["status"],
                 **spec.labels, **{k: _cell(v) for k, v in config.items()}}
-        for rec in result.get("records", []):
+        records = result.get("records", [])
+        for rec in records:
             for metric, value in rec["metrics"].items():
                 rows.append({**base, **rec["labels"], "metric": metric, "value": value})
+        if not records:  # a diverged job measured nothing, but it is counted
+            rows.append({**base, "metric": "", "value": None})
     return rows, jobs
 
 
@@ -192,19 +195,20 @@ def summary(rows: list[dict[str, Any]], group_by: list[str] | None = None,
         else:  # the columns this stage has (a stage has none of another's labels)
             keys = [c for g in group_by if (c := _column(sel[0], g)) is not None]
         wanted = metrics.get(stage) if isinstance(metrics, dict) else metrics
-        names = list(dict.fromkeys(r["metric"] for r in sel))
+        names = list(dict.fromkeys(r["metric"] for r in sel if r["metric"]))
         shown = [m for m in (wanted or names) if m in names] or names
         groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         diverged: dict[tuple, set] = defaultdict(set)
         for r in sel:
             key = tuple(r.get(k) for k in keys)
-            if r["status"] == "diverged":
+            if r["status"] in ("diverged", "skipped"):
                 diverged[key].add(r["id"])
                 groups[key]
                 continue
             if r["metric"] in shown:
                 groups[key][r["metric"]].append(float(r["value"]))
-        head = [*(k.split(".", 1)[-1] if "." in k else k for k in keys), *shown, "n", "diverged"]
+        head = [*(k.split(".", 1)[-1] if "." in k else k for k in keys), *shown, "n",
+                "diverged"]
         table = [head]
         for key, values in groups.items():
             n = max((len(v) for v in values.values()), default=0)

@@ -64,13 +64,15 @@ def open_study_dir(out: str | Path, study: Study) -> Path:
 
 def run_study(study: Study, out: str | Path, executor: str = "local", workers: int | None = None,
               retry_failed: bool = False, quiet: bool = False,
-              slurm: SlurmOptions | None = None) -> StudyRun:
+              slurm: SlurmOptions | None = None,
+              overrides: dict[str, Any] | None = None) -> StudyRun:
     """Run the study's jobs that are not done into `out`; rebuild its results tables.
 
     Jobs that are complete or diverged are kept. A plain run runs new, unfinished and failed
     jobs; `retry_failed` runs only the failed ones (and the jobs waiting on them). A job that
     reads a diverged job is recorded as skipped; one that reads a failed job waits for a later
-    run."""
+    run. `overrides` sets options that say where jobs run, not what they compute (device,
+    data_dir), in every job that has them; they do not change the job ids."""
     t0 = time.perf_counter()
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
@@ -80,7 +82,8 @@ def run_study(study: Study, out: str | Path, executor: str = "local", workers: i
     root.mkdir(parents=True, exist_ok=True)
     write_text(root / STUDY_FILE, study.text, changed_only=True)
     for spec in study.jobs:
-        write_json(job_dir(root, spec.id) / JOB, spec.to_dict(), changed_only=True)
+        write_json(job_dir(root, spec.id) / JOB, _with_overrides(spec, overrides or {}),
+                   changed_only=True)
     status = {j.id: _status(root, j.id) for j in study.jobs}
     run = StudyRun(root, study)
     run.reused = sum(s in DONE or s == "skipped" for s in status.values())
@@ -106,6 +109,19 @@ def run_study(study: Study, out: str | Path, executor: str = "local", workers: i
     run.summary = tables.summary(rows, metrics=tables.headlines(root, study)) if rows else ""
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def _with_overrides(spec, overrides: dict[str, Any]) -> dict[str, Any]:
+    from ..jobs import config_fields, get
+
+    fields = {i.name: i for i in config_fields(get(spec.job).config)}
+    bad = [k for k in overrides if k in fields and fields[k].meta.setting]
+    if bad:
+        raise UsageError(f"{', '.join(bad)} would change what the jobs compute; set it in the "
+                         "study file instead")
+    options = {**spec.options, **{k: v for k, v in overrides.items()
+                                  if k in fields and v is not None}}
+    return {**spec.to_dict(), "options": options}
 
 
 def _status(root: Path, job_id: str) -> str:
@@ -136,6 +152,7 @@ def _schedule(study: Study, root: Path, ex: Any, todo: set[str], status: dict[st
                bar_format="{desc}: {n_fmt}/{total_fmt} jobs |{bar}| {elapsed}<{remaining}"
                           "{postfix}")
     failed = 0
+    retried: set[str] = set()
 
     def post() -> None:
         bar.set_postfix_str(f"running {len(running)}, failed {failed}, diverged "
@@ -172,7 +189,11 @@ def _schedule(study: Study, root: Path, ex: Any, todo: set[str], status: dict[st
             for job_id, outcome, why in ex.wait():
                 running.discard(job_id)
                 result = read_result(job_dir(root, job_id))  # the files, not the messenger
-                if result is None:
+                if result is None and getattr(ex, "retry_lost", False) \
+                        and job_id not in retried:
+                    retried.add(job_id)  # a pool that broke takes its neighbours down too
+                    waiting.append(job_id)
+                elif result is None:
                     status[job_id] = "lost"
                     run.lost.append(f"{job_id}: {why or 'ended without a result'}")
                 else:

@@ -1,13 +1,15 @@
 """Study files: a TOML file of stages → the study's jobs, each with a stable id.
 
 A study file holds an optional ``[study]`` table (``name``, ``description``) and one table per
-stage. A stage names its job kind (``job = "train"``; the stage's own name when omitted), the
-job's fixed options, and its sweep axes::
+stage. A stage names its job kind (``job = "train"``; the stage's own name when omitted) and
+the job's fixed options; its sweep axes go in ``[stage.sweep]``::
 
     [train]
     job = "train"
     dataset = "digits"
     epochs = 8
+
+    [train.sweep]
     seeds = [0, 1, 2]                      # an axis named seed: sets split_seed, init_seed, ...
     grid = { shift = ["iid:50,50", "label-skew:0-4=80,5-9=20"], batch_order = ["same", "independent"] }
     zip = { batch_size = [32, 128], lr = [0.05, 0.2] }
@@ -19,8 +21,10 @@ job's fixed options, and its sweep axes::
 A string ``"@stage/path"`` is a file of an earlier stage's job (``"@stage"`` its output
 itself); the stage then runs once per job of that stage (jobs of several stages are paired where
 their sweep values agree). ``"@stage[seed]/path"`` gathers the files of every seed into one list
-(e.g. the models of ``merge-many``). Grid axes multiply; ``zip`` axes (``zip = {...}``, or
-``[[stage.zip]]`` tables for several groups) advance together.
+(e.g. the models of ``merge-many``); ``"@stage[seed=1]/path"`` reads only the jobs with that
+sweep value (e.g. ``a`` from seed 0 and ``b`` from seed 1 of one stage). Grid axes multiply; ``zip`` axes (``zip = {...}``, or
+``[[stage.sweep.zip]]`` tables for several groups) advance together; ``seeds`` is an axis named
+``seed`` that sets every seed option of the job (``seed_fields`` names them otherwise).
 
 A job's id is its stage and a hash of its resolved settings (with the ids of the jobs it reads):
 changing a setting changes the id, running the same file again finds the same ids.
@@ -51,9 +55,9 @@ NOT_IN_STUDIES = {"run": "it runs studies", "results": "it reads studies",
                   "demo": "it is a study itself", "info": "it writes no files"}
 # Options the runner sets itself for every job.
 RUNNER_OPTIONS = {"resume", "overwrite", "quiet", "pdf"}
-STAGE_KEYS = {"job", "grid", "zip", "seeds", "seed_fields"}
+SWEEP_KEYS = {"grid", "zip", "seeds", "seed_fields"}
 STUDY_KEYS = {"name", "description"}
-REF = re.compile(r"^@([A-Za-z_][\w-]*)(?:\[([\w.,\s]*)\])?(?:/(.*))?$")
+REF = re.compile(r"^@([A-Za-z_][\w-]*)(?:\[([^\]]*)\])?(?:/(.*))?$")
 STAGE_NAME = re.compile(r"^[A-Za-z_][\w-]*$")
 
 
@@ -67,7 +71,13 @@ class Ref:
 
     stage: str
     gather: tuple[str, ...]  # the upstream axes gathered into one list (empty: one per job)
+    select: tuple[tuple[str, Any], ...]  # only the upstream jobs with these sweep values
     path: str  # inside the job's output ("" for the output itself)
+
+    @property
+    def source(self) -> tuple:
+        """Which jobs of the stage it reads (references differing only in path share it)."""
+        return (self.stage, self.gather, self.select)
 
 
 @dataclass
@@ -82,16 +92,14 @@ class Stage:
     refs: dict[str, Ref] = field(default_factory=dict)  # the string value → its reference
 
     @property
-    def upstream(self) -> dict[str, tuple[str, ...]]:
-        """The stages this one reads, with the axes it gathers over."""
-        out: dict[str, tuple[str, ...]] = {}
-        for r in self.refs.values():
-            if out.get(r.stage, r.gather) != r.gather:
-                raise StudyError(f"[{self.name}] reads @{r.stage} both per job and gathered "
-                                 f"over {list(r.gather or out[r.stage])}; gather the same axes "
-                                 "in every reference to one stage")
-            out[r.stage] = r.gather
-        return out
+    def upstream(self) -> list[str]:
+        """The stages this one reads."""
+        return list(dict.fromkeys(r.stage for r in self.refs.values()))
+
+    @property
+    def sources(self) -> list[Ref]:
+        """One reference per distinct set of upstream jobs read."""
+        return list({r.source: r for r in self.refs.values()}.values())
 
 
 @dataclass(frozen=True)
@@ -220,22 +228,34 @@ def _stage(where: str, name: str, table: dict[str, Any]) -> Stage:
     axes: list[list[dict[str, Any]]] = []
     swept: dict[str, str] = {}
     seed_fields: tuple[str, ...] = ()
+    sweep = table.get("sweep", {})
+    if not isinstance(sweep, dict):
+        raise StudyError(f"{at} sweep must be a table ([{name}.sweep] with grid, zip, seeds)")
+    for key in sweep:
+        if key not in SWEEP_KEYS:
+            raise StudyError(f"{at} sweep.{key}: unknown sweep key{_near(key, SWEEP_KEYS)}; a "
+                             f"sweep takes {', '.join(sorted(SWEEP_KEYS))}")
     for key, value in table.items():
-        if key in ("job",):
+        if key in ("job", "sweep"):
             continue
+        if isinstance(value, dict):
+            raise StudyError(f"{at} {key}: an option value cannot be a table (sweep it with "
+                             f"[{name}.sweep] grid = {{ {key} = [...] }})")
+        options[option_key(key)] = value
+    for key, value in sweep.items():
         if key == "grid":
             if not isinstance(value, dict) or not value:
-                raise StudyError(f"{at} grid must be a table of lists, e.g. grid = "
+                raise StudyError(f"{at} sweep.grid must be a table of lists, e.g. grid = "
                                  "{ lr = [0.1, 0.01] }")
             for k, vs in value.items():
-                k_ = option_key(k, "grid.")
-                _sweep_values(at, f"grid.{k}", vs)
-                _claim(at, swept, k_, f"grid.{k}")
+                k_ = option_key(k, "sweep.grid.")
+                _sweep_values(at, f"sweep.grid.{k}", vs)
+                _claim(at, swept, k_, f"sweep.grid.{k}")
                 axes.append([{k_: v} for v in vs])
         elif key == "zip":
             groups = value if isinstance(value, list) else [value]
             for gi, group in enumerate(groups):
-                label = "zip" if len(groups) == 1 else f"zip[{gi}]"
+                label = "sweep.zip" if len(groups) == 1 else f"sweep.zip[{gi}]"
                 if not isinstance(group, dict) or not group:
                     raise StudyError(f"{at} {label} must be a table of equal-length lists, e.g. "
                                      "zip = { batch_size = [32, 128], lr = [0.05, 0.2] }")
@@ -254,32 +274,27 @@ def _stage(where: str, name: str, table: dict[str, Any]) -> Stage:
                 n = next(iter(lengths.values()))
                 axes.append([{k_: vs[i] for k_, vs in keys} for i in range(n)])
         elif key == "seeds":
-            _sweep_values(at, "seeds", value)
+            _sweep_values(at, "sweep.seeds", value)
             if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in value):
-                raise StudyError(f"{at} seeds must be integers >= 0, got {value!r}")
+                raise StudyError(f"{at} sweep.seeds must be integers >= 0, got {value!r}")
             if len(set(value)) != len(value):
-                raise StudyError(f"{at} seeds repeats a seed: {value!r}")
-            fields = table.get("seed_fields")
+                raise StudyError(f"{at} sweep.seeds repeats a seed: {value!r}")
+            fields = sweep.get("seed_fields")
             if fields is None:
                 fields = [n for n in infos if n == "seed" or n.endswith("_seed")]
             if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-                raise StudyError(f"{at} seed_fields must be a list of option names, got "
+                raise StudyError(f"{at} sweep.seed_fields must be a list of option names, got "
                                  f"{fields!r}")
-            seed_fields = tuple(option_key(f, "seed_fields: ") for f in fields)
+            seed_fields = tuple(option_key(f, "sweep.seed_fields: ") for f in fields)
             if not seed_fields:
-                raise StudyError(f"{at} seeds: {kind} has no seed option; name the options the "
+                raise StudyError(f"{at} sweep.seeds: {kind} has no seed option; name the options the "
                                  "seed sets with seed_fields = [...]")
             for f in seed_fields:
-                _claim(at, swept, f, "seeds")
+                _claim(at, swept, f, "sweep.seeds")
             axes.append([{"seed": v} for v in value])
         elif key == "seed_fields":
-            if "seeds" not in table:
-                raise StudyError(f"{at} seed_fields without seeds; add seeds = [0, 1, 2]")
-        elif isinstance(value, dict):
-            raise StudyError(f"{at} {key}: an option value cannot be a table (sweep it with "
-                             f"grid = {{ {key} = [...] }})")
-        else:
-            options[option_key(key)] = value
+            if "seeds" not in sweep:
+                raise StudyError(f"{at} sweep.seed_fields without seeds; add seeds = [0, 1, 2]")
     for k in swept:
         if k in options:
             raise StudyError(f"{at} {k} is both a fixed option and swept ({swept[k]}); keep one")
@@ -309,8 +324,20 @@ def _ref(at: str, key: str, value: str) -> Ref:
     if not m:
         raise StudyError(f"{at} {key}: {value!r} is not a reference; write \"@stage/path\" "
                          "(e.g. \"@train/a/model.safetensors\") or \"@stage[seed]/path\"")
-    gather = tuple(g.strip() for g in (m.group(2) or "").split(",") if g.strip())
-    return Ref(m.group(1), gather, m.group(3) or "")
+    gather, select = [], []
+    for item in (g.strip() for g in (m.group(2) or "").split(",")):
+        if not item:
+            continue
+        axis, sep, text = item.partition("=")
+        if not sep:
+            gather.append(axis.strip())
+            continue
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()  # a bare word: a string
+        select.append((axis.strip(), value))
+    return Ref(m.group(1), tuple(gather), tuple(select), m.group(3) or "")
 
 
 def _order(where: str, stages: dict[str, Stage]) -> list[str]:
@@ -344,21 +371,34 @@ def _order(where: str, stages: dict[str, Stage]) -> list[str]:
 def _expand(where: str, stage: Stage, by_stage: dict[str, list[JobSpec]]) -> list[JobSpec]:
     """The stage's jobs: its sweep × the jobs it reads (paired where their labels agree)."""
     at = f"{where}: [{stage.name}]"
-    # Each upstream stage contributes groups of its jobs (one job each unless gathered).
-    choices: list[list[tuple[str, dict[str, Any], list[JobSpec]]]] = []
-    for up, gather in stage.upstream.items():
+    # Each source (a stage's jobs, maybe selected, maybe gathered) contributes groups of its
+    # jobs: one job each unless gathered. Groups pair up where their sweep values agree.
+    choices: list[list[tuple[tuple, dict[str, Any], list[JobSpec]]]] = []
+    for ref in stage.sources:
+        up = ref.stage
         jobs = by_stage[up]
-        qualified = tuple(g if "." in g else f"{up}.{g}" for g in gather)
-        for g in qualified:
-            if not any(g in j.labels for j in jobs):
-                axes = sorted({k for j in jobs for k in j.labels})
-                raise StudyError(f"{at} gathers @{up} over {g.split('.', 1)[1]!r}, which is not "
-                                 f"a sweep axis of [{up}] (its axes: {', '.join(axes) or 'none'})")
+        axes = sorted({k for j in jobs for k in j.labels})
+
+        def qualify(axis: str) -> str:
+            name = axis if "." in axis else f"{up}.{axis}"
+            if name not in axes:
+                raise StudyError(f"{at} reads @{up}[{axis}...]: {axis!r} is not a sweep axis of "
+                                 f"[{up}] (its axes: {', '.join(axes) or 'none'})")
+            return name
+
+        gathered = tuple(qualify(g) for g in ref.gather)
+        selected = {qualify(a): v for a, v in ref.select}
+        jobs = [j for j in jobs if all(j.labels.get(a) == v for a, v in selected.items())]
+        if not jobs:
+            raise StudyError(f"{at} reads @{up} with "
+                             f"{', '.join(f'{a}={v!r}' for a, v in ref.select)}: no job of "
+                             f"[{up}] has these sweep values")
         groups: dict[str, tuple[dict[str, Any], list[JobSpec]]] = {}
         for j in jobs:
-            key_labels = {k: v for k, v in j.labels.items() if k not in qualified}
+            key_labels = {k: v for k, v in j.labels.items()
+                          if k not in gathered and k not in selected}
             groups.setdefault(json.dumps(key_labels, sort_keys=True), (key_labels, []))[1].append(j)
-        choices.append([(up, labels, members) for labels, members in groups.values()])
+        choices.append([(ref.source, labels, members) for labels, members in groups.values()])
     combos: list[tuple[dict[str, Any], dict[str, list[JobSpec]]]] = []
     for pick in itertools.product(*choices):
         labels: dict[str, Any] = {}
@@ -369,7 +409,7 @@ def _expand(where: str, stage: Stage, by_stage: dict[str, list[JobSpec]]) -> lis
                     ok = False
                 labels[k] = v
         if ok:
-            combos.append((labels, {up: members for up, _, members in pick}))
+            combos.append((labels, {source: members for source, _, members in pick}))
     if stage.upstream and not combos:
         raise StudyError(f"{at} the stages it reads ({', '.join(stage.upstream)}) have no jobs "
                          "whose sweep values agree, so it has nothing to run")
@@ -407,7 +447,7 @@ def _expand(where: str, stage: Stage, by_stage: dict[str, list[JobSpec]]) -> lis
     return out
 
 
-def _resolve(at: str, key: str, value: Any, stage: Stage, picked: dict[str, list[JobSpec]],
+def _resolve(at: str, key: str, value: Any, stage: Stage, picked: dict[tuple, list[JobSpec]],
              deps: list[str]) -> Any:
     """An option value with its references made "@<job id>/<path>"."""
     if isinstance(value, list):
@@ -415,7 +455,7 @@ def _resolve(at: str, key: str, value: Any, stage: Stage, picked: dict[str, list
     if not (isinstance(value, str) and value in stage.refs):
         return value
     ref = stage.refs[value]
-    jobs = picked[ref.stage]
+    jobs = picked[ref.source]
     deps.extend(j.id for j in jobs)
     paths = [f"@{j.id}" + (f"/{ref.path}" if ref.path else "") for j in jobs]
     return paths if ref.gather else paths[0]
