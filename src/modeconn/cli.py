@@ -134,8 +134,8 @@ def _glue_negative_values(argv: list[str]) -> list[str]:
 
 
 # The commands in the order `modeconn --help` lists them.
-COMMANDS = ("run", "results", "train", "interpolate", "align", "merge-many", "lmc", "ensemble", "demo", "curve",
-            "curve-ensemble", "curve-point", "fge", "landscape", "sharpness", "info")
+COMMANDS = ("run", "results", "train", "interpolate", "align", "merge-many", "lmc", "ensemble",
+            "demo", "curve", "curve-ensemble", "curve-point", "fge", "landscape", "sharpness", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:

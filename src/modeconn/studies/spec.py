@@ -22,8 +22,9 @@ A string ``"@stage/path"`` is a file of an earlier stage's job (``"@stage"`` its
 itself); the stage then runs once per job of that stage (jobs of several stages are paired where
 their sweep values agree). ``"@stage[seed]/path"`` gathers the files of every seed into one list
 (e.g. the models of ``merge-many``); ``"@stage[seed=1]/path"`` reads only the jobs with that
-sweep value (e.g. ``a`` from seed 0 and ``b`` from seed 1 of one stage). Grid axes multiply; ``zip`` axes (``zip = {...}``, or
-``[[stage.sweep.zip]]`` tables for several groups) advance together; ``seeds`` is an axis named
+sweep value (e.g. ``a`` from seed 0 and ``b`` from seed 1 of one stage). Grid axes multiply;
+``zip`` axes (``zip = {...}``, or ``[[stage.sweep.zip]]`` tables for several groups) advance
+together; ``seeds`` is an axis named
 ``seed`` that sets every seed option of the job (``seed_fields`` names them otherwise).
 
 A job's id is its stage and a hash of its resolved settings (with the ids of the jobs it reads):
