@@ -56,7 +56,8 @@ stop_pid() {
 # node_state: state of the (single) node as sinfo reports it, "" if unreachable
 node_state() { timeout 10 sinfo -h -N -o %T 2>/dev/null | head -n 1 || true; }
 
-node_ok() { [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]]; }
+# ("planned": idle, but the backfill scheduler has reserved it for a pending job)
+node_ok() { [[ $(node_state) =~ ^(idle|mixed|allocated|completing|planned)$ ]]; }
 
 accounting_ok() { timeout 10 sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER"; }
 
@@ -231,6 +232,7 @@ smoke_test() {
         *) break ;;
         esac
     done
+    scancel "$jid" 2>/dev/null || true
     die "smoke job $jid: sacct state '${state:-nothing}', expected COMPLETED"
 }
 
@@ -280,13 +282,16 @@ cmd_start() {
     for ((i = 0; i < 2 * WAIT_S; i++)); do
         state=$(node_state)
         case $state in
-        idle | mixed | allocated | completing) break ;;
+        idle | mixed | allocated | completing | planned) break ;;
         drain* | down* | fail* | inval*)
             # ReturnToService=2 normally clears this once slurmd registers
             scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true ;;
         esac
         sleep 0.5
     done
+    sleep 1 # slurmd exits soon after daemonizing if it cannot bind its port
+    pid_alive /run/slurmd.pid || die "slurmd exited"
+    pid_alive /run/slurmctld.pid || die "slurmctld exited"
     node_ok || die "node $HOST not idle after ${WAIT_S}s (state: '${state:-no answer}'; $(scontrol show node "$HOST" 2>/dev/null | grep -o 'Reason=.*' || true))"
     smoke_test
     report
@@ -302,7 +307,7 @@ cmd_stop() {
 }
 
 cmd_status() {
-    if node_ok && accounting_ok; then
+    if pid_alive /run/slurmctld.pid && pid_alive /run/slurmd.pid && node_ok && accounting_ok; then
         report
         return 0
     fi

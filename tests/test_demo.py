@@ -1,31 +1,51 @@
-"""`modeconn demo` on an existing directory: reused when it holds the same demo, refused when it
-holds another; progress lines while it runs (tiny studies stand in for the demo's)."""
+"""`modeconn demo`: the demo study; a second run finds everything done and prints the summary at
+once; a directory that is not a study is refused (a tiny demo file stands in for the demo's)."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-import modeconn.experiments.demo as demo
+import modeconn.studies as studies
 from modeconn import jobs
-from modeconn.experiments.lmc import LMCStudy, summary_table
-from modeconn.train import TrainConfig
+from modeconn.experiments.lmc import summary_table
 
-TINY = LMCStudy(dataset="digits", model="mlp", model_options={"width": 16, "depth": 1},
-                shift="iid:50,50", inits=("same",), batch_orders=("same", "independent"),
-                batch_sizes=(32,), lrs=(0.05,), seeds=(0, 1), points=5, ensemble_size=2,
-                train=TrainConfig(epochs=2, batch_size=32, lr=0.05))
+TINY = """
+[study]
+name = "demo"
+description = "a tiny stand-in for the demo"
+
+[mlp]
+job = "lmc"
+dataset = "digits"
+model = "mlp"
+width = 16
+depth = 1
+epochs = 2
+batch_sizes = [32]
+lrs = [0.05]
+seeds = [0, 1]
+points = 5
+ensemble_size = 2
+
+[mlp.sweep]
+zip = { label = ["mlp1", "mlp2"], shift = ["iid:50,50", "label-skew:0-4=80,5-9=20"] }
+"""
 
 
 @pytest.fixture
-def tiny_demo(monkeypatch):
-    """Make the demo two tiny studies; returns a setter to change them."""
-    def use(studies):
-        monkeypatch.setattr(demo, "demo_studies", lambda quick=False: studies)
-    use([replace(TINY, label="mlp1"), replace(TINY, label="mlp2", shift="label-skew:0-4=80,5-9=20")])
+def tiny_demo(monkeypatch, tmp_path):
+    """Make the demo a tiny study; returns a setter to change its text."""
+    folder = tmp_path / "examples"
+    folder.mkdir()
+
+    def use(text: str) -> None:
+        (folder / "demo.toml").write_text(text)
+
+    use(TINY)
+    monkeypatch.setattr(studies, "EXAMPLES", folder)
     return use
 
 
@@ -37,33 +57,31 @@ def _files(root: Path) -> dict[str, tuple[str, int]]:
 
 def test_demo_twice_reuses_the_first_run_and_changes_no_file(cli, tmp_path, tiny_demo):
     out = tmp_path / "demo"
-    args = ["demo", "--out", out, "--jobs", "1", "--device", "cpu"]
+    args = ["demo", "--out", out, "--jobs", "2", "--device", "cpu"]
     rc, first, err = cli(*args)
     assert rc == 0, err
-    # Progress while it runs: a line per configuration and one per study.
-    lines = err.splitlines()
-    assert "  mlp1_iid [1/2] " in err and "  mlp2_label-skew [2/2] " in err
-    assert [ln.split()[0] for ln in lines if ln.startswith("[")] == ["[1/2]", "[2/2]"]
+    assert "ran 2, found 0 done" in first
     before = _files(out)
     assert len([f for f in before if f.endswith("model.safetensors")]) == 16
 
     rc, second, err = cli(*args)
     assert rc == 0, err
-    assert "reusing" in err and "reused" in err
-    assert second.splitlines()[:-1] == first.splitlines()[:-1]  # the same summary table
+    assert "ran 0, found 2 done" in second
+    assert second.splitlines()[:-2] == first.splitlines()[:-2]  # the same summary table
     assert _files(out) == before  # same bytes, not even rewritten
 
 
-def test_demo_job_returns_the_summary_rows(tmp_path, tiny_demo):
+def test_demo_job_writes_the_combined_summary_and_figures(tmp_path, tiny_demo):
     out = tmp_path / "d"
-    result = jobs.run("demo", out=out, jobs=1, device="cpu", quiet=True)
+    result = jobs.run("demo", out=out, jobs=2, device="cpu", quiet=True)
     assert result.out == out and result.exit_code == 0
-    assert [r["shift"] for r in result.summary] == ["iid:50,50"] * 2 + \
-        ["label-skew:0-4=80,5-9=20"] * 2
-    assert (out / "summary.txt").read_text() == summary_table(result.summary) + "\n"
-    for f in ("demo.json", "summary.csv", "barriers.png", "delta.png"):
+    rows = list(__import__("csv").DictReader(open(out / "summary.csv")))
+    assert [r["model"] for r in rows] == ["mlp1"] * 2 + ["mlp2"] * 2
+    assert [r["shift"] for r in rows] == ["iid:50,50"] * 2 + ["label-skew:0-4=80,5-9=20"] * 2
+    assert result.table == (out / "summary.txt").read_text().rstrip("\n")
+    assert "train barrier" in result.table
+    for f in ("study.toml", "results.csv", "results.sqlite", "barriers.png", "delta.png"):
         assert (out / f).is_file(), f
-    assert result.lines()[-1].startswith(f"wrote {out} in ")
 
 
 def test_quiet_demo_prints_nothing_to_stderr(cli, tmp_path, tiny_demo):
@@ -73,48 +91,29 @@ def test_quiet_demo_prints_nothing_to_stderr(cli, tmp_path, tiny_demo):
     assert "train barrier" in out
 
 
-def test_demo_of_other_settings_in_the_directory_is_refused(cli, tmp_path, tiny_demo):
+def test_a_changed_demo_runs_only_the_jobs_it_changed(cli, tmp_path, tiny_demo):
     out = tmp_path / "demo"
-    args = ["demo", "--out", out, "--jobs", "1", "--device", "cpu", "--quiet"]
+    args = ["demo", "--out", out, "--jobs", "2", "--device", "cpu", "--quiet"]
     assert cli(*args)[0] == 0
-    before = _files(out)
-    tiny_demo([replace(TINY, label="mlp1", points=7)])
+    tiny_demo(TINY.replace('"label-skew:0-4=80,5-9=20"', '"label-skew:0-4=90,5-9=10"'))
     rc, stdout, err = cli(*args)
-    assert rc == 2 and len(err.strip().splitlines()) == 1
-    assert err.startswith("modeconn: error: ") and "other settings" in err
-    assert _files(out) == before
+    assert rc == 0, err
+    assert "ran 1, found 1 done" in stdout
+    assert "label-skew:0-4=90,5-9=10" in stdout and "80,5-9=20" not in stdout
 
 
-def test_demo_refuses_a_directory_that_is_not_a_demo(cli, tmp_path, tiny_demo):
+def test_demo_refuses_a_directory_that_is_not_a_study(cli, tmp_path, tiny_demo):
     out = tmp_path / "d"
     out.mkdir()
     (out / "notes.txt").write_text("mine\n")
     rc, _, err = cli("demo", "--out", out, "--jobs", "1", "--device", "cpu", "--quiet")
-    assert rc == 2 and "not empty" in err
+    assert rc == 2 and "is not a study directory" in err and len(err.splitlines()) == 1
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
-def test_demo_continues_after_an_interruption_bit_identical(cli, tmp_path, tiny_demo,
-                                                            monkeypatch):
-    import modeconn.train as train
-
-    assert cli("demo", "--out", tmp_path / "A", "--jobs", "1", "--device", "cpu", "--quiet")[0] == 0
-    real, calls = train._save_state, []
-
-    def interrupt(path, model, opt, epoch, *a, **k):
-        real(path, model, opt, epoch, *a, **k)
-        calls.append(epoch)
-        if len(calls) == 10:  # the final state of the second study's first run
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "_save_state", interrupt)
-    args = ["demo", "--out", tmp_path / "B", "--jobs", "1", "--device", "cpu", "--quiet"]
-    assert cli(*args)[0] == 130
-    monkeypatch.setattr(train, "_save_state", real)
-    rc, _, err = cli(*args)
-    assert rc == 0, err
-    a, b = _files(tmp_path / "A"), _files(tmp_path / "B")
-    models = [f for f in a if f.endswith("model.safetensors")]
-    assert len(models) == 16 and sorted(models) == sorted(f for f in b if f in models)
-    assert {f: a[f][0] for f in models} == {f: b[f][0] for f in models}
-    assert (tmp_path / "A" / "summary.txt").read_text() == (tmp_path / "B" / "summary.txt").read_text()
+def test_the_shipped_demo_is_the_lmc_study_on_digits():
+    s = studies.load(studies.EXAMPLES / "demo.toml")
+    assert s.name == "demo" and {j.job for j in s.jobs} == {"lmc"}
+    labels = sorted(j.options.get("label") for j in s.jobs)
+    assert labels == sorted(["mlp1", "mlp1-bn", "mlp3", "mlp3-bn", "resnet8"] * 2)
+    assert all(j.options["contrast"] and j.options["dataset"] == "digits" for j in s.jobs)
