@@ -85,3 +85,28 @@ def cli(capsys):
 
 # Fast defaults for training through the CLI: digits, a 32-unit MLP, quiet.
 FAST_TRAIN = ["--width", "32", "--quiet", "--device", "cpu"]
+
+
+def digits_study(name: str = "tiny", seeds: int = 2, epochs: int = 2) -> str:
+    """A small study file: pairs of MLPs on digits (seeds × two batch orders), each pair
+    interpolated."""
+    return f"""
+[study]
+name = "{name}"
+
+[train]
+dataset = "digits"
+shift = "iid:50,50"
+width = 16
+depth = 1
+epochs = {epochs}
+
+[train.sweep]
+seeds = {list(range(seeds))}
+grid = {{ batch_order = ["same", "independent"] }}
+
+[interpolate]
+a = "@train/a/model.safetensors"
+b = "@train/b/model.safetensors"
+points = 5
+"""

@@ -10,7 +10,6 @@ import pytest
 
 import modeconn.studies as studies
 from modeconn import jobs
-from modeconn.experiments.lmc import summary_table
 
 TINY = """
 [study]

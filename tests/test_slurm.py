@@ -18,29 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import digits_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
-STUDY = """
-[study]
-name = "slurm-test"
-
-[train]
-dataset = "digits"
-shift = "iid:50,50"
-width = 16
-depth = 1
-epochs = 3
-
-[train.sweep]
-seeds = [0, 1, 2, 3, 4]
-grid = { batch_order = ["same", "independent"] }
-
-[interpolate]
-a = "@train/a/model.safetensors"
-b = "@train/b/model.safetensors"
-points = 5
-"""
+STUDY = digits_study("slurm-test", seeds=5, epochs=2)
 
 pytestmark = pytest.mark.slow
 

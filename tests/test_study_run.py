@@ -13,29 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import digits_study
 
 from modeconn.studies import parse, results_summary, run_study
 
-STUDY = """
-[study]
-name = "tiny"
-
-[train]
-dataset = "digits"
-shift = "iid:50,50"
-width = 16
-depth = 1
-epochs = 2
-
-[train.sweep]
-seeds = [0, 1]
-grid = { batch_order = ["same", "independent"] }
-
-[interpolate]
-a = "@train/a/model.safetensors"
-b = "@train/b/model.safetensors"
-points = 5
-"""
+STUDY = digits_study()
 
 
 def files(root: Path) -> dict[str, tuple[int, int]]:
@@ -169,7 +151,7 @@ def test_a_directory_holding_something_else_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trial", range(3))
+@pytest.mark.parametrize("trial", range(2))
 def test_killing_the_driver_and_its_workers_at_any_moment_loses_nothing(tmp_path, done, trial):
     """SIGKILL the whole process group (driver and workers) at a random moment, run again:
     the final table equals the uninterrupted run's, and no finished job ran twice."""

@@ -134,7 +134,7 @@ def _glue_negative_values(argv: list[str]) -> list[str]:
 
 
 # The commands in the order `modeconn --help` lists them.
-COMMANDS = ("run", "results", "train", "interpolate", "align", "merge-many", "lmc", "ensemble",
+COMMANDS = ("run", "results", "report", "train", "interpolate", "align", "merge-many", "lmc", "ensemble",
             "demo", "curve", "curve-ensemble", "curve-point", "fge", "landscape", "sharpness", "info")
 
 
@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("modeconn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `modeconn results DIR | head`: the reader has all it wanted
+        sys.stdout = None  # nothing more to flush into the closed pipe at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from . import (  # noqa: F401
     landscape,
     lmc,
     merge,
+    report,
     sharpness,
     study,
     train,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,8 +51,10 @@ def display_names(paths: Sequence[str | os.PathLike]) -> list[str]:
     return names
 
 
-def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str = "λ"):
-    """Loss and accuracy against t for one or more paths; rows may carry *_std for bands."""
+def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str = "λ",
+                marks: dict[str, float] | None = None):
+    """Loss and accuracy against t for one or more paths; rows may carry *_std for bands;
+    `marks` draws a dotted line at a path's λ* (e.g. where its loss barrier is)."""
     if not any(curves.values()):
         return message_figure("nothing to plot: no path was evaluated", title)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -65,18 +68,24 @@ def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str 
                 if f"{key}_std" in sel[0]:
                     s = np.array([float(r[f"{key}_std"]) for r in sel])
                     ax.fill_between(t, y - s, y + s, color=color, alpha=0.15)
+        if marks and label in marks and marks[label] == marks[label]:
+            for ax in axes:
+                ax.axvline(marks[label], color=color, linestyle=":", linewidth=1)
+    if marks:
+        axes[1].plot([], [], "k:", linewidth=1, label="λ* (test loss barrier)")
     axes[0].set_ylabel("cross-entropy loss")
     axes[1].set_ylabel("accuracy")
     for ax in axes:
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    legend(axes[1])
+    fig.suptitle(wrap(title), fontsize=10)
     return fig
 
 
 def learning_curves_figure(runs: dict[str, Sequence[dict]], title: str = ""):
-    """Train/test loss and accuracy per epoch for several runs."""
+    """Train/test loss and accuracy per epoch for several runs; rows may carry *_std for
+    bands."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, rows) in enumerate(runs.items()):
@@ -84,16 +93,32 @@ def learning_curves_figure(runs: dict[str, Sequence[dict]], title: str = ""):
             sel = [r for r in rows if r["split"] == split]
             ep = [int(r["epoch"]) for r in sel]
             for ax, key in zip(axes, ("loss", "acc")):
-                ax.plot(ep, [float(r[key]) for r in sel], SPLIT_STYLE[split],
-                        color=colors[i % len(colors)], label=f"{label} {split}")
+                y = np.array([float(r[key]) for r in sel])
+                ax.plot(ep, y, SPLIT_STYLE[split], color=colors[i % len(colors)],
+                        label=f"{label} {split}")
+                if sel and f"{key}_std" in sel[0]:
+                    sd = np.nan_to_num(np.array([float(r[f"{key}_std"]) for r in sel]))
+                    ax.fill_between(ep, y - sd, y + sd, color=colors[i % len(colors)], alpha=0.15)
     axes[0].set_ylabel("loss")
     axes[1].set_ylabel("accuracy")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=6)
-    fig.suptitle(title, fontsize=10)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    legend(axes[1])
+    fig.suptitle(wrap(title), fontsize=10)
     return fig
+
+
+def legend(ax, inside: int = 4) -> None:
+    """The legend of a two-panel figure: inside `ax` for a few entries, else below both panels
+    (in columns) where it hides no data."""
+    n = len(ax.get_legend_handles_labels()[1])
+    if n <= inside:
+        ax.legend(fontsize=7)
+    else:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(-0.12, -0.16),
+                  ncol=2 if n <= 12 else 3, frameon=False)
 
 
 def message_figure(message: str, title: str = ""):
@@ -218,4 +243,64 @@ def plane_figure(xs: Sequence[float], ys: Sequence[float], values: np.ndarray,
     ax.set_xlabel("e1 (along w1 − w0)")
     ax.set_ylabel("e2")
     ax.set_title(title, fontsize=10)
+    return fig
+
+
+def render(fig, fmt: str = "png") -> bytes:
+    """The figure as PNG or SVG bytes (then closed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, bbox_inches="tight", **({"dpi": 110} if fmt == "png" else {}))
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def heatmap_figure(values: np.ndarray, rows: Sequence, cols: Sequence, title: str,
+                   label: str, row_label: str, col_label: str,
+                   notes: np.ndarray | None = None, flag: np.ndarray | None = None,
+                   flag_label: str = "", cmap: str = "viridis", center: float | None = None,
+                   min_span: float = 0.1):
+    """values[i, j] as coloured cells (rows × cols) with the value (and a note) written in each
+    cell; cells where `flag` is true are outlined in red (explained by `flag_label`)."""
+    v = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.25 * max(len(cols), 2), 1.2 + 0.9 * max(len(rows), 2)))
+    finite = v[np.isfinite(v)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if center is not None:  # symmetric about the centre, at least ±min_span wide
+        span = max(abs(lo - center), abs(hi - center), min_span)
+        lo, hi = center - span, center + span
+    elif hi - lo < min_span:  # all (nearly) equal: a readable scale, not one of 1e-12
+        hi = lo + min_span
+    im = ax.imshow(np.ma.masked_invalid(v), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_xticks(range(len(cols)), [f"{c:g}" if isinstance(c, float) else str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [f"{r:g}" if isinstance(r, float) else str(r) for r in rows])
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    for i in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            text = "diverged" if not np.isfinite(v[i, j]) else f"{v[i, j]:.3g}"
+            if notes is not None and notes[i, j]:
+                text += f"\n{notes[i, j]}"
+            shade = (v[i, j] - lo) / (hi - lo) if np.isfinite(v[i, j]) else 0.0
+            dark = shade < 0.45 if center is None else abs(shade - 0.5) > 0.3
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
+            if flag is not None and flag[i, j]:
+                ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
+                                                          edgecolor="red", linewidth=2.5))
+    if flag is not None and flag.any():
+        ax.plot([], [], "s", markerfacecolor="none", markeredgecolor="red", label=flag_label)
+        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.18), fontsize=8, frameon=False)
+    ax.set_title(wrap(title, 70), fontsize=9)
+    return fig
+
+
+def wrap(title: str, width: int = 110) -> str:
+    """A long title broken into lines (existing line breaks kept)."""
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
+
+
+def matrix_figure(names: Sequence[str], values: np.ndarray, title: str, label: str):
+    """A symmetric pairwise matrix (e.g. barriers between every pair of models)."""
+    fig = heatmap_figure(values, names, names, title, label, "model", "model", cmap="magma")
     return fig

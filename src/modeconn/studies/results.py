@@ -18,6 +18,7 @@ import math
 import sqlite3
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,10 +175,23 @@ def _is_seed(column: str) -> bool:
     return column.rsplit(".", 1)[-1] == "seed"
 
 
-def summary(rows: list[dict[str, Any]], group_by: list[str] | None = None,
-            metrics: dict[str, list[str]] | list[str] | None = None) -> str:
-    """Mean ± std over seeds (the seed axes and whatever is not grouped), per stage and group;
-    diverged jobs are counted, never averaged."""
+@dataclass
+class StageSummary:
+    """One stage's results: per group (its `keys` values), each metric's values over seeds."""
+
+    stage: str
+    keys: list[str]  # the grouping columns
+    metrics: list[str]  # the metrics shown
+    groups: list[tuple[tuple, dict[str, list[float]], int]]  # (key values, metric → values, diverged)
+
+    def header(self) -> list[str]:
+        return [*(k.split(".", 1)[-1] for k in self.keys), *self.metrics, "n", "diverged"]
+
+
+def summarise(rows: list[dict[str, Any]], group_by: list[str] | None = None,
+              metrics: dict[str, list[str]] | list[str] | None = None) -> list[StageSummary]:
+    """Per stage and group, each metric's values over seeds (the seed axes and whatever is not
+    grouped); diverged jobs are counted, never averaged."""
     by_stage: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_stage[r["stage"]].append(r)
@@ -185,7 +199,7 @@ def summary(rows: list[dict[str, Any]], group_by: list[str] | None = None,
         if not any(_column(sel[0], g) for sel in by_stage.values()):
             cols = sorted({c for sel in by_stage.values() for c in sel[0]} - {"metric", "value"})
             raise UsageError(f"--group-by {g}: no such column; columns: {', '.join(cols)}")
-    blocks = []
+    out = []
     for stage, sel in by_stage.items():
         if group_by is None:
             # The sweep values that vary, but the seeds, and the labels of what was measured.
@@ -207,17 +221,28 @@ def summary(rows: list[dict[str, Any]], group_by: list[str] | None = None,
                 continue
             if r["metric"] in shown:
                 groups[key][r["metric"]].append(float(r["value"]))
-        head = [*(k.split(".", 1)[-1] if "." in k else k for k in keys), *shown, "n",
-                "diverged"]
+        out.append(StageSummary(stage, keys, shown, [
+            (key, dict(values), len(diverged.get(key, ()))) for key, values in groups.items()]))
+    return out
+
+
+def summary(rows: list[dict[str, Any]], group_by: list[str] | None = None,
+            metrics: dict[str, list[str]] | list[str] | None = None) -> str:
+    """The summary as text: one fixed-width table per stage (mean ± std over seeds)."""
+    blocks = []
+    for st in summarise(rows, group_by, metrics):
+        head = st.header()
         table = [head]
-        for key, values in groups.items():
+        for key, values, diverged in st.groups:
             n = max((len(v) for v in values.values()), default=0)
-            table.append([*(_fmt(k) for k in key), *(_mean_std(values.get(m, [])) for m in shown),
-                          str(n), str(len(diverged.get(key, ())))])
+            table.append([*(_fmt(k) for k in key),
+                          *(mean_std(values.get(m, [])) for m in st.metrics), str(n),
+                          str(diverged)])
         widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-        lines = [f"[{stage}] mean ± std over seeds" + (f", by {', '.join(keys)}" if keys else "")]
+        lines = [f"[{st.stage}] mean ± std over seeds"
+                 + (f", by {', '.join(st.keys)}" if st.keys else "")]
         for i, row in enumerate(table):
-            lines.append("  ".join(c.rjust(w) if j >= len(keys) else c.ljust(w)
+            lines.append("  ".join(c.rjust(w) if j >= len(st.keys) else c.ljust(w)
                                    for j, (c, w) in enumerate(zip(row, widths))))
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
@@ -250,7 +275,8 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """Mean ± sample std as text (one value: the value; none: n/a)."""
     if not values:
         return "n/a"
     m = statistics.fmean(values)

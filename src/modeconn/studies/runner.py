@@ -155,7 +155,10 @@ def _schedule(study: Study, root: Path, ex: Any, todo: set[str], status: dict[st
     retried: set[str] = set()
 
     def post() -> None:
-        bar.set_postfix_str(f"running {len(running)}, failed {failed}, diverged "
+        slots = getattr(ex, "workers", None) or len(running)  # a pool runs `workers` at once
+        now = min(len(running), slots)
+        queued = f", queued {len(running) - now}" if len(running) > now else ""
+        bar.set_postfix_str(f"running {now}{queued}, failed {failed}, diverged "
                             f"{sum(status[i] == 'diverged' for i in todo)}", refresh=True)
 
     try:

@@ -53,6 +53,7 @@ from ..options import ConfigError, config_fields
 
 # Jobs that are not computations a study can schedule.
 NOT_IN_STUDIES = {"run": "it runs studies", "results": "it reads studies",
+                  "report": "it reads studies",
                   "demo": "it is a study itself", "info": "it writes no files"}
 # Options the runner sets itself for every job.
 RUNNER_OPTIONS = {"resume", "overwrite", "quiet", "pdf"}

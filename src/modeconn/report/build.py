@@ -1,0 +1,619 @@
+"""The HTML report of a study (or of one job's output): tables and figures in one file.
+
+What is in it follows what the study produced: each job kind has a section builder (a registry,
+SECTIONS) that reads its jobs' files through the file contract and returns blocks — tables and
+figures — for the page. Figures are rendered from the data (PNG, or SVG on request) and embedded,
+so the file needs nothing else to be read: open it offline, mail it, attach it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__, artefacts
+from ..errors import UsageError
+from . import figures
+
+FORMATS = ("png", "svg")
+
+
+@dataclass
+class Item:
+    """One job of the report: its stage, kind, sweep values, output directory and outcome."""
+
+    id: str
+    stage: str
+    job: str
+    labels: dict[str, Any]
+    out: Path
+    result: dict[str, Any] | None
+    options: dict[str, Any] = field(default_factory=dict)
+    deps: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and self.result["status"] == "complete"
+
+
+@dataclass
+class Figure:
+    title: str
+    src: str  # a data: URI
+    caption: str = ""
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]  # cells: numbers (sorted as numbers), text, or (mean, std, n) triples
+    caption: str = ""
+
+
+@dataclass
+class Context:
+    """What every section builder may need: the figure format and the study's jobs by id."""
+
+    fmt: str
+    by_id: dict[str, Item]
+
+    def figure(self, fig, title: str, caption: str = "") -> Figure:
+        data = figures.render(fig, self.fmt)
+        mime = "image/svg+xml" if self.fmt == "svg" else "image/png"
+        return Figure(title, f"data:{mime};base64,{base64.b64encode(data).decode()}", caption)
+
+    def embed(self, png: Path, title: str, caption: str = "") -> Figure:
+        """A figure a job drew itself (PNG, whatever the report's format)."""
+        data = base64.b64encode(png.read_bytes()).decode()
+        return Figure(title, f"data:image/png;base64,{data}", caption)
+
+
+Block = Figure | Table
+SECTIONS: dict[str, Callable[[list[Item], Context], list[Block]]] = {}
+
+
+def section(kind: str):
+    """Register the section builder of a job kind."""
+    def deco(fn):
+        SECTIONS[kind] = fn
+        return fn
+    return deco
+
+
+# ------------------------------------------------------------------------ grouping over seeds
+
+def _is_seed(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] == "seed"
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def varying(items: list[Item]) -> list[str]:
+    """The sweep axes (but the seeds) whose values differ between these jobs."""
+    keys = list(dict.fromkeys(k for it in items for k in it.labels))
+    return [k for k in keys if not _is_seed(k)
+            and len({json.dumps(it.labels.get(k)) for it in items}) > 1]
+
+
+def seeds_of(items: list[Item]) -> int:
+    return len({json.dumps({k: v for k, v in it.labels.items() if _is_seed(k)}) for it in items})
+
+
+def describe(labels: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{_short(k)} {labels.get(k)}" for k in keys) or "all jobs"
+
+
+def panels(items: list[Item], series_axis: str | None = None
+           ) -> list[tuple[dict[str, Any], dict[str, list[Item]]]]:
+    """Figures of a stage: one per combination of the varying axes but one (the last, or
+    `series_axis`), whose values are the series of the figure; each series holds its seeds."""
+    axes = varying(items)
+    if series_axis is None:
+        series_axis = axes[-1] if axes else None
+    fixed = [k for k in axes if k != series_axis]
+    out: dict[str, tuple[dict[str, Any], dict[str, list[Item]]]] = {}
+    for it in items:
+        key = {k: it.labels.get(k) for k in fixed}
+        panel = out.setdefault(json.dumps(key, sort_keys=True), (key, {}))
+        name = f"{_short(series_axis)} {it.labels.get(series_axis)}" if series_axis else "mean"
+        panel[1].setdefault(name, []).append(it)
+    return list(out.values())
+
+
+def mean_rows(tables: list[list[dict[str, Any]]], keys: tuple[str, ...],
+              values: tuple[str, ...] = ("loss", "acc")) -> list[dict[str, Any]]:
+    """Rows averaged over several tables of the same shape (matched on `keys`), with *_std."""
+    acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for rows in tables:
+        for r in rows:
+            for v in values:
+                if r.get(v) is not None:
+                    acc[tuple(r[k] for k in keys)][v].append(float(r[v]))
+    out = []
+    for key, vals in acc.items():
+        row = dict(zip(keys, key))
+        for v in values:
+            xs = vals.get(v, [])
+            row[v] = statistics.fmean(xs) if xs else math.nan
+            row[f"{v}_std"] = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def _mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def held(study_fixed: str, key: dict[str, Any], seeds: int) -> str:
+    """A title's statement of what was held fixed."""
+    parts = [describe(key, list(key))] if key else []
+    parts.append(f"mean ± std over {seeds} seed{'s' if seeds != 1 else ''}")
+    return (study_fixed + "; " if study_fixed else "") + ", ".join(parts)
+
+
+def _fixed_text(items: list[Item], keys=("dataset", "model", "epochs")) -> str:
+    """The settings shared by the upstream training of these jobs, for titles."""
+    return ", ".join(f"{k} {items[0].options[k]}" for k in keys if k in items[0].options
+                     and len({str(i.options.get(k)) for i in items}) == 1)
+
+
+# ------------------------------------------------------------------------------ sections
+
+def _upstream(item: Item, ctx: Context, kind: str = "train") -> Item | None:
+    for d in item.deps:
+        up = ctx.by_id.get(d)
+        if up is not None and up.job == kind:
+            return up
+    return None
+
+
+def model_names(paths: list[str], item: Item, ctx: Context) -> list[str]:
+    """Readable names of checkpoints a job read: the sweep values of the jobs that wrote them
+    (e.g. "seed 0", "seed 1"), else the files' short names."""
+    writers = []
+    for p in paths:
+        if p.startswith("@"):  # a study's reference: "@<job id>/<file>"
+            up = ctx.by_id.get(p[1:].split("/", 1)[0])
+        else:
+            up = next((ctx.by_id[d] for d in item.deps if d in ctx.by_id
+                       and Path(p).is_relative_to(ctx.by_id[d].out)), None)
+        writers.append(up)
+    if all(w is not None for w in writers):
+        keys = [k for k in dict.fromkeys(k for w in writers for k in w.labels)
+                if len({json.dumps(w.labels.get(k)) for w in writers}) > 1]
+        names = [describe(w.labels, keys) if keys else w.id for w in writers]
+        if len(set(names)) == len(names):
+            return names
+    return figures.display_names(paths)
+
+
+@section("train")
+def train_section(items: list[Item], ctx: Context) -> list[Block]:
+    done = [it for it in items if it.ok]
+    if not done:
+        return []
+    blocks: list[Block] = []
+    fixed = _fixed_text(done)
+    for key, series in panels(done):
+        runs = {}
+        for name, its in series.items():
+            tables = []
+            for it in its:
+                members = [r["member"] for r in artefacts.RUN_SUMMARY.read(it.out)]
+                tables += [artefacts.METRICS.read(it.out / m) for m in members]
+            runs[name] = sorted(mean_rows(tables, ("epoch", "split")), key=lambda r: r["epoch"])
+        title = f"learning curves — {held(fixed, key, seeds_of(done))}, members pooled"
+        blocks.append(ctx.figure(figures.learning_curves_figure(runs, title), title))
+    return blocks
+
+
+def _paths(it: Item) -> list[dict[str, Any]]:
+    return artefacts.PATH.read(it.out)
+
+
+@section("interpolate")
+def interpolate_section(items: list[Item], ctx: Context) -> list[Block]:
+    done = [it for it in items if it.ok]
+    if not done:
+        return []
+    blocks: list[Block] = []
+    ups = [u for it in done if (u := _upstream(it, ctx)) is not None]
+    fixed = _fixed_text(ups) if ups else ""
+    for key, series in panels(done):
+        curves, marks = {}, {}
+        for name, its in series.items():
+            curves[name] = mean_rows([_paths(i) for i in its], ("t", "split"))
+            lams = [artefacts.BARRIER.read(i.out)["test"]["lambda_star"] for i in its
+                    if "test" in artefacts.BARRIER.read(i.out)]
+            marks[name] = _mean(lams)
+        title = f"linear interpolation — {held(fixed, key, seeds_of(done))}"
+        blocks.append(ctx.figure(figures.path_figure(curves, title=title, marks=marks), title,
+                                 "dotted: the mean λ* of the test loss barrier"))
+    blocks += _heatmaps(done, ctx, fixed)
+    return blocks
+
+
+def _grid_axes(items: list[Item]) -> tuple[str, str] | None:
+    """The batch-size and learning-rate axes, when both are swept."""
+    axes = varying(items)
+    bs = next((k for k in axes if _short(k) == "batch_size"), None)
+    lr = next((k for k in axes if _short(k) == "lr"), None)
+    return (bs, lr) if bs and lr else None
+
+
+def _subset_size(train: Item) -> int | None:
+    """Examples in a member's training subset (the N of the SGD noise scale)."""
+    try:
+        rows = artefacts.SUBSETS.read(train.out)
+    except OSError:
+        return None
+    first = rows[0]["subset"] if rows else None
+    return sum(int(r["count"]) for r in rows if r["subset"] == first) or None
+
+
+def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
+    """Barrier and Δacc over batch size × learning rate, one pair per combination of the other
+    axes, with the SGD noise scale g = ε(N/B − 1) in each cell and the −5% Δ reference."""
+    grid = _grid_axes(items)
+    if grid is None:
+        return []
+    bs_key, lr_key = grid
+    rest = [k for k in varying(items) if k not in grid]
+    groups: dict[str, tuple[dict, list[Item]]] = {}
+    for it in items:
+        key = {k: it.labels.get(k) for k in rest}
+        groups.setdefault(json.dumps(key, sort_keys=True), (key, []))[1].append(it)
+    blocks: list[Block] = []
+    for key, its in groups.values():
+        bss = sorted({it.labels[bs_key] for it in its})
+        lrs = sorted({it.labels[lr_key] for it in its}, reverse=True)
+        barrier = np.full((len(lrs), len(bss)), math.nan)
+        delta = np.full((len(lrs), len(bss)), math.nan)
+        notes = np.full((len(lrs), len(bss)), "", dtype=object)
+        for i, lr in enumerate(lrs):
+            for j, bs in enumerate(bss):
+                cell = [it for it in its if it.labels[bs_key] == bs and it.labels[lr_key] == lr]
+                bars = [artefacts.BARRIER.read(c.out)["test"] for c in cell]
+                barrier[i, j] = _mean([b["loss"]["linear"]["barrier"] for b in bars])
+                delta[i, j] = 100 * _mean([b["delta_acc"] for b in bars])
+                up = _upstream(cell[0], ctx) if cell else None
+                n = _subset_size(up) if up else None
+                if n:
+                    notes[i, j] = f"g={lr * (n / bs - 1):.3g}"
+        what = held(fixed, key, seeds_of(its))
+        blocks.append(ctx.figure(figures.heatmap_figure(
+            barrier, lrs, bss, f"test loss barrier over batch size × learning rate\n{what}",
+            "test loss barrier (cross-entropy)", "learning rate", "batch size", notes),
+            f"loss barrier heatmap — {describe(key, list(key))}",
+            "each cell: mean over seeds; g = ε(N/B − 1), the SGD noise scale"))
+        blocks.append(ctx.figure(figures.heatmap_figure(
+            delta, lrs, bss, f"test accuracy drop Δ at λ* (percentage points)\n{what}",
+            "Δ accuracy (points)", "learning rate", "batch size", notes, flag=delta < -5,
+            flag_label="Δ below the −5 points reference", cmap="RdBu", center=0.0,
+            min_span=5.0),
+            f"Δ accuracy heatmap — {describe(key, list(key))}",
+            "cells outlined in red lose more than 5 points (the paper's reference)"))
+    return blocks
+
+
+@section("lmc")
+def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
+    blocks: list[Block] = []
+    for it in (i for i in items if i.ok):
+        summary = artefacts.STATUS.read(it.out)["summary"]
+        name = summary[0]["model"] if summary else it.id
+        shift = summary[0]["shift"] if summary else ""
+        paths = artefacts.Table("paths_mean.csv").read(it.out)
+        by_cfg: dict[str, list] = defaultdict(list)
+        for r in paths:
+            by_cfg[r["id"]].append(r)
+        labels = {r["id"]: f"{r['init']} init, {r['batch_order']} order, bs {r['batch_size']}, "
+                            f"lr {r['lr']:g}" for r in summary}
+        marks = {}
+        bars = artefacts.Table("barriers.csv").read(it.out)
+        for cfg in by_cfg:
+            lams = [b["lambda"] for b in bars if b["id"] == cfg and b["split"] == "test"
+                    and b["metric"] == "loss" and b["definition"] == "linear"]
+            marks[labels.get(cfg, cfg)] = _mean(lams)
+        seeds = it.options.get("seeds", [])
+        title = (f"{name}, {shift}: linear interpolation (mean ± std over {len(seeds)} seeds)")
+        blocks.append(ctx.figure(figures.path_figure(
+            {labels.get(k, k): v for k, v in by_cfg.items()}, title=title, marks=marks), title,
+            "dotted: the mean λ* of the test loss barrier"))
+        lc = artefacts.Table("learning_curves.csv").read(it.out)
+        runs: dict[str, list] = defaultdict(list)
+        for r in lc:
+            runs[r["id"]].append(r)
+        curves = {labels.get(k, k): sorted(mean_rows([v], ("epoch", "split")),
+                                           key=lambda r: r["epoch"]) for k, v in runs.items()}
+        title = f"{name}, {shift}: learning curves (mean ± std over seeds and members)"
+        blocks.append(ctx.figure(figures.learning_curves_figure(curves, title), title))
+        ens = artefacts.Table("ensembles.csv").read(it.out)
+        rows = []
+        for cfg in dict.fromkeys(r["id"] for r in ens):
+            for kind in dict.fromkeys(r["ensemble"] for r in ens if r["id"] == cfg):
+                sel = [r for r in ens if r["id"] == cfg and r["ensemble"] == kind]
+                rows.append([labels.get(cfg, cfg), kind,
+                             *(_triple([100 * r[m] if m in ("acc", "gain_acc") else r[m]
+                                        for r in sel]) for m in ("acc", "nll", "ece",
+                                                                 "gain_acc"))])
+        blocks.append(Table(f"{name}, {shift}: LMC vs independent ensembles (test set)",
+                            ["configuration", "ensemble", "accuracy %", "NLL", "ECE",
+                             "gain over mean member (points)"], rows,
+                            "LMC: points on the linear path; independent: members of different "
+                            "seeds; mean ± std over seeds"))
+        if _grid_axes_rows(summary):
+            blocks += _lmc_heatmaps(summary, name, shift, ctx)
+        polar = sorted((it.out / "figures").glob("polar_*.png"))
+        if polar:  # drawn by the job from its probabilities: embedded as it is (PNG)
+            title = f"{name}, {shift}: similarity of the pair, its midpoint and another seed"
+            blocks.append(ctx.embed(polar[0], title, "angle: cosine similarity of the "
+                                    "parameters to model a; radius: test accuracy"))
+    return blocks
+
+
+def _grid_axes_rows(summary: list[dict]) -> bool:
+    return len({r["batch_size"] for r in summary}) > 1 and len({r["lr"] for r in summary}) > 1
+
+
+def _lmc_heatmaps(summary, name, shift, ctx) -> list[Block]:
+    blocks = []
+    for init, order in dict.fromkeys((r["init"], r["batch_order"]) for r in summary):
+        sel = [r for r in summary if r["init"] == init and r["batch_order"] == order]
+        bss = sorted({r["batch_size"] for r in sel})
+        lrs = sorted({r["lr"] for r in sel}, reverse=True)
+        v = np.full((len(lrs), len(bss)), math.nan)
+        notes = np.full(v.shape, "", dtype=object)
+        for r in sel:
+            i, j = lrs.index(r["lr"]), bss.index(r["batch_size"])
+            v[i, j] = r["test_loss_barrier"]
+            notes[i, j] = f"g={r['noise_scale_g']:.3g}"
+        title = f"{name}, {shift}, init {init}, order {order}: test loss barrier"
+        blocks.append(ctx.figure(figures.heatmap_figure(
+            v, lrs, bss, title, "test loss barrier", "learning rate", "batch size", notes), title))
+    return blocks
+
+
+def _triple(xs: list[float]) -> tuple[float, float, int]:
+    xs = [x for x in xs if x is not None and x == x]
+    return (_mean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan, len(xs))
+
+
+@section("curve")
+def curve_section(items: list[Item], ctx: Context) -> list[Block]:
+    blocks: list[Block] = []
+    for it in (i for i in items if i.ok):
+        rows = artefacts.CURVE_PATH.read(it.out)
+        curves = {p: [r for r in rows if r["path"] == p] for p in dict.fromkeys(r["path"]
+                                                                                for r in rows)}
+        kind = it.options.get("kind", "curve")
+        a, b = model_names([it.options.get("a", "A"), it.options.get("b", "B")], it, ctx)
+        title = (f"{kind} curve ({it.options.get('bends', 3)} bends, {it.options.get('epochs')} "
+                 f"epochs) vs the straight line, from {a} (t = 0) to {b} (t = 1)")
+        blocks.append(ctx.figure(figures.path_figure(curves, title=title, xlabel="t"), title))
+    return blocks
+
+
+@section("align")
+def align_section(items: list[Item], ctx: Context) -> list[Block]:
+    blocks: list[Block] = []
+    for it in (i for i in items if i.ok):
+        before = artefacts.aligned_path("before").read(it.out)
+        after = artefacts.aligned_path("after").read(it.out)
+        a, b = model_names([it.options.get("a", "A"), it.options.get("b", "B")], it, ctx)
+        title = (f"linear path from {a} to {b}, before and after aligning {b} to {a} "
+                 f"({it.options.get('method', '')})")
+        blocks.append(ctx.figure(figures.path_figure({f"{a} → {b}": before,
+                                                      f"{a} → aligned {b}": after},
+                                                     title=title), title))
+    return blocks
+
+
+@section("merge-many")
+def merge_section(items: list[Item], ctx: Context) -> list[Block]:
+    blocks: list[Block] = []
+    for it in (i for i in items if i.ok):
+        pairs = artefacts.PAIR_BARRIERS.read(it.out)
+        names = list(dict.fromkeys([p["a"] for p in pairs] + [p["b"] for p in pairs]))
+        if len(names) < 2:
+            continue
+        short = model_names(names, it, ctx)
+        m = np.zeros((len(names), len(names)))
+        for p in pairs:
+            i, j = names.index(p["a"]), names.index(p["b"])
+            m[i, j] = m[j, i] = p["test_loss_barrier"]
+        title = (f"test loss barrier between every pair of models after alignment "
+                 f"({it.options.get('method', '')}"
+                 f"{', REPAIR' if it.options.get('repair') else ''})")
+        blocks.append(ctx.figure(figures.matrix_figure(short, m, title, "test loss barrier"),
+                                 title))
+    return blocks
+
+
+@section("ensemble")
+def ensemble_section(items: list[Item], ctx: Context) -> list[Block]:
+    blocks: list[Block] = []
+    for it in [i for i in items if i.ok][:12]:  # a polar plot per ensemble, at most 12
+        if (it.out / "polar_similarity.png").is_file():
+            title = f"ensemble members — {describe(it.labels, varying(items)) or it.id}"
+            blocks.append(ctx.embed(it.out / "polar_similarity.png", title,
+                                    "angle: cosine similarity of the parameters to the first "
+                                    "member; radius: test accuracy"))
+    return blocks
+
+
+@section("landscape")
+def landscape_section(items: list[Item], ctx: Context) -> list[Block]:
+    blocks: list[Block] = []
+    for it in (i for i in items if i.ok):
+        rows = artefacts.PLANE.read(it.out)
+        info = artefacts.PLANE_INFO.read(it.out)
+        for split in dict.fromkeys(r["split"] for r in rows):
+            sel = [r for r in rows if r["split"] == split]
+            xs = sorted({r["x"] for r in sel})
+            ys = sorted({r["y"] for r in sel})
+            v = np.full((len(ys), len(xs)), math.nan)
+            for r in sel:
+                v[ys.index(r["y"]), xs.index(r["x"])] = r["loss"]
+            marks = {k: tuple(p) for k, p in info.get("points", {}).items()}
+            paths = {k: (p["x"], p["y"]) for k, p in info.get("paths", {}).items()}
+            title = f"{split} loss on the plane — {it.id}"
+            blocks.append(ctx.figure(figures.plane_figure(xs, ys, v, paths, marks, title,
+                                                          f"{split} loss"), title))
+    return blocks
+
+
+# ------------------------------------------------------------------------------ the page
+
+@dataclass
+class Section:
+    stage: str
+    job: str
+    jobs: int
+    status: dict[str, int]
+    blocks: list[Block]
+
+
+def _items_of_study(root: Path) -> tuple[dict[str, Any], list[Item], list[dict], list[dict]]:
+    from ..studies import load_study
+    from ..studies import results as tables
+    from ..studies.worker import read_result
+
+    study = load_study(root)
+    rows, jobs = tables.collect(root, study)
+    items = [Item(j.id, j.stage, j.job, j.labels, root / "jobs" / j.id / "out",
+                  read_result(root / "jobs" / j.id), j.options, j.deps) for j in study.jobs]
+    head = {"name": study.name, "description": study.description, "config": study.text,
+            "config_name": "study.toml", "headline": tables.headlines(root, study)}
+    return head, items, rows, jobs
+
+
+def _item_of_job(root: Path) -> Item:
+    """A single job's output directory, as `modeconn <job> --out DIR` wrote it."""
+    if artefacts.CONFIG.path(root).is_file():
+        config = artefacts.CONFIG.read(root)
+        if "job" in config:
+            return Item(root.name, config["job"], config["job"], {}, root,
+                        {"status": "complete"}, config.get("config", {}))
+        if "members" in config:
+            return Item(root.name, "train", "train", {}, root, {"status": "complete"},
+                        config.get("options", {}))
+    if (root / "study.json").is_file() and artefacts.STATUS.path(root).is_file():
+        return Item(root.name, "lmc", "lmc", {}, root, {"status": "complete"},
+                    json.loads((root / "study.json").read_text()))
+    raise UsageError(f"{root} is neither a study directory (study.toml) nor a job's output "
+                     "(config.json); name what modeconn run or a modeconn command wrote")
+
+
+def build(root: str | Path, fmt: str = "png") -> tuple[str, dict[str, Any]]:
+    """The report's HTML text and a summary of what it holds (for tests and the CLI)."""
+    from ..studies import results as tables
+
+    root = Path(root)
+    if fmt not in FORMATS:
+        raise UsageError(f"format must be png or svg, got {fmt!r}")
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a directory; name a study directory or a job's output")
+    if (root / "study.toml").is_file():
+        head, items, rows, jobs = _items_of_study(root)
+    else:
+        item = _item_of_job(root)
+        head = {"name": root.name, "description": f"the output of one {item.job} job",
+                "config": json.dumps(item.options, indent=2), "config_name": "config",
+                "headline": {}}
+        items, rows, jobs = [item], _job_rows(item), []
+    ctx = Context(fmt, {it.id: it for it in items})
+    stages: dict[str, list[Item]] = defaultdict(list)
+    for it in items:
+        stages[it.stage].append(it)
+    summaries = {s.stage: s for s in tables.summarise(rows, metrics=head["headline"])} \
+        if rows else {}
+    sections = []
+    for stage, its in stages.items():
+        blocks: list[Block] = []
+        if stage in summaries:
+            blocks.append(_summary_table(summaries[stage]))
+        builder = SECTIONS.get(its[0].job)
+        if builder is not None:
+            blocks += builder(its, ctx)
+        status: dict[str, int] = defaultdict(int)
+        for it in its:
+            status["pending" if it.result is None else it.result["status"]] += 1
+        sections.append(Section(stage, its[0].job, len(its), dict(status), blocks))
+    failed = [j for j in jobs if j["status"] in ("failed", "diverged", "skipped")]
+    text = render_page(head, sections, failed, fmt)
+    info = {"sections": sections, "figures": sum(isinstance(b, Figure) for s in sections
+                                                 for b in s.blocks), "summaries": summaries}
+    return text, info
+
+
+def _job_rows(item: Item) -> list[dict[str, Any]]:
+    """Result rows of a single job, from its files (the records its result would hold)."""
+    from ..jobs._registry import path_metrics
+
+    rows = []
+    if item.job in ("interpolate",):
+        bar = artefacts.BARRIER.read(item.out)
+        splits = [s for s in bar if isinstance(bar[s], dict) and "loss" in bar[s]]
+        for m, v in path_metrics(bar, splits).items():
+            rows.append({"id": item.id, "stage": item.stage, "job": item.job,
+                         "status": "complete", "metric": m, "value": v})
+    return rows
+
+
+def _summary_table(st) -> Table:
+    rows = []
+    for key, values, diverged in st.groups:
+        n = max((len(v) for v in values.values()), default=0)
+        rows.append([*(_cell(k) for k in key), *(_triple(values.get(m, [])) for m in st.metrics),
+                     n, diverged])
+    return Table(f"{st.stage}: summary", st.header(), rows,
+                 "mean ± std over seeds (n values); diverged jobs are counted, never averaged")
+
+
+def _cell(v: Any) -> Any:
+    return v if isinstance(v, (int, float)) else ("" if v is None else str(v))
+
+
+# ------------------------------------------------------------------------------ rendering
+
+def _fmt_cell(v: Any) -> tuple[str, str]:
+    """(text, sort key) of a table cell."""
+    if isinstance(v, tuple):
+        m, s, n = v
+        if m != m:
+            return "n/a", ""
+        text = f"{m:.4g}" if s != s else f"{m:.4g} ± {s:.2g}"
+        return text, repr(float(m))
+    if isinstance(v, bool):
+        return ("yes" if v else "no"), str(int(v))
+    if isinstance(v, (int, float)):
+        return (f"{v:g}" if isinstance(v, float) else str(v)), repr(float(v))
+    return str(v), str(v)
+
+
+def render_page(head: dict[str, Any], sections: list[Section], failed: list[dict],
+                fmt: str) -> str:
+    """The page, from the jinja2 template."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("modeconn.report", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    env.filters["cell"] = lambda v: _fmt_cell(v)
+    return env.get_template("report.html.j2").render(
+        head=head, sections=sections, failed=failed, fmt=fmt, version=__version__,
+        generated=time.strftime("%Y-%m-%d %H:%M"), Figure=Figure, Table=Table,
+        is_figure=lambda b: isinstance(b, Figure))
