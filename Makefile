@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/modeconn demo --out results/demo
 
+# The report's browser test needs Chromium: installed (as root) when missing.
 test: $(STAMP)
+	scripts/browser.sh
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 	$(PY) -m pytest -q -m "slow" tests
 

@@ -51,7 +51,7 @@ def test_demo_quick_writes_summary_and_figures(tmp_path):
     again = run("demo", "--quick", "--out", str(out), "--jobs", "1")
     assert again.returncode == 0, again.stderr
     assert "ran 0, found 2 done" in again.stdout
-    assert again.stdout.splitlines()[:-2] == r.stdout.splitlines()[:-2]
+    assert again.stdout.splitlines()[:-3] == r.stdout.splitlines()[:-3]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 

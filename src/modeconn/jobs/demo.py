@@ -32,6 +32,7 @@ class DemoResult(Result):
                    f"{r.reused} done, in {r.seconds:.0f} s")
         out.append(f"wrote {self.out} (summary.csv, summary.txt, barriers.png, delta.png, "
                    "results.csv, results.sqlite, one job directory per model and shift)")
+        out.append(f"report: {self.out / 'report.html'}")
         return out
 
     @property
@@ -44,10 +45,14 @@ class DemoResult(Result):
 def run_demo(config: DemoConfig, out: Path) -> DemoResult:
     """The demo study in `out` (what is done there is kept), its combined summary and figures."""
     from ..experiments.demo import write_summary
+    from ..io import write_text
+    from ..report.build import build as build_report
     from ..studies import EXAMPLES, load, run_study
 
     study = load(EXAMPLES / ("demo-quick.toml" if config.quick else "demo.toml"))
     run = run_study(study, out, workers=config.jobs, quiet=config.quiet,
                     overrides={"device": config.device})
     table = write_summary(run) if run.complete else "the demo is not complete: see the failed jobs"
+    text, _ = build_report(run.out)
+    write_text(run.out / "report.html", text, changed_only=True)
     return DemoResult(run.out, table=table, run=run)

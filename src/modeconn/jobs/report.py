@@ -41,7 +41,7 @@ def run_report(config: ReportConfig, out: Path | None) -> ReportResult:
     target = output_file(out if out is not None else source / "report.html", config.overwrite,
                          suffix=".html", example="report.html")
     text, info = build(source, config.format)
-    write_text(target, text)
+    write_text(target, text, changed_only=True)
     blocks = [b for s in info["sections"] for b in s.blocks]
     return ReportResult(target, sum(isinstance(b, Figure) for b in blocks),
                         sum(not isinstance(b, Figure) for b in blocks))

@@ -26,6 +26,7 @@ from ..errors import UsageError
 from . import figures
 
 FORMATS = ("png", "svg")
+OWN_SUMMARY = {"lmc"}  # kinds whose section tabulates their own seeds (the results hold means)
 
 
 @dataclass
@@ -242,7 +243,7 @@ def interpolate_section(items: list[Item], ctx: Context) -> list[Block]:
         title = f"linear interpolation — {held(fixed, key, seeds_of(done))}"
         blocks.append(ctx.figure(figures.path_figure(curves, title=title, marks=marks), title,
                                  "dotted: the mean λ* of the test loss barrier"))
-    blocks += _heatmaps(done, ctx, fixed)
+    blocks += _heatmaps(items, ctx, fixed)
     return blocks
 
 
@@ -286,12 +287,17 @@ def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
         for i, lr in enumerate(lrs):
             for j, bs in enumerate(bss):
                 cell = [it for it in its if it.labels[bs_key] == bs and it.labels[lr_key] == lr]
-                bars = [artefacts.BARRIER.read(c.out)["test"] for c in cell]
+                done = [c for c in cell if c.ok]
+                bars = [artefacts.BARRIER.read(c.out)["test"] for c in done]
                 barrier[i, j] = _mean([b["loss"]["linear"]["barrier"] for b in bars])
                 delta[i, j] = 100 * _mean([b["delta_acc"] for b in bars])
                 up = _upstream(cell[0], ctx) if cell else None
-                n = _subset_size(up) if up else None
-                if n:
+                n = _subset_size(up) if up is not None and up.ok else None
+                if not cell:
+                    notes[i, j] = "not in the sweep"
+                elif not done:
+                    notes[i, j] = "diverged"
+                elif n:
                     notes[i, j] = f"g={lr * (n / bs - 1):.3g}"
         what = held(fixed, key, seeds_of(its))
         blocks.append(ctx.figure(figures.heatmap_figure(
@@ -341,6 +347,16 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
                                            key=lambda r: r["epoch"]) for k, v in runs.items()}
         title = f"{name}, {shift}: learning curves (mean ± std over seeds and members)"
         blocks.append(ctx.figure(figures.learning_curves_figure(curves, title), title))
+        blocks.append(Table(f"{name}, {shift}: barriers and ensembles per configuration", [
+            "init", "batch order", "batch size", "lr", "g", "train loss barrier",
+            "test loss barrier", "test Δacc (points)", "LMC ensemble gain (points)",
+            "independent ensemble gain (points)", "seeds ok", "diverged"], [
+            [r["init"], r["batch_order"], r["batch_size"], r["lr"], r["noise_scale_g"],
+             *((_ms(r, k, scale)) for k, scale in (
+                 ("train_loss_barrier", 1), ("test_loss_barrier", 1), ("test_delta_acc", 100),
+                 ("lmc_ens_gain_acc", 100), ("ind_ens_gain_acc", 100))),
+             r["seeds_ok"], r["diverged"]] for r in summary],
+            "mean ± std over seeds; g = ε(N/B − 1), the SGD noise scale"))
         ens = artefacts.Table("ensembles.csv").read(it.out)
         rows = []
         for cfg in dict.fromkeys(r["id"] for r in ens):
@@ -366,7 +382,11 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
 
 
 def _grid_axes_rows(summary: list[dict]) -> bool:
-    return len({r["batch_size"] for r in summary}) > 1 and len({r["lr"] for r in summary}) > 1
+    """Whether the configurations cover a full grid of ≥ 2 batch sizes × ≥ 2 learning rates
+    (with --lr-scaling linear they lie on a diagonal: no heatmap)."""
+    cells = {(r["batch_size"], r["lr"]) for r in summary if r["init"] == summary[0]["init"]}
+    bss, lrs = {c[0] for c in cells}, {c[1] for c in cells}
+    return len(bss) > 1 and len(lrs) > 1 and len(cells) == len(bss) * len(lrs)
 
 
 def _lmc_heatmaps(summary, name, shift, ctx) -> list[Block]:
@@ -385,6 +405,14 @@ def _lmc_heatmaps(summary, name, shift, ctx) -> list[Block]:
         blocks.append(ctx.figure(figures.heatmap_figure(
             v, lrs, bss, title, "test loss barrier", "learning rate", "batch size", notes), title))
     return blocks
+
+
+def _ms(row: dict, key: str, scale: float) -> tuple[float, float, int]:
+    """(mean, std, n) of a summary row's mean and *_std columns."""
+    m, sd = row.get(key), row.get(f"{key}_std")
+    m = math.nan if m is None else scale * float(m)
+    sd = math.nan if sd is None or sd != sd else scale * float(sd)
+    return (m, sd, int(row.get("seeds_ok", 0)))
 
 
 def _triple(xs: list[float]) -> tuple[float, float, int]:
@@ -544,7 +572,7 @@ def build(root: str | Path, fmt: str = "png") -> tuple[str, dict[str, Any]]:
     sections = []
     for stage, its in stages.items():
         blocks: list[Block] = []
-        if stage in summaries:
+        if stage in summaries and its[0].job not in OWN_SUMMARY:
             blocks.append(_summary_table(summaries[stage]))
         builder = SECTIONS.get(its[0].job)
         if builder is not None:
@@ -554,6 +582,11 @@ def build(root: str | Path, fmt: str = "png") -> tuple[str, dict[str, Any]]:
             status["pending" if it.result is None else it.result["status"]] += 1
         sections.append(Section(stage, its[0].job, len(its), dict(status), blocks))
     failed = [j for j in jobs if j["status"] in ("failed", "diverged", "skipped")]
+    # "as of" the newest result, not the clock: the same results give the same file
+    stamps = [p.stat().st_mtime for it in items for p in (it.out.parent / "result.json",
+                                                         it.out / "config.json") if p.is_file()]
+    head["as_of"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(stamps))) \
+        if stamps else "unknown"
     text = render_page(head, sections, failed, fmt)
     info = {"sections": sections, "figures": sum(isinstance(b, Figure) for s in sections
                                                  for b in s.blocks), "summaries": summaries}
@@ -615,5 +648,5 @@ def render_page(head: dict[str, Any], sections: list[Section], failed: list[dict
     env.filters["cell"] = lambda v: _fmt_cell(v)
     return env.get_template("report.html.j2").render(
         head=head, sections=sections, failed=failed, fmt=fmt, version=__version__,
-        generated=time.strftime("%Y-%m-%d %H:%M"), Figure=Figure, Table=Table,
+        Figure=Figure, Table=Table,
         is_figure=lambda b: isinstance(b, Figure))

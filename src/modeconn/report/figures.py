@@ -260,7 +260,8 @@ def heatmap_figure(values: np.ndarray, rows: Sequence, cols: Sequence, title: st
                    flag_label: str = "", cmap: str = "viridis", center: float | None = None,
                    min_span: float = 0.1):
     """values[i, j] as coloured cells (rows × cols) with the value (and a note) written in each
-    cell; cells where `flag` is true are outlined in red (explained by `flag_label`)."""
+    cell (NaN: "—" and the note, e.g. why); cells where `flag` is true are outlined in red
+    (explained by `flag_label`)."""
     v = np.asarray(values, dtype=float)
     fig, ax = plt.subplots(figsize=(1.6 + 1.25 * max(len(cols), 2), 1.2 + 0.9 * max(len(rows), 2)))
     finite = v[np.isfinite(v)]
@@ -278,7 +279,7 @@ def heatmap_figure(values: np.ndarray, rows: Sequence, cols: Sequence, title: st
     ax.set_ylabel(row_label)
     for i in range(v.shape[0]):
         for j in range(v.shape[1]):
-            text = "diverged" if not np.isfinite(v[i, j]) else f"{v[i, j]:.3g}"
+            text = "—" if not np.isfinite(v[i, j]) else f"{v[i, j]:.3g}"
             if notes is not None and notes[i, j]:
                 text += f"\n{notes[i, j]}"
             shade = (v[i, j] - lo) / (hi - lo) if np.isfinite(v[i, j]) else 0.0
