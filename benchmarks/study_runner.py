@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,9 +37,9 @@ name = "twenty"
 [train]
 dataset = "digits"
 shift = "iid:50,50"
-width = 64
-depth = 2
-epochs = 6
+width = 512
+depth = 3
+epochs = 10
 
 [train.sweep]
 seeds = [0, 1, 2, 3, 4]
@@ -46,7 +48,7 @@ grid = { batch_order = ["same", "independent"] }
 [interpolate]
 a = "@train/a/model.safetensors"
 b = "@train/b/model.safetensors"
-points = 11
+points = 25
 """
 
 
@@ -63,7 +65,29 @@ def sequential(study, root: Path) -> float:
                 v = str(outs[job_id] / rest)
             options[k] = v
         out = root / spec.id
-        jobs.run(spec.job, out=out, quiet=True, **options)
+        if "quiet" in {i.name for i in jobs.config_fields(jobs.get(spec.job).config)}:
+            options["quiet"] = True
+        jobs.run(spec.job, out=out, **options)
+        outs[spec.id] = out
+    return time.perf_counter() - t0
+
+
+def process_loop(study, root: Path) -> float:
+    """The study's jobs one after another, each in a fresh process (what a loop over commands
+    does), with every core's threads."""
+    t0 = time.perf_counter()
+    outs = {}
+    for spec in study.jobs:
+        options = {}
+        for k, v in spec.options.items():
+            if isinstance(v, str) and v.startswith("@"):
+                job_id, _, rest = v[1:].partition("/")
+                v = str(outs[job_id] / rest)
+            options[k] = v
+        out = root / spec.id
+        code = (f"from modeconn import jobs; jobs.run({spec.job!r}, out={str(out)!r}, "
+                f"**{options!r})")
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
         outs[spec.id] = out
     return time.perf_counter() - t0
 
@@ -71,6 +95,7 @@ def sequential(study, root: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=1000, help="jobs in the overhead study")
+    p.add_argument("--skip-overhead", action="store_true", help="only the 20-job comparison")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="study-bench-"))
     cores = machine_cores()
@@ -82,10 +107,14 @@ def main() -> None:
     local = time.perf_counter() - t0
     assert run.complete, run.failed
     seq = sequential(study, work / "sequential")
-    print(f"20-job study: local executor {local:.1f} s ({cores} workers × "
-          f"1 thread), one after another {seq:.1f} s "
-          f"({cores} threads) → {seq / local:.2f}× faster")
+    loop = process_loop(study, work / "loop")
+    print(f"20-job study (MLP 3×512, 10 epochs, pairs then 25-point interpolations): local "
+          f"executor {local:.1f} s ({cores} workers × 1 thread); one after another in one "
+          f"process {seq:.1f} s ({cores} threads) → {seq / local:.2f}×; one process per job "
+          f"(a loop over commands) {loop:.1f} s → {loop / local:.2f}×")
 
+    if args.skip_overhead:
+        return
     # A 1,000-job study of a trivial job.
     ckpt = work / "pair"
     jobs.run("train", out=ckpt, dataset="digits", shift="iid:50,50", width=8, depth=1,

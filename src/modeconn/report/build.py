@@ -317,11 +317,25 @@ def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
 
 @section("lmc")
 def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
-    blocks: list[Block] = []
-    for it in (i for i in items if i.ok):
+    done = [i for i in items if i.ok]
+    summaries = [artefacts.STATUS.read(it.out)["summary"] for it in done]
+    blocks: list[Block] = [Table("barriers and ensembles per configuration", [
+        "model", "shift", "init", "order", "bs", "lr", "g", "train barrier", "test barrier",
+        "test Δacc", "LMC ens. gain", "ind. ens. gain", "ok", "diverged"], [
+        [r["model"], r["shift"], r["init"], r["batch_order"], r["batch_size"], r["lr"],
+         r["noise_scale_g"], *((_ms(r, k, scale)) for k, scale in (
+             ("train_loss_barrier", 1), ("test_loss_barrier", 1), ("test_delta_acc", 100),
+             ("lmc_ens_gain_acc", 100), ("ind_ens_gain_acc", 100))),
+         r["seeds_ok"], r["diverged"]] for summary in summaries for r in summary],
+        "mean ± std over seeds: linear-definition loss barriers; Δacc (points) at the loss "
+        "barrier's λ*; ensemble gains (points): accuracy over the mean member, LMC = points on "
+        "the path, independent = members of different seeds; g = ε(N/B − 1), the SGD noise "
+        "scale; ok = seeds trained and evaluated")]
+    for it in done:
         summary = artefacts.STATUS.read(it.out)["summary"]
         name = summary[0]["model"] if summary else it.id
         shift = summary[0]["shift"] if summary else ""
+        shift += f" ({it.options.get('dataset', '')}, {it.options.get('epochs', '?')} epochs)"
         paths = artefacts.Table("paths_mean.csv").read(it.out)
         by_cfg: dict[str, list] = defaultdict(list)
         for r in paths:
@@ -347,16 +361,6 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
                                            key=lambda r: r["epoch"]) for k, v in runs.items()}
         title = f"{name}, {shift}: learning curves (mean ± std over seeds and members)"
         blocks.append(ctx.figure(figures.learning_curves_figure(curves, title), title))
-        blocks.append(Table(f"{name}, {shift}: barriers and ensembles per configuration", [
-            "init", "batch order", "batch size", "lr", "g", "train loss barrier",
-            "test loss barrier", "test Δacc (points)", "LMC ensemble gain (points)",
-            "independent ensemble gain (points)", "seeds ok", "diverged"], [
-            [r["init"], r["batch_order"], r["batch_size"], r["lr"], r["noise_scale_g"],
-             *((_ms(r, k, scale)) for k, scale in (
-                 ("train_loss_barrier", 1), ("test_loss_barrier", 1), ("test_delta_acc", 100),
-                 ("lmc_ens_gain_acc", 100), ("ind_ens_gain_acc", 100))),
-             r["seeds_ok"], r["diverged"]] for r in summary],
-            "mean ± std over seeds; g = ε(N/B − 1), the SGD noise scale"))
         ens = artefacts.Table("ensembles.csv").read(it.out)
         rows = []
         for cfg in dict.fromkeys(r["id"] for r in ens):
@@ -629,12 +633,12 @@ def _fmt_cell(v: Any) -> tuple[str, str]:
         m, s, n = v
         if m != m:
             return "n/a", ""
-        text = f"{m:.4g}" if s != s else f"{m:.4g} ± {s:.2g}"
+        text = f"{m:.3g}" if s != s else f"{m:.3g} ± {s:.2g}"
         return text, repr(float(m))
     if isinstance(v, bool):
         return ("yes" if v else "no"), str(int(v))
     if isinstance(v, (int, float)):
-        return (f"{v:g}" if isinstance(v, float) else str(v)), repr(float(v))
+        return (f"{v:.4g}" if isinstance(v, float) else str(v)), repr(float(v))
     return str(v), str(v)
 
 
