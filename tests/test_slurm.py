@@ -1,9 +1,9 @@
 """The slurm executor on a real one-node SLURM cluster (scripts/slurm.sh start; .ci/run starts it).
 
-A 20-job study runs through SLURM job arrays via submitit and gives the local executor's numbers
-bit for bit; then a worker task is cancelled (scancel), another killed with SIGKILL mid-run, the
-driver is killed too, and running the study again completes it with nothing lost and nothing run
-twice that had finished.
+A 20-job study runs through SLURM job arrays via submitit; a worker task is cancelled (scancel),
+another killed with SIGKILL mid-run, the driver is killed too, and running the study again
+completes it with the local executor's numbers bit for bit, nothing lost and nothing run twice
+that had finished.
 """
 
 from __future__ import annotations
@@ -74,25 +74,11 @@ def local_reference(tmp_path_factory):
     return d / "out"
 
 
-def test_a_20_job_study_runs_through_slurm_arrays_with_the_local_numbers(cluster, tmp_path,
-                                                                         local_reference):
-    (tmp_path / "s.toml").write_text(STUDY)
-    out = tmp_path / "out"
-    r = run("run", str(tmp_path / "s.toml"), "--out", str(out), "--executor", "slurm",
-            "--time", "10", "--mem", "1", "--quiet")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "20 jobs (20 complete); ran 20" in r.stdout
-    logs = [p.read_text() for p in out.glob("jobs/*/log.txt")]
-    assert len(logs) == 20 and all("slurm job " in log for log in logs)
-    assert list((out / "slurm").glob("*/*_submitted.pkl"))  # submitit's own records
-    assert rows(out) == rows(local_reference)
-    again = run("run", str(tmp_path / "s.toml"), "--out", str(out), "--executor", "slurm",
-                "--quiet")
-    assert again.returncode == 0 and "ran 0, found 20 done" in again.stdout
-
-
-def test_cancelled_and_killed_workers_and_a_killed_driver_lose_nothing(cluster, tmp_path,
-                                                                       local_reference):
+def test_a_20_job_study_on_slurm_survives_cancelled_and_killed_workers_and_driver(
+        cluster, tmp_path, local_reference):
+    """Through SLURM job arrays: a task cancelled, another SIGKILLed and the driver SIGKILLed
+    mid-run; running again completes the study with the local executor's numbers, nothing lost,
+    nothing run twice that had finished; a third run finds everything done."""
     (tmp_path / "s.toml").write_text(STUDY)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "modeconn", "run", str(tmp_path / "s.toml"), "--out", str(out),
@@ -122,3 +108,8 @@ def test_cancelled_and_killed_workers_and_a_killed_driver_lose_nothing(cluster, 
         assert (out / "jobs" / job_id / "result.json").read_bytes() == data
         assert (out / "jobs" / job_id / "log.txt").read_text().count("--- ") == 1
     assert rows(out) == rows(local_reference)
+    logs = [p.read_text() for p in out.glob("jobs/*/log.txt")]
+    assert len(logs) == 20 and all("slurm job " in log for log in logs)
+    assert list((out / "slurm").glob("*/*_submitted.pkl"))  # submitit's own records
+    again = run(*cmd[3:])
+    assert again.returncode == 0 and "ran 0, found 20 done" in again.stdout
