@@ -502,7 +502,9 @@ def landscape_section(items: list[Item], ctx: Context) -> list[Block]:
                 v[ys.index(r["y"]), xs.index(r["x"])] = r["loss"]
             marks = {k: tuple(p) for k, p in info.get("points", {}).items()}
             paths = {k: (p["x"], p["y"]) for k, p in info.get("paths", {}).items()}
-            title = f"{split} loss on the plane — {it.id}"
+            title = (f"{split} loss on the plane through {', '.join(marks) or 'three points'} "
+                     f"({info.get('grid', len(xs))}×{info.get('grid', len(ys))} points, BN "
+                     f"re-estimation {info.get('bn_reset', 'auto')})")
             blocks.append(ctx.figure(figures.plane_figure(xs, ys, v, paths, marks, title,
                                                           f"{split} loss"), title))
     return blocks
@@ -566,7 +568,7 @@ def build(root: str | Path, fmt: str = "png") -> tuple[str, dict[str, Any]]:
         head = {"name": root.name, "description": f"the output of one {item.job} job",
                 "config": json.dumps(item.options, indent=2), "config_name": "config",
                 "headline": {}}
-        items, rows, jobs = [item], _job_rows(item), []
+        items, rows, jobs = [item], [], []
     ctx = Context(fmt, {it.id: it for it in items})
     stages: dict[str, list[Item]] = defaultdict(list)
     for it in items:
@@ -578,6 +580,8 @@ def build(root: str | Path, fmt: str = "png") -> tuple[str, dict[str, Any]]:
         blocks: list[Block] = []
         if stage in summaries and its[0].job not in OWN_SUMMARY:
             blocks.append(_summary_table(summaries[stage]))
+        elif not rows and its[0].job not in OWN_SUMMARY and (t := _job_table(its[0])):
+            blocks.append(t)  # one job's report: the numbers in its files
         builder = SECTIONS.get(its[0].job)
         if builder is not None:
             blocks += builder(its, ctx)
@@ -597,18 +601,43 @@ def build(root: str | Path, fmt: str = "png") -> tuple[str, dict[str, Any]]:
     return text, info
 
 
-def _job_rows(item: Item) -> list[dict[str, Any]]:
-    """Result rows of a single job, from its files (the records its result would hold)."""
-    from ..jobs._registry import path_metrics
+SKIP_DOCUMENTS = {"config.json", "env.json", "plane.json", "status.json", "study.json",
+                  "permutation.json", "demo.json"}
+
+
+def _job_table(item: Item) -> Table | None:
+    """The numbers of one job's output: its JSON documents (barrier summaries as their
+    barriers, others flattened), one row per number."""
+    from ..jobs._registry import numbers, path_metrics
 
     rows = []
-    if item.job in ("interpolate",):
-        bar = artefacts.BARRIER.read(item.out)
-        splits = [s for s in bar if isinstance(bar[s], dict) and "loss" in bar[s]]
-        for m, v in path_metrics(bar, splits).items():
-            rows.append({"id": item.id, "stage": item.stage, "job": item.job,
-                         "status": "complete", "metric": m, "value": v})
-    return rows
+    for doc in sorted(item.out.glob("*.json")):
+        if doc.name in SKIP_DOCUMENTS:
+            continue
+        data = json.loads(doc.read_text())
+        if not isinstance(data, dict):
+            continue
+        splits = [k for k, v in data.items() if isinstance(v, dict) and "loss" in v
+                  and isinstance(v["loss"], dict) and "linear" in v["loss"]]
+        flat = path_metrics(data, splits) if splits else _flatten(data, numbers)
+        rows += [[doc.stem, k, v] for k, v in flat.items()]
+    if artefacts.RUN_SUMMARY.path(item.out).is_file():  # a training run: each member's end
+        for r in artefacts.RUN_SUMMARY.read(item.out):
+            rows += [[f"summary ({r['member']})", k, v] for k, v in numbers(r).items()]
+    return Table(f"{item.job}: the numbers it wrote", ["file", "metric", "value"], rows,
+                 "barrier summaries as their linear-definition barriers, Δacc and λ*; other "
+                 "documents flattened") if rows else None
+
+
+def _flatten(data: dict, numbers, prefix: str = "") -> dict[str, float]:
+    out = dict(numbers(data, prefix))
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, numbers, f"{prefix}{k}."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                out.update(_flatten(x, numbers, f"{prefix}{k}[{i}]."))
+    return out
 
 
 def _summary_table(st) -> Table:
