@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	scripts/browser.sh
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
-	$(PY) -m pytest -q -m "slow" tests
+	$(PY) -m pytest -q -n 2 -m "slow" tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" tests

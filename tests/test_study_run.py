@@ -151,7 +151,7 @@ def test_a_directory_holding_something_else_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trial", range(2))
+@pytest.mark.parametrize("trial", range(1))
 def test_killing_the_driver_and_its_workers_at_any_moment_loses_nothing(tmp_path, done, trial):
     """SIGKILL the whole process group (driver and workers) at a random moment, run again:
     the final table equals the uninterrupted run's, and no finished job ran twice."""
