@@ -1,0 +1,213 @@
+"""Optimal-transport fusion (Singh & Jaggi 2020) on any model the graph reader can trace.
+
+Layer by layer in forward order, A's units of each channel group are matched to B's by an
+optimal transport plan T (n_A × n_B) between uniform (or importance) marginals, with the ground
+cost between A's and B's units taken from their incoming weights (A's already carried into B's
+basis by the earlier groups' plans) or from their activations on m samples. A's tensors are then
+carried into B's basis along every grouped axis — new unit j = Σ_i n_B·T[i, j] · unit i, the
+barycentric map, a permutation when the widths are equal and the plan exact — and averaged with
+B's. The fused model has B's widths. Groups come from the permutation spec (the graph reader):
+residual connections tie their producers to one group and so to one plan, norms follow their
+channels, and a flatten after a convolution carries the plan over its spatial blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import UsageError
+from ..params import combine
+from .matching import _batches, _collector, _Moments, _units
+from .spec import PermutationSpec, units_first
+from .trace import trace
+
+COSTS = ("weights", "activations")
+SOLVERS = ("emd", "sinkhorn")
+MARGINALS = ("uniform", "importance")
+
+
+@dataclass
+class OTFusion:
+    """The fused parameters, A carried into B's basis, and each group's transport plan."""
+
+    params: dict[str, Tensor]
+    aligned: dict[str, Tensor]
+    plans: dict[str, Tensor]  # group → T (n_A × n_B), rows summing to A's marginal
+
+
+def _along(t: Tensor, axis: int, w: Tensor, layout: tuple[int, int]) -> Tensor:
+    """`t` with the units of `axis` (n_A of them, in blocks `layout`) mapped to n_B by
+    new_j = Σ_i w[i, j] · old_i."""
+    n_a, n_b = w.shape
+    outer, inner = layout
+    moved, _ = units_first(t, axis, n_a, layout)  # (n_a, [outer, inner,] rest...)
+    flat = moved.reshape(n_a, -1)
+    out = (w.T.to(flat.dtype) @ flat).reshape(n_b, *moved.shape[1:])
+    if layout != (1, 1):
+        out = out.movedim(0, 1).reshape(outer * n_b * inner, *moved.shape[3:])
+    return out.movedim(0, axis)
+
+
+def _specs(model_a: nn.Module, model_b: nn.Module, example: Any
+           ) -> tuple[PermutationSpec, PermutationSpec, Any, Any]:
+    ta, tb = trace(model_a, example), trace(model_b, example)
+    sa, sb = ta.spec, tb.spec
+    if sa.axes != sb.axes or set(sa.sizes) != set(sb.sizes):
+        raise UsageError("OT fusion needs two models of one architecture (widths may differ): "
+                         "their channel groups differ")
+    for (name, axis), layout in sa.layouts.items():
+        if sb.layout(name, axis)[0] != layout[0] or sb.layout(name, axis)[1] != layout[1]:
+            raise UsageError(f"OT fusion: {name!r} axis {axis} flattens differently in A and B")
+    return sa, sb, ta, tb
+
+
+def _marginal(kind: str, feats: Tensor) -> np.ndarray:
+    n = feats.shape[0]
+    if kind == "uniform":
+        return np.full(n, 1.0 / n)
+    w = feats.abs().sum(1).double().cpu().numpy() + 1e-12  # importance: L1 of incoming weights
+    return w / w.sum()
+
+
+def _plan(cost: Tensor, a: np.ndarray, b: np.ndarray, solver: str, reg: float) -> Tensor:
+    import ot
+
+    c = cost.double().cpu().numpy()
+    if solver == "emd":
+        plan = ot.emd(a, b, c)
+    else:
+        scale = c.max() if c.max() > 0 else 1.0  # reg is relative to the largest cost
+        plan = ot.sinkhorn(a, b, c / scale, reg)
+        if not np.isfinite(plan).all() or plan.sum() <= 0:
+            raise UsageError(f"Sinkhorn with reg {reg} did not converge; raise --reg or use "
+                             "--solver emd")
+    return torch.from_numpy(np.asarray(plan, dtype=np.float64))
+
+
+def _sq_dist(fa: Tensor, fb: Tensor) -> Tensor:
+    fa, fb = fa.double(), fb.double()
+    return ((fa * fa).sum(1)[:, None] + (fb * fb).sum(1)[None, :]
+            - 2 * fa @ fb.T).clamp_min(0)
+
+
+@torch.no_grad()
+def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
+              b: Mapping[str, Tensor], example: Tensor, *, cost: str = "weights",
+              x: Tensor | None = None, solver: str = "emd", reg: float = 0.01,
+              marginals: str = "uniform", weight: float = 0.5,
+              batch_size: int = 256) -> OTFusion:
+    """Fuse A into B: A's units transported onto B's group by group, then (1 − weight)·A +
+    weight·B. `model_a`/`model_b` are the two architectures (their widths may differ; the
+    result has B's); `example` a batch of inputs for tracing; `x` the samples of the
+    activation cost."""
+    if cost not in COSTS:
+        raise UsageError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
+    if solver not in SOLVERS:
+        raise UsageError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if marginals not in MARGINALS:
+        raise UsageError(f"marginals must be one of {', '.join(MARGINALS)}, got {marginals!r}")
+    if not 0 <= weight <= 1:
+        raise UsageError(f"weight must be in [0, 1], got {weight}")
+    if solver == "sinkhorn" and not reg > 0:
+        raise UsageError(f"reg must be positive for Sinkhorn, got {reg}")
+    if cost == "activations" and (x is None or len(x) == 0):
+        raise UsageError("the activation cost needs samples (x)")
+    sa, sb, ta, tb = _specs(model_a, model_b, example)
+    a = {k: v.detach() for k, v in a.items()}
+    b = {k: v.detach() for k, v in b.items()}
+    acts = _activation_moments(_holding(model_a, a), _holding(model_b, b), ta, tb, sa, sb, x,
+                               batch_size) if cost == "activations" else {}
+    maps: dict[str, Tensor] = {}  # group → n_B·T (columns sum to 1): the barycentric map
+    plans: dict[str, Tensor] = {}
+    for group in sa.names:
+        fa_parts, fb_parts = [], []
+        for name, axis in sa.perm_to_axes[group]:
+            if axis != 0 or a[name].dim() == 0:
+                continue  # incoming weights only: the rows this group produces
+            ta_ = a[name]
+            known = True
+            for ax, p in enumerate(sa.axes[name]):
+                if ax == 0 or p is None:
+                    continue
+                if p in maps:
+                    ta_ = _along(ta_, ax, maps[p].to(ta_.dtype), sa.layout(name, ax))
+                elif sa.sizes[p] != sb.sizes[p]:
+                    known = False  # a later group of another width (a residual cycle)
+            if not known:
+                continue
+            fa_parts.append(ta_.reshape(ta_.shape[0], -1).double())
+            fb_parts.append(b[name].reshape(b[name].shape[0], -1).double())
+        n_a, n_b = sa.sizes[group], sb.sizes[group]
+        if cost == "activations":
+            m = acts[group]
+            c = (m.saa[:, None] + m.sbb[None, :] - 2 * m.sab).clamp_min(0) / max(m.count, 1)
+        elif fa_parts:
+            c = _sq_dist(torch.cat(fa_parts, 1), torch.cat(fb_parts, 1))
+        else:
+            raise UsageError(f"OT fusion: no incoming weights of group {group!r} can be "
+                             "compared (use --cost activations)")
+        mu = _marginal(marginals, torch.cat(fa_parts, 1)) if fa_parts and \
+            marginals == "importance" else np.full(n_a, 1.0 / n_a)
+        nu = _marginal(marginals, torch.cat(fb_parts, 1)) if fb_parts and \
+            marginals == "importance" else np.full(n_b, 1.0 / n_b)
+        plan = _plan(c, mu, nu, solver, reg)
+        plans[group] = plan
+        maps[group] = plan / plan.sum(0, keepdim=True).clamp_min(1e-300)
+    aligned = {}
+    for name, t in a.items():
+        out = t
+        for ax, p in enumerate(sa.axes.get(name, ())):
+            if p is not None:
+                out = _along(out, ax, maps[p].to(t.dtype if t.is_floating_point()
+                                                    else torch.float64), sa.layout(name, ax))
+        if not t.is_floating_point():
+            out = b[name] if name in b else t  # integer buffers (counters) follow B
+        aligned[name] = out.to(t.dtype) if t.is_floating_point() else out
+    for name in aligned:
+        if tuple(aligned[name].shape) != tuple(b[name].shape):
+            raise UsageError(f"OT fusion: {name!r} came out {tuple(aligned[name].shape)}, B has "
+                             f"{tuple(b[name].shape)}: a width not covered by the groups")
+    fused = combine([aligned, b], [1.0 - weight, weight])
+    return OTFusion(fused, aligned, plans)
+
+
+def _holding(model: nn.Module, params: Mapping[str, Tensor]) -> nn.Module:
+    """A copy of the module holding these parameters (the activations are theirs)."""
+    m = copy.deepcopy(model)
+    m.load_state_dict(dict(params))
+    return m
+
+
+def _activation_moments(model_a, model_b, ta, tb, sa, sb, x, batch_size) -> dict[str, Any]:
+    """Per group, the sums for ‖act_A,i − act_B,j‖² over the samples (after the activation,
+    every position a sample, as activation matching reads them)."""
+    nodes_a = sorted({pt.node for pts in ta.points.values() for pt in pts})
+    nodes_b = sorted({pt.node for pts in tb.points.values() for pt in pts})
+    runs = []
+    for m, traced, nodes in ((model_a, ta, nodes_a), (model_b, tb, nodes_b)):
+        was = m.training
+        m.eval()
+        runs.append((m, was, _collector(traced.graph_module, m, nodes), nodes))
+    moments = {g: _Moments() for g in sa.names}
+    try:
+        for idx in _batches(len(x), batch_size):
+            outs = [dict(zip(nodes, coll(x[idx]), strict=True)) for _, _, coll, nodes in runs]
+            for g in sa.names:
+                for pa, pb in zip(ta.points.get(g, []), tb.points.get(g, [])):
+                    moments[g].add(_units(outs[0][pa.node], pa, sa.sizes[g]),
+                                   _units(outs[1][pb.node], pb, sb.sizes[g]))
+    finally:
+        for m, was, _, _ in runs:
+            m.train(was)
+    for g, mo in moments.items():
+        if mo.count == 0:
+            raise UsageError(f"OT fusion: no activations were read for group {g!r}; use "
+                             "--cost weights")
+    return moments
