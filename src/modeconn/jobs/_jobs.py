@@ -6,6 +6,7 @@ from . import (  # noqa: F401
     demo,
     ensemble,
     fge,
+    fuse,
     info,
     interpolate,
     landscape,

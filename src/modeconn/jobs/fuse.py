@@ -1,0 +1,186 @@
+"""merge: fuse two models — AVG, OT fusion, a permutation merge (WM, AM, STE) or mode path fusion
+(MPF) — into an ordinary checkpoint, scored beside A and B overall and on each one's own data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import artefacts
+from ..align.transport import COSTS, MARGINALS, SOLVERS, ot_fusion
+from ..checkpoint import save_checkpoint
+from ..curves import fit_curve
+from ..evaluate import Evaluator
+from ..merge import average, normalise
+from ..options import option
+from ..train import TrainConfig
+from ._inputs import Models, load_models, output_dir, record, split_tensors
+from ._registry import JobConfig, Output, Record, Result, register, split_metrics
+from .align import (
+    ALIGNERS,
+    Alignment,
+    align_setup,
+    model_meta,
+    ste_batch_size_option,
+    ste_epochs_option,
+    ste_lr_option,
+    ste_warm_option,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergeConfig(Alignment, JobConfig):
+    job = "merge"
+    a: str = option(help="model checkpoint A (OT fusion carries it onto B)", positional=True)
+    b: str = option(help="model checkpoint B (OT fusion's target: the fused model has its "
+                         "widths)", positional=True)
+    method: str = option("avg", "avg: the parameter average; ot: optimal-transport fusion; wm, "
+                                "am, ste: B aligned to A by permutation, then averaged; mpf: the "
+                                "midpoint of a quadratic Bezier curve fitted between them",
+                         choices=("avg", "ot", "wm", "am", "ste", "mpf"))
+    weights: tuple[float, ...] = option((0.5, 0.5), "weights of A and B, comma-separated "
+                                                     "(normalised)", low=0, finite=True,
+                                        nonempty=True)
+    repair: bool = option(False, "REPAIR the fused model (models with BatchNorm always get BN "
+                                 "reset)")
+    cost: str = option("weights", "OT ground cost: squared distance of incoming weights, or of "
+                                  "activations on --samples training examples", choices=COSTS)
+    solver: str = option("emd", "OT plan: exact EMD or Sinkhorn", choices=SOLVERS)
+    reg: float = option(0.01, "Sinkhorn regularisation (relative to the largest cost)", low=0,
+                        low_open=True, finite=True)
+    marginals: str = option("uniform", "OT marginals: uniform, or importance (L1 of incoming "
+                                       "weights)", choices=MARGINALS)
+    samples: int = option(512, "training examples of the OT activation cost", low=1)
+    epochs: int | None = ste_epochs_option("STE (or MPF: curve epochs, default 20)")
+    lr: float = ste_lr_option("STE")
+    batch_size: int = ste_batch_size_option("STE/AM")
+    warm: bool = ste_warm_option("STE")
+    curve_lr: float = option(0.05, "MPF: peak learning rate of the curve's SGD", low=0,
+                             low_open=True)
+    curve_batch_size: int = option(64, "MPF: curve batch size", low=1)
+
+    def check(self) -> None:
+        super().check()
+        if len(self.weights) != 2 or sum(self.weights) <= 0:
+            raise self.invalid("weights", "must be two non-negative numbers, not both 0")
+
+
+@dataclass
+class MergeResult(Result):
+    report: dict = field(default_factory=dict)  # what merge.json holds
+    headline = ("test_acc", "test_loss", "own_a_test_acc", "own_b_test_acc")
+
+    def lines(self) -> list[str]:
+        r = self.report
+        out = []
+        for name in ("fused", "a", "b"):
+            m = r[name]
+            out.append(f"{name:>5}: test loss {m['test']['loss']:.4f} acc {m['test']['acc']:.4f}"
+                       f" | on A's data {m['own_a']['test']['acc']:.4f}, on B's "
+                       f"{m['own_b']['test']['acc']:.4f}")
+        return [f"merge ({r['method']}, {r['normalisation']}):", *out, *super().lines()]
+
+    def records(self) -> list[Record]:
+        out = []
+        for name in ("fused", "a", "b"):
+            m = self.report[name]
+            metrics = split_metrics({s: m[s] for s in ("train", "test")})
+            for own in ("own_a", "own_b"):
+                metrics.update({f"{own}_{k}": v for k, v in split_metrics(m[own]).items()})
+            out.append(({"model": name}, metrics))
+        return out
+
+
+@dataclass
+class Inputs:
+    """What every fusion method may read: A and B, the data, the spec, the config."""
+
+    a: Models
+    b: Models
+    data: object
+    spec: object
+    config: MergeConfig
+
+    @property
+    def w(self) -> tuple[float, float]:
+        wa, wb = self.config.weights
+        return wa / (wa + wb), wb / (wa + wb)
+
+
+def _avg(i: Inputs) -> dict:
+    return average([i.a.params[0], i.b.params[0]], list(i.w))
+
+
+def _aligned(method: str) -> Callable[[Inputs], dict]:
+    def fuse(i: Inputs) -> dict:
+        pair = Models(i.a.module, i.a.checkpoints + i.b.checkpoints,
+                      [i.a.params[0], i.b.params[0]], i.a.device)
+        perm = ALIGNERS[method](pair, i.data, i.spec, i.config)
+        return average([i.a.params[0], perm.apply(i.b.params[0])], list(i.w))
+    return fuse
+
+
+def _ot(i: Inputs) -> dict:
+    c = i.config
+    x = i.data.train_x
+    return ot_fusion(i.a.module, i.a.params[0], i.b.module, i.b.params[0], x[:2], cost=c.cost,
+                     x=x[:c.samples], solver=c.solver, reg=c.reg, marginals=c.marginals,
+                     weight=i.w[1]).params
+
+
+def _mpf(i: Inputs) -> dict:
+    c = i.config
+    cfg = TrainConfig(epochs=c.epochs or 20, batch_size=c.curve_batch_size, lr=c.curve_lr,
+                      schedule="curve")
+    curve = fit_curve(i.b.module, i.a.params[0], i.b.params[0], i.data.train_x, i.data.train_y,
+                      cfg, "bezier", 3, seed=c.seed)
+    return curve.path().point(0.5)
+
+
+# How A and B are fused, by method: Inputs -> the fused parameter dict (B's architecture).
+FUSERS: dict[str, Callable[[Inputs], dict]] = {
+    "avg": _avg, "wm": _aligned("wm"), "am": _aligned("am"), "ste": _aligned("ste"),
+    "ot": _ot, "mpf": _mpf,
+}
+
+
+@register("merge", MergeConfig, "fuse two models: AVG, OT fusion, WM/AM/STE merges or MPF",
+          Output("output directory", required=False, default="results/merge"))
+def run_merge(config: MergeConfig, out: Path) -> MergeResult:
+    """merged.safetensors and merge.json: the fused model and A and B, scored on the whole
+    train and test data and on each one's own subset."""
+    if config.method == "ot":  # widths may differ: each model its own architecture
+        a, b = load_models([config.a], config), load_models([config.b], config)
+        data = b.data("full", config.data_dir)
+        spec = None
+    else:
+        both, data, spec = align_setup([config.a, config.b], config)
+        a = Models(both.module, both.checkpoints[:1], both.params[:1], both.device)
+        b = Models(both.module, both.checkpoints[1:], both.params[1:], both.device)
+    out = output_dir(out, config.overwrite)
+    inputs = Inputs(a, b, data, spec, config)
+    fused = FUSERS[config.method](inputs)
+    x = data.train_x
+    ends = [a.params[0], b.params[0]] if config.method != "ot" else [b.params[0], b.params[0]]
+    fused, how = normalise(b.module, ends, fused, x, config.repair)
+    own = {"own_a": a.data("own", config.data_dir), "own_b": b.data("own", config.data_dir)}
+    report: dict = {"method": config.method, "weights": list(inputs.w), "normalisation": how,
+                    "a": str(a.checkpoints[0].path), "b": str(b.checkpoints[0].path)}
+    for name, models, params in (("fused", b, fused), ("a", a, a.params[0]),
+                                 ("b", b, b.params[0])):
+        ev = Evaluator(models.module, split_tensors(data), bn_data=x, bn_reset="off")
+        entry = ev.evaluate([params])[0]
+        for key, d in own.items():
+            entry[key] = Evaluator(models.module, split_tensors(d), bn_data=d.train_x,
+                                   bn_reset="off").evaluate([params])[0]
+        report[name] = entry
+    out.mkdir(parents=True, exist_ok=True)
+    record(out, config, b.device)
+    save_checkpoint(out / "merged.safetensors", fused,
+                    **model_meta(b.checkpoints[0], kind="model",
+                                 merge={"method": config.method, "models": [report["a"],
+                                                                            report["b"]],
+                                        "weights": list(inputs.w), "normalisation": how}))
+    artefacts.Document("merge.json").write(out, report)
+    return MergeResult(out, report)

@@ -1,0 +1,82 @@
+"""modeconn merge: two models fused by AVG, OT, WM/AM/STE or MPF into an ordinary checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from modeconn import jobs
+from modeconn.checkpoint import load_checkpoint
+
+pytest.importorskip("ot")
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """A label-skewed pair (width 24) and a third model of another width (16) on digits."""
+    root = tmp_path_factory.mktemp("fuse")
+    common = dict(dataset="digits", depth=2, epochs=2, quiet=True, init="different")
+    jobs.run("train", out=root / "skew", shift="label-skew:0-4=80,5-9=20", width=24, **common)
+    jobs.run("train", out=root / "narrow", width=16, **common)
+    return {"a": root / "skew/a/model.safetensors", "b": root / "skew/b/model.safetensors",
+            "narrow": root / "narrow/all/model.safetensors", "root": root}
+
+
+@pytest.mark.parametrize("method", ["avg", "ot", "wm", "am"])
+def test_a_model_merged_with_itself_is_itself(pairs, tmp_path, method):
+    r = jobs.run("merge", a=pairs["a"], b=pairs["a"], method=method, out=tmp_path / "m")
+    rep = r.report
+    assert rep["fused"]["test"]["acc"] == pytest.approx(rep["a"]["test"]["acc"], abs=1e-12)
+    assert rep["fused"]["test"]["loss"] == pytest.approx(rep["a"]["test"]["loss"], rel=1e-5)
+    fused = load_checkpoint(tmp_path / "m" / "merged.safetensors")
+    original = load_checkpoint(pairs["a"])
+    for k, v in original.tensors.items():
+        assert torch.allclose(fused.tensors[k].float(), v.float(), atol=1e-6), k
+
+
+def test_merge_writes_a_checkpoint_other_commands_accept_and_scores_each_subset(pairs, tmp_path):
+    r = jobs.run("merge", a=pairs["a"], b=pairs["b"], method="wm", weights=[0.3, 0.7],
+                 out=tmp_path / "m")
+    rep = json.loads((tmp_path / "m" / "merge.json").read_text())
+    assert rep["weights"] == pytest.approx([0.3, 0.7]) and rep["method"] == "wm"
+    for name in ("fused", "a", "b"):
+        assert {"train", "test", "own_a", "own_b"} <= set(rep[name])
+    # each parent knows its own subset better than the other's (label skew)
+    assert rep["a"]["own_a"]["train"]["acc"] > rep["a"]["own_b"]["train"]["acc"]
+    labels = [lab["model"] for lab, _ in r.records()]
+    assert labels == ["fused", "a", "b"]
+    interp = jobs.run("interpolate", a=pairs["a"], b=tmp_path / "m" / "merged.safetensors",
+                      points=3, out=tmp_path / "i")
+    assert interp.summary["test"]["loss"]["linear"]["barrier"] >= 0
+
+
+def test_ot_fuses_models_of_different_widths_into_the_targets(pairs, tmp_path):
+    r = jobs.run("merge", a=pairs["a"], b=pairs["narrow"], method="ot", out=tmp_path / "ot")
+    fused = load_checkpoint(tmp_path / "ot" / "merged.safetensors")
+    narrow = load_checkpoint(pairs["narrow"])
+    assert {k: v.shape for k, v in fused.tensors.items()} == \
+        {k: v.shape for k, v in narrow.tensors.items()}
+    assert 0.1 < r.report["fused"]["test"]["acc"] <= 1.0
+    with pytest.raises(Exception, match="architecture"):  # averaging is not defined there
+        jobs.run("merge", a=pairs["a"], b=pairs["narrow"], method="avg", out=tmp_path / "avg")
+
+
+def test_mpf_returns_the_curve_midpoint_fitted_on_the_union(pairs, tmp_path):
+    r = jobs.run("merge", a=pairs["a"], b=pairs["b"], method="mpf", epochs=2, out=tmp_path / "p")
+    avg = jobs.run("merge", a=pairs["a"], b=pairs["b"], method="avg", out=tmp_path / "q")
+    # trained on the union, the midpoint beats the data-free average of the same pair
+    assert r.report["fused"]["train"]["loss"] < avg.report["fused"]["train"]["loss"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--weights", "0.5"], "--weights must be two non-negative numbers"),
+    (["--weights", "0,0"], "--weights must be two non-negative numbers"),
+    (["--method", "fuse"], "--method must be one of"),
+    (["--reg", "0", "--solver", "sinkhorn"], "--reg must be"),
+])
+def test_bad_merge_options_are_one_line(cli, pairs, tmp_path, argv, message):
+    rc, _, err = cli("merge", pairs["a"], pairs["b"], *argv, "--out", tmp_path / "x")
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
