@@ -80,3 +80,13 @@ def test_bad_merge_options_are_one_line(cli, pairs, tmp_path, argv, message):
     rc, _, err = cli("merge", pairs["a"], pairs["b"], *argv, "--out", tmp_path / "x")
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_the_fine_tuning_baseline_gets_exactly_mpfs_gradient_steps(pairs, tmp_path):
+    mpf = jobs.run("merge", a=pairs["a"], b=pairs["b"], method="mpf", epochs=2, out=tmp_path / "p")
+    ft = jobs.run("merge", a=pairs["a"], b=pairs["b"], method="avg", finetune_epochs=2,
+                  out=tmp_path / "f")
+    assert ft.report["training"]["gradient_steps"] == mpf.report["training"]["gradient_steps"] > 0
+    plain = jobs.run("merge", a=pairs["a"], b=pairs["b"], method="avg", out=tmp_path / "q")
+    assert ft.report["fused"]["train"]["loss"] < plain.report["fused"]["train"]["loss"]
+    assert "fine-tuned 2 epochs" in ft.report["normalisation"]

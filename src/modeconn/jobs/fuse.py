@@ -13,8 +13,9 @@ from ..checkpoint import save_checkpoint
 from ..curves import fit_curve
 from ..evaluate import Evaluator
 from ..merge import average, normalise
+from ..models import has_batchnorm
 from ..options import option
-from ..train import TrainConfig
+from ..train import TrainConfig, finetune
 from ._inputs import Models, load_models, output_dir, record, split_tensors
 from ._registry import JobConfig, Output, Record, Result, register, split_metrics
 from .align import (
@@ -56,14 +57,26 @@ class MergeConfig(Alignment, JobConfig):
     lr: float = ste_lr_option("STE")
     batch_size: int = ste_batch_size_option("STE/AM")
     warm: bool = ste_warm_option("STE")
-    curve_lr: float = option(0.05, "MPF: peak learning rate of the curve's SGD", low=0,
-                             low_open=True)
-    curve_batch_size: int = option(64, "MPF: curve batch size", low=1)
+    curve_lr: float = option(0.05, "MPF (and --finetune-epochs): peak learning rate of SGD",
+                             low=0, low_open=True)
+    curve_batch_size: int = option(64, "MPF (and --finetune-epochs): batch size", low=1)
+    finetune_epochs: int = option(0, "then fine-tune the fused model on the union of the data "
+                                     "for this many epochs (SGD, --curve-lr, --curve-batch-size, "
+                                     "the curve schedule): with MPF's --epochs, exactly MPF's "
+                                     "gradient-step budget — the fair baseline", low=0)
 
     def check(self) -> None:
         super().check()
         if len(self.weights) != 2 or sum(self.weights) <= 0:
             raise self.invalid("weights", "must be two non-negative numbers, not both 0")
+        if self.method == "mpf" and self.finetune_epochs:
+            raise self.invalid("finetune_epochs", "must be 0 with --method mpf (MPF trains "
+                                                  "already; fine-tune the other methods)")
+
+    def sgd(self, epochs: int) -> TrainConfig:
+        """The training of MPF's curve and of the fine-tuning baseline (one budget)."""
+        return TrainConfig(epochs=epochs, batch_size=self.curve_batch_size, lr=self.curve_lr,
+                           schedule="curve")
 
 
 @dataclass
@@ -129,13 +142,20 @@ def _ot(i: Inputs) -> dict:
                      weight=i.w[1]).params
 
 
+MPF_EPOCHS = 20
+
+
 def _mpf(i: Inputs) -> dict:
     c = i.config
-    cfg = TrainConfig(epochs=c.epochs or 20, batch_size=c.curve_batch_size, lr=c.curve_lr,
-                      schedule="curve")
     curve = fit_curve(i.b.module, i.a.params[0], i.b.params[0], i.data.train_x, i.data.train_y,
-                      cfg, "bezier", 3, seed=c.seed)
+                      c.sgd(c.epochs or MPF_EPOCHS), "bezier", 3, seed=c.seed)
     return curve.path().point(0.5)
+
+
+def gradient_steps(n: int, cfg: TrainConfig, batchnorm: bool) -> int:
+    """Steps of `cfg.epochs` epochs over n examples (a last batch of one is skipped with BN)."""
+    per_epoch = n // cfg.batch_size + (1 if n % cfg.batch_size > (1 if batchnorm else 0) else 0)
+    return cfg.epochs * per_epoch
 
 
 # How A and B are fused, by method: Inputs -> the fused parameter dict (B's architecture).
@@ -164,9 +184,21 @@ def run_merge(config: MergeConfig, out: Path) -> MergeResult:
     x = data.train_x
     ends = [a.params[0], b.params[0]] if config.method != "ot" else [b.params[0], b.params[0]]
     fused, how = normalise(b.module, ends, fused, x, config.repair)
+    budget = {}
+    if config.method == "mpf":
+        budget = {"epochs": config.epochs or MPF_EPOCHS, "gradient_steps": gradient_steps(
+            len(data.train_y), config.sgd(config.epochs or MPF_EPOCHS),
+            has_batchnorm(b.module))}
+    elif config.finetune_epochs:
+        fused, steps = finetune(b.module, fused, x, data.train_y,
+                                config.sgd(config.finetune_epochs), seed=config.seed)
+        fused, how = normalise(b.module, [fused, fused], fused, x, False)
+        how = f"fine-tuned {config.finetune_epochs} epochs, then {how}"
+        budget = {"epochs": config.finetune_epochs, "gradient_steps": steps}
     own = {"own_a": a.data("own", config.data_dir), "own_b": b.data("own", config.data_dir)}
     report: dict = {"method": config.method, "weights": list(inputs.w), "normalisation": how,
-                    "a": str(a.checkpoints[0].path), "b": str(b.checkpoints[0].path)}
+                    "a": str(a.checkpoints[0].path), "b": str(b.checkpoints[0].path),
+                    "training": budget}
     for name, models, params in (("fused", b, fused), ("a", a, a.params[0]),
                                  ("b", b, b.params[0])):
         ev = Evaluator(models.module, split_tensors(data), bn_data=x, bn_reset="off")
