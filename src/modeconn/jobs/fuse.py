@@ -82,7 +82,8 @@ class MergeConfig(Alignment, JobConfig):
 @dataclass
 class MergeResult(Result):
     report: dict = field(default_factory=dict)  # what merge.json holds
-    headline = ("test_acc", "test_loss", "own_a_test_acc", "own_b_test_acc")
+    # A subset is a part of the training data: "own" accuracies are on its training examples
+    headline = ("test_acc", "test_loss", "own_a_train_acc", "own_b_train_acc")
 
     def lines(self) -> list[str]:
         r = self.report
@@ -90,8 +91,8 @@ class MergeResult(Result):
         for name in ("fused", "a", "b"):
             m = r[name]
             out.append(f"{name:>5}: test loss {m['test']['loss']:.4f} acc {m['test']['acc']:.4f}"
-                       f" | on A's data {m['own_a']['test']['acc']:.4f}, on B's "
-                       f"{m['own_b']['test']['acc']:.4f}")
+                       f" | on A's training subset {m['own_a']['train']['acc']:.4f}, on B's "
+                       f"{m['own_b']['train']['acc']:.4f}")
         return [f"merge ({r['method']}, {r['normalisation']}):", *out, *super().lines()]
 
     def records(self) -> list[Record]:
