@@ -42,14 +42,33 @@ class OTFusion:
     plans: dict[str, Tensor]  # group → T (n_A × n_B), rows summing to A's marginal
 
 
-def _along(t: Tensor, axis: int, w: Tensor, layout: tuple[int, int]) -> Tensor:
+@dataclass
+class _Map:
+    """A group's barycentric map w (n_A × n_B, columns summing to 1), and, when w is a
+    permutation, the index it moves units by (so that moving is exact and cheap)."""
+
+    w: Tensor
+    index: Tensor | None
+
+    @classmethod
+    def of(cls, plan: Tensor) -> _Map:
+        w = plan / plan.sum(0, keepdim=True).clamp_min(1e-300)
+        square = w.shape[0] == w.shape[1]
+        index = w.argmax(0) if square and bool((w.count_nonzero(0) == 1).all()) else None
+        return cls(w, index)
+
+
+def _along(t: Tensor, axis: int, m: _Map, layout: tuple[int, int]) -> Tensor:
     """`t` with the units of `axis` (n_A of them, in blocks `layout`) mapped to n_B by
     new_j = Σ_i w[i, j] · old_i."""
-    n_a, n_b = w.shape
+    n_a, n_b = m.w.shape
     outer, inner = layout
     moved, _ = units_first(t, axis, n_a, layout)  # (n_a, [outer, inner,] rest...)
     flat = moved.reshape(n_a, -1)
-    out = (w.T.to(flat.dtype) @ flat).reshape(n_b, *moved.shape[1:])
+    if m.index is not None:  # a permutation: move, not mix
+        out = flat.index_select(0, m.index.to(flat.device)).reshape(n_b, *moved.shape[1:])
+    else:
+        out = (m.w.T.to(flat.device, flat.dtype) @ flat).reshape(n_b, *moved.shape[1:])
     if layout != (1, 1):
         out = out.movedim(0, 1).reshape(outer * n_b * inner, *moved.shape[3:])
     return out.movedim(0, axis)
@@ -57,7 +76,10 @@ def _along(t: Tensor, axis: int, w: Tensor, layout: tuple[int, int]) -> Tensor:
 
 def _specs(model_a: nn.Module, model_b: nn.Module, example: Any
            ) -> tuple[PermutationSpec, PermutationSpec, Any, Any]:
-    ta, tb = trace(model_a, example), trace(model_b, example)
+    ta = trace(model_a, example)
+    same = type(model_a) is type(model_b) and {k: v.shape for k, v in model_a.state_dict().items()} \
+        == {k: v.shape for k, v in model_b.state_dict().items()}
+    tb = ta if same else trace(model_b, example)  # one architecture: one trace
     sa, sb = ta.spec, tb.spec
     if sa.axes != sb.axes or set(sa.sizes) != set(sb.sizes):
         raise UsageError("OT fusion needs two models of one architecture (widths may differ): "
@@ -92,7 +114,7 @@ def _plan(cost: Tensor, a: np.ndarray, b: np.ndarray, solver: str, reg: float) -
 
 
 def _sq_dist(fa: Tensor, fb: Tensor) -> Tensor:
-    fa, fb = fa.double(), fb.double()
+    """Squared Euclidean distances between rows, in the weights' precision."""
     return ((fa * fa).sum(1)[:, None] + (fb * fb).sum(1)[None, :]
             - 2 * fa @ fb.T).clamp_min(0)
 
@@ -124,7 +146,7 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
     b = {k: v.detach() for k, v in b.items()}
     acts = _activation_moments(_holding(model_a, a), _holding(model_b, b), ta, tb, sa, sb, x,
                                batch_size) if cost == "activations" else {}
-    maps: dict[str, Tensor] = {}  # group → n_B·T (columns sum to 1): the barycentric map
+    maps: dict[str, _Map] = {}  # group → n_B·T (columns sum to 1): the barycentric map
     plans: dict[str, Tensor] = {}
     for group in sa.names:
         fa_parts, fb_parts = [], []
@@ -137,13 +159,13 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
                 if ax == 0 or p is None:
                     continue
                 if p in maps:
-                    ta_ = _along(ta_, ax, maps[p].to(ta_.dtype), sa.layout(name, ax))
+                    ta_ = _along(ta_, ax, maps[p], sa.layout(name, ax))
                 elif sa.sizes[p] != sb.sizes[p]:
                     known = False  # a later group of another width (a residual cycle)
             if not known:
                 continue
-            fa_parts.append(ta_.reshape(ta_.shape[0], -1).double())
-            fb_parts.append(b[name].reshape(b[name].shape[0], -1).double())
+            fa_parts.append(ta_.reshape(ta_.shape[0], -1))
+            fb_parts.append(b[name].reshape(b[name].shape[0], -1).to(ta_.dtype))
         n_a, n_b = sa.sizes[group], sb.sizes[group]
         if cost == "activations":
             m = acts[group]
@@ -159,14 +181,14 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
             marginals == "importance" else np.full(n_b, 1.0 / n_b)
         plan = _plan(c, mu, nu, solver, reg)
         plans[group] = plan
-        maps[group] = plan / plan.sum(0, keepdim=True).clamp_min(1e-300)
+        maps[group] = _Map.of(plan)
     aligned = {}
     for name, t in a.items():
         out = t
         for ax, p in enumerate(sa.axes.get(name, ())):
             if p is not None:
-                out = _along(out, ax, maps[p].to(t.dtype if t.is_floating_point()
-                                                    else torch.float64), sa.layout(name, ax))
+                out = _along(out if t.is_floating_point() else out.double(), ax, maps[p],
+                             sa.layout(name, ax))
         if not t.is_floating_point():
             out = b[name] if name in b else t  # integer buffers (counters) follow B
         aligned[name] = out.to(t.dtype) if t.is_floating_point() else out
