@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     ensemble,
     fge,
     fuse,
+    fusion,
     info,
     interpolate,
     landscape,

@@ -53,7 +53,7 @@ from ..options import ConfigError, config_fields
 
 # Jobs that are not computations a study can schedule.
 NOT_IN_STUDIES = {"run": "it runs studies", "results": "it reads studies",
-                  "report": "it reads studies",
+                  "report": "it reads studies", "fusion": "it is a study itself",
                   "demo": "it is a study itself", "info": "it writes no files"}
 # Options the runner sets itself for every job.
 RUNNER_OPTIONS = {"resume", "overwrite", "quiet", "pdf"}
@@ -153,6 +153,31 @@ def load(path: str | os.PathLike) -> Study:
     except (OSError, UnicodeDecodeError) as e:
         raise StudyError(f"cannot read study file {path}: {e}") from None
     return parse(text, path)
+
+
+def to_toml(study: dict[str, dict[str, Any]]) -> str:
+    """The text of a study file from its tables (for studies written by code): each value a
+    string, number, boolean or list of them, or a sub-table (`sweep`)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float, str)):
+            return json.dumps(v)  # a JSON string or number is a TOML basic string or number
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(f"cannot write {type(v).__name__} to a study file")
+
+    lines: list[str] = []
+    for table, entries in study.items():
+        subs = {k: v for k, v in entries.items() if k == "sweep"}
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in entries.items() if k not in subs]
+        for k, v in subs.items():
+            lines += ["", f"[{table}.{k}]"] + [f"{kk} = {value(vv)}" for kk, vv in v.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def parse(text: str, path: str | os.PathLike = "study.toml") -> Study:

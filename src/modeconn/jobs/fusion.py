@@ -1,0 +1,172 @@
+"""fusion: the fusion protocol in one command — A and B on a heterogeneous split, a joint model,
+every fusion method and the fair fine-tuned baselines — as a study, summarised in one table."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io import write_csv, write_text
+from ..options import option
+from ._inputs import HELP_SHIFT, Runtime
+from ._registry import JobConfig, Output, Result, register
+
+HETEROGENEOUS = "label-skew:4=100,0-3=10,5-9=10"  # A: class 4 + 10% of the rest; B: the other 90%
+
+# The table's rows: (row, stage, filters on the result rows, accuracy metric, NLL metric).
+ROWS = [
+    ("Joint", "joint", {}, "test_acc", "test_loss"),
+    ("A", "train", {"member": "a"}, "test_acc", "test_loss"),
+    ("B", "train", {"member": "b"}, "test_acc", "test_loss"),
+    ("ensemble(A, B)", "ensemble", {}, "acc", "nll"),
+    ("AVG", "fuse", {"method": "avg", "model": "fused"}, "test_acc", "test_loss"),
+    ("OT (weights)", "fuse", {"method": "ot", "model": "fused"}, "test_acc", "test_loss"),
+    ("OT (activations)", "fuse_ot_activations", {"model": "fused"}, "test_acc", "test_loss"),
+    ("WM merge", "fuse", {"method": "wm", "model": "fused"}, "test_acc", "test_loss"),
+    ("STE merge", "fuse", {"method": "ste", "model": "fused"}, "test_acc", "test_loss"),
+    ("MPF", "fuse", {"method": "mpf", "model": "fused"}, "test_acc", "test_loss"),
+    ("AVG fine-tuned (MPF's budget)", "finetuned", {"method": "avg", "model": "fused"},
+     "test_acc", "test_loss"),
+    ("OT fine-tuned (MPF's budget)", "finetuned", {"method": "ot", "model": "fused"},
+     "test_acc", "test_loss"),
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusionConfig(Runtime, JobConfig):
+    job = "fusion"
+    dataset: str = option("digits", "the dataset (digits embedded; mnist, cifar10 … from "
+                                     "--data-dir)")
+    shift: str = option(HETEROGENEOUS, "how A's and B's data differ (default: A one class + 10% "
+                                       "of the rest, B the other 90%); " + HELP_SHIFT)
+    models: tuple[str, ...] = option(("mlpnet", "mlplarge", "mlphuge"),
+                                     "architectures, comma-separated (the table's columns)",
+                                     nonempty=True)
+    seeds: tuple[int, ...] = option((0, 1, 2, 3, 4), "seeds, comma-separated", low=0,
+                                    nonempty=True)
+    epochs: int = option(10, "training epochs of A, B and the joint model", low=1)
+    lr: float = option(0.05, "their SGD learning rate", low=0, low_open=True)
+    curve_epochs: int = option(5, "MPF's curve epochs — and the fine-tuning baselines' (one "
+                                  "budget of gradient steps)", low=1)
+    jobs: int | None = option(None, "local worker processes (default: one per core)", low=1,
+                              setting=False)
+    quiet: bool = option(False, "no progress bars", setting=False)
+
+    def check(self) -> None:
+        super().check()
+        if len(set(self.seeds)) != len(self.seeds):
+            raise self.invalid("seeds", "must not repeat a seed")
+
+    def study(self) -> dict:
+        """The study's tables (examples/fusion.toml with these settings)."""
+        training = {"dataset": self.dataset, "epochs": self.epochs, "optimizer": "sgd",
+                    "lr": self.lr}
+        if self.data_dir:
+            training["data_dir"] = self.data_dir
+        sweep = {"seeds": list(self.seeds), "grid": {"model": list(self.models)}}
+        pair = {"a": "@train/a/model.safetensors", "b": "@train/b/model.safetensors"}
+        return {
+            "study": {"name": "fusion", "description": f"fusion on {self.dataset}, {self.shift}"},
+            "train": {**training, "shift": self.shift, "init": "different", "sweep": sweep},
+            "joint": {"job": "train", **training, "sweep": sweep},
+            "ensemble": {"checkpoints": [pair["a"], pair["b"]]},
+            "fuse": {"job": "merge", **pair, "epochs": self.curve_epochs,
+                     "sweep": {"grid": {"method": ["avg", "ot", "wm", "ste", "mpf"]}}},
+            "fuse_ot_activations": {"job": "merge", **pair, "method": "ot",
+                                    "cost": "activations"},
+            "finetuned": {"job": "merge", **pair, "finetune_epochs": self.curve_epochs,
+                          "sweep": {"grid": {"method": ["avg", "ot"]}}},
+        }
+
+
+@dataclass
+class FusionResult(Result):
+    table: str = ""
+    run: object = None
+    cells: list[dict] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        r = self.run
+        return [self.table, *r.failed,
+                f"study fusion: {len(r.study.jobs)} jobs; ran {r.ran}, found {r.reused} done, in "
+                f"{r.seconds:.0f} s",
+                f"wrote {self.out} (model_accuracies.csv, model_accuracies.md, per_subset.csv, "
+                "the study's files)"]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.run.complete else 1
+
+
+def _cells(rows: list[dict], models: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    """(one cell per table row × architecture and metric, per-subset accuracies)."""
+    def arch(r: dict) -> str | None:
+        return r.get("train.model", r.get("joint.model"))
+
+    def ok(r: dict, stage: str, filters: dict) -> bool:
+        return r["stage"] == stage and r["status"] == "complete" and all(
+            str(r.get(k) if k != "method" else r.get("method")) == v for k, v in filters.items())
+
+    cells, subsets = [], []
+    for name, stage, filters, acc, nll in ROWS:
+        for model in models:
+            sel = [r for r in rows if ok(r, stage, filters) and arch(r) == model]
+            for metric, key in (("test accuracy %", acc), ("test NLL", nll)):
+                vals = [float(r["value"]) * (100 if "accuracy" in metric else 1)
+                        for r in sel if r["metric"] == key]
+                cells.append({"row": name, "model": model, "metric": metric,
+                              "mean": statistics.fmean(vals) if vals else float("nan"),
+                              "std": statistics.stdev(vals) if len(vals) > 1 else float("nan"),
+                              "n": len(vals)})
+            if stage in ("fuse", "fuse_ot_activations", "finetuned"):
+                for key, what in (("own_a_train_acc", "A's subset"),
+                                  ("own_b_train_acc", "B's subset")):
+                    vals = [100 * float(r["value"]) for r in sel if r["metric"] == key]
+                    if vals:
+                        subsets.append({"row": name, "model": model, "on": what,
+                                        "mean": statistics.fmean(vals),
+                                        "std": statistics.stdev(vals) if len(vals) > 1 else "",
+                                        "n": len(vals)})
+    return cells, subsets
+
+
+def markdown(cells: list[dict], models: tuple[str, ...], metric: str) -> str:
+    """The table of one metric: a row per method, a column per architecture."""
+    head = f"| {metric} | " + " | ".join(models) + " |"
+    lines = [head, "|" + "---|" * (len(models) + 1)]
+    for name, *_ in ROWS:
+        out = []
+        for model in models:
+            c = next(c for c in cells if c["row"] == name and c["model"] == model
+                     and c["metric"] == metric)
+            out.append("n/a" if c["n"] == 0 else f"{c['mean']:.2f}" if c["n"] == 1
+                       else f"{c['mean']:.2f} ± {c['std']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+@register("fusion", FusionConfig, "the fusion protocol: A and B on a heterogeneous split, joint "
+                                  "training, AVG/OT/WM/STE/MPF and the fair fine-tuned baselines",
+          Output("study directory", required=False, default="results/fusion"))
+def run_fusion(config: FusionConfig, out: Path) -> FusionResult:
+    """The fusion study in `out`, then model_accuracies.csv/.md (rows: methods, columns:
+    architectures; mean ± std over seeds) and per_subset.csv (accuracy on A's and B's data)."""
+    from ..studies import parse, run_study
+    from ..studies import results as tables
+    from ..studies.spec import to_toml
+
+    study = parse(to_toml(config.study()), "fusion.toml")
+    run = run_study(study, out, workers=config.jobs, quiet=config.quiet,
+                    overrides={"device": config.device})
+    rows, _ = tables.collect(run.out, study)
+    cells, subsets = _cells(rows, config.models)
+    write_csv(run.out / "model_accuracies.csv", cells, changed_only=True)
+    write_csv(run.out / "per_subset.csv", subsets, changed_only=True)
+    held = (f"{config.dataset}, {config.shift}, {config.epochs} epochs (MPF and fine-tuning: "
+            f"{config.curve_epochs}), {len(config.seeds)} seeds")
+    text = "\n\n".join([f"Test accuracy and NLL, mean ± std over seeds — {held}",
+                        markdown(cells, config.models, "test accuracy %"),
+                        markdown(cells, config.models, "test NLL")])
+    write_text(run.out / "model_accuracies.md", text + "\n", changed_only=True)
+    return FusionResult(run.out, table=text, run=run, cells=cells)
