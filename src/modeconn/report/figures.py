@@ -305,3 +305,26 @@ def matrix_figure(names: Sequence[str], values: np.ndarray, title: str, label: s
     """A symmetric pairwise matrix (e.g. barriers between every pair of models)."""
     fig = heatmap_figure(values, names, names, title, label, "model", "model", cmap="magma")
     return fig
+
+
+def continual_figure(rows: Sequence[dict], tasks: Sequence[str], title: str = ""):
+    """Accuracy on each task (one panel each) after every step, one line per method."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    steps = sorted({int(r["step"]) for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 1.5, 3.4), sharey=True,
+                             squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, task in zip(axes[0], tasks):
+        for i, m in enumerate(methods):
+            sel = sorted((int(r["step"]), 100 * float(r["acc"])) for r in rows
+                         if r["method"] == m and r["task"] == task)
+            ax.plot([s for s, _ in sel], [a for _, a in sel], "o-", color=colors[i % len(colors)],
+                    label=m, markersize=4)
+        ax.set_title(f"accuracy on {task}", fontsize=9)
+        ax.set_xlabel("step (tasks seen)")
+        ax.set_xticks(steps)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(wrap(title), fontsize=10)
+    return fig

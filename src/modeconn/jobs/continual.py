@@ -1,0 +1,156 @@
+"""continual: tasks arrive in sequence; each step's model is merged with the running one by each
+fusion method, against sequential fine-tuning and joint training."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from ..data import DataSpec, prepare
+from ..errors import UsageError
+from ..evaluate import Evaluator
+from ..io import write_csv, write_json
+from ..options import option
+from ..report import figures
+from ..train import TrainConfig, finetune, init_model, resolve_device
+from ._inputs import ModelOptions, Runtime, output_dir, record
+from ._registry import JobConfig, Output, Record, Result, register
+from .fuse import FUSERS, Inputs, MergeConfig
+
+BASELINES = ("sequential", "joint")
+
+
+def parse_tasks(text: str, classes: int) -> list[list[int]]:
+    """"0-4|5-9" → [[0..4], [5..9]]; "pairs" → five 2-class tasks (of 10 classes)."""
+    if text == "pairs":
+        return [[c, c + 1] for c in range(0, classes - 1, 2)]
+    tasks = []
+    for part in text.split("|"):
+        cs: list[int] = []
+        for item in part.split(","):
+            lo, sep, hi = item.strip().partition("-")
+            try:
+                cs += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+            except ValueError:
+                raise UsageError(f"--tasks: {part!r} is not a class list; write e.g. 0-4|5-9 "
+                                 "or pairs") from None
+        tasks.append(cs)
+    flat = [c for t in tasks for c in t]
+    if len(tasks) < 2 or len(set(flat)) != len(flat) or min(flat) < 0 or max(flat) >= classes:
+        raise UsageError(f"--tasks must give at least 2 disjoint groups of classes 0-{classes - 1}"
+                         f", got {text!r}")
+    return tasks
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContinualConfig(Runtime, ModelOptions, JobConfig):
+    job = "continual"
+    dataset: str = option("digits", "the dataset")
+    tasks: str = option("0-4|5-9", "the tasks in order: class groups separated by | (e.g. "
+                                   "0-4|5-9), or pairs (five 2-class tasks)")
+    methods: tuple[str, ...] = option(("avg", "ot", "wm", "mpf"), "fusion methods merging each "
+                                      "step's model with the running one", nonempty=True,
+                                      choices=tuple(FUSERS))
+    start: str = option("previous", "each step's model starts from the running model or from "
+                                    "scratch", choices=("previous", "scratch"))
+    epochs: int = option(5, "epochs per task (also MPF's curve epochs)", low=1)
+    batch_size: int = option(64, "batch size", low=1)
+    lr: float = option(0.05, "SGD learning rate", low=0, low_open=True)
+    seed: int = option(0, "initialisation and batch order", low=0)
+
+
+@dataclass
+class ContinualResult(Result):
+    summary: list[dict] = field(default_factory=list)
+    headline = ("average_acc", "forgetting")
+
+    def lines(self) -> list[str]:
+        out = [f"{'method':<12} {'average acc %':>14} {'forgetting %':>13}"]
+        out += [f"{r['method']:<12} {100 * r['average_acc']:>14.2f} "
+                f"{100 * r['forgetting']:>13.2f}" for r in self.summary]
+        return out + super().lines()
+
+    def records(self) -> list[Record]:
+        return [({"method": r["method"]}, {"average_acc": r["average_acc"],
+                                           "forgetting": r["forgetting"]}) for r in self.summary]
+
+
+def _split(x: torch.Tensor, y: torch.Tensor, classes: list[int]) -> tuple[torch.Tensor, ...]:
+    keep = torch.isin(y, torch.tensor(classes, device=y.device))
+    return x[keep], y[keep]
+
+
+@register("continual", ContinualConfig, "continual learning by merging: tasks in sequence, each "
+                                        "step's model merged with the running one",
+          Output("output directory", required=False, default="results/continual"))
+def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
+    """accuracy.csv (method, step, task, accuracy), summary.csv (average accuracy and forgetting
+    after the last step) and accuracy.png (accuracy on each task after each step)."""
+    device = resolve_device(config.device)
+    data = prepare(DataSpec(dataset=config.dataset), config.data_dir).to(device)
+    tasks = parse_tasks(config.tasks, data.num_classes)
+    out = output_dir(out)
+    model_cfg = config.model_config(data.input_shape, data.num_classes)
+    module = init_model(model_cfg, config.seed).to(device)
+    cfg = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                      schedule="curve")
+    train = [_split(data.train_x, data.train_y, t) for t in tasks]
+    test = {f"task{i + 1}": _split(data.test_x, data.test_y, t) for i, t in enumerate(tasks)}
+    evaluator = Evaluator(module, test, bn_reset="off")
+    init = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    running = {m: init for m in (*config.methods, *BASELINES)}
+    rows: list[dict] = []
+    for step, (x, y) in enumerate(train, 1):
+        seen = {k: v for k, v in list(test.items())[:step]}
+        for method in running:
+            if method == "joint":  # trained on every task seen so far, from the start
+                jx = torch.cat([t[0] for t in train[:step]])
+                jy = torch.cat([t[1] for t in train[:step]])
+                running[method], _ = finetune(module, init, jx, jy, cfg, config.seed)
+                continue
+            begin = running[method] if config.start == "previous" else init
+            new, _ = finetune(module, begin, x, y, cfg, config.seed + step)
+            if method == "sequential" or step == 1:
+                running[method] = new
+                continue
+            merge = MergeConfig(a="a", b="b", method=method, epochs=config.epochs,
+                                curve_lr=config.lr, curve_batch_size=config.batch_size,
+                                seed=config.seed)
+            pair = SimpleNamespace(module=module, params=[running[method]], device=device,
+                                   checkpoints=[])
+            newer = SimpleNamespace(module=module, params=[new], device=device, checkpoints=[])
+            spec = _spec(module, x) if method in ("wm", "am", "ste") else None
+            running[method] = FUSERS[method](Inputs(pair, newer, SimpleNamespace(
+                train_x=x, train_y=y), spec, merge))
+        for method, params in running.items():
+            res = evaluator.evaluate([params])[0]
+            rows += [{"method": method, "step": step, "task": k, "acc": res[k]["acc"]}
+                     for k in seen]
+    summary = []
+    last = len(tasks)
+    for method in running:
+        final = [r["acc"] for r in rows if r["method"] == method and r["step"] == last]
+        forgetting = [max(r["acc"] for r in rows if r["method"] == method and r["task"] == t)
+                      - next(r["acc"] for r in rows if r["method"] == method and r["task"] == t
+                             and r["step"] == last) for t in list(test)[:-1]]
+        summary.append({"method": method, "average_acc": statistics.fmean(final),
+                        "forgetting": statistics.fmean(forgetting)})
+    out.mkdir(parents=True, exist_ok=True)
+    record(out, config, device, tasks=tasks)
+    write_csv(out / "accuracy.csv", rows)
+    write_csv(out / "summary.csv", summary)
+    write_json(out / "tasks.json", {"tasks": tasks})
+    figures.save(figures.continual_figure(rows, list(test), title=(
+        f"{config.dataset}, {model_cfg['arch']}, tasks {config.tasks}, {config.epochs} epochs "
+        f"per task, start from {config.start}")), out / "accuracy.png")
+    return ContinualResult(out, summary)
+
+
+def _spec(module, x):
+    from ..align import auto_spec
+
+    return auto_spec(module, x[:2])
