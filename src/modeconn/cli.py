@@ -134,8 +134,9 @@ def _glue_negative_values(argv: list[str]) -> list[str]:
 
 
 # The commands in the order `modeconn --help` lists them.
-COMMANDS = ("run", "results", "report", "train", "interpolate", "align", "merge", "merge-many", "fusion", "continual", "lmc", "ensemble",
-            "demo", "curve", "curve-ensemble", "curve-point", "fge", "landscape", "sharpness", "info")
+COMMANDS = ("run", "results", "report", "train", "interpolate", "align", "merge", "merge-many",
+            "fusion", "continual", "lmc", "ensemble", "demo", "curve", "curve-ensemble",
+            "curve-point", "fge", "landscape", "sharpness", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
