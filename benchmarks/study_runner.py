@@ -52,19 +52,25 @@ points = 25
 """
 
 
+def resolved(spec, outs: dict[str, Path], root: Path) -> tuple[dict, Path]:
+    """A job's options with its "@<job id>/<file>" references made paths of the jobs already
+    run (`outs`), and its output directory under `root`."""
+    options = {}
+    for k, v in spec.options.items():
+        if isinstance(v, str) and v.startswith("@"):
+            job_id, _, rest = v[1:].partition("/")
+            v = str(outs[job_id] / rest)
+        options[k] = v
+    return options, root / spec.id
+
+
 def sequential(study, root: Path) -> float:
     """The study's jobs one after another in this process (references made paths)."""
     torch.set_num_threads(machine_cores())
     t0 = time.perf_counter()
-    outs = {}
+    outs: dict[str, Path] = {}
     for spec in study.jobs:
-        options = {}
-        for k, v in spec.options.items():
-            if isinstance(v, str) and v.startswith("@"):
-                job_id, _, rest = v[1:].partition("/")
-                v = str(outs[job_id] / rest)
-            options[k] = v
-        out = root / spec.id
+        options, out = resolved(spec, outs, root)
         if "quiet" in {i.name for i in jobs.config_fields(jobs.get(spec.job).config)}:
             options["quiet"] = True
         jobs.run(spec.job, out=out, **options)
@@ -76,15 +82,9 @@ def process_loop(study, root: Path) -> float:
     """The study's jobs one after another, each in a fresh process (what a loop over commands
     does), with every core's threads."""
     t0 = time.perf_counter()
-    outs = {}
+    outs: dict[str, Path] = {}
     for spec in study.jobs:
-        options = {}
-        for k, v in spec.options.items():
-            if isinstance(v, str) and v.startswith("@"):
-                job_id, _, rest = v[1:].partition("/")
-                v = str(outs[job_id] / rest)
-            options[k] = v
-        out = root / spec.id
+        options, out = resolved(spec, outs, root)
         code = (f"from modeconn import jobs; jobs.run({spec.job!r}, out={str(out)!r}, "
                 f"**{options!r})")
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

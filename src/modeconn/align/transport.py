@@ -167,31 +167,32 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
             fa_parts.append(ta_.reshape(ta_.shape[0], -1))
             fb_parts.append(b[name].reshape(b[name].shape[0], -1).to(ta_.dtype))
         n_a, n_b = sa.sizes[group], sb.sizes[group]
+        fa = torch.cat(fa_parts, 1) if fa_parts else None
+        fb = torch.cat(fb_parts, 1) if fb_parts else None
         if cost == "activations":
             m = acts[group]
             c = (m.saa[:, None] + m.sbb[None, :] - 2 * m.sab).clamp_min(0) / max(m.count, 1)
-        elif fa_parts:
-            c = _sq_dist(torch.cat(fa_parts, 1), torch.cat(fb_parts, 1))
+        elif fa is not None:
+            c = _sq_dist(fa, fb)
         else:
             raise UsageError(f"OT fusion: no incoming weights of group {group!r} can be "
                              "compared (use --cost activations)")
-        mu = _marginal(marginals, torch.cat(fa_parts, 1)) if fa_parts and \
-            marginals == "importance" else np.full(n_a, 1.0 / n_a)
-        nu = _marginal(marginals, torch.cat(fb_parts, 1)) if fb_parts and \
-            marginals == "importance" else np.full(n_b, 1.0 / n_b)
+        importance = marginals == "importance" and fa is not None
+        mu = _marginal(marginals, fa) if importance else np.full(n_a, 1.0 / n_a)
+        nu = _marginal(marginals, fb) if importance else np.full(n_b, 1.0 / n_b)
         plan = _plan(c, mu, nu, solver, reg)
         plans[group] = plan
         maps[group] = _Map.of(plan)
     aligned = {}
     for name, t in a.items():
+        if not t.is_floating_point():  # integer buffers (counters) follow B
+            aligned[name] = b.get(name, t)
+            continue
         out = t
         for ax, p in enumerate(sa.axes.get(name, ())):
             if p is not None:
-                out = _along(out if t.is_floating_point() else out.double(), ax, maps[p],
-                             sa.layout(name, ax))
-        if not t.is_floating_point():
-            out = b[name] if name in b else t  # integer buffers (counters) follow B
-        aligned[name] = out.to(t.dtype) if t.is_floating_point() else out
+                out = _along(out, ax, maps[p], sa.layout(name, ax))
+        aligned[name] = out
     for name in aligned:
         if tuple(aligned[name].shape) != tuple(b[name].shape):
             raise UsageError(f"OT fusion: {name!r} came out {tuple(aligned[name].shape)}, B has "

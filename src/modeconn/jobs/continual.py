@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ..align import auto_spec
 from ..data import DataSpec, prepare
 from ..errors import UsageError
 from ..evaluate import Evaluator
@@ -101,6 +102,9 @@ def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
     train = [_split(data.train_x, data.train_y, t) for t in tasks]
     test = {f"task{i + 1}": _split(data.test_x, data.test_y, t) for i, t in enumerate(tasks)}
     evaluator = Evaluator(module, test, bn_reset="off")
+    # One architecture throughout: its permutation spec is traced once, for the merges that use it
+    traced = auto_spec(module, train[0][0][:2]) \
+        if {"wm", "am", "ste"} & set(config.methods) else None
     init = {k: v.detach().clone() for k, v in module.state_dict().items()}
     running = {m: init for m in (*config.methods, *BASELINES)}
     rows: list[dict] = []
@@ -123,7 +127,7 @@ def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
             pair = SimpleNamespace(module=module, params=[running[method]], device=device,
                                    checkpoints=[])
             newer = SimpleNamespace(module=module, params=[new], device=device, checkpoints=[])
-            spec = _spec(module, x) if method in ("wm", "am", "ste") else None
+            spec = traced if method in ("wm", "am", "ste") else None
             running[method] = FUSERS[method](Inputs(pair, newer, SimpleNamespace(
                 train_x=x, train_y=y), spec, merge))
         for method, params in running.items():
@@ -150,7 +154,3 @@ def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
     return ContinualResult(out, summary)
 
 
-def _spec(module, x):
-    from ..align import auto_spec
-
-    return auto_spec(module, x[:2])

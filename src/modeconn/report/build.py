@@ -237,8 +237,8 @@ def interpolate_section(items: list[Item], ctx: Context) -> list[Block]:
         curves, marks = {}, {}
         for name, its in series.items():
             curves[name] = mean_rows([_paths(i) for i in its], ("t", "split"))
-            lams = [artefacts.BARRIER.read(i.out)["test"]["lambda_star"] for i in its
-                    if "test" in artefacts.BARRIER.read(i.out)]
+            bars = [artefacts.BARRIER.read(i.out) for i in its]
+            lams = [b["test"]["lambda_star"] for b in bars if "test" in b]
             marks[name] = _mean(lams)
         title = f"linear interpolation — {held(fixed, key, seeds_of(done))}"
         blocks.append(ctx.figure(figures.path_figure(curves, title=title, marks=marks), title,

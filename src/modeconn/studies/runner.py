@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..io import check_output_dir, write_json, write_text
 from . import results as tables
 from .executors import EXECUTORS, SlurmOptions
-from .spec import Study, StudyError
+from .spec import Study
 from .spec import parse as parse_study
 from .worker import DONE, JOB, job_dir, read_result
 
@@ -222,7 +222,4 @@ def load_study(path: str | Path) -> Study:
     path = Path(path)
     if path.is_dir() and (path / STUDY_FILE).is_file():
         return load(path / STUDY_FILE)
-    try:
-        return load(path)
-    except StudyError:
-        raise
+    return load(path)
