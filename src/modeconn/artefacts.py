@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import read_csv, write_csv, write_json
+from .task import TASKS
 
 Folder = str | os.PathLike
 
@@ -32,8 +33,11 @@ class Table:
 
     def write(self, folder: Folder, rows: Iterable[Mapping[str, Any]],
               changed_only: bool = False) -> bool:
-        """Write the rows into `folder` (missing cells empty; extra keys dropped)."""
-        cols = None if self.columns is None else list(self.columns)
+        """Write the rows into `folder` (missing cells empty; extra keys dropped). The column
+        'acc' stands for the task's metrics after the loss: rows of a multi-label task write
+        f1, macro_f1 and map there."""
+        rows = list(rows)
+        cols = None if self.columns is None else task_columns(self.columns, rows)
         return write_csv(self.path(folder), rows, cols, changed_only=changed_only)
 
     def read(self, folder: Folder) -> list[dict[str, Any]]:
@@ -55,6 +59,19 @@ class Document:
 
     def read(self, folder: Folder) -> Any:
         return json.loads(self.path(folder).read_text())
+
+
+def task_columns(columns: Iterable[str], rows: list[Mapping[str, Any]]) -> list[str]:
+    """`columns` with 'acc' replaced by the metrics (after the loss) of the task whose score
+    the rows carry."""
+    cols = list(columns)
+    if "acc" not in cols or not rows or "acc" in rows[0]:
+        return cols
+    task = next((t for t in TASKS.values() if t.score in rows[0]), None)
+    if task is None:
+        return cols
+    i = cols.index("acc")
+    return cols[:i] + [m for m in task.metric_names if m != "loss"] + cols[i + 1:]
 
 
 def _parse(text: str) -> Any:

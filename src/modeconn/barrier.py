@@ -40,13 +40,14 @@ def barrier(ts: Sequence[float], values: Sequence[float], definition: str = "lin
 
 
 def path_summary(ts: Sequence[float], loss: Sequence[float], acc: Sequence[float],
-                 tolerance: float = 0.01) -> dict:
+                 tolerance: float = 0.01, score: str = "acc") -> dict:
     """Every barrier definition for loss and error, Δ at the loss barrier's λ*, and connectivity.
 
-    Δacc = acc(λ*) − ½(acc(0) + acc(1)) at the λ* of the linear loss barrier. When the loss
-    never rises above the line between its endpoints, the largest excess (0) sits at an
-    endpoint: there is no barrier, `interior` is False and Δacc is 0, not half the endpoints'
-    accuracy difference."""
+    `acc` is the task's score along the path (accuracy; micro-F1 for multi-label, named by
+    `score`), the error 1 − score. Δacc = acc(λ*) − ½(acc(0) + acc(1)) at the λ* of the linear
+    loss barrier, stored as `delta_<score>` ('delta_acc', 'delta_f1'). When the loss never rises
+    above the line between its endpoints, the largest excess (0) sits at an endpoint: there is
+    no barrier, `interior` is False and Δ is 0, not half the endpoints' difference."""
     err = [1 - a for a in acc]
     out: dict = {"loss": {}, "error": {}}
     for d in DEFINITIONS:
@@ -57,7 +58,9 @@ def path_summary(ts: Sequence[float], loss: Sequence[float], acc: Sequence[float
     lam = out["loss"]["linear"]["lambda"]
     i = int(np.argmin(np.abs(np.asarray(ts) - lam)))
     interior = 0 < i < len(ts) - 1
-    out["delta_acc"] = float(acc[i] - 0.5 * (acc[0] + acc[-1])) if interior else 0.0
+    out[f"delta_{score}"] = float(acc[i] - 0.5 * (acc[0] + acc[-1])) if interior else 0.0
+    if score != "acc":
+        out["score"] = score
     out["lambda_star"] = lam
     out["interior"] = interior
     out["connected"] = bool(out["loss"]["linear"]["barrier"] <= tolerance)

@@ -305,11 +305,12 @@ def load_curve(path: str | os.PathLike, device: torch.device | str = "cpu"
 
 def compare_with_linear(model: nn.Module, curve: ParamPath, splits: Mapping[str, tuple[Tensor, Tensor]],
                         bn_data: Tensor | None = None, points: int = 61, bn_reset: str = "auto",
-                        tolerance: float = 0.01) -> tuple[list[dict], dict]:
+                        tolerance: float = 0.01, *, task: Task = CLASSIFICATION
+                        ) -> tuple[list[dict], dict]:
     """Evaluate a curve and the linear path between its endpoints on one grid:
     (rows with a `path` column, {'curve': barrier summary, 'linear': barrier summary})."""
     check_tolerance(tolerance)
-    ev = Evaluator(model, splits, bn_data=bn_data, bn_reset=bn_reset)
+    ev = Evaluator(model, splits, bn_data=bn_data, bn_reset=bn_reset, task=task)
     ts = grid(points)
     rows, summary = [], {}
     for name, p in (("curve", curve), ("linear", linear_path(curve.bends[0], curve.bends[-1]))):

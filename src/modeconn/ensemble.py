@@ -10,26 +10,31 @@ from torch import Tensor
 from .params import flatten, weight_keys
 from .task import CLASSIFICATION, Task, expected_calibration_error
 
-__all__ = ["ensemble_metrics", "expected_calibration_error", "linear_cka",
+__all__ = ["ensemble_metrics", "expected_calibration_error", "linear_cka", "member_scores",
            "pairwise_similarity", "similarity"]
 
 
 def ensemble_metrics(probs: Tensor, y: Tensor, bins: int = 15, *,
                      task: Task = CLASSIFICATION) -> dict[str, float]:
-    """The task's ensemble scores (accuracy, NLL, Brier, ECE) of the mean of member
-    probabilities `probs` (M, N, C), with the mean member's values and the ensemble's gain
-    over it."""
+    """The task's ensemble scores (accuracy, NLL, Brier, ECE; multi-label: F1, mAP, NLL, Brier,
+    per-label ECE) of the mean of member probabilities `probs` (M, N, C), with the mean
+    member's values and the ensemble's gain over it (in the task's score and in NLL)."""
     members = [task.ensemble_scores(p, y, bins) for p in probs]
     ens = task.ensemble_scores(probs.mean(0), y, bins)
     out = dict(ens)
     for key in ens:
         out[f"member_{key}"] = sum(m[key] for m in members) / len(members)
-    if "acc" in ens:
-        out["gain_acc"] = out["acc"] - out["member_acc"]
+    if task.score in ens:
+        out[f"gain_{task.score}"] = out[task.score] - out[f"member_{task.score}"]
     if "nll" in ens:
         out["gain_nll"] = out["member_nll"] - out["nll"]
     out["size"] = len(members)
     return out
+
+
+def member_scores(probs: Tensor, y: Tensor, task: Task = CLASSIFICATION) -> list[float]:
+    """Each member's score (accuracy; micro-F1 for multi-label) from probabilities (M, N, C)."""
+    return [task.ensemble_scores(p, y)[task.score] for p in probs]
 
 
 def linear_cka(x: Tensor, y: Tensor) -> float:
@@ -43,17 +48,18 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
 
 def similarity(p1: Tensor, p2: Tensor, y: Tensor, params1: Mapping[str, Tensor] | None = None,
                params2: Mapping[str, Tensor] | None = None, feats1: Tensor | None = None,
-               feats2: Tensor | None = None, statistics: Iterable[str] = ()) -> dict[str, float]:
-    """Prediction, error, weight and representation similarity of two classifiers (softmax
-    outputs p1, p2 of shape (N, C) on the same inputs with labels y). The weight similarity
-    leaves out the entries named in `statistics` (running statistics:
-    `params.statistic_keys(model)`)."""
-    a, b = CLASSIFICATION.predict(p1), CLASSIFICATION.predict(p2)
+               feats2: Tensor | None = None, statistics: Iterable[str] = (), *,
+               task: Task = CLASSIFICATION) -> dict[str, float]:
+    """Prediction, error, weight and representation similarity of two models (the task's
+    probabilities p1, p2 of shape (N, C) on the same inputs with targets y; multi-label models
+    compare their decisions label by label). The weight similarity leaves out the entries named
+    in `statistics` (running statistics: `params.statistic_keys(model)`)."""
+    a, t, c = task.decisions(p1, y)
+    b, _, _ = task.decisions(p2, y)
     agree = (a == b).double().mean()
-    ea, eb = (a != y).double(), (b != y).double()
+    ea, eb = (a != t).double(), (b != t).double()
     both, either = (ea * eb).sum(), ((ea + eb) > 0).double().sum()
     # Cohen's κ between the two prediction vectors.
-    c = p1.shape[-1]
     pa = torch.bincount(a, minlength=c).double() / len(a)
     pb = torch.bincount(b, minlength=c).double() / len(b)
     pe = float((pa * pb).sum())
@@ -79,14 +85,15 @@ def _pearson(u: Tensor, v: Tensor) -> float:
 
 def pairwise_similarity(names: Sequence[str], probs: Tensor, y: Tensor,
                         params: Sequence[Mapping[str, Tensor]] | None = None,
-                        feats: Sequence[Tensor] | None = None, statistics: Iterable[str] = ()
-                        ) -> list[dict]:
+                        feats: Sequence[Tensor] | None = None, statistics: Iterable[str] = (),
+                        *, task: Task = CLASSIFICATION) -> list[dict]:
     """Tidy rows of `similarity` for every pair of models."""
     rows = []
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
             s = similarity(probs[i], probs[j], y,
                            params[i] if params else None, params[j] if params else None,
-                           feats[i] if feats else None, feats[j] if feats else None, statistics)
+                           feats[i] if feats else None, feats[j] if feats else None, statistics,
+                           task=task)
             rows.append({"a": names[i], "b": names[j], **s})
     return rows

@@ -1,4 +1,5 @@
-"""The evaluation engine: loss and accuracy of one or many parameter points of any nn.Module.
+"""The evaluation engine: the task's metrics (loss and accuracy, or F1 and mAP) of one or many
+parameter points of any nn.Module.
 
 Points are parameter dicts (``state_dict`` keys, buffers included) evaluated with
 ``torch.func.functional_call`` on one private copy of the module — never a copy per point. Many
@@ -209,7 +210,8 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(self, points: Iterable[Point]) -> list[dict[str, dict[str, float]]]:
-        """For each point: {split: the task's metrics ('loss': mean CE, 'acc': accuracy)}."""
+        """For each point: {split: the task's metrics} ('loss' and 'acc' for classification;
+        'loss', 'f1', 'macro_f1', 'map' for multi-label)."""
         results: list[dict[str, dict[str, float]]] = []
         for chunk in self._chunks(points):
             batched, shared, use_vmap = self._prepared(chunk)
@@ -218,7 +220,7 @@ class Evaluator:
                 totals = None
                 for i in range(0, len(x) or 1, self.batch_size):  # an empty split: one empty batch
                     out = self._forward(batched, shared, x[i:i + self.batch_size], use_vmap)
-                    totals = _accumulate(totals, self.task.stacked_totals(
+                    totals = self.task.accumulate(totals, self.task.stacked_totals(
                         out, y[i:i + self.batch_size]))
                 for j in range(len(chunk)):
                     per_point[j][split] = self.task.metrics({k: v[j] for k, v in totals.items()},
@@ -309,11 +311,6 @@ def _stacked_nhwc(v: Tensor) -> Tensor:
     return v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
-def _accumulate(totals: dict[str, Tensor] | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Running sums of a task's totals over batches."""
-    return batch if totals is None else {k: v + batch[k] for k, v in totals.items()}
-
-
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024, *,
              task: Task = CLASSIFICATION) -> tuple[float, ...]:
     """The task's metrics (mean cross-entropy, accuracy) of `model` as it is (eval mode, its own
@@ -325,7 +322,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024, *,
     totals = None
     with torch.no_grad():
         for i in range(0, len(x) or 1, batch_size):  # an empty set: one empty batch
-            totals = _accumulate(totals, task.totals(model(x[i:i + batch_size]),
+            totals = task.accumulate(totals, task.totals(model(x[i:i + batch_size]),
                                                      y[i:i + batch_size]))
     model.train(was_training)
     metrics = task.metrics(totals, len(x))

@@ -85,7 +85,8 @@ def plane(w0: Point, w1: Point, w2: Point, statistics: Iterable[str] = ()) -> Pl
 
 def loss_plane(plane_: Plane, evaluator, n: int = 21, lo: float = -0.2, hi: float = 1.2
                ) -> list[dict]:
-    """Tidy rows (i, j, x, y, split, loss, acc) of every grid point, evaluated by `evaluator`
+    """Tidy rows (i, j, x, y, split and the task's metrics: loss, acc) of every grid point,
+    evaluated by `evaluator`
     (BatchNorm re-estimated per point when it is on)."""
     xs, ys = plane_.grid(n, lo, hi)
     results = evaluator.evaluate(plane_.points(xs, ys))
@@ -94,7 +95,7 @@ def loss_plane(plane_: Plane, evaluator, n: int = 21, lo: float = -0.2, hi: floa
         j, i = divmod(idx, len(xs))
         for split, m in r.items():
             rows.append({"i": i, "j": j, "x": xs[i], "y": ys[j], "split": split,
-                         "loss": m["loss"], "acc": m["acc"]})
+                         **m})
     return rows
 
 

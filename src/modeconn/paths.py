@@ -19,6 +19,7 @@ from .barrier import path_summary
 from .errors import UsageError
 from .evaluate import Evaluator
 from .params import check_module, check_params, combine, flatten, statistic_keys, weight_keys
+from .task import CLASSIFICATION, Task, score_of
 
 PATH_KINDS = ("linear", "bezier", "polychain")
 
@@ -117,12 +118,12 @@ def check_tolerance(tolerance: float) -> float:
 
 
 def evaluate_path(path: ParamPath, evaluator, ts: Sequence[float]) -> list[dict]:
-    """Tidy rows (t, split, loss, acc, length) of `path` on the grid `ts` through `evaluator`."""
+    """Tidy rows (t, split, the task's metrics — loss, acc — and length) of `path` on the grid
+    `ts` through `evaluator`."""
     results = evaluator.evaluate(path.points(ts))
     lengths = path.segment_lengths(ts, statistic_keys(evaluator.model))
     cum = list(np.cumsum(lengths))
-    return [{"t": t, "split": split, "loss": r[split]["loss"], "acc": r[split]["acc"],
-             "length": c}
+    return [{"t": t, "split": split, **r[split], "length": c}
             for t, r, c in zip(ts, results, cum) for split in r]
 
 
@@ -132,17 +133,19 @@ def summarize_path(rows: Sequence[dict], tolerance: float = 0.01) -> dict:
     out = {}
     for split in dict.fromkeys(r["split"] for r in rows):
         sel = [r for r in rows if r["split"] == split]
+        score = score_of(sel[0])
         out[split] = path_summary([r["t"] for r in sel], [r["loss"] for r in sel],
-                                  [r["acc"] for r in sel], tolerance)
+                                  [r[score] for r in sel], tolerance, score)
     return out
 
 
 def interpolate(model, a: Mapping[str, Tensor], b: Mapping[str, Tensor], splits: Mapping,
                 bn_data: Tensor | None = None, points: int = 25, bn_reset: str = "auto",
-                tolerance: float = 0.01) -> tuple[list[dict], dict]:
+                tolerance: float = 0.01, *, task: Task = CLASSIFICATION
+                ) -> tuple[list[dict], dict]:
     """Evaluate the linear path between two parameter dicts: (path rows, barrier summary)."""
     check_module(model)
     check_tolerance(tolerance)
-    evaluator = Evaluator(model, splits, bn_data=bn_data, bn_reset=bn_reset)
+    evaluator = Evaluator(model, splits, bn_data=bn_data, bn_reset=bn_reset, task=task)
     rows = evaluate_path(linear_path(a, b), evaluator, grid(points))
     return rows, summarize_path(rows, tolerance)

@@ -4,30 +4,46 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import UsageError
-from .datasets import DATASETS, ImageData, default_data_dir, load_dataset, synthetic
+from ..task import TASKS, Task
+from .datasets import (
+    DATASETS,
+    ImageData,
+    dataset_task,
+    default_data_dir,
+    load_dataset,
+    require_classification,
+    synthetic,
+)
 from .shifts import (
     SHIFT_KINDS,
     Shift,
     apply_transform,
+    band_sets,
+    channel_index,
     class_histogram,
     parse_shift,
     split_indices,
+    strata,
     subset_name,
 )
+from .sources import MappedImages, as_tensor, channel_stats, normalise, take
 
 NORMS = ("global", "subset", "none")
+BAD_PATCH = ("fail", "skip")
 
 __all__ = [
-    "DATASETS", "NORMS", "SHIFT_KINDS", "DataSpec", "ImageData", "Prepared", "Shift",
-    "apply_transform", "class_histogram", "eval_data", "default_data_dir", "load_dataset", "parse_shift",
-    "prepare", "prepare_subsets", "split_indices", "subset_name", "synthetic",
+    "BAD_PATCH", "DATASETS", "NORMS", "SHIFT_KINDS", "DataSpec", "ImageData", "MappedImages",
+    "Prepared", "Shift", "apply_transform", "as_tensor", "class_histogram", "eval_data",
+    "dataset_task", "default_data_dir", "load_dataset", "parse_shift", "prepare",
+    "prepare_subsets", "require_classification",
+    "split_indices", "strata", "subset_name", "synthetic",
 ]
 
 
@@ -41,18 +57,30 @@ class DataSpec:
     num_subsets: int | None = None  # for shifts whose count is not in the string (dirichlet)
     split_seed: int = 0
     norm: str = "global"
+    bands: str | None = None  # band sets per subset ("B02|B03,B04"), or one set for all
+    on_bad_patch: str = "fail"  # what a reader does with a malformed file: fail or skip
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The spec as checkpoints record it; the fields added later are left out at their
+        defaults, so runs of earlier versions keep their recorded settings (and resume)."""
+        d = asdict(self)
+        for k in _LATER_FIELDS:
+            if d[k] == DataSpec.__dataclass_fields__[k].default:
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> DataSpec:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+_LATER_FIELDS = ("bands", "on_bad_patch")
+
+
 @dataclass
 class Prepared:
-    """Normalised train (subset) and test tensors for one model, plus how they were made."""
+    """Normalised train (subset) and test tensors for one model, plus how they were made
+    (inputs are tensors, or memory-mapped sources for data larger than memory)."""
 
     spec: DataSpec
     train_x: torch.Tensor
@@ -64,10 +92,18 @@ class Prepared:
     std: list[float]
     domain: str
     histogram: list[int]
+    task_name: str = "classification"
+    channels: tuple[str, ...] | None = None  # the names of the input channels (bands), if any
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) left out
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def task(self) -> Task:
+        """The task the data poses (classification, multi-label)."""
+        return TASKS[self.task_name]
 
     def to(self, device: torch.device | str) -> Prepared:
         """Move the tensors to a device."""
@@ -76,8 +112,32 @@ class Prepared:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(name: str, data_dir: str | None) -> ImageData:
-    return load_dataset(name, data_dir)
+def _cached(name: str, data_dir: str | None, on_bad_patch: str = "fail") -> ImageData:
+    return load_dataset(name, data_dir, on_bad_patch=on_bad_patch)
+
+
+def _data(spec: DataSpec, data_dir) -> ImageData:
+    if spec.on_bad_patch not in BAD_PATCH:
+        raise UsageError(f"unknown bad-patch policy {spec.on_bad_patch!r}; use "
+                         f"{' or '.join(BAD_PATCH)}")
+    return _cached(spec.dataset, str(Path(data_dir)) if data_dir is not None else None,
+                   spec.on_bad_patch)
+
+
+def _domains(spec: DataSpec, data: ImageData, count: int, shift_domains: list[str]) -> list[str]:
+    """Each subset's domain: the shift's, with the band set of `spec.bands` added."""
+    if spec.bands is None:
+        return shift_domains
+    if spec.shift.startswith("bands:"):
+        raise UsageError("bands are given twice, by the bands: shift and by --bands; give them "
+                         "once")
+    sets = band_sets(spec.bands, spec.bands)
+    if len(sets) not in (1, count):
+        raise UsageError(f"--bands gives {len(sets)} band sets for {count} subsets; give one set "
+                         "for every subset or one per subset (separated by '|')")
+    sets = sets * count if len(sets) == 1 else sets
+    return [("" if d == "none" else d + "+") + "bands=" + "/".join(b)
+            for d, b in zip(shift_domains, sets)]
 
 
 def prepare_subsets(spec: DataSpec, data_dir: str | os.PathLike | None = None) -> list[Prepared]:
@@ -89,34 +149,57 @@ def prepare_subsets(spec: DataSpec, data_dir: str | os.PathLike | None = None) -
     if spec.shift == "none" and spec.num_subsets is not None:
         raise UsageError(f"{spec.num_subsets} subsets need a shift (e.g. dirichlet:0.5); "
                          "without one the whole training set is one subset")
-    data = _cached(spec.dataset, str(Path(data_dir)) if data_dir is not None else None)
+    data = _data(spec, data_dir)
+    groups, domains = _groups(spec, data)
+    gmean, gstd = _global_stats(spec, data)
+    out = []
+    for i, (idx, dom) in enumerate(zip(groups, domains)):
+        # Distinct noise per subset and split, fixed by the split seed.
+        tx = apply_transform(take(data.train_x, idx), dom, seed=spec.split_seed * 7919 + i,
+                             channels=data.channels)
+        ex = apply_transform(data.test_x, dom, seed=spec.split_seed * 7919 + 1000 + i,
+                             channels=data.channels)
+        index = channel_index(dom, data.channels)
+        if spec.norm == "global":
+            mean, std = (gmean, gstd) if index is None else (gmean[index], gstd[index])
+        elif spec.norm == "subset":
+            mean, std = channel_stats(tx)
+        else:
+            mean, std = torch.zeros(tx.shape[1]), torch.ones(tx.shape[1])
+        ty = data.train_y[torch.from_numpy(idx)]
+        names = data.channels if index is None or data.channels is None \
+            else tuple(data.channels[j] for j in index)
+        out.append(Prepared(
+            spec=replace(spec, subset=None if spec.shift == "none" else i),
+            train_x=normalise(tx, mean, std), train_y=ty,
+            test_x=normalise(ex, mean, std), test_y=data.test_y.clone(),
+            num_classes=data.num_classes, mean=mean.tolist(), std=std.tolist(), domain=dom,
+            histogram=class_histogram(ty, data.num_classes), task_name=data.task,
+            channels=names, skipped=list(data.skipped),
+        ))
+    return out
+
+
+def _groups(spec: DataSpec, data: ImageData) -> tuple[list[np.ndarray], list[str]]:
+    """The training indices and the domain of every subset of `spec`."""
     if spec.shift == "none":
         groups, domains = [np.arange(len(data.train_y))], ["none"]
     else:
         shift = parse_shift(spec.shift, data.num_classes, spec.num_subsets)
         groups = split_indices(data.train_y, shift, data.num_classes, spec.split_seed)
         domains = list(shift.domains) or ["none"] * shift.num_subsets
-    gmean, gstd = _stats(data.train_x)
-    out = []
-    for i, (idx, dom) in enumerate(zip(groups, domains)):
-        # Distinct noise per subset and split, fixed by the split seed.
-        tx = apply_transform(data.train_x[torch.from_numpy(idx)], dom, seed=spec.split_seed * 7919 + i)
-        ex = apply_transform(data.test_x, dom, seed=spec.split_seed * 7919 + 1000 + i)
-        if spec.norm == "global":
-            mean, std = gmean, gstd
-        elif spec.norm == "subset":
-            mean, std = _stats(tx)
-        else:
-            mean, std = torch.zeros(tx.shape[1]), torch.ones(tx.shape[1])
-        ty = data.train_y[torch.from_numpy(idx)]
-        out.append(Prepared(
-            spec=replace(spec, subset=None if spec.shift == "none" else i),
-            train_x=_normalise(tx, mean, std), train_y=ty,
-            test_x=_normalise(ex, mean, std), test_y=data.test_y.clone(),
-            num_classes=data.num_classes, mean=mean.tolist(), std=std.tolist(), domain=dom,
-            histogram=class_histogram(ty, data.num_classes),
-        ))
-    return out
+    return groups, _domains(spec, data, len(groups), domains)
+
+
+@functools.lru_cache(maxsize=8)
+def _stats_of(x) -> tuple[torch.Tensor, torch.Tensor]:
+    return channel_stats(x)
+
+
+def _global_stats(spec: DataSpec, data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel statistics of the whole training set (computed once per loaded dataset: a
+    memory-mapped source streams through its cache for them)."""
+    return _stats_of(data.train_x)
 
 
 def prepare(spec: DataSpec, data_dir: str | os.PathLike | None = None) -> Prepared:
@@ -141,14 +224,17 @@ def eval_data(spec: DataSpec, on: str = "full", data_dir: str | os.PathLike | No
     if on != "full":
         raise UsageError(f"unknown evaluation data {on!r}; use {' or '.join(EVAL_ON)}")
     norm = "none" if spec.norm == "none" else "global"
-    return prepare(DataSpec(dataset=spec.dataset, shift="none", norm=norm), data_dir)
+    return prepare(DataSpec(dataset=spec.dataset, shift="none", norm=norm,
+                            bands=own_bands(spec, data_dir), on_bad_patch=spec.on_bad_patch),
+                   data_dir)
 
 
-def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    return mean, std
-
-
-def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return ((x - mean[None, :, None, None]) / std[None, :, None, None]).contiguous()
+def own_bands(spec: DataSpec, data_dir=None) -> str | None:
+    """The bands the model of `spec` sees ('B02,B03'; None: every channel): its whole-dataset
+    evaluation keeps them, as a model cannot read inputs of other channels."""
+    if spec.bands is None and not spec.shift.startswith("bands:"):
+        return None
+    data = _data(spec, data_dir)
+    _, domains = _groups(spec, data)
+    index = channel_index(domains[spec.subset or 0], data.channels)
+    return None if index is None else ",".join(data.channels[j] for j in index)

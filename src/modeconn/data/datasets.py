@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,10 @@ DATASETS = ("digits", "mnist-5k", "mnist", "fashion-mnist", "cifar10", "cifar100
 
 @dataclass
 class ImageData:
-    """A labelled train/test image dataset held in memory."""
+    """A labelled train/test image dataset: images (N, C, H, W) in memory (or a memory-mapped
+    `sources.MappedImages` for data larger than memory), labels int64 (N,) for classification or
+    multi-hot float32 (N, L) for a multi-label task (`task`). `channels` names the input
+    channels where they have names (spectral bands); `skipped` lists what the reader left out."""
 
     name: str
     train_x: torch.Tensor
@@ -30,6 +33,9 @@ class ImageData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    task: str = "classification"
+    channels: tuple[str, ...] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -42,8 +48,11 @@ def default_data_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "modeconn" / "data"
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
-    """Load a dataset by name (see `DATASETS`); `synthetic:k=v,...` takes options."""
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
+                 on_bad_patch: str = "fail") -> ImageData:
+    """Load a dataset by name (see `DATASETS`); `synthetic:k=v,...` and `bigearthnet:k=v,...`
+    take options. `on_bad_patch` (fail, skip) is what a reader of many files (BigEarthNet) does
+    with a malformed one."""
     base, _, opts = name.partition(":")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if base == "digits":
@@ -61,6 +70,25 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageD
     if base == "synthetic":
         return synthetic(**_parse_synthetic(opts))
     raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+MULTILABEL_DATASETS = ("bigearthnet",)
+
+
+def dataset_task(name: str) -> str:
+    """The task a dataset poses ('classification' or 'multilabel'), from its name alone."""
+    base, _, opts = name.partition(":")
+    if base in MULTILABEL_DATASETS or (base == "synthetic" and "task=multilabel" in opts):
+        return "multilabel"
+    return "classification"
+
+
+def require_classification(name: str, what: str) -> None:
+    """Refuse a multi-label dataset where a protocol is defined on single labels."""
+    if dataset_task(name) != "classification":
+        raise UsageError(f"{what} is defined for single-label classification (it splits the data "
+                         f"by class); {name} is multi-label — use train, interpolate, align, "
+                         "merge, ensemble, curve, landscape or lmc on it")
 
 
 def _no_options(name: str, opts: str) -> None:
@@ -218,6 +246,8 @@ def _parse_synthetic(opts: str) -> dict:
                 raise ValueError
             if key == "shape":
                 out["shape"] = tuple(int(s) for s in val.lower().split("x"))
+            elif key == "task":
+                out["task"] = val
             elif key in ("n", "test", "classes", "seed"):
                 out[{"n": "n_train", "test": "n_test"}.get(key, key)] = int(val)
             elif key == "noise":
@@ -226,7 +256,7 @@ def _parse_synthetic(opts: str) -> dict:
                 raise KeyError(key)
         except KeyError:
             raise UsageError(f"synthetic: unknown option {key!r}; use n, test, shape, classes, "
-                             "noise, seed (e.g. synthetic:n=5000,shape=3x32x32)") from None
+                             "noise, seed, task (e.g. synthetic:n=5000,shape=3x32x32)") from None
         except ValueError:
             raise UsageError(f"synthetic: bad option {item!r}; write key=value, "
                              "e.g. synthetic:n=5000,shape=3x32x32,classes=10") from None
@@ -234,8 +264,13 @@ def _parse_synthetic(opts: str) -> dict:
 
 
 def synthetic(n_train: int = 2000, n_test: int = 500, shape: tuple[int, ...] = (1, 8, 8),
-              classes: int = 10, noise: float = 0.25, seed: int = 0) -> ImageData:
-    """Seeded learnable data: per-class random prototypes plus Gaussian noise, clipped to [0, 1]."""
+              classes: int = 10, noise: float = 0.25, seed: int = 0,
+              task: str = "classification") -> ImageData:
+    """Seeded learnable data: per-class random prototypes plus Gaussian noise, clipped to [0, 1].
+    With task 'multilabel' each image is the mean of the prototypes of its labels (1 to 3 of
+    `classes`), its target their multi-hot vector."""
+    if task not in ("classification", "multilabel"):
+        raise UsageError(f"synthetic: task must be classification or multilabel, got {task!r}")
     if n_train <= 0 or n_test <= 0:
         raise UsageError(f"synthetic: sizes must be positive (got n={n_train}, test={n_test})")
     if len(shape) != 3 or min(shape) <= 0:
@@ -248,9 +283,16 @@ def synthetic(n_train: int = 2000, n_test: int = 500, shape: tuple[int, ...] = (
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.arange(n) % classes
         y = y[torch.randperm(n, generator=g)]
+        if task == "multilabel":
+            hot = torch.zeros(n, classes)
+            hot[torch.arange(n), y] = 1  # every image has at least one label
+            extra = torch.rand((n, classes), generator=g) < 1.0 / classes
+            hot = torch.maximum(hot, extra.float())
+            x = (hot @ protos.flatten(1) / hot.sum(1, keepdim=True)).view(n, *shape)
+            return (x + noise * torch.randn((n, *shape), generator=g)).clamp_(0, 1), hot
         x = protos[y] + noise * torch.randn((n, *shape), generator=g)
         return x.clamp_(0, 1), y
 
     trx, try_ = draw(n_train)
     tex, tey = draw(n_test)
-    return ImageData("synthetic", trx, try_, tex, tey, classes)
+    return ImageData("synthetic", trx, try_, tex, tey, classes, task=task)

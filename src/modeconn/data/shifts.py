@@ -1,8 +1,12 @@
 """Controlled training subsets (ALGORITHMS.md §3): iid, label skew, Dirichlet, domain shift.
 
 A shift is written as a string, e.g. ``iid:50,50``, ``iid:20,80``, ``label-skew:0-4=80,5-9=20``,
-``dirichlet:0.5`` or ``domain:none|rotate=30+noise=0.1``. Subsets are disjoint and reproducible
-from the split seed.
+``dirichlet:0.5``, ``domain:none|rotate=30+noise=0.1`` or, for multispectral data, the band shift
+``bands:B02|B03,B04,B08`` (equal disjoint halves, each seen through its own bands: the domain
+``bands=B02|bands=B03/B04/B08``). Subsets are disjoint and reproducible from the split seed.
+
+Multi-label data (multi-hot labels) is split by each sample's *dominant label* (`strata`): its
+rarest label in the training set, the most specific one it carries.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 
-SHIFT_KINDS = ("iid", "label-skew", "dirichlet", "domain")
-TRANSFORMS = ("none", "rotate", "noise", "blur", "keep", "gray")
+SHIFT_KINDS = ("iid", "label-skew", "dirichlet", "domain", "bands")
+TRANSFORMS = ("none", "rotate", "noise", "blur", "keep", "gray", "bands")
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,29 @@ def _parse_shift(text: str, num_classes: int, num_subsets: int | None) -> Shift:
                              "e.g. domain:none|rotate=30")
         return Shift("domain", n, shares=tuple(1.0 / n for _ in range(n)), domains=domains,
                      text=text)
+    if kind == "bands":
+        sets = band_sets(arg, text)
+        if len(sets) < 2:
+            raise UsageError(f"shift {text!r}: give a band set per subset separated by '|', "
+                             "e.g. bands:B02|B03,B04,B08")
+        n = len(sets)
+        return Shift("bands", n, shares=tuple(1.0 / n for _ in range(n)),
+                     domains=tuple("bands=" + "/".join(b) for b in sets), text=text)
     raise UsageError(f"unknown shift {text!r}; use one of {', '.join(SHIFT_KINDS)} "
-                     "(e.g. iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:0.5, domain:none|rotate=30)")
+                     "(e.g. iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:0.5, domain:none|rotate=30, "
+                     "bands:B02|B03,B04,B08)")
+
+
+def band_sets(text: str, what: str) -> list[list[str]]:
+    """'B02|B03,B04' → [['B02'], ['B03', 'B04']]: band sets separated by '|', bands by ','."""
+    sets = [[b.strip() for b in part.split(",")] for part in text.split("|")]
+    if not text or any(not b for part in sets for b in part):
+        raise UsageError(f"{what!r}: write band names separated by ',' and band sets by '|', "
+                         "e.g. B02|B03,B04,B08")
+    for part in sets:
+        if len(set(part)) != len(part):
+            raise UsageError(f"{what!r}: band set {','.join(part)} names a band twice")
+    return sets
 
 
 def _percent_list(arg: str, text: str) -> tuple[float, ...]:
@@ -165,10 +190,26 @@ def _allot(n: int, shares: np.ndarray) -> np.ndarray:
     return counts
 
 
+def strata(labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The class each sample is split by: its label, or for multi-hot labels (N, L) its dominant
+    label — the rarest of its labels in `labels` (ties: the lowest index); a sample without any
+    label counts under the most frequent label."""
+    y = np.asarray(labels)
+    if y.ndim == 1:
+        return y
+    hot = y > 0.5
+    freq = hot.sum(0)
+    rank = np.where(hot, freq[None, :], np.iinfo(np.int64).max)
+    out = rank.argmin(1)
+    out[~hot.any(1)] = int(freq.argmax()) if len(freq) else 0
+    return out
+
+
 def split_indices(labels: torch.Tensor | np.ndarray, shift: Shift, num_classes: int,
                   seed: int) -> list[np.ndarray]:
-    """Disjoint index arrays into the training set, one per subset, reproducible from `seed`."""
-    y = np.asarray(labels)
+    """Disjoint index arrays into the training set, one per subset, reproducible from `seed`
+    (multi-label data split by each sample's dominant label, `strata`)."""
+    y = strata(labels)
     rng = np.random.default_rng(seed)
     k = shift.num_subsets
     if shift.kind == "dirichlet":
@@ -197,8 +238,11 @@ def split_indices(labels: torch.Tensor | np.ndarray, shift: Shift, num_classes: 
 
 
 def class_histogram(labels: torch.Tensor | np.ndarray, num_classes: int) -> list[int]:
-    """Counts per class."""
-    return np.bincount(np.asarray(labels), minlength=num_classes).tolist()
+    """Counts per class (multi-hot labels: the samples carrying each label)."""
+    y = np.asarray(labels)
+    if y.ndim == 2:
+        return (y > 0.5).sum(0).astype(np.int64).tolist()
+    return np.bincount(y, minlength=num_classes).tolist()
 
 
 # ---------------------------------------------------------------- domain transforms
@@ -225,14 +269,48 @@ def parse_transform(spec: str) -> list[tuple[str, str]]:
                 [int(c) for c in val.split("/")]
             except ValueError:
                 raise UsageError(f"domain transform {part!r}: list channels like keep=0/2") from None
+        if name == "bands" and not all(val.split("/")):
+            raise UsageError(f"domain transform {part!r}: list bands like bands=B02/B03/B04")
         steps.append((name, val))
+    if sum(name == "bands" for name, _ in steps) > 1:
+        raise UsageError(f"domain {spec!r} selects bands twice; give one bands= step")
     return steps
 
 
-def apply_transform(x: torch.Tensor, spec: str, seed: int = 0) -> torch.Tensor:
-    """Apply a domain transform (deterministic given `seed`) to images in [0, 1]."""
+def channel_index(spec: str, channels: tuple[str, ...] | None) -> list[int] | None:
+    """The input channels a domain keeps, by position in `channels` (None: all of them)."""
     for name, val in parse_transform(spec):
-        if name == "rotate":
+        if name == "bands":
+            wanted = val.split("/")
+            if channels is None:
+                raise UsageError(f"domain transform bands={val}: this dataset's channels have no "
+                                 "band names; band selection needs a multispectral dataset such "
+                                 "as bigearthnet")
+            unknown = [b for b in wanted if b not in channels]
+            if unknown:
+                raise UsageError(f"unknown band {unknown[0]!r}; the bands are "
+                                 f"{', '.join(channels)}")
+            return [channels.index(b) for b in wanted]
+    return None
+
+
+def apply_transform(x: torch.Tensor, spec: str, seed: int = 0,
+                    channels: tuple[str, ...] | None = None) -> torch.Tensor:
+    """Apply a domain transform (deterministic given `seed`) to images in [0, 1]; `bands=`
+    keeps the named channels of `channels`, in the order given. Images read from a memory-mapped
+    source take band selection only (the other transforms need the images in memory)."""
+    index = channel_index(spec, channels)
+    if not torch.is_tensor(x):  # a data source: band selection happens as batches are read
+        other = [n for n, _ in parse_transform(spec) if n not in ("none", "bands")]
+        if other:
+            raise UsageError(f"domain transform {other[0]!r} needs the images in memory; this "
+                             "dataset is read from its memory-mapped cache (take a subset with "
+                             "limit=N, or use bands= only)")
+        return x if index is None else x.select_channels(index)
+    for name, val in parse_transform(spec):
+        if name == "bands":
+            x = x[:, index].contiguous()
+        elif name == "rotate":
             x = _rotate(x, float(val))
         elif name == "noise":
             g = torch.Generator().manual_seed(seed)

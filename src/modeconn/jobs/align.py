@@ -162,7 +162,7 @@ def _ste(models: Models, data: Prepared, spec: PermutationSpec, config: AlignCon
     model.load_state_dict(pa)
     return ste_matching(model, pb, data.train_x, data.train_y, spec, epochs=config.epochs,
                         lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                        warm=config.warm)
+                        warm=config.warm, loss_fn=data.task.loss)
 
 
 # How B is aligned to A, by method: (models, data, spec, config) -> Permutation of B's units.
@@ -188,7 +188,7 @@ def run_align(config: AlignConfig, out: Path) -> AlignResult:
     paths, summaries = {}, {}
     for label, other in (("before", pb), ("after", aligned)):
         rows, summary = interpolate(model, pa, other, splits, bn_data=data.train_x,
-                                    points=config.points, bn_reset="auto")
+                                    points=config.points, bn_reset="auto", task=data.task)
         summary["models"] = {"a": str(a.path), "b": str(b.path), "aligned": label == "after"}
         paths[label], summaries[label] = rows, summary
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import torch
 
 from ..align import auto_spec
-from ..data import DataSpec, prepare
+from ..data import DataSpec, prepare, require_classification
 from ..errors import UsageError
 from ..evaluate import Evaluator
 from ..io import write_csv, write_json
@@ -92,6 +92,7 @@ def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
     """accuracy.csv (method, step, task, accuracy), summary.csv (average accuracy and forgetting
     after the last step) and accuracy.png (accuracy on each task after each step)."""
     device = resolve_device(config.device)
+    require_classification(config.dataset, "continual learning by class groups")
     data = prepare(DataSpec(dataset=config.dataset), config.data_dir).to(device)
     tasks = parse_tasks(config.tasks, data.num_classes)
     out = output_dir(out)

@@ -34,8 +34,18 @@ from ._inputs import (
     split_tensors,
     training,
 )
-from ._registry import JobConfig, Output, Record, Result, numbers, path_metrics, register, split_metrics
-from .fge import ensemble_line
+from ._registry import (
+    JobConfig,
+    Output,
+    Record,
+    Result,
+    ensemble_line,
+    loss_and_score,
+    numbers,
+    path_metrics,
+    register,
+    split_metrics,
+)
 
 HELP_CURVE = "a `modeconn curve` checkpoint (curve.safetensors)"
 
@@ -109,7 +119,7 @@ def run_curve(config: CurveConfig, out: Path) -> CurveResult:
     with staged_dir(final) as staged:
         record(staged, config, models.device, data={**data.spec.to_dict(), "on": config.on})
         curve = fit_curve(model, pa, pb, data.train_x, data.train_y, cfg, config.kind,
-                          config.bends, seed=config.seed, quiet=config.quiet,
+                          config.bends, seed=config.seed, quiet=config.quiet, task=data.task,
                           on_epoch=lambda e, loss, lr: history.append(
                               {"epoch": e, "loss": loss, "lr": lr}))
         path = curve.path()
@@ -118,7 +128,7 @@ def run_curve(config: CurveConfig, out: Path) -> CurveResult:
                    endpoints=list(ends.values()), seed=config.seed, train=asdict(cfg))
         rows, summary = compare_with_linear(model, path, split_tensors(data, config.splits),
                                             data.train_x, config.points, config.bn_reset,
-                                            config.tolerance)
+                                            config.tolerance, task=data.task)
         artefacts.CURVE_PATH.write(staged, rows)
         artefacts.BARRIER.write(staged, {**summary, "models": ends})
         fig = figures.path_figure({k: [r for r in rows if r["path"] == k]
@@ -152,8 +162,8 @@ class CurvePointResult(Result):
 
     def lines(self) -> list[str]:
         tr, te = self.metrics["train"], self.metrics["test"]
-        return [f"t={self.t:g}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
-                f"test loss {te['loss']:.4f} acc {te['acc']:.4f}"] + super().lines()
+        return [f"t={self.t:g}: train {loss_and_score(tr)} | test {loss_and_score(te)}"] \
+            + super().lines()
 
 
 @register("curve-point", CurvePointConfig, "the model at t on a curve, as a model checkpoint",
@@ -166,10 +176,11 @@ def run_curve_point(config: CurvePointConfig, out: Path) -> CurvePointResult:
     c = load_curve_model(config.curve, config)
     data = c.data("full", config.data_dir)
     splits = split_tensors(data)
-    ev = Evaluator(c.module, splits, bn_data=data.train_x, bn_reset=config.bn_reset)
+    ev = Evaluator(c.module, splits, bn_data=data.train_x, bn_reset=config.bn_reset,
+                   task=data.task)
     point = ev.bn_reestimated(c.path.point(config.t))
     # The point already holds its statistics: evaluate it as it is, without a second BN pass.
-    (res,) = Evaluator(c.module, splits, bn_reset="off").evaluate([point])
+    (res,) = Evaluator(c.module, splits, bn_reset="off", task=data.task).evaluate([point])
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, point, kind="model", architecture=c.checkpoint.architecture,
                     data=c.checkpoint.meta.get("data", {}),
@@ -228,16 +239,17 @@ def run_curve_ensemble(config: CurveEnsembleConfig, out: Path) -> CurveEnsembleR
     out = output_dir(out, config.overwrite)
     data = c.data("full", config.data_dir)
     ev = Evaluator(c.module, split_tensors(data, ["test"]), bn_data=data.train_x,
-                   bn_reset=config.bn_reset)
+                   bn_reset=config.bn_reset, task=data.task)
     ends = [c.path.bends[0], c.path.bends[-1]]
     table = {
-        "independent": {**ensemble_metrics(ev.probabilities(ends, "test"), data.test_y),
-                        "t": [0.0, 1.0]},
+        "independent": {**ensemble_metrics(ev.probabilities(ends, "test"), data.test_y,
+                                           task=data.task), "t": [0.0, 1.0]},
         "lmc": path_ensemble(linear_path(*ends), ev, config.k),
         "curve": path_ensemble(c.path, ev, config.k),
     }
     if fge_points:
-        table["fge"] = ensemble_metrics(ev.probabilities(fge_points, "test"), data.test_y)
+        table["fge"] = ensemble_metrics(ev.probabilities(fge_points, "test"), data.test_y,
+                                        task=data.task)
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, c.device)
     artefacts.ENSEMBLE.write(out, {"curve": str(c.checkpoint.path), "k": config.k, **table,

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artefacts
-from ..ensemble import ensemble_metrics, pairwise_similarity
+from ..ensemble import ensemble_metrics, member_scores, pairwise_similarity
 from ..evaluate import Evaluator
 from ..options import option
 from ..params import statistic_keys
 from ..report import figures
+from ..task import score_of
 from ._inputs import Combine, bn_reset_option, load_models, output_dir, record
 from ._registry import JobConfig, Output, Record, Result, numbers, register
 
@@ -40,8 +41,9 @@ class EnsembleResult(Result):
 
     def lines(self) -> list[str]:
         m = self.metrics
-        return [f"ensemble of {len(self.members)}: acc {m['acc']:.4f} (mean member "
-                f"{m['member_acc']:.4f}, gain {100 * m['gain_acc']:+.2f}%), NLL {m['nll']:.4f}, "
+        k = score_of(m)
+        return [f"ensemble of {len(self.members)}: {k} {m[k]:.4f} (mean member "
+                f"{m[f'member_{k}']:.4f}, gain {100 * m[f'gain_{k}']:+.2f}%), NLL {m['nll']:.4f}, "
                 f"Brier {m['brier']:.4f}, ECE {m['ece']:.4f}", *super().lines()]
 
 
@@ -53,21 +55,21 @@ def run_ensemble(config: EnsembleConfig, out: Path) -> EnsembleResult:
     out = output_dir(out, config.overwrite)
     data = models.data("full", config.data_dir)
     ev = Evaluator(models.module, {"test": (data.test_x, data.test_y)}, bn_data=data.train_x,
-                   bn_reset=config.bn_reset)
+                   bn_reset=config.bn_reset, task=data.task)
     points = models.params
     probs = ev.probabilities(points, "test")
-    metrics = ensemble_metrics(probs, data.test_y)
+    metrics = ensemble_metrics(probs, data.test_y, task=data.task)
     names = [str(c.path) for c in models.checkpoints]
     sims = pairwise_similarity(names, probs, data.test_y, points, ev.features(points, "test"),
-                               statistics=statistic_keys(models.module))
+                               statistics=statistic_keys(models.module), task=data.task)
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, models.device)
     artefacts.ENSEMBLE.write(out, {"members": names, **metrics})
     artefacts.SIMILARITY.write(out, sims)
-    accs = [float((p.argmax(-1) == data.test_y).double().mean()) for p in probs]
+    scores = member_scores(probs, data.test_y, data.task)
     ref = [r for r in sims if r["a"] == names[0]]
     fig = figures.polar_similarity_figure(models.names, [1.0] + [r["weight_cosine"] for r in ref],
-                                          accs, title=f"ensemble members on {data.spec.dataset}",
-                                          rlabel="test accuracy")
+                                          scores, title=f"ensemble members on {data.spec.dataset}",
+                                          rlabel=f"test {figures.SCORE_LABEL[data.task.score]}")
     figures.save(fig, out / "polar_similarity.png")
     return EnsembleResult(out, metrics, names, sims)

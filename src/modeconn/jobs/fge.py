@@ -23,14 +23,7 @@ from ._inputs import (
     record,
     training,
 )
-from ._registry import JobConfig, Output, Record, Result, numbers, register
-
-
-def ensemble_line(name: str, m: dict) -> str:
-    """One ensemble's scores as one printed line (fge and curve-ensemble print these)."""
-    return (f"{name:<12} K={m['size']:<3} acc {m['acc']:.4f} (mean member {m['member_acc']:.4f}, "
-            f"gain {100 * m['gain_acc']:+.2f}%) NLL {m['nll']:.4f} Brier {m['brier']:.4f} "
-            f"ECE {m['ece']:.4f}")
+from ._registry import JobConfig, Output, Record, Result, ensemble_line, numbers, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,10 +69,11 @@ def run_fge(config: FgeConfig, out: Path) -> FgeResult:
     (ckpt,), (start,), model = models.checkpoints, models.params, models.module
     data = models.data(config.on, config.data_dir)
     snaps = fge_snapshots(model, start, data.train_x, data.train_y, cfg, config.cycles,
-                          config.cycle_epochs, config.low, config.seed, config.quiet)
+                          config.cycle_epochs, config.low, config.seed, config.quiet,
+                          task=data.task)
     ev = Evaluator(model, {"test": (data.test_x, data.test_y)}, bn_data=data.train_x,
-                   bn_reset=config.bn_reset)
-    metrics = ensemble_metrics(ev.probabilities(snaps, "test"), data.test_y)
+                   bn_reset=config.bn_reset, task=data.task)
+    metrics = ensemble_metrics(ev.probabilities(snaps, "test"), data.test_y, task=data.task)
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, models.device, data={**data.spec.to_dict(), "on": config.on})
     names = []

@@ -15,9 +15,10 @@ from ..evaluate import Evaluator
 from ..merge import average, normalise
 from ..models import has_batchnorm
 from ..options import option
+from ..task import score_of
 from ..train import TrainConfig, finetune
 from ._inputs import Models, load_models, output_dir, record, split_tensors
-from ._registry import JobConfig, Output, Record, Result, register, split_metrics
+from ._registry import JobConfig, Output, Record, Result, loss_and_score, register, split_metrics
 from .align import (
     ALIGNERS,
     Alignment,
@@ -90,9 +91,10 @@ class MergeResult(Result):
         out = []
         for name in ("fused", "a", "b"):
             m = r[name]
-            out.append(f"{name:>5}: test loss {m['test']['loss']:.4f} acc {m['test']['acc']:.4f}"
-                       f" | on A's training subset {m['own_a']['train']['acc']:.4f}, on B's "
-                       f"{m['own_b']['train']['acc']:.4f}")
+            k = score_of(m["test"])
+            out.append(f"{name:>5}: test {loss_and_score(m['test'])} | {k} on A's training "
+                       f"subset {m['own_a']['train'][k]:.4f}, on B's "
+                       f"{m['own_b']['train'][k]:.4f}")
         return [f"merge ({r['method']}, {r['normalisation']}):", *out, *super().lines()]
 
     def records(self) -> list[Record]:
@@ -149,7 +151,8 @@ MPF_EPOCHS = 20
 def _mpf(i: Inputs) -> dict:
     c = i.config
     curve = fit_curve(i.b.module, i.a.params[0], i.b.params[0], i.data.train_x, i.data.train_y,
-                      c.sgd(c.epochs or MPF_EPOCHS), "bezier", 3, seed=c.seed)
+                      c.sgd(c.epochs or MPF_EPOCHS), "bezier", 3, seed=c.seed,
+                      task=i.data.task)
     return curve.path().point(0.5)
 
 
@@ -192,7 +195,8 @@ def run_merge(config: MergeConfig, out: Path) -> MergeResult:
             has_batchnorm(b.module))}
     elif config.finetune_epochs:
         fused, steps = finetune(b.module, fused, x, data.train_y,
-                                config.sgd(config.finetune_epochs), seed=config.seed)
+                                config.sgd(config.finetune_epochs), seed=config.seed,
+                                task=data.task)
         fused, how = normalise(b.module, [fused, fused], fused, x, False)
         how = f"fine-tuned {config.finetune_epochs} epochs, then {how}"
         budget = {"epochs": config.finetune_epochs, "gradient_steps": steps}
@@ -202,11 +206,12 @@ def run_merge(config: MergeConfig, out: Path) -> MergeResult:
                     "training": budget}
     for name, models, params in (("fused", b, fused), ("a", a, a.params[0]),
                                  ("b", b, b.params[0])):
-        ev = Evaluator(models.module, split_tensors(data), bn_data=x, bn_reset="off")
+        ev = Evaluator(models.module, split_tensors(data), bn_data=x, bn_reset="off",
+                       task=data.task)
         entry = ev.evaluate([params])[0]
         for key, d in own.items():
             entry[key] = Evaluator(models.module, split_tensors(d), bn_data=d.train_x,
-                                   bn_reset="off").evaluate([params])[0]
+                                   bn_reset="off", task=data.task).evaluate([params])[0]
         report[name] = entry
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, b.device)

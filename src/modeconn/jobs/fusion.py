@@ -7,6 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import require_classification
 from ..io import write_csv, write_text
 from ..options import option
 from ._inputs import HELP_SHIFT, Runtime
@@ -156,6 +157,7 @@ def run_fusion(config: FusionConfig, out: Path) -> FusionResult:
     from ..studies import results as tables
     from ..studies.spec import to_toml
 
+    require_classification(config.dataset, "the fusion table's protocol")
     study = parse(to_toml(config.study()), "fusion.toml")
     run = run_study(study, out, workers=config.jobs, quiet=config.quiet,
                     overrides={"device": config.device})

@@ -50,9 +50,11 @@ class InterpolateResult(Result):
             s = self.summary[split]
             where = f"at λ={s['lambda_star']:.2f}" if s.get("interior", True) \
                 else "(no interior maximum)"
+            score = s.get("score", "acc")
             out.append(f"{split}: loss barrier {s['loss']['linear']['barrier']:.4f} {where}, "
                        f"error barrier "
-                       f"{s['error']['linear']['barrier']:.4f}, Δacc {s['delta_acc']:+.4f}, "
+                       f"{s['error']['linear']['barrier']:.4f}, Δ{score} "
+                       f"{s[f'delta_{score}']:+.4f}, "
                        f"{'connected' if s['connected'] else 'not connected'}")
         return out + super().lines()
 
@@ -67,7 +69,8 @@ def run_interpolate(config: InterpolateConfig, out: Path) -> InterpolateResult:
     (pa, pb), (na, nb) = models.params, models.names
     rows, summary = interpolate(models.module, pa, pb, split_tensors(data, config.splits),
                                 bn_data=data.train_x, points=config.points,
-                                bn_reset=config.bn_reset, tolerance=config.tolerance)
+                                bn_reset=config.bn_reset, tolerance=config.tolerance,
+                                task=data.task)
     summary["models"] = {"a": str(models.checkpoints[0].path), "b": str(models.checkpoints[1].path)}
     summary["eval_data"] = {**data.spec.to_dict(), "on": config.on}
     out.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ def run_landscape(config: LandscapeConfig, out: Path) -> LandscapeResult:
     pl = plane(*w, statistics=statistic_keys(module))
     data = checkpoint_data(ckpt, device, "full", config.data_dir)
     ev = Evaluator(module, split_tensors(data, config.splits), bn_data=data.train_x,
-                   bn_reset=config.bn_reset)
+                   bn_reset=config.bn_reset, task=data.task)
     rows = loss_plane(pl, ev, config.grid, lo, hi)
     xs, ys = pl.grid(config.grid, lo, hi)
     paths = {"linear path": project_path(pl, linear_path(w[0], w[1]), 2)}

@@ -86,7 +86,8 @@ class LMCConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
         return experiment.LMCStudy(
             dataset=self.dataset, data_dir=self.data_dir, model=self.model,
             model_options=self.overrides(), shift=self.shift, num_subsets=self.subsets,
-            split_seed=self.split_seed, normalise=self.normalise, inits=self.init,
+            split_seed=self.split_seed, normalise=self.normalise, bands=self.bands,
+            on_bad_patch=self.on_bad_patch, inits=self.init,
             batch_orders=self.batch_order, batch_sizes=self.batch_size_grid, lrs=self.lr_grid,
             seeds=self.seeds, train=TrainConfig(**train), points=self.points,
             ensemble_size=self.ensemble_size, bn_reset=self.bn_reset, tolerance=self.tolerance,

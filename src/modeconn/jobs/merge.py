@@ -16,8 +16,18 @@ from ..landscape import hessian_trace
 from ..merge import average, normalise
 from ..options import option
 from ..paths import interpolate
+from ..task import score_of
 from ._inputs import Models, output_dir, record, split_tensors
-from ._registry import JobConfig, Output, Record, Result, numbers, register, split_metrics
+from ._registry import (
+    JobConfig,
+    Output,
+    Record,
+    Result,
+    loss_and_score,
+    numbers,
+    register,
+    split_metrics,
+)
 from .align import (
     Alignment,
     align_setup,
@@ -85,14 +95,15 @@ class MergeManyResult(Result):
     def lines(self) -> list[str]:
         r = self.report
         m, p = r["merged"]["test"], r["plain_average"]["test"]
-        accs = [member["test"]["acc"] for member in r["members"]]
-        out = [f"merged ({r['method']}, {r['normalisation']}): test loss {m['loss']:.4f} acc "
-               f"{m['acc']:.4f} | plain average: loss {p['loss']:.4f} acc {p['acc']:.4f} | "
-               f"members acc {min(accs):.4f}–{max(accs):.4f}"]
+        k = score_of(m)
+        scores = [member["test"][k] for member in r["members"]]
+        out = [f"merged ({r['method']}, {r['normalisation']}): test {loss_and_score(m)} | "
+               f"plain average: {loss_and_score(p)} | members {k} "
+               f"{min(scores):.4f}–{max(scores):.4f}"]
         if "merged_without_repair" in r:
             w = r["merged_without_repair"]["test"]
-            out.append(f"without REPAIR: test loss {w['loss']:.4f} acc {w['acc']:.4f} "
-                       f"(REPAIR {100 * (m['acc'] - w['acc']):+.1f} points)")
+            out.append(f"without REPAIR: test {loss_and_score(w)} "
+                       f"(REPAIR {100 * (m[k] - w[k]):+.1f} points)")
         if "hessian_trace" in r:
             h = r["hessian_trace"]
             members = [member["hessian_trace"]["trace"] for member in r["members"]]
@@ -106,7 +117,8 @@ def _ste_mm(models: Models, data: Prepared, spec: PermutationSpec, config: Merge
             ) -> list[Permutation]:
     modules = [c.build(data.train_x.device) for c in models.checkpoints]
     return ste_mm(modules, data.train_x, data.train_y, spec, epochs=config.epochs, lr=config.lr,
-                  batch_size=config.batch_size, seed=config.seed, warm=config.warm).perms
+                  batch_size=config.batch_size, seed=config.seed, warm=config.warm,
+                  loss_fn=data.task.loss).perms
 
 
 # How the K models are aligned before averaging, by method: -> one Permutation per model.
@@ -130,7 +142,7 @@ def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
     x = data.train_x
     final, repaired_by = normalise(model, aligned, average(aligned), x, config.repair)
     plain, _ = normalise(model, states, average(states), x, config.repair)
-    ev = Evaluator(model, split_tensors(data), bn_data=x, bn_reset="off")
+    ev = Evaluator(model, split_tensors(data), bn_data=x, bn_reset="off", task=data.task)
     results = ev.evaluate([final, plain, *states])
     names = [str(c.path) for c in ckpts]
     report = {"method": config.method, "normalisation": repaired_by, "merged": results[0],
@@ -140,7 +152,8 @@ def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
               "members": [{"model": n, **r} for n, r in zip(names, results[2:], strict=True)]}
     if config.hessian_probes:  # flatness of the merged model beside its members', on train data
         traces = [hessian_trace(model, p, x, data.train_y, config.hessian_probes,
-                                max_batches=config.hessian_batches, seed=config.seed)
+                                max_batches=config.hessian_batches, seed=config.seed,
+                                task=data.task)
                   for p in [final, *states]]
         report["hessian_trace"] = traces[0]
         for member, tr in zip(report["members"], traces[1:], strict=True):
@@ -152,7 +165,7 @@ def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
     for i in range(len(aligned)):
         for j in range(i + 1, len(aligned)):
             _, summary = interpolate(model, aligned[i], aligned[j], test, bn_data=x,
-                                     points=config.points, bn_reset="auto")
+                                     points=config.points, bn_reset="auto", task=data.task)
             rows.append({"a": names[i], "b": names[j], "test_loss_barrier": loss_barrier(summary),
                          "test_error_barrier": summary["test"]["error"]["linear"]["barrier"]})
     out.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,8 @@ def run_sharpness(config: SharpnessConfig, out: Path | None) -> SharpnessResult:
     data = models.data(config.on, config.data_dir)
     ((x, y),) = split_tensors(data, [config.split]).values()
     estimate = hessian_trace(models.module, models.params[0], x, y, config.probes,
-                             config.batch_size, config.max_batches, config.seed)
+                             config.batch_size, config.max_batches, config.seed,
+                             task=data.task)
     if out is not None:
         write_json(out, {"checkpoint": str(models.checkpoints[0].path), "split": config.split,
                          **estimate})

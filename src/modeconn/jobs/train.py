@@ -16,6 +16,7 @@ from typing import Any
 from ..data import prepare_subsets
 from ..errors import UsageError
 from ..options import option
+from ..task import score_of
 from ..train import TrainConfig, plan_members, resolve_device, train_run
 from ._inputs import DataOptions, ModelOptions, Runtime, quiet_option, training
 from ._registry import JobConfig, Output, Record, Result, numbers, register
@@ -27,6 +28,9 @@ RECORDED_OPTIONS = (
     "bias", "dropout", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
     "weight_decay", "schedule", "warmup", "only", "init", "init_seed", "batch_order",
     "order_seed", "save_epochs")
+# Options added later, recorded only where they differ from their defaults (so the runs of
+# earlier versions keep their recorded options and resume).
+LATER_OPTIONS = ("bands", "on_bad_patch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +54,9 @@ class TrainJobConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig)
     def recorded_options(self) -> dict[str, Any]:
         """The run's options as its config.json records them."""
         values = self.to_dict()
-        return {k: values[k] for k in RECORDED_OPTIONS}
+        later = {k: values[k] for k in LATER_OPTIONS
+                 if values[k] != type(self).__dataclass_fields__[k].default}
+        return {**{k: values[k] for k in RECORDED_OPTIONS}, **later}
 
 
 @dataclass
@@ -74,9 +80,10 @@ class TrainResult(Result):
                 out.append(f"{r['member']}: DIVERGED at epoch {r['epoch']} step {r['step']} "
                            f"(loss {r['loss']}); lower --lr or add --warmup")
             else:
-                out.append(f"{r['member']}: train loss {r['train_loss']:.4f} acc "
-                           f"{r['train_acc']:.4f} | test loss {r['test_loss']:.4f} acc "
-                           f"{r['test_acc']:.4f}")
+                k = score_of({m[5:] for m in r if m.startswith("test_")})
+                out.append(f"{r['member']}: train loss {r['train_loss']:.4f} {k} "
+                           f"{r[f'train_{k}']:.4f} | test loss {r['test_loss']:.4f} {k} "
+                           f"{r[f'test_{k}']:.4f}")
         return out + super().lines()
 
     @property
@@ -107,7 +114,8 @@ def resolve_train(given: dict[str, Any], out: Path | None) -> dict[str, Any]:
     stored = _stored_options(out, bool(given.get("resume")))
     if stored is _NO_OPTIONS:
         return given
-    return {**{k: v for k, v in stored.items() if k in RECORDED_OPTIONS}, **given}
+    return {**{k: v for k, v in stored.items() if k in RECORDED_OPTIONS + LATER_OPTIONS},
+            **given}
 
 
 @register("train", TrainJobConfig, "train models on controlled subsets of a dataset",
@@ -133,5 +141,5 @@ def run_train(config: TrainJobConfig, out: Path) -> TrainResult:
     legacy = _stored_options(out, config.resume) is _NO_OPTIONS
     run_info = None if legacy else {"options": config.recorded_options()}
     results = train_run(model_cfg, members, training(config), out, device, config.resume,
-                        config.quiet, run_info)
+                        config.quiet, run_info, task=subsets[0].task)
     return TrainResult(out, results)

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..io import write_bytes  # noqa: E402
+from ..task import score_of  # noqa: E402
 
 SPLIT_STYLE = {"train": "-", "test": "--"}
 
@@ -51,6 +52,10 @@ def display_names(paths: Sequence[str | os.PathLike]) -> list[str]:
     return names
 
 
+LOSS_LABEL = {"acc": "cross-entropy loss", "f1": "binary cross-entropy loss"}
+SCORE_LABEL = {"acc": "accuracy", "f1": "micro-F1"}
+
+
 def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str = "λ",
                 marks: dict[str, float] | None = None):
     """Loss and accuracy against t for one or more paths; rows may carry *_std for bands;
@@ -58,11 +63,12 @@ def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str 
     if not any(curves.values()):
         return message_figure("nothing to plot: no path was evaluated", title)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    score = score_of(next(rows[0] for rows in curves.values() if rows))
     for (label, rows), color in zip(curves.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         for split in dict.fromkeys(r["split"] for r in rows):
             sel = [r for r in rows if r["split"] == split]
             t = np.array([float(r["t"]) for r in sel])
-            for ax, key in zip(axes, ("loss", "acc")):
+            for ax, key in zip(axes, ("loss", score)):
                 y = np.array([float(r[key]) for r in sel])
                 ax.plot(t, y, SPLIT_STYLE.get(split, ":"), color=color, label=f"{label} {split}")
                 if f"{key}_std" in sel[0]:
@@ -73,8 +79,8 @@ def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str 
                 ax.axvline(marks[label], color=color, linestyle=":", linewidth=1)
     if marks:
         axes[1].plot([], [], "k:", linewidth=1, label="λ* (test loss barrier)")
-    axes[0].set_ylabel("cross-entropy loss")
-    axes[1].set_ylabel("accuracy")
+    axes[0].set_ylabel(LOSS_LABEL[score])
+    axes[1].set_ylabel(SCORE_LABEL[score])
     for ax in axes:
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -88,19 +94,21 @@ def learning_curves_figure(runs: dict[str, Sequence[dict]], title: str = ""):
     bands."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    first = next((rows[0] for rows in runs.values() if rows), {})
+    score = score_of(first)
     for i, (label, rows) in enumerate(runs.items()):
         for split in ("train", "test"):
             sel = [r for r in rows if r["split"] == split]
             ep = [int(r["epoch"]) for r in sel]
-            for ax, key in zip(axes, ("loss", "acc")):
+            for ax, key in zip(axes, ("loss", score)):
                 y = np.array([float(r[key]) for r in sel])
                 ax.plot(ep, y, SPLIT_STYLE[split], color=colors[i % len(colors)],
                         label=f"{label} {split}")
                 if sel and f"{key}_std" in sel[0]:
                     sd = np.nan_to_num(np.array([float(r[f"{key}_std"]) for r in sel]))
                     ax.fill_between(ep, y - sd, y + sd, color=colors[i % len(colors)], alpha=0.15)
-    axes[0].set_ylabel("loss")
-    axes[1].set_ylabel("accuracy")
+    axes[0].set_ylabel("binary cross-entropy loss" if score == "f1" else "loss")
+    axes[1].set_ylabel(SCORE_LABEL[score])
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -143,7 +143,7 @@ def _attempt(root: Path, directory: Path, threads: int | None, bars: bool) -> di
             outcome = {"status": "diverged" if result.diverged else "complete",
                        "records": [{"labels": labels, "metrics": metrics}
                                    for labels, metrics in result.records()],
-                       "headline": list(result.headline)}
+                       "headline": result.headlines()}
             if result.diverged:
                 outcome["error"] = "; ".join(line for line in result.lines()
                                              if "DIVERGED" in line) or "training diverged"
