@@ -329,6 +329,20 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024, *,
     return tuple(metrics[k] for k in task.metric_names)
 
 
+def probabilities(model: nn.Module, x: Tensor, batch_size: int = 1024, *,
+                  task: Task = CLASSIFICATION) -> Tensor:
+    """The task's probabilities (N, C) of `model` as it is (eval mode, its own statistics)."""
+    if prefers_channels_last(model, x):  # see CPU_CONV_BATCH
+        batch_size = min(batch_size, CPU_CONV_BATCH)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([task.probabilities(model(x[i:i + batch_size]))
+                         for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
 def flops_per_sample(model: nn.Module, x: Tensor) -> int:
     """Forward multiply-add FLOPs (×2) of Linear and Conv layers per input sample."""
     total = 0

@@ -40,6 +40,7 @@ class Task(ABC):
     metric_names: tuple[str, ...] = ("loss",)  # the keys of `metrics`, loss first
     score = "acc"  # the accuracy-like metric in [0, 1] (error = 1 − score)
     concatenated: tuple[str, ...] = ()  # totals kept per sample (concatenated, not summed)
+    labelwise = False  # whether `per_label` scores labels one by one
 
     @abstractmethod
     def losses(self, out: Tensor, y: Tensor) -> Tensor:
@@ -162,6 +163,7 @@ class MultiLabel(Task):
     metric_names = ("loss", "f1", "macro_f1", "map")
     score = "f1"
     concatenated = ("probs", "targets")
+    labelwise = True
 
     def __init__(self, threshold: float = 0.5):
         if not 0 < threshold < 1:

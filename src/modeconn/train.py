@@ -22,7 +22,7 @@ from .data import DataSpec, Prepared, subset_name
 from .epochs import Epoch, EpochDriver, LrAt, scheduled_lr, set_lr
 from .epochs import check_finite as _check_finite  # noqa: F401  (benchmarks/train_throughput.py)
 from .errors import DivergedError, UsageError
-from .evaluate import evaluate, nhwc, prefers_channels_last
+from .evaluate import evaluate, nhwc, prefers_channels_last, probabilities
 from .grouped import GroupedMLP, groupable, grouped_loss
 from .io import json_text, output_dir, write_csv, write_json
 from .models import build_model, has_batchnorm
@@ -296,6 +296,18 @@ class MemberRecord:
                        data=self.data.spec.to_dict(), seed=self.member.init_seed, epoch=epoch,
                        member=self.member.name)
 
+    def _per_label(self, model: nn.Module) -> None:
+        """per_label.csv of a multi-label task: each label's test AP and F1 (and positives)."""
+        d = self.data
+        if not self.task.labelwise:
+            return
+        probs = probabilities(model, d.test_x, self.cfg.eval_batch_size, task=self.task)
+        rows = self.task.per_label(probs.cpu(), d.test_y.cpu())
+        for r in rows:
+            r["name"] = d.label_names[r["label"]] if d.label_names else str(r["label"])
+        write_csv(self.out_dir / "per_label.csv", rows,
+                  ["label", "name", "positives", "ap", "f1"])
+
     def diverged(self, e: DivergedError) -> dict[str, Any]:
         """Mark the run diverged (no final model is written)."""
         status = {"member": self.member.name, "status": "diverged", "epoch": e.epoch,
@@ -311,6 +323,7 @@ class MemberRecord:
                    data=d.spec.to_dict(), seed=self.member.init_seed, epoch=self.cfg.epochs,
                    member=self.member.name,
                    normalisation={"mean": d.mean, "std": d.std, "domain": d.domain})
+        self._per_label(model)
         final = {r["split"]: r for r in self.history[-2:]}
         status = {"member": self.member.name, "status": "complete", "epoch": self.cfg.epochs,
                   **{f"{split}_{m}": final[split][m] for split in ("train", "test")
@@ -554,6 +567,10 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
     if not (resume and (out / "env.json").is_file()):
         write_json(out / "env.json", environment(device))
     write_json(out / "config.json", run_config, changed_only=True)
+    skipped = members[0].data.skipped
+    if skipped:  # what the reader left out, never silently
+        write_csv(out / "skipped.csv", [{"file": f, "reason": r} for f, r in skipped],
+                  changed_only=True)
     write_csv(out / "subsets.csv", [
         {"subset": m.name, "class": c, "count": cnt, "domain": m.data.domain}
         for m in members for c, cnt in enumerate(m.data.histogram)], changed_only=True)

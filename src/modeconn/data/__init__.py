@@ -95,6 +95,7 @@ class Prepared:
     task_name: str = "classification"
     channels: tuple[str, ...] | None = None  # the names of the input channels (bands), if any
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) left out
+    label_names: tuple[str, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -175,7 +176,7 @@ def prepare_subsets(spec: DataSpec, data_dir: str | os.PathLike | None = None) -
             test_x=normalise(ex, mean, std), test_y=data.test_y.clone(),
             num_classes=data.num_classes, mean=mean.tolist(), std=std.tolist(), domain=dom,
             histogram=class_histogram(ty, data.num_classes), task_name=data.task,
-            channels=names, skipped=list(data.skipped),
+            channels=names, skipped=list(data.skipped), label_names=data.label_names,
         ))
     return out
 

@@ -17,7 +17,8 @@ import torch
 
 from ..errors import UsageError
 
-DATASETS = ("digits", "mnist-5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "synthetic")
+DATASETS = ("digits", "mnist-5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "bigearthnet",
+            "synthetic")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ImageData:
     task: str = "classification"
     channels: tuple[str, ...] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    label_names: tuple[str, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -67,6 +69,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     if base in ("cifar10", "cifar100"):
         _no_options(name, opts)
         return _cifar(base, data_dir)
+    if base == "bigearthnet":
+        return _bigearthnet(data_dir, on_bad_patch, **_parse_options(
+            "bigearthnet", opts, BEN_OPTIONS, "bigearthnet:labels=19,size=60,limit=2000"))
     if base == "synthetic":
         return synthetic(**_parse_synthetic(opts))
     raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -235,6 +240,95 @@ def _cifar(name: str, data_dir: Path) -> ImageData:
     trx, try_ = load(train_files)
     tex, tey = load(test_files)
     return ImageData(name, trx, try_, tex, tey, classes)
+
+
+# bigearthnet options: name → (parse, check, what a good value is)
+BEN_OPTIONS = {
+    "labels": (int, lambda v: v in (19, 43), "19 or 43"),
+    "size": (int, lambda v: v >= 1, "a pixel size ≥ 1, e.g. 120 or 60"),
+    "resample": (str, lambda v: v in ("bilinear", "nearest"), "bilinear or nearest"),
+    "limit": (int, lambda v: v >= 1, "a number of patches ≥ 1"),
+    "seed": (int, lambda v: v >= 0, "an integer ≥ 0"),
+}
+BEN_DIRS = ("bigearthnet", "BigEarthNet-v1.0", "BigEarthNet-S2")
+BEN_SCALE = 1e-4  # Sentinel-2 L2A surface reflectance is stored ×10,000
+# Images up to this size (float32 bytes, train + test) are read into memory; larger ones are
+# read batch by batch from the memory-mapped cache ($MODECONN_IN_MEMORY_BYTES overrides).
+IN_MEMORY_BYTES = 4 * 2**30
+
+
+def _parse_options(dataset: str, opts: str, known: dict, example: str) -> dict:
+    """`k=v,...` options of a dataset name, each parsed and checked against `known`."""
+    out: dict = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, val = item.partition("=")
+        if key not in known:
+            raise UsageError(f"{dataset}: unknown option {key!r}; use {', '.join(known)} "
+                             f"(e.g. {example})")
+        parse, ok, what = known[key]
+        try:
+            if not eq:
+                raise ValueError
+            value = parse(val)
+        except ValueError:
+            raise UsageError(f"{dataset}: bad option {item!r}; {key} must be {what}") from None
+        if not ok(value):
+            raise UsageError(f"{dataset}: bad option {item!r}; {key} must be {what}")
+        out[key] = value
+    return out
+
+
+def _bigearthnet(data_dir: Path, on_bad_patch: str, labels: int = 19, size: int = 120,
+                 resample: str = "bilinear", limit: int | None = None, seed: int = 0
+                 ) -> ImageData:
+    """BigEarthNet-S2 from `data_dir/bigearthnet` (the extracted BigEarthNet-v1.0 folder): its
+    train and test splits, 12 bands scaled to reflectance, multi-hot labels of the 19- or
+    43-class nomenclature. Patches without a label in the nomenclature are left out and listed
+    with the skipped ones."""
+    from .bigearthnet import BANDS, LABELS_19, LABELS_43, open_bigearthnet
+    from .sources import MappedImages
+
+    root = next((data_dir / d for d in BEN_DIRS if (data_dir / d).is_dir()), None)
+    if root is None:
+        raise UsageError(f"bigearthnet: no dataset folder in {data_dir}; extract "
+                         f"BigEarthNet-v1.0.tar.gz there as {data_dir / 'bigearthnet'} (with the "
+                         "official train.csv, val.csv, test.csv beside its patch folders, or a "
+                         "seeded split is made); set --data-dir or MODECONN_DATA to use another "
+                         "data directory")
+    ben = open_bigearthnet(root, size=size, resample=resample, on_bad_patch=on_bad_patch,
+                           limit=limit, seed=seed, quiet=not _tty())
+    hot = ben.labels_for(labels)
+    unlabelled = ~hot.any(1)
+    skipped = [(b.patch, b.reason) for b in ben.skipped] + [
+        (ben.names[i], f"no label in the {labels}-class nomenclature")
+        for i in np.flatnonzero(unlabelled)]
+    rows = {s: np.flatnonzero((ben.split == i) & ~unlabelled) for i, s in
+            enumerate(("train", "val", "test"))}
+    for s in ("train", "test"):
+        if not len(rows[s]):
+            raise UsageError(f"bigearthnet: the {s} split of {root} is empty; give more patches "
+                             "(or a larger limit)")
+    budget = int(os.environ.get("MODECONN_IN_MEMORY_BYTES", IN_MEMORY_BYTES))
+    n = len(rows["train"]) + len(rows["test"])
+    in_memory = n * len(BANDS) * size * size * 4 <= budget
+
+    def images(r: np.ndarray):
+        x = MappedImages.of(ben.images, r, scale=BEN_SCALE)
+        return x.materialise() if in_memory else x
+
+    def targets(r: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(hot[r].astype(np.float32))
+
+    return ImageData(f"bigearthnet-{labels}", images(rows["train"]), targets(rows["train"]),
+                     images(rows["test"]), targets(rows["test"]), labels, task="multilabel",
+                     channels=BANDS, skipped=skipped,
+                     label_names=LABELS_19 if labels == 19 else LABELS_43)
+
+
+def _tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
 
 
 def _parse_synthetic(opts: str) -> dict:

@@ -188,8 +188,8 @@ class DataOptions:
 class ModelOptions:
     """A model of the zoo and the options that override its preset."""
 
-    model: str = option("mlp", "mlp, mlpnet, mlplarge, mlphuge, vgg11/13/16/19, resnet20 (any "
-                               "6n+2), convnet")
+    model: str = option("mlp", "mlp, mlpnet, mlplarge, mlphuge, vgg11/13/16/19, vgglike (VGG-like "
+                               "for multispectral patches), resnet20 (any 6n+2), convnet")
     depth: int | None = option(None, "MLP hidden layers / VGG or ResNet depth", low=1)
     width: float | None = option(None, "MLP units per hidden layer, or width multiplier", low=0,
                                  low_open=True)

@@ -16,6 +16,7 @@ from .convnet import ConvNet
 from .mlp import MLP
 from .resnet import NORMS as RESNET_NORMS
 from .resnet import ResNet
+from .vgg import CONFIGS as VGG_CONFIGS
 from .vgg import VGG
 
 # Named presets; any key can be overridden (e.g. width, depth, bn).
@@ -25,6 +26,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mlplarge": {"arch": "mlp", "widths": [800, 400, 200], "bn": False, "bias": False},
     "mlphuge": {"arch": "mlp", "widths": [1024, 512, 256], "bn": False, "bias": False},
     **{f"vgg{d}": {"arch": "vgg", "depth": d, "width": 1.0, "bn": True} for d in (11, 13, 16, 19)},
+    # The VGG-like network for multispectral patches (BigEarthNet): any number of bands, any size.
+    "vgglike": {"arch": "vgg", "depth": 8, "width": 1.0, "bn": True, "pool": "avg",
+                "hidden": 256},
     "resnet": {"arch": "resnet", "depth": 20, "width": 1.0, "norm": "bn"},
     **{f"resnet{d}": {"arch": "resnet", "depth": d, "width": 1.0, "norm": "bn"}
        for d in (8, 14, 20, 32, 44, 56, 110)},
@@ -72,7 +76,7 @@ def _preset(name: str) -> dict[str, Any]:
 
 _ALLOWED = {
     "mlp": {"widths", "bn", "bias"},
-    "vgg": {"depth", "width", "bn"},
+    "vgg": {"depth", "width", "bn", "pool", "hidden"},
     "resnet": {"depth", "width", "norm"},
     "convnet": {"width", "dropout", "hidden"},
 }
@@ -91,8 +95,13 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if arch == "mlp" and (not cfg["widths"] or min(cfg["widths"]) <= 0):
         raise UsageError(f"MLP widths must be positive, got {cfg['widths']}; "
                          "use a depth ≥ 1 and a width ≥ 1")
-    if arch == "vgg" and cfg["depth"] not in (11, 13, 16, 19):
-        raise UsageError(f"VGG depth must be 11, 13, 16 or 19, got {cfg['depth']}")
+    if arch == "vgg" and cfg["depth"] not in VGG_CONFIGS:
+        raise UsageError(f"VGG depth must be one of {', '.join(map(str, VGG_CONFIGS))}, got "
+                         f"{cfg['depth']}")
+    if arch == "vgg" and cfg.get("pool", "flatten") not in ("flatten", "avg"):
+        raise UsageError(f"VGG pool must be flatten or avg, got {cfg['pool']!r}")
+    if arch == "vgg" and not (isinstance(cfg.get("hidden", 0), int) and cfg.get("hidden", 0) >= 0):
+        raise UsageError(f"VGG hidden units must be a whole number ≥ 0, got {cfg['hidden']}")
     if arch == "resnet":
         if cfg["depth"] < 8 or (cfg["depth"] - 2) % 6:
             raise UsageError(f"ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), "
