@@ -212,6 +212,13 @@ def load_same_architecture(paths: list[str | os.PathLike], device: torch.device 
             diff = {k: (ref.architecture.get(k), c.architecture.get(k))
                     for k in set(ref.architecture) | set(c.architecture)
                     if ref.architecture.get(k) != c.architecture.get(k)}
+            shapes = diff.get("input_shape")
+            if set(diff) == {"input_shape"} and shapes[0][1:] == shapes[1][1:]:
+                raise UsageError(
+                    f"{ref.path} reads {shapes[0][0]} input channels and {c.path} "
+                    f"{shapes[1][0]}: models trained on different numbers of bands have input "
+                    "layers of different shapes and cannot be combined; train them on band sets "
+                    "of one size (e.g. bands:B04,B03,B02|B08,B11,B12)")
             raise UsageError(f"{c.path} has a different architecture from {ref.path} "
                              f"({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in sorted(diff.items()))}); "
                              "pass checkpoints of one architecture")

@@ -23,6 +23,8 @@ import numpy as np
 
 from .. import __version__, artefacts
 from ..errors import UsageError
+from ..experiments.lmc import summary_score
+from ..task import score_of
 from . import figures
 
 FORMATS = ("png", "svg")
@@ -135,8 +137,12 @@ def panels(items: list[Item], series_axis: str | None = None
 
 
 def mean_rows(tables: list[list[dict[str, Any]]], keys: tuple[str, ...],
-              values: tuple[str, ...] = ("loss", "acc")) -> list[dict[str, Any]]:
-    """Rows averaged over several tables of the same shape (matched on `keys`), with *_std."""
+              values: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Rows averaged over several tables of the same shape (matched on `keys`), with *_std
+    (values: the loss and the task's score, accuracy or micro-F1, unless given)."""
+    if values is None:
+        first = next((rows[0] for rows in tables if rows), {})
+        values = ("loss", score_of(first))
     acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for rows in tables:
         for r in rows:
@@ -278,6 +284,7 @@ def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
         key = {k: it.labels.get(k) for k in rest}
         groups.setdefault(json.dumps(key, sort_keys=True), (key, []))[1].append(it)
     blocks: list[Block] = []
+    score = "acc"
     for key, its in groups.values():
         bss = sorted({it.labels[bs_key] for it in its})
         lrs = sorted({it.labels[lr_key] for it in its}, reverse=True)
@@ -290,7 +297,8 @@ def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
                 done = [c for c in cell if c.ok]
                 bars = [artefacts.BARRIER.read(c.out)["test"] for c in done]
                 barrier[i, j] = _mean([b["loss"]["linear"]["barrier"] for b in bars])
-                delta[i, j] = 100 * _mean([b["delta_acc"] for b in bars])
+                delta[i, j] = 100 * _mean([b[f"delta_{b.get('score', 'acc')}"] for b in bars])
+                score = bars[0].get("score", "acc") if bars else score
                 up = _upstream(cell[0], ctx) if cell else None
                 n = _subset_size(up) if up is not None and up.ok else None
                 if not cell:
@@ -305,12 +313,13 @@ def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
             "test loss barrier (cross-entropy)", "learning rate", "batch size", notes),
             f"loss barrier heatmap — {describe(key, list(key))}",
             "each cell: mean over seeds; g = ε(N/B − 1), the SGD noise scale"))
+        name = figures.SCORE_LABEL[score]
         blocks.append(ctx.figure(figures.heatmap_figure(
-            delta, lrs, bss, f"test accuracy drop Δ at λ* (percentage points)\n{what}",
-            "Δ accuracy (points)", "learning rate", "batch size", notes, flag=delta < -5,
+            delta, lrs, bss, f"test {name} drop Δ at λ* (percentage points)\n{what}",
+            f"Δ {name} (points)", "learning rate", "batch size", notes, flag=delta < -5,
             flag_label="Δ below the −5 points reference", cmap="RdBu", center=0.0,
             min_span=5.0),
-            f"Δ accuracy heatmap — {describe(key, list(key))}",
+            f"Δ {name} heatmap — {describe(key, list(key))}",
             "cells outlined in red lose more than 5 points (the paper's reference)"))
     return blocks
 
@@ -319,16 +328,18 @@ def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
 def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
     done = [i for i in items if i.ok]
     summaries = [artefacts.STATUS.read(it.out)["summary"] for it in done]
+    k = summary_score([r for summary in summaries for r in summary])
     blocks: list[Block] = [Table("barriers and ensembles per configuration", [
         "model", "shift", "init", "order", "bs", "lr", "g", "train barrier", "test barrier",
-        "test Δacc", "LMC ens. gain", "ind. ens. gain", "ok", "diverged"], [
+        f"test Δ{k}", "LMC ens. gain", "ind. ens. gain", "ok", "diverged"], [
         [r["model"], r["shift"], r["init"], r["batch_order"], r["batch_size"], r["lr"],
-         r["noise_scale_g"], *((_ms(r, k, scale)) for k, scale in (
-             ("train_loss_barrier", 1), ("test_loss_barrier", 1), ("test_delta_acc", 100),
-             ("lmc_ens_gain_acc", 100), ("ind_ens_gain_acc", 100))),
+         r["noise_scale_g"], *((_ms(r, key, scale)) for key, scale in (
+             ("train_loss_barrier", 1), ("test_loss_barrier", 1), (f"test_delta_{k}", 100),
+             (f"lmc_ens_gain_{k}", 100), (f"ind_ens_gain_{k}", 100))),
          r["seeds_ok"], r["diverged"]] for summary in summaries for r in summary],
-        "mean ± std over seeds: linear-definition loss barriers; Δacc (points) at the loss "
-        "barrier's λ*; ensemble gains (points): accuracy over the mean member, LMC = points on "
+        f"mean ± std over seeds: linear-definition loss barriers; Δ{k} (points) at the loss "
+        f"barrier's λ*; ensemble gains (points): {figures.SCORE_LABEL[k]} over the mean member, "
+        "LMC = points on "
         "the path, independent = members of different seeds; g = ε(N/B − 1), the SGD noise "
         "scale; ok = seeds trained and evaluated")]
     for it in done:
@@ -367,11 +378,12 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
             for kind in dict.fromkeys(r["ensemble"] for r in ens if r["id"] == cfg):
                 sel = [r for r in ens if r["id"] == cfg and r["ensemble"] == kind]
                 rows.append([labels.get(cfg, cfg), kind,
-                             *(_triple([100 * r[m] if m in ("acc", "gain_acc") else r[m]
-                                        for r in sel]) for m in ("acc", "nll", "ece",
-                                                                 "gain_acc"))])
+                             *(_triple([100 * r[m] if m in (k, f"gain_{k}") else r[m]
+                                        for r in sel]) for m in (k, "nll", "ece",
+                                                                 f"gain_{k}"))])
         blocks.append(Table(f"{name}, {shift}: LMC vs independent ensembles (test set)",
-                            ["configuration", "ensemble", "accuracy %", "NLL", "ECE",
+                            ["configuration", "ensemble", f"{figures.SCORE_LABEL[k]} %", "NLL",
+                             "ECE",
                              "gain over mean member (points)"], rows,
                             "LMC: points on the linear path; independent: members of different "
                             "seeds; mean ± std over seeds"))
