@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -131,6 +132,35 @@ def test_resample_band_matches_torch_both_ways(n, size):
     assert np.array_equal(resample_band(a, size, "nearest"), near.astype(np.uint16))
     assert np.array_equal(resample_band(a, n), a)  # the identity at the native size
     assert resample_band(np.full((n, n), 65535, np.uint16), size).min() == 65535  # no overflow
+
+
+def _exact_bilinear(a: np.ndarray, size: int, rows) -> np.ndarray:
+    """The half-pixel-centre bilinear value of output rows `rows`, in exact fractions, rounded
+    half to even (Python's round)."""
+    n = a.shape[0]
+
+    def taps(i):
+        src = max(Fraction(2 * i + 1, 2 * size) * n - Fraction(1, 2), Fraction(0))
+        lo = int(src)
+        return lo, min(lo + 1, n - 1), src - lo
+
+    out = np.zeros((len(rows), size), dtype=np.int64)
+    for r, i in enumerate(rows):
+        y0, y1, fy = taps(i)
+        for j in range(size):
+            x0, x1, fx = taps(j)
+            v = ((1 - fy) * ((1 - fx) * int(a[y0, x0]) + fx * int(a[y0, x1]))
+                 + fy * ((1 - fx) * int(a[y1, x0]) + fx * int(a[y1, x1])))
+            out[r, j] = round(v)
+    return out
+
+
+@pytest.mark.parametrize("n,size,step", [(20, 120, 6), (60, 45, 1), (7, 13, 1), (7, 120, 12)])
+def test_bilinear_is_the_exact_value_rounded_half_to_even(n, size, step):
+    a = np.random.default_rng(n * size).integers(0, 65536, size=(n, n)).astype(np.uint16)
+    a[0, :3] = 65535
+    rows = list(range(0, size, step))
+    assert np.array_equal(resample_band(a, size)[rows], _exact_bilinear(a, size, rows))
 
 
 # --- labels and splits ------------------------------------------------------------------------

@@ -13,10 +13,10 @@ or cloud shadow.
 one size S and writes them into a raw uint16 file that later calls open as a read-only
 ``np.memmap`` (N, 12, S, S) in well under a second, without touching a TIFF:
 
-- **Resampling** (only bands whose native size differs from S) is exact and deterministic, done in
-  integer arithmetic: ``"bilinear"`` is the half-pixel-centre bilinear interpolation of
-  ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=False)``
-  (and GDAL's), evaluated exactly and rounded half-to-even; ``"nearest"`` takes the source pixel
+- **Resampling** (only bands whose native size differs from S) is exact and deterministic:
+  ``"bilinear"`` is the half-pixel-centre bilinear interpolation of
+  ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=False)``,
+  evaluated exactly (integer weights) and rounded half to even; ``"nearest"`` takes the source pixel
   whose centre is nearest, ``floor((i + 0.5) * n / S)`` (torch's ``"nearest-exact"``), so
   upsampling by an integer factor replicates pixels exactly. Downsampling is not antialiased.
 - **Splits**: the official split files when ``train.csv``, ``val.csv`` and ``test.csv`` lie in the
@@ -45,9 +45,11 @@ one size S and writes them into a raw uint16 file that later calls open as a rea
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -176,6 +178,8 @@ SPLITS = ("train", "val", "test")  # split codes 0, 1, 2
 SEEDED_SPLIT = (0.6, 0.2, 0.2)
 
 _LABEL_INDEX = {name: i for i, name in enumerate(LABELS_43)}
+_SIZE_GROUPS = {n: [b for b, band in enumerate(BANDS) if BAND_SIZE[band] == n]
+                for n in sorted(set(BAND_SIZE.values()))}
 _CACHE_FORMAT = "modeconn-bigearthnet"
 _CACHE_VERSION = 1
 _BUILD_PREFIX = ".build-"
@@ -246,39 +250,59 @@ class BigEarthNet:
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
 def _linear_taps(n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """For each of `size` outputs, its two source indices and the integer weight of the second,
-    over the common denominator 2·size: source = ((2i + 1)·n - size) / (2·size), clamped at 0."""
-    den = 2 * size
-    p = np.maximum((2 * np.arange(size, dtype=np.int64) + 1) * n - size, 0)
+    """For each of `size` outputs from `n` inputs, its two source indices and the integer weight
+    of the second over a common denominator: the source position ((2i + 1)·n - size) / (2·size),
+    clamped at 0, in lowest terms (numerator and 2·size share the factor gcd(n, size))."""
+    g = math.gcd(n, size)
+    den = 2 * size // g
+    p = np.maximum((2 * np.arange(size, dtype=np.int64) + 1) * n - size, 0) // g
     lo = p // den
     w_hi = p - lo * den
     hi = np.minimum(lo + 1, n - 1)
     return lo, hi, w_hi, den
 
 
+@functools.lru_cache(maxsize=64)
 def _nearest_taps(n: int, size: int) -> np.ndarray:
     return np.minimum(((2 * np.arange(size, dtype=np.int64) + 1) * n) // (2 * size), n - 1)
 
 
+def _resample_stack(stack: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Resample (k, h, w) uint16 bands to (k, size, size) uint16.
+
+    Bilinear is exact: the weights are integers over a denominator D (the two axes' denominators
+    multiplied), so every product and sum is an integer below 65535·D, held exactly in float32
+    when D ≤ 255 (BigEarthNet's factors 2 and 6 give D = 16 and 144) and in float64 otherwise; the
+    quotient by D then lies at least 1/(2D) from any rounding tie unless it is one, so np.rint
+    rounds the exact value half to even. Every machine and worker count gives the same bits."""
+    _, h, w = stack.shape
+    if mode == "nearest":
+        return stack[:, _nearest_taps(h, size)[:, None], _nearest_taps(w, size)]
+    ylo, yhi, yw, yden = _linear_taps(h, size)
+    xlo, xhi, xw, xden = _linear_taps(w, size)
+    den = yden * xden
+    if den >= 1 << 36:
+        raise UsageError(f"BigEarthNet: resampling {h}×{w} to {size}×{size} is too fine to be exact; "
+                         "choose a size below 100,000")
+    ft = np.float32 if den <= 255 else np.float64
+    x = stack.astype(ft)
+    yw_, xw_ = yw.astype(ft)[:, None], xw.astype(ft)
+    rows = x[:, ylo] * (yden - yw_)
+    rows += x[:, yhi] * yw_
+    acc = rows[:, :, xlo] * (xden - xw_)
+    acc += rows[:, :, xhi] * xw_
+    acc /= den
+    return np.rint(acc, out=acc).astype(np.uint16)
+
+
 def resample_band(band: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
     """Resample a 2-D uint16 band to (size, size) uint16, deterministically (see the module's
-    docstring): "bilinear" evaluated exactly in int64 and rounded half-to-even, or "nearest"."""
+    docstring): "bilinear" evaluated exactly and rounded half to even, or "nearest"."""
     if mode not in RESAMPLE:
         raise UsageError(f"unknown resampling {mode!r}; use {' or '.join(RESAMPLE)}")
-    h, w = band.shape
-    if mode == "nearest":
-        return np.ascontiguousarray(band[_nearest_taps(h, size)[:, None], _nearest_taps(w, size)],
-                                    dtype=np.uint16)
-    ylo, yhi, ywt, yden = _linear_taps(h, size)
-    xlo, xhi, xwt, xden = _linear_taps(w, size)
-    x = band.astype(np.int64)
-    rows = x[ylo] * (yden - ywt)[:, None] + x[yhi] * ywt[:, None]  # (size, w), scaled by yden
-    acc = rows[:, xlo] * (xden - xwt) + rows[:, xhi] * xwt  # scaled by yden·xden
-    den = yden * xden
-    q, r = np.divmod(acc, den)
-    q += (2 * r > den) | ((2 * r == den) & (q % 2 == 1))  # round half to even
-    return q.astype(np.uint16)
+    return _resample_stack(np.asarray(band, dtype=np.uint16)[None], size, mode)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,9 +373,13 @@ def _read_band(folder: str, name: str, band: str) -> np.ndarray:
 def _read_patch(folder: str, name: str, size: int, mode: str, out: np.ndarray) -> np.ndarray:
     """Read one patch's bands into `out` (12, size, size); returns its multi-hot labels."""
     labels = _read_labels(folder, name)
-    for b, band in enumerate(BANDS):
-        a = _read_band(folder, name, band)
-        out[b] = a if BAND_SIZE[band] == size else resample_band(a, size, mode)
+    native = [_read_band(folder, name, band) for band in BANDS]
+    for n, idx in _SIZE_GROUPS.items():
+        if n == size:
+            for b in idx:
+                out[b] = native[b]
+        else:  # the bands of one native size together
+            out[idx] = _resample_stack(np.stack([native[b] for b in idx]), size, mode)
     return labels
 
 
