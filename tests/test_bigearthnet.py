@@ -364,6 +364,43 @@ def test_an_interrupted_build_leaves_nothing_and_stale_builds_are_cleared(tmp_pa
     assert os.listdir(cache) == [ben.path.name]
 
 
+_KILLED_BUILD = """
+import sys, time
+from modeconn.data import bigearthnet as ben
+real = ben._read_chunk
+
+def slow(task):  # the first chunk is written, then the build hangs until killed
+    out = real(task)
+    time.sleep(60)
+    return out
+
+ben._read_chunk = slow
+ben._MAX_CHUNK = 2
+ben.open_bigearthnet(sys.argv[1], workers=1, quiet=True)
+"""
+
+
+def test_a_build_killed_by_sigkill_leaves_no_valid_looking_cache(tmp_path):
+    names = write_bigearthnet(tmp_path / "ds", n=6)
+    cache = tmp_path / "ds" / ".modeconn-cache"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, str(tmp_path / "ds")], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(cache.glob(".build-*/images.u16")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [p.name for p in cache.iterdir() if not p.name.startswith(".build-")] == []
+    assert not list(cache.glob("*/meta.json"))
+    ben = _open(tmp_path / "ds")  # rebuilt, and the killed build's folder cleared
+    assert os.listdir(cache) == [ben.path.name] and ben.names == names
+    assert np.array_equal(ben.images[5, 7], band_array(5, "B08"))
+
+
 def test_one_and_two_workers_build_identical_caches(tmp_path):
     write_bigearthnet(tmp_path / "ds", n=12, splits=False, bad={5: "wrong_size"})
     one = _open(tmp_path / "ds", on_bad_patch="skip", size=64, workers=1)
@@ -404,5 +441,8 @@ def test_band_stats_stream_in_blocks_and_are_cached(tmp_path):
     assert np.array_equal(cached[0], mean) and np.array_equal(cached[1], std)
     everything = band_stats(ben)
     np.testing.assert_allclose(everything[0], np.asarray(ben.images, np.float64).mean(axis=(0, 2, 3)))
+    mask = np.zeros(10, bool)
+    mask[[1, 2, 3, 7, 8]] = True
+    assert np.array_equal(band_stats(ben, mask)[0], mean)
     with pytest.raises(UsageError, match="rows must lie in 0..9"):
         band_stats(ben, [10])

@@ -28,11 +28,13 @@ one size S and writes them into a raw uint16 file that later calls open as a rea
   proportion to the splits' sizes, and within a split stratified on each patch's rarest label
   (the label of the 43 that the fewest candidate patches carry): every stratum gets its
   proportional share by largest remainders, its members drawn with the seed. Only the labels
-  are read to choose; only the N chosen patches' bands are read.
+  are read to choose; only the N chosen patches' bands are read (so with ``"skip"`` a chosen
+  patch whose bands turn out bad is left out, and the cache holds fewer than N).
 - **Bad patches** (a band file missing, unreadable, of the wrong size, shape or dtype; the label
   file missing, malformed, without ``labels``, with an unknown or no label) stop the build with
-  the patch's name and what is wrong (``on_bad_patch="fail"``), or are left out and listed
-  (``"skip"``: `BigEarthNet.skipped`, and ``skipped.csv`` in the cache).
+  the patch's name and what is wrong (``on_bad_patch="fail"``: the first by name of those found
+  before reading stopped; nothing is written), or are left out and listed (``"skip"``:
+  `BigEarthNet.skipped`, and ``skipped.csv`` in the cache).
 - **Cache**: ``<dataset>/.modeconn-cache/`` if writable, else
   ``~/.cache/modeconn/bigearthnet/<hash of the dataset's path>``, or ``cache_dir``; one subfolder
   per key of everything its contents depend on (size, resampling, limit, seed where it matters,
@@ -261,12 +263,16 @@ def _linear_taps(n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     lo = p // den
     w_hi = p - lo * den
     hi = np.minimum(lo + 1, n - 1)
+    for a in (lo, hi, w_hi):
+        a.setflags(write=False)  # shared through the cache
     return lo, hi, w_hi, den
 
 
 @functools.lru_cache(maxsize=64)
 def _nearest_taps(n: int, size: int) -> np.ndarray:
-    return np.minimum(((2 * np.arange(size, dtype=np.int64) + 1) * n) // (2 * size), n - 1)
+    taps = np.minimum(((2 * np.arange(size, dtype=np.int64) + 1) * n) // (2 * size), n - 1)
+    taps.setflags(write=False)
+    return taps
 
 
 def _resample_stack(stack: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -302,6 +308,8 @@ def resample_band(band: np.ndarray, size: int, mode: str = "bilinear") -> np.nda
     docstring): "bilinear" evaluated exactly and rounded half to even, or "nearest"."""
     if mode not in RESAMPLE:
         raise UsageError(f"unknown resampling {mode!r}; use {' or '.join(RESAMPLE)}")
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size <= 0:
+        raise UsageError(f"the resampled size must be a positive integer, got {size!r}")
     return _resample_stack(np.asarray(band, dtype=np.uint16)[None], size, mode)[0]
 
 
@@ -327,7 +335,9 @@ def _read_labels(folder: str, name: str) -> np.ndarray:
             meta = json.load(f)
     except FileNotFoundError:
         raise _Bad(f"missing {fname}") from None
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except OSError as e:
+        raise _Bad(f"unreadable {fname} ({_brief(e)})") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _Bad(f"malformed {fname} ({_brief(e)})") from None
     if not isinstance(meta, dict) or "labels" not in meta:
         raise _Bad(f"{fname} has no 'labels'")
@@ -928,8 +938,16 @@ def band_stats(ben: BigEarthNet, rows: Sequence[int] | np.ndarray | None = None,
     """Per-band mean and standard deviation (population, ddof 0), float64 (12,), over the pixels
     of the given rows (a set: sorted and deduplicated; None: all), read in blocks of about
     `block_bytes` so that a memmap larger than memory works; blocks merge exactly (Chan et al.).
-    Cached in the cache folder as stats-<hash of the rows>.json when it is writable."""
-    rows = np.arange(len(ben)) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+    Cached in the cache folder as stats-<hash of the rows>.json when it is writable. A boolean
+    mask of length N selects rows too."""
+    if rows is None:
+        rows = np.arange(len(ben))
+    elif np.asarray(rows).dtype == bool:
+        if np.shape(rows) != (len(ben),):
+            raise UsageError(f"BigEarthNet: a row mask needs {len(ben)} entries, got {np.shape(rows)}")
+        rows = np.flatnonzero(rows)
+    else:
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
     if not len(rows):
         raise UsageError("BigEarthNet: band statistics need at least one row")
     if rows[0] < 0 or rows[-1] >= len(ben):
