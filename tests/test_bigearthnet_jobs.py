@@ -77,7 +77,7 @@ def test_bands_combine_with_any_shift(ben_dir, tmp_path):
 def test_a_bad_patch_stops_with_its_name_or_is_skipped_and_listed(tmp_path, capsys):
     data = tmp_path / "data"
     names = write_bigearthnet(data / "bigearthnet", n=30, seed=1, splits=True,
-                              bad={3: "bad_json"})
+                              bad={3: "unreadable_tiff"})
     assert _train(tmp_path / "r1", data) == 2
     err = capsys.readouterr().err
     assert names[3] in err and "--on-bad-patch skip" in err and "Traceback" not in err

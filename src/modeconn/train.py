@@ -77,6 +77,9 @@ class Member:
     order_seed: int
     order_size: int  # length of the per-epoch position permutation (shared for batch-order same)
     extra: dict[str, Any] = field(default_factory=dict)
+    # The member's own model config where its inputs differ from the run's (a band shift to band
+    # sets of different sizes); None: the run's.
+    model_cfg: dict[str, Any] | None = None
 
 
 def check_trainable(model: nn.Module, batch_size: int, n: int) -> None:
@@ -378,6 +381,7 @@ def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, ou
                  task: Task = CLASSIFICATION) -> dict[str, Any]:
     """Train one member, writing its run directory; return its status and final metrics."""
     data = member.data.to(device)
+    model_cfg = member.model_cfg or model_cfg
     rec = MemberRecord(model_cfg, member, cfg, data, out_dir, run_info, task=task)
     n = len(data.train_y)
     state_path = out_dir / "state.safetensors"
@@ -504,7 +508,8 @@ def train_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConf
 def can_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig) -> bool:
     """Whether the members can be trained in one grouped step: an MLP without BatchNorm or
     dropout, at least two members, and the same number of steps per epoch for each."""
-    if len(members) < 2 or not groupable(build_model(model_cfg)):
+    if len(members) < 2 or any(m.model_cfg is not None for m in members) \
+            or not groupable(build_model(model_cfg)):
         return False
     steps = {math.ceil(len(m.data.train_y) / cfg.batch_size) for m in members}
     return len(steps) == 1

@@ -164,7 +164,7 @@ def prepare_subsets(spec: DataSpec, data_dir: str | os.PathLike | None = None) -
         if spec.norm == "global":
             mean, std = (gmean, gstd) if index is None else (gmean[index], gstd[index])
         elif spec.norm == "subset":
-            mean, std = channel_stats(tx)
+            mean, std = channel_stats(tx, streamed=data.channels is not None)
         else:
             mean, std = torch.zeros(tx.shape[1]), torch.ones(tx.shape[1])
         ty = data.train_y[torch.from_numpy(idx)]
@@ -193,14 +193,16 @@ def _groups(spec: DataSpec, data: ImageData) -> tuple[list[np.ndarray], list[str
 
 
 @functools.lru_cache(maxsize=8)
-def _stats_of(x) -> tuple[torch.Tensor, torch.Tensor]:
-    return channel_stats(x)
+def _stats_of(x, streamed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return channel_stats(x, streamed)
 
 
 def _global_stats(spec: DataSpec, data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel statistics of the whole training set (computed once per loaded dataset: a
-    memory-mapped source streams through its cache for them)."""
-    return _stats_of(data.train_x)
+    memory-mapped source streams through its cache for them). Multispectral data (named
+    channels), which lives in memory or in its cache depending on its size, is streamed in
+    memory too, so that both give the same numbers."""
+    return _stats_of(data.train_x, data.channels is not None)
 
 
 def prepare(spec: DataSpec, data_dir: str | os.PathLike | None = None) -> Prepared:

@@ -107,17 +107,8 @@ class MappedImages:
     def stats(self) -> tuple[Tensor, Tensor]:
         """Per-channel mean and standard deviation (float64 accumulation, streamed in blocks
         of rows) of the view's values before normalisation."""
-        raw = replace(self, mean=None, std=None, device=torch.device("cpu"), channels_last=False)
-        c = len(self.channels)
-        s1, s2, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
-        for i in range(0, len(self), STAT_BLOCK):
-            x = raw[i:i + STAT_BLOCK].double()
-            s1 += x.sum((0, 2, 3))
-            s2 += (x * x).sum((0, 2, 3))
-            n += x.numel() // c
-        mean = s1 / max(n, 1)
-        var = (s2 - n * mean**2) / max(n - 1, 1)
-        return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6)
+        return streamed_stats(replace(self, mean=None, std=None, device=torch.device("cpu"),
+                                      channels_last=False))
 
     # ---------------------------------------------------------------- reading
 
@@ -149,10 +140,30 @@ def take(x: Tensor | MappedImages, index: np.ndarray) -> Tensor | MappedImages:
     return x.take(index)
 
 
-def channel_stats(x: Tensor | MappedImages) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and standard deviation (at least 1e-6) of images (N, C, H, W)."""
+def streamed_stats(x: Tensor | MappedImages) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and sample standard deviation (at least 1e-6) of images (N, C, H, W),
+    accumulated in float64 over blocks of `STAT_BLOCK` rows: the same numbers for the same
+    values whether they are in memory or read from a memory-mapped cache."""
+    c = x.shape[1]
+    s1, s2, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for i in range(0, len(x), STAT_BLOCK):
+        b = x[i:i + STAT_BLOCK].double()
+        s1 += b.sum((0, 2, 3))
+        s2 += (b * b).sum((0, 2, 3))
+        n += b.numel() // c
+    mean = s1 / max(n, 1)
+    var = (s2 - n * mean**2) / max(n - 1, 1)
+    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6)
+
+
+def channel_stats(x: Tensor | MappedImages, streamed: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and standard deviation (at least 1e-6) of images (N, C, H, W): over the
+    whole tensor at once, or `streamed_stats` (always for a mapped source; for a tensor with
+    `streamed`, so that data which may live either way is normalised alike)."""
     if not torch.is_tensor(x):
         return x.stats()
+    if streamed:
+        return streamed_stats(x)
     return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6)
 
 

@@ -143,6 +143,11 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
                          f"{len(subsets[study.seeds[0]])} subsets; use a shift with 2 subsets "
                          "(e.g. iid:50,50, or 2 subsets)")
     first = subsets[study.seeds[0]][0]
+    shapes = {tuple(p.input_shape) for subs in subsets.values() for p in subs}
+    if len(shapes) > 1:
+        raise UsageError(f"the LMC study interpolates each pair, but its subsets' inputs have "
+                         f"{' and '.join(str(s[0]) for s in sorted(shapes))} channels; give "
+                         "both subsets band sets of one size (e.g. bands:B04,B03,B02|B08,B11,B12)")
     model_cfg = model_config(study.model, first.input_shape, first.num_classes,
                              **study.model_options)
     smallest = min(len(p.train_y) for subs in subsets.values() for p in subs)

@@ -138,6 +138,9 @@ def run_train(config: TrainJobConfig, out: Path) -> TrainResult:
     model_cfg = config.model_config(subsets[0].input_shape, subsets[0].num_classes)
     members = plan_members(spec, subsets, config.init, list(config.init_seed),
                            config.batch_order, config.order_seed, only)
+    for m in members:  # band sets of different sizes: each member's input layer its own
+        if m.data.input_shape != subsets[0].input_shape:
+            m.model_cfg = config.model_config(m.data.input_shape, m.data.num_classes)
     legacy = _stored_options(out, config.resume) is _NO_OPTIONS
     run_info = None if legacy else {"options": config.recorded_options()}
     results = train_run(model_cfg, members, training(config), out, device, config.resume,
