@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-
 from ben_fixture import write_bigearthnet
+
 from modeconn.checkpoint import load_checkpoint
 from modeconn.cli import main
 from modeconn.data import _cached
