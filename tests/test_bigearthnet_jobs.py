@@ -112,3 +112,47 @@ def test_the_lmc_study_runs_on_bigearthnet_with_a_band_shift(ben_dir, tmp_path):
     assert len(summary) == 1 and "test_delta_f1" in summary[0] and "lmc_ens_gain_f1" in summary[0]
     assert float(summary[0]["test_loss_barrier"]) == float(summary[0]["test_loss_barrier"])
     assert (out / "figures" / "delta.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_study_of_multilabel_jobs_runs_tabulates_and_reports(ben_dir, tmp_path, capsys):
+    study = tmp_path / "ben.toml"
+    study.write_text(f"""
+[study]
+name = "ben"
+description = "multi-label study on the BigEarthNet fixture"
+
+[train]
+dataset = "{DATASET}"
+data_dir = "{ben_dir}"
+model = "vgglike"
+width = 0.125
+epochs = 2
+batch_size = 8
+shift = "{SHIFT}"
+
+[train.sweep]
+seeds = [0, 1]
+
+[interpolate]
+a = "@train/a/model.safetensors"
+b = "@train/b/model.safetensors"
+data_dir = "{ben_dir}"
+points = 3
+
+[ensemble]
+checkpoints = ["@train/a/model.safetensors", "@train/b/model.safetensors"]
+data_dir = "{ben_dir}"
+""")
+    out = tmp_path / "out"
+    assert _cli("run", study, "--out", out, "--quiet") == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    metrics = {r["metric"] for r in rows}
+    assert {"test_f1", "test_map", "test_delta_f1", "gain_f1"} <= metrics
+    capsys.readouterr()
+    assert _cli("results", out) == 0
+    text = capsys.readouterr().out
+    assert "test_delta_f1" in text and "test_f1" in text
+    assert _cli("report", out, "--out", tmp_path / "report.html") == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64" in html and "test_f1" in html
