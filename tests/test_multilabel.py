@@ -235,3 +235,32 @@ def test_whole_dataset_evaluation_keeps_a_models_bands():
     spec = DataSpec(dataset="synthetic:task=multilabel,n=100,test=40,classes=3,shape=3x4x4",
                     shift="iid:50,50")
     assert eval_data(spec).train_x.shape[1] == 3
+
+
+def test_curves_planes_merging_and_fge_speak_multilabel(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _cli("train", "--dataset", ML, "--shift", "iid:50,50", "--epochs", "5",
+                "--optimizer", "adam", "--lr", "0.003", "--width", "64", "--depth", "1",
+                "--out", run, "--quiet") == 0
+    a, b = run / "a" / "model.safetensors", run / "b" / "model.safetensors"
+    assert json.loads((run / "a" / "status.json").read_text())["test_f1"] > 0.3
+    assert _cli("curve", a, b, "--epochs", "1", "--points", "5", "--out", tmp_path / "c",
+                "--quiet") == 0
+    assert (tmp_path / "c" / "path.csv").read_text().startswith(
+        "path,t,split,loss,f1,macro_f1,map,length")
+    curve = tmp_path / "c" / "curve.safetensors"
+    assert _cli("landscape", "--curve", curve, "--grid", "3", "--out", tmp_path / "l") == 0
+    assert (tmp_path / "l" / "plane.csv").read_text().startswith(
+        "i,j,x,y,split,loss,f1,macro_f1,map")
+    assert _cli("curve-ensemble", curve, "--k", "3", "--out", tmp_path / "ce") == 0
+    assert "gain_f1" in json.loads((tmp_path / "ce" / "ensemble.json").read_text())["curve"]
+    assert _cli("merge-many", a, b, "--out", tmp_path / "mm") == 0
+    merged = json.loads((tmp_path / "mm" / "merge.json").read_text())["merged"]["test"]
+    assert {"f1", "map"} <= set(merged)
+    for method in ("avg", "ot"):
+        assert _cli("merge", a, b, "--method", method, "--out", tmp_path / method) == 0
+    assert _cli("fge", a, "--cycles", "2", "--cycle-epochs", "1", "--out", tmp_path / "f",
+                "--quiet") == 0
+    assert "f1" in json.loads((tmp_path / "f" / "ensemble.json").read_text())["fge"]
+    out = capsys.readouterr().out
+    assert " f1 " in out and " acc " not in out
