@@ -95,6 +95,14 @@ def test_the_memory_mapped_path_trains_exactly_as_in_memory(ben_dir, tmp_path, m
         out = tmp_path / f"run{budget}"
         assert _train(out, ben_dir, "--shift", SHIFT, "--epochs", "1") == 0
         runs.append(load_checkpoint(out / "a" / "model.safetensors").tensors)
+    # Every feature reads its batches from the source: alignment, merging, curves, planes.
+    a, b = (tmp_path / "run0" / m / "model.safetensors" for m in ("a", "b"))
+    for cmd in (["align", a, b, "--method", "am"], ["merge-many", a, b, "--repair"],
+                ["merge", a, b, "--method", "ot", "--cost", "activations"],
+                ["curve", a, b, "--epochs", "1", "--points", "3", "--quiet"]):
+        assert _cli(*cmd, "--data-dir", ben_dir, "--out", tmp_path / cmd[0]) == 0, cmd
+    assert _cli("landscape", "--curve", tmp_path / "curve" / "curve.safetensors", "--grid", "3",
+                "--data-dir", ben_dir, "--out", tmp_path / "plane") == 0
     _cached.cache_clear()
     assert runs[0].keys() == runs[1].keys()
     for k in runs[0]:

@@ -151,6 +151,9 @@ def test_a_mapped_source_reads_what_the_array_holds():
     assert torch.equal(src[1:4], ref[1:4])
     idx = torch.tensor([4, 0, 2, 2])
     assert torch.equal(src.index_select(0, idx), ref.index_select(0, idx))
+    assert torch.equal(src[idx], ref[idx])
+    with pytest.raises(TypeError, match="slices"):
+        src[2]
     view = src.take(np.array([2, 0])).select_channels([3, 1])
     assert torch.equal(view.materialise(), ref[[2, 0]][:, [3, 1]])
     mean, std = src.stats()

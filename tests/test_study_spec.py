@@ -155,8 +155,8 @@ def test_missing_file_and_directory_are_refused(tmp_path):
         load(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["demo", "demo-quick", "lmc", "lmc-mnist5k", "rebasin-mnist5k", "lmc-bigearthnet",
-                                  "fusion", "curves", "ste-mm", "align-repair"])
+@pytest.mark.parametrize("name", ["demo", "demo-quick", "lmc", "lmc-mnist5k", "rebasin-mnist5k",
+                                  "lmc-bigearthnet", "fusion", "curves", "ste-mm", "align-repair"])
 def test_every_example_study_is_valid(name):
     s = load(EXAMPLES / f"{name}.toml")
     assert s.jobs and s.description

@@ -4,7 +4,7 @@ In-memory tensors are the fast path and the common case. Data larger than memory
 BigEarthNet: about 590,000 patches) stays in its memory-mapped cache and is read batch by batch
 through `MappedImages`, which speaks the small protocol the training steps and the evaluation
 engine use on their inputs — `len`, `shape`, `dim()`, `device`, `dtype`, `element_size()`,
-slices `x[i:j]`, `x.index_select(0, idx)`, `x.to(device)` and
+slices `x[i:j]`, `x[idx]` and `x.index_select(0, idx)` for 1-D index tensors, `x.to(device)` and
 `x.contiguous(memory_format=...)` — and returns ordinary float tensors on the source's device.
 
 A source is a view: rows of the cache, the channels kept, and the per-channel normalisation,
@@ -67,9 +67,13 @@ class MappedImages:
         return self.device.type == "cuda"
 
     def __getitem__(self, key) -> Tensor:
-        if not isinstance(key, slice):
-            raise TypeError("a memory-mapped source is read by slices or index_select")
-        return self._read(self.rows[key])
+        if isinstance(key, slice):
+            return self._read(self.rows[key])
+        if torch.is_tensor(key) and key.dim() == 1 and not key.dtype.is_floating_point:
+            return self.index_select(0, key.long() if key.dtype != torch.bool
+                                     else key.nonzero().flatten())
+        raise TypeError("a memory-mapped source is read by slices, 1-D integer tensors or "
+                        "index_select")
 
     def index_select(self, dim: int, index: Tensor) -> Tensor:
         if dim != 0:
