@@ -119,7 +119,7 @@ def test_vgg_width_and_norm():
     ("resnet", {"depth": 21}, "6n\\+2"),
     ("resnet", {"depth": 2}, "6n\\+2"),
     ("resnet", {"norm": "batch"}, "norm"),
-    ("vgg11", {"depth": 12}, "11, 13, 16 or 19"),
+    ("vgg11", {"depth": 12}, "8, 11, 13, 16, 19"),
     ("vgg11", {"norm": "gn"}, "bn or none"),
     ("vgg11", {"width": 0}, "positive"),
     ("resnet20", {"width": -1.0}, "positive"),
