@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from . import tuning
 from .errors import UsageError
 from .params import batchnorm_modules, check_module, check_params
 from .task import CLASSIFICATION, Task
@@ -91,14 +92,18 @@ class Evaluator:
     # ------------------------------------------------------------ planning
 
     def _plan(self, batch_size: int | None, budget: float) -> tuple[int, int]:
-        """Data batch and points per chunk so that activations stay within `budget` bytes."""
+        """Data batch and points per chunk: activations within `budget` bytes, and one
+        activation tensor of a chunk within this machine's measured working set
+        (`tuning`: past it every elementwise op runs at memory speed). The chunking changes no
+        result: each point's arithmetic is the same in any chunk."""
         x = next(iter(self.splits.values()))[0][:2]
-        total = 0
+        total = widest = 0
 
         def hook(_m, _i, out):
-            nonlocal total
+            nonlocal total, widest
             if torch.is_tensor(out):
                 total += out.numel()
+                widest = max(widest, out.numel())
 
         leaves = [m for m in self.model.modules() if not list(m.children())]
         handles = [m.register_forward_hook(hook) for m in leaves]
@@ -109,6 +114,8 @@ class Evaluator:
         per_sample = max(1, total // len(x)) * x.element_size() * 2
         bs = batch_size or int(min(4096, max(64, budget // per_sample)))
         points = int(max(1, min(32, budget // (per_sample * bs))))
+        row = max(1, widest // len(x)) * x.element_size()
+        points = int(max(1, min(points, tuning.choice("eval_working_set") // (row * bs))))
         return bs, points
 
     # ------------------------------------------------------------ points

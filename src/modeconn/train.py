@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, tuning
 from .checkpoint import load_checkpoint, save_checkpoint, save_model
 from .data import DataSpec, Prepared, subset_name
 from .epochs import Epoch, EpochDriver, LrAt, scheduled_lr, set_lr
@@ -114,7 +114,9 @@ def init_model(model_cfg: dict[str, Any], seed: int) -> nn.Module:
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer named in `cfg` (fused kernels where this torch has them)."""
+    """The optimizer named in `cfg`, with fused kernels where this torch has them (a fixed
+    policy, not a measured choice: fused and foreach kernels round differently, and a run's
+    numbers must not depend on a measurement)."""
     params = list(params)
     kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "sgd":
@@ -207,6 +209,8 @@ class Stepper:
                         state[key] = torch.empty_like(param).copy_(value)
         self.model, self.opt, self.x, self.y, self.task = model, opt, x, y, task
         self.batch_size = batch_size
+        # index_select or indexing: the same rows, whichever this machine gathers faster.
+        self._gather = tuning.choice("gather")
         self.driver = EpochDriver(self.step, opt, batch_size=batch_size, device=x.device,
                                   drop_single=drop_single, gpu_check_every=gpu_check_every)
 
@@ -221,9 +225,8 @@ class Stepper:
 
     def step(self, idx: torch.Tensor) -> torch.Tensor:
         """One step on the samples at `idx`; return the batch loss (before the update)."""
-        # index_select copies whole rows; x[idx] gives the same values 2-4x slower.
-        loss = self.task.loss(self.model(self.x.index_select(0, idx)),
-                              self.y.index_select(0, idx))
+        x = self.x.index_select(0, idx) if self._gather == "index_select" else self.x[idx]
+        loss = self.task.loss(self.model(x), self.y.index_select(0, idx))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401
     align,
+    calibrate,
     continual,
     curve,
     demo,

@@ -54,7 +54,8 @@ from ..options import ConfigError, config_fields
 # Jobs that are not computations a study can schedule.
 NOT_IN_STUDIES = {"run": "it runs studies", "results": "it reads studies",
                   "report": "it reads studies", "fusion": "it is a study itself",
-                  "demo": "it is a study itself", "info": "it writes no files"}
+                  "demo": "it is a study itself", "info": "it writes no files",
+                  "calibrate": "it writes no files"}
 # Options the runner sets itself for every job.
 RUNNER_OPTIONS = {"resume", "overwrite", "quiet", "pdf"}
 SWEEP_KEYS = {"grid", "zip", "seeds", "seed_fields"}
