@@ -92,7 +92,7 @@ class Evaluator:
     # ------------------------------------------------------------ planning
 
     def _plan(self, batch_size: int | None, budget: float) -> tuple[int, int]:
-        """Data batch and points per chunk: activations within `budget` bytes, and one
+        """Data batch and points per chunk: activations within `budget` bytes, and on CPU one
         activation tensor of a chunk within this machine's measured working set
         (`tuning`: past it every elementwise op runs at memory speed). The chunking changes no
         result: each point's arithmetic is the same in any chunk."""
@@ -114,8 +114,9 @@ class Evaluator:
         per_sample = max(1, total // len(x)) * x.element_size() * 2
         bs = batch_size or int(min(4096, max(64, budget // per_sample)))
         points = int(max(1, min(32, budget // (per_sample * bs))))
-        row = max(1, widest // len(x)) * x.element_size()
-        points = int(max(1, min(points, tuning.choice("eval_working_set") // (row * bs))))
+        if x.device.type == "cpu":  # a GPU wants its points batched: no CPU cache to fit
+            row = max(1, widest // len(x)) * x.element_size()
+            points = int(max(1, min(points, tuning.choice("eval_working_set") // (row * bs))))
         return bs, points
 
     # ------------------------------------------------------------ points
