@@ -106,3 +106,23 @@ def test_commands_run_on_the_device(cli, tmp_path):
         assert rc == 0, f"{argv[0]}: {err}"
     merged = json.loads((tmp_path / "merge-many" / "merge.json").read_text())
     assert merged["normalisation"] == "bn-reset" and merged["merged"]["test"]["acc"] > 0
+
+
+def test_multilabel_evaluation_agrees_with_cpu():
+    from modeconn.task import MULTILABEL
+
+    data = eval_data(DataSpec("synthetic:task=multilabel,n=400,test=200,classes=5,shape=3x8x8"))
+    cfg = model_config("vgglike", (3, 8, 8), 5, width=0.125)
+    model = init_model(cfg, 0)
+    points = list(linear_path(model.state_dict(), init_model(cfg, 1).state_dict())
+                  .points([0.0, 0.5, 1.0]))
+    results = {}
+    for device in ("cpu", ACCEL):
+        d = data.to(device)
+        ev = Evaluator(model.to(device), {"test": (d.test_x, d.test_y)}, bn_data=d.train_x,
+                       task=MULTILABEL)
+        results[device] = ev.evaluate([_to(p, device) for p in points])
+    for got, want in zip(results[ACCEL], results["cpu"], strict=True):
+        for k in ("loss", "map"):
+            assert got["test"][k] == pytest.approx(want["test"][k], rel=1e-3)
+        assert abs(got["test"]["f1"] - want["test"]["f1"]) <= 0.02

@@ -212,6 +212,7 @@ class MultiLabel(Task):
     def per_label(self, probs: Tensor, y: Tensor) -> list[dict[str, float]]:
         from sklearn.metrics import average_precision_score
 
+        probs, y = probs.detach().cpu(), y.detach().cpu()
         p, t = probs > self.threshold, y > 0.5
         out = []
         for j in range(t.shape[-1]):
@@ -255,6 +256,7 @@ def mean_average_precision(probs: Tensor, targets: Tensor) -> float:
     probabilities (N, L) against multi-hot targets (N, L); nan when no label has a positive."""
     from sklearn.metrics import average_precision_score
 
+    targets, probs = targets.detach().cpu(), probs.detach().cpu()  # scikit-learn: NumPy
     t = (targets > 0.5).numpy() if targets.dtype.is_floating_point else targets.bool().numpy()
     keep = t.any(0)
     if not keep.any():
