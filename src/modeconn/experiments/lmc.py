@@ -309,7 +309,8 @@ def _aggregate(cfg: dict, per_seed: list[dict], diverged: int, seeds: int, g: fl
 def summary_table(rows: list[dict]) -> str:
     """The study summary as a fixed-width text table."""
     k = summary_score(rows)
-    head = (f"{'model':<10} {'shift':<26} {'init':<9} {'order':<11} {'bs':>4} {'lr':>6} {'g':>7} "
+    w = max([26] + [len(r["shift"]) for r in rows])  # band shifts are long
+    head = (f"{'model':<10} {'shift':<{w}} {'init':<9} {'order':<11} {'bs':>4} {'lr':>6} {'g':>7} "
             f"{'train barrier':>15} {'test barrier':>15} {f'test Δ{k} %':>13} "
             f"{'LMC ens gain %':>14} {'ind ens gain %':>14} {'ok':>4}")
     lines = [head, "-" * len(head)]
@@ -320,7 +321,7 @@ def summary_table(rows: list[dict]) -> str:
                 return "n/a"
             return f"{m:.3f} (n=1)" if s != s else f"{m:.3f}±{s:.3f}"  # one value: no spread
         lines.append(
-            f"{r['model']:<10} {r['shift']:<26} {r['init']:<9} {r['batch_order']:<11} "
+            f"{r['model']:<10} {r['shift']:<{w}} {r['init']:<9} {r['batch_order']:<11} "
             f"{r['batch_size']:>4} {r['lr']:>6g} {r['noise_scale_g']:>7.2f} "
             f"{pm('train_loss_barrier'):>15} {pm('test_loss_barrier'):>15} "
             f"{pm(f'test_delta_{k}', 100):>13} {pm(f'lmc_ens_gain_{k}', 100):>14} "

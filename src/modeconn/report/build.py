@@ -558,8 +558,9 @@ def _item_of_job(root: Path) -> Item:
             return Item(root.name, "train", "train", {}, root, {"status": "complete"},
                         config.get("options", {}))
     if (root / "study.json").is_file() and artefacts.STATUS.path(root).is_file():
+        study = json.loads((root / "study.json").read_text())  # the job's own record
         return Item(root.name, "lmc", "lmc", {}, root, {"status": "complete"},
-                    json.loads((root / "study.json").read_text()))
+                    {**study, "epochs": study.get("train", {}).get("epochs", "?")})
     raise UsageError(f"{root} is neither a study directory (study.toml) nor a job's output "
                      "(config.json); name what modeconn run or a modeconn command wrote")
 
