@@ -73,16 +73,19 @@ def test_the_engine_gives_the_same_numbers_in_any_chunk_of_points():
     assert runs[0] == runs[1] == runs[2]
 
 
-def test_either_way_of_gathering_trains_bit_identically(monkeypatch):
-    cfg = model_config("mlp", (1, 8, 8), 10, widths=[32])
-    x, y = torch.rand(128, 1, 8, 8), torch.randint(0, 10, (128,))
+@pytest.mark.parametrize("name, opts", [("mlp", {"widths": [32]}), ("resnet8", {"width": 0.25})])
+def test_either_way_of_gathering_trains_bit_identically(monkeypatch, name, opts):
+    # A convolutional model trains channels-last where that is safe: indexing keeps the
+    # inputs' layout, index_select does not, and the steps must still agree.
+    cfg = model_config(name, (3, 8, 8), 10, **opts)
+    x, y = torch.rand(128, 3, 8, 8), torch.randint(0, 10, (128,))
     results = []
     for gather in ("index_select", "index"):
         monkeypatch.setitem(tuning._SESSION, "gather", gather)
         torch.manual_seed(0)
         model = build_model(cfg)
         opt = make_optimizer(model.parameters(), TrainConfig(lr=0.1, momentum=0.9))
-        stepper = Stepper(model, opt, x, y, 16)
+        stepper = Stepper(model, opt, x, y, 16, drop_single=True)
         stepper.driver.run(2, lambda e: epoch_order(128, 128, 0, e), lambda e, b: 0.1,
                            quiet=True)
         results.append(model.state_dict())
