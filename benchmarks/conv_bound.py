@@ -9,7 +9,6 @@ the whole model's forward (and training step) at the same batch.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -17,20 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reference import matmul_peak  # noqa: E402
+from reference import matmul_peak, timed  # noqa: E402
 
 from modeconn.evaluate import flops_per_sample, nhwc, prefers_channels_last  # noqa: E402
 from modeconn.models import build_model, model_config  # noqa: E402
 
 
 def best(fn, repeats: int = 5) -> float:
+    """Best of `repeats` timed runs after one warm-up run."""
     fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
+    return timed(fn, repeats)
 
 
 def conv_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Conv2d, torch.Size]]:

@@ -19,21 +19,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reference import matmul_peak, synthetic_images  # noqa: E402
+from reference import matmul_peak, synthetic_images, timed  # noqa: E402
 
 from modeconn import tuning  # noqa: E402
 from modeconn.evaluate import Evaluator, flops_per_sample  # noqa: E402
 from modeconn.models import build_model, model_config  # noqa: E402
 from modeconn.paths import grid, linear_path  # noqa: E402
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def stages(ev: Evaluator, points: list) -> dict[str, float]:
@@ -112,11 +103,11 @@ def main() -> None:
     parts = {}
     for _ in range(args.repeats):  # interleaved rounds, best of each
         for label, ev in plans.items():
-            totals[label] = min(totals[label], best(lambda ev=ev: ev.evaluate(points), 1))
+            totals[label] = min(totals[label], timed(lambda ev=ev: ev.evaluate(points)))
             p = stages(ev, points)
             if label not in parts or sum(p.values()) < sum(parts[label].values()):
                 parts[label] = p
-    bare = best(lambda: bare_gemms([784, 512, 512, 10], 2 * args.train + args.test, args.points,
+    bare = timed(lambda: bare_gemms([784, 512, 512, 10], 2 * args.train + args.test, args.points,
                                    plans["after"].batch_size), args.repeats)
     for label, total in totals.items():
         print(f"{label}: evaluate {total:.2f} s = {work / total / 1e9:.0f} GFLOP/s "

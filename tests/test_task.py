@@ -98,6 +98,9 @@ class MultiLabel(Task):
         return {"loss": totals["loss"].item() / max(n, 1),
                 "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
 
+    def decisions(self, probs, y):
+        return (probs > 0.5).long().flatten(), (y > 0.5).long().flatten(), 2
+
     def ensemble_scores(self, probs, y, bins=15):
         p, t = probs > 0.5, y > 0.5
         tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())

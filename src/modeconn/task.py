@@ -29,8 +29,8 @@ from torch import Tensor
 
 class Task(ABC):
     """Loss, prediction and metrics of one kind of supervised task: a subclass defines
-    `losses`, `predict`, `probabilities` and `ensemble_scores` (and, for metrics beyond the mean
-    loss, `totals` and `metrics`).
+    `losses`, `predict`, `probabilities`, `decisions` and `ensemble_scores` (and, for metrics
+    beyond the mean loss, `totals` and `metrics`).
 
     Outputs are the model's (B, ...) outputs for a batch of B samples with targets `y`; stacked
     outputs (P, B, ...) are those of P parameter points on the same batch.
@@ -85,10 +85,10 @@ class Task(ABC):
         n = max(n, 1)
         return {k: v.item() / n for k, v in totals.items()}
 
+    @abstractmethod
     def decisions(self, probs: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
         """(predicted, true) discrete decisions as flat integer vectors and the number of
         categories: what prediction agreement and error overlap between models compare."""
-        raise NotImplementedError(f"the {self.name} task defines no discrete decisions")
 
     def per_label(self, probs: Tensor, y: Tensor) -> list[dict[str, float]] | None:
         """Per-label scores of probabilities (N, L) (multi-label: AP, F1); None when the task

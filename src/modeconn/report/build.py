@@ -393,7 +393,8 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
         if polar:  # drawn by the job from its probabilities: embedded as it is (PNG)
             title = f"{name}, {shift}: similarity of the pair, its midpoint and another seed"
             blocks.append(ctx.embed(polar[0], title, "angle: cosine similarity of the "
-                                    "parameters to model a; radius: test accuracy"))
+                                    "parameters to model a; radius: test accuracy (micro-F1 "
+                                    "for a multi-label task)"))
     return blocks
 
 
@@ -495,7 +496,8 @@ def ensemble_section(items: list[Item], ctx: Context) -> list[Block]:
             title = f"ensemble members — {describe(it.labels, varying(items)) or it.id}"
             blocks.append(ctx.embed(it.out / "polar_similarity.png", title,
                                     "angle: cosine similarity of the parameters to the first "
-                                    "member; radius: test accuracy"))
+                                    "member; radius: test accuracy (micro-F1 for a "
+                                    "multi-label task)"))
     return blocks
 
 
