@@ -58,6 +58,22 @@ class Toy(Options):
     quiet: bool = option(False, "quiet", setting=False)
 
 
+def test_every_job_that_trains_from_a_dataset_takes_the_common_options():
+    """Jobs that train networks from a dataset run long and show progress bars; whatever most of
+    them take to say where they run and how they report (--device, --data-dir, --quiet), all
+    take, so one command line's habits work on the others."""
+    def runtime(name):  # options that are not settings of what the job computes
+        return {i.name for i in config_fields(jobs.get(name).config) if not i.meta.setting}
+    trainers = [n for n in jobs.names()
+                if "dataset" in {i.name for i in config_fields(jobs.get(n).config)}]
+    assert {"train", "lmc", "continual"} <= set(trainers)
+    common = {o for o in set().union(*map(runtime, trainers))
+              if 2 * sum(o in runtime(n) for n in trainers) > len(trainers)}
+    assert {"device", "data_dir", "quiet"} <= common
+    for name in trainers:
+        assert common <= runtime(name), (name, common - runtime(name))
+
+
 @pytest.mark.parametrize("kw,message", [
     ({"points": 1}, "'points' of toy must be an integer ≥ 2, got 1"),
     ({"points": "x"}, "'points' of toy must be an integer ≥ 2, got 'x'"),

@@ -17,6 +17,7 @@ from .align import (  # noqa: E402
     ste_mm,
     weight_matching,
 )
+from .align.transport import OTFusion, ot_fusion  # noqa: E402
 from .barrier import barrier, path_summary  # noqa: E402
 from .checkpoint import load_checkpoint, load_model, save_model  # noqa: E402
 from .curves import Curve, fit_curve, load_curve, save_curve  # noqa: E402
@@ -25,18 +26,19 @@ from .evaluate import Evaluator  # noqa: E402
 from .fge import fge_snapshots  # noqa: E402
 from .graph import register_layer  # noqa: E402
 from .landscape import hessian_trace, loss_plane, plane  # noqa: E402
-from .merge import average, bn_reset, repair  # noqa: E402
+from .merge import average, bn_reset, fuse, mpf, repair  # noqa: E402
 from .models import build_model, model_config  # noqa: E402
 from .paths import ParamPath, interpolate, linear_path  # noqa: E402
 from .task import CLASSIFICATION, Classification, Task  # noqa: E402
 from .train import TrainConfig  # noqa: E402
 
 __all__ = [
-    "CLASSIFICATION", "Classification", "Curve", "Evaluator", "ParamPath", "Permutation",
-    "PermutationSpec", "Task", "TrainConfig",
+    "CLASSIFICATION", "Classification", "Curve", "Evaluator", "OTFusion", "ParamPath",
+    "Permutation", "PermutationSpec", "Task", "TrainConfig",
     "__version__", "activation_matching", "auto_spec", "average", "barrier", "bn_reset",
-    "build_model", "ensemble_metrics", "fge_snapshots", "fit_curve", "hessian_trace",
+    "build_model", "ensemble_metrics", "fge_snapshots", "fit_curve", "fuse", "hessian_trace",
     "interpolate", "linear_path", "load_checkpoint", "load_curve", "load_model", "loss_plane",
-    "merge_many", "model_config", "path_summary", "plane", "register_layer", "repair",
-    "save_curve", "save_model", "similarity", "ste_matching", "ste_mm", "weight_matching",
+    "merge_many", "model_config", "mpf", "ot_fusion", "path_summary", "plane", "register_layer",
+    "repair", "save_curve", "save_model", "similarity", "ste_matching", "ste_mm",
+    "weight_matching",
 ]

@@ -13,20 +13,36 @@ bias (shift). A layer without a bias cannot absorb a shift: then only the scale
 ``σ_goal/σ_merged`` is folded and its mean is left as it is. Layers are repaired in forward
 order, each with statistics measured after the earlier corrections. For a model with BatchNorm
 REPAIR reduces to re-estimating the BatchNorm statistics (BN reset), which is what is done.
+
+Fusing two models, by any method, has one signature: `METHODS[name].run(model_a, params_a,
+model_b, params_b, x, y, *, weights, options, task, spec) -> params` (B's architecture), with
+the method's own options dataclass; `fuse(name, ...)` checks the weights and options and calls
+it. The merge job and continual learning both go through it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .align.methods import METHODS as ALIGN_METHODS
+from .align.methods import Method, method_of, options_of
+from .align.spec import PermutationSpec
+from .align.trace import auto_spec
+from .align.transport import COSTS, MARGINALS, SOLVERS, ot_fusion
+from .curves import fit_curve
 from .errors import UsageError
 from .evaluate import Evaluator
 from .graph import producer_layer, read
+from .options import Options, option
 from .params import check_params, has_batchnorm, mean
+from .task import CLASSIFICATION, Task
+from .train import TrainConfig
 
 Params = Mapping[str, Tensor]
 _HINT = "register the layer it cannot follow with modeconn.graph.register_layer"
@@ -160,3 +176,118 @@ def normalise(model: nn.Module, endpoints: Sequence[Params], merged: Params, x: 
     if repair_on:
         return repair(model, endpoints, merged, x, lam), "repair"
     return dict(merged), "none"
+
+
+# --- fusing two models: one signature, one registry ------------------------------------------
+
+MPF_EPOCHS = 20
+
+
+def mpf(model: nn.Module, params_a: Params, params_b: Params, x: Tensor, y: Tensor, *,
+        epochs: int = MPF_EPOCHS, lr: float = 0.05, batch_size: int = 64, seed: int = 0,
+        task: Task = CLASSIFICATION, quiet: bool = True) -> dict[str, Tensor]:
+    """Mode path fusion: the midpoint θ(0.5) of a quadratic Bezier curve between A and B whose
+    middle bend is trained on (x, y) — SGD, the curve schedule (ALGORITHMS.md §6)."""
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule="curve")
+    curve = fit_curve(model, params_a, params_b, x, y, cfg, "bezier", 3, seed=seed,
+                      quiet=quiet, task=task)
+    return curve.path().point(0.5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AverageOptions(Options):
+    job = "avg"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OTOptions(Options):
+    job = "OT fusion"
+    cost: str = option("weights", "ground cost: squared distance of incoming weights, or of "
+                                  "activations on `samples` training examples", choices=COSTS)
+    solver: str = option("emd", "transport plan: exact EMD or Sinkhorn", choices=SOLVERS)
+    reg: float = option(0.01, "Sinkhorn regularisation (relative to the largest cost)", low=0,
+                        low_open=True)
+    marginals: str = option("uniform", "uniform, or importance (L1 of incoming weights)",
+                            choices=MARGINALS)
+    samples: int = option(512, "training examples of the activation cost", low=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MPFOptions(Options):
+    job = "MPF"
+    epochs: int = option(MPF_EPOCHS, "epochs of the curve's training", low=1)
+    lr: float = option(0.05, "peak learning rate of SGD", low=0, low_open=True)
+    batch_size: int = option(64, "batch size", low=1)
+    seed: int = option(0, "bend initialisation and batch order", low=0)
+
+
+def pair_weights(weights: Sequence[float]) -> tuple[float, float]:
+    """Weights of A and B normalised to sum to 1; refused unless two non-negative finite
+    numbers, not both 0."""
+    if (len(weights) != 2 or not all(math.isfinite(w) and w >= 0 for w in weights)
+            or sum(weights) <= 0):
+        raise UsageError(f"fusion weights must be two non-negative numbers, not both 0, got "
+                         f"{list(weights)}")
+    wa, wb = (float(w) for w in weights)
+    return wa / (wa + wb), wb / (wa + wb)
+
+
+def _one_architecture(a: Params, b: Params, method: str) -> None:
+    if {k: tuple(v.shape) for k, v in a.items()} != {k: tuple(v.shape) for k, v in b.items()}:
+        raise UsageError(f"{method} fuses two models of one architecture and A and B differ; "
+                         "fuse models of different widths with ot")
+
+
+def _avg(model_a, a, model_b, b, x, y, *, weights, options, task, spec):
+    _one_architecture(a, b, "avg")
+    return average([a, b], list(weights))
+
+
+def _permuting(name: str):
+    def run(model_a, a, model_b, b, x, y, *, weights, options, task, spec):
+        _one_architecture(a, b, name)
+        spec = auto_spec(model_a, x[:2]) if spec is None else spec
+        perm = ALIGN_METHODS[name].run(model_a, a, b, x, y, spec=spec, options=options,
+                                       task=task)
+        return average([a, perm.apply(b)], list(weights))
+    return run
+
+
+def _ot(model_a, a, model_b, b, x, y, *, weights, options: OTOptions, task, spec):
+    return ot_fusion(model_a, a, model_b, b, x[:2], cost=options.cost, x=x[:options.samples],
+                     solver=options.solver, reg=options.reg, marginals=options.marginals,
+                     weight=weights[1]).params
+
+
+def _mpf(model_a, a, model_b, b, x, y, *, weights, options: MPFOptions, task, spec):
+    _one_architecture(a, b, "mpf")
+    return mpf(model_b, a, b, x, y, epochs=options.epochs, lr=options.lr,
+               batch_size=options.batch_size, seed=options.seed, task=task)
+
+
+# How A and B are fused, by method: one callable each (B's architecture out), its options and
+# the reference it follows.
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("avg", _avg, AverageOptions, "the (weighted) parameter average; ALGORITHMS.md §6"),
+    Method("ot", _ot, OTOptions, "OT fusion, Singh & Jaggi 2020; ALGORITHMS.md §6"),
+    *(Method(name, _permuting(name), ALIGN_METHODS[name].options,
+             f"B aligned to A by {ALIGN_METHODS[name].reference}, then averaged")
+      for name in ("wm", "am", "ste")),
+    Method("mpf", _mpf, MPFOptions, "mode path fusion: the midpoint of a trained Bezier curve "
+                                    "(Garipov et al. 2018); ALGORITHMS.md §6"),
+)}
+
+
+def fuse(method: str, model_a: nn.Module, params_a: Params, model_b: nn.Module,
+         params_b: Params, x: Tensor, y: Tensor, *, weights: Sequence[float] = (0.5, 0.5),
+         options: Options | None = None, task: Task = CLASSIFICATION,
+         spec: PermutationSpec | None = None) -> dict[str, Tensor]:
+    """A and B fused into one parameter dict of B's architecture by `method` (a key of
+    METHODS) with its options (default: the method's defaults), trained or matched on (x, y).
+
+    `weights` of A and B are normalised; `spec` is the permutation spec of the permuting
+    methods (wm, am, ste; None: traced from `model_a`). No BN reset or REPAIR is applied: see
+    `normalise`."""
+    m = method_of(method, METHODS, "fusion")
+    return m.run(model_a, params_a, model_b, params_b, x, y, weights=pair_weights(weights),
+                 options=options_of(m, options), task=task, spec=spec)

@@ -13,10 +13,11 @@ from .matching import (
     ste_mm,
     weight_matching,
 )
+from .methods import METHODS, find_permutation
 from .spec import Permutation, PermutationSpec, check_spec
 from .trace import auto_spec
 
-__all__ = ["Merged", "Permutation", "PermutationSpec", "WarmLAP", "WeightMatcher",
+__all__ = ["METHODS", "Merged", "Permutation", "PermutationSpec", "WarmLAP", "WeightMatcher",
            "activation_matching", "auto_spec", "batch_statistics", "certify", "check_spec",
-           "linear_assignment", "mean_params", "merge_many", "ste_epochs", "ste_matching",
-           "ste_mm", "weight_matching"]
+           "find_permutation", "linear_assignment", "mean_params", "merge_many", "ste_epochs",
+           "ste_matching", "ste_mm", "weight_matching"]

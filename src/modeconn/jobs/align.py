@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artefacts
-from ..align import (
-    Permutation,
-    PermutationSpec,
-    activation_matching,
-    auto_spec,
-    check_spec,
-    ste_matching,
-    weight_matching,
-)
+from ..align import METHODS, Permutation, PermutationSpec, auto_spec, check_spec, find_permutation
+from ..align.methods import Method
 from ..checkpoint import Checkpoint, save_checkpoint
 from ..data import Prepared
 from ..errors import UsageError
 from ..io import write_text
-from ..options import option
+from ..options import Options, config_fields, option
 from ..paths import interpolate
 from ..report import figures
 from ._inputs import Combine, Models, load_models, output_dir, record, split_tensors
@@ -118,7 +110,7 @@ class AlignConfig(Alignment, JobConfig):
     a: str = option(help="model checkpoint to align to", positional=True)
     b: str = option(help="model checkpoint to permute", positional=True)
     method: str = option("wm", "weight matching, activation matching or straight-through "
-                               "estimator", choices=("wm", "am", "ste"))  # ALIGNERS
+                               "estimator", choices=tuple(METHODS))
     points: int = option(25, "points on the linear paths", low=2)
     epochs: int | None = ste_epochs_option("STE")
     lr: float = ste_lr_option("STE")
@@ -156,22 +148,10 @@ class AlignResult(Result):
                 f"{self.method})"] + super().lines()
 
 
-def _ste(models: Models, data: Prepared, spec: PermutationSpec, config: AlignConfig
-         ) -> Permutation:
-    model, (pa, pb) = models.module, models.params
-    model.load_state_dict(pa)
-    return ste_matching(model, pb, data.train_x, data.train_y, spec, epochs=config.epochs,
-                        lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                        warm=config.warm, loss_fn=data.task.loss)
-
-
-# How B is aligned to A, by method: (models, data, spec, config) -> Permutation of B's units.
-ALIGNERS: dict[str, Callable[..., Permutation]] = {
-    "wm": lambda m, data, spec, c: weight_matching(*m.params, spec=spec, seed=c.seed),
-    "am": lambda m, data, spec, c: activation_matching(*m.params, data.train_x, spec,
-                                                       model=m.module, batch_size=c.batch_size),
-    "ste": _ste,
-}
+def options_for(method: Method, config: JobConfig) -> Options:
+    """A method's options from the job's options of the same names."""
+    return method.options(**{i.name: getattr(config, i.name)
+                             for i in config_fields(method.options)})
 
 
 @register("align", AlignConfig, "align B to A by permutation and compare the barriers",
@@ -182,7 +162,9 @@ def run_align(config: AlignConfig, out: Path) -> AlignResult:
     models, data, spec = align_setup([config.a, config.b], config)
     out = output_dir(out, config.overwrite)
     model, (a, b), (pa, pb) = models.module, models.checkpoints, models.params
-    perm = ALIGNERS[config.method](models, data, spec, config)
+    perm = find_permutation(config.method, model, pa, pb, data.train_x, data.train_y,
+                            spec=spec, options=options_for(METHODS[config.method], config),
+                            task=data.task)
     aligned = perm.apply(pb)
     splits = split_tensors(data)
     paths, summaries = {}, {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -15,12 +14,13 @@ from ..data import DataSpec, prepare, require_classification
 from ..errors import UsageError
 from ..evaluate import Evaluator
 from ..io import write_csv, write_json
-from ..options import option
+from ..merge import METHODS, fuse
+from ..options import Options, config_fields, option
 from ..report import figures
 from ..train import TrainConfig, finetune, init_model, resolve_device
-from ._inputs import ModelOptions, Runtime, output_dir, record
+from ..utils import progress
+from ._inputs import ModelOptions, Runtime, output_dir, quiet_option, record
 from ._registry import JobConfig, Output, Record, Result, register
-from .fuse import FUSERS, Inputs, MergeConfig
 
 BASELINES = ("sequential", "joint")
 
@@ -55,13 +55,24 @@ class ContinualConfig(Runtime, ModelOptions, JobConfig):
                                    "0-4|5-9), or pairs (five 2-class tasks)")
     methods: tuple[str, ...] = option(("avg", "ot", "wm", "mpf"), "fusion methods merging each "
                                       "step's model with the running one", nonempty=True,
-                                      choices=tuple(FUSERS))
+                                      choices=tuple(METHODS))
     start: str = option("previous", "each step's model starts from the running model or from "
                                     "scratch", choices=("previous", "scratch"))
     epochs: int = option(5, "epochs per task (also MPF's curve epochs)", low=1)
     batch_size: int = option(64, "batch size", low=1)
     lr: float = option(0.05, "SGD learning rate", low=0, low_open=True)
     seed: int = option(0, "initialisation and batch order", low=0)
+    quiet: bool = quiet_option()
+
+    def method_options(self, method: str) -> Options:
+        """A fusion method's options in this protocol: the seed, and the epochs of the methods
+        that train (STE, MPF); MPF's curve also trains with each task's learning rate and batch
+        size. The rest are the method's defaults."""
+        given = {"seed": self.seed, "epochs": self.epochs}
+        if method == "mpf":
+            given.update(lr=self.lr, batch_size=self.batch_size)
+        cls = METHODS[method].options
+        return cls(**{i.name: given[i.name] for i in config_fields(cls) if i.name in given})
 
 
 @dataclass
@@ -109,32 +120,31 @@ def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
     init = {k: v.detach().clone() for k, v in module.state_dict().items()}
     running = {m: init for m in (*config.methods, *BASELINES)}
     rows: list[dict] = []
+    bar = progress(total=len(train) * len(running), desc="continual", quiet=config.quiet)
     for step, (x, y) in enumerate(train, 1):
         seen = {k: v for k, v in list(test.items())[:step]}
-        for method in running:
+
+        def learn(method: str) -> dict[str, torch.Tensor]:
+            """The method's running model after this step's task."""
             if method == "joint":  # trained on every task seen so far, from the start
                 jx = torch.cat([t[0] for t in train[:step]])
                 jy = torch.cat([t[1] for t in train[:step]])
-                running[method], _ = finetune(module, init, jx, jy, cfg, config.seed)
-                continue
+                return finetune(module, init, jx, jy, cfg, config.seed)[0]
             begin = running[method] if config.start == "previous" else init
             new, _ = finetune(module, begin, x, y, cfg, config.seed + step)
             if method == "sequential" or step == 1:
-                running[method] = new
-                continue
-            merge = MergeConfig(a="a", b="b", method=method, epochs=config.epochs,
-                                curve_lr=config.lr, curve_batch_size=config.batch_size,
-                                seed=config.seed)
-            pair = SimpleNamespace(module=module, params=[running[method]], device=device,
-                                   checkpoints=[])
-            newer = SimpleNamespace(module=module, params=[new], device=device, checkpoints=[])
-            spec = traced if method in ("wm", "am", "ste") else None
-            running[method] = FUSERS[method](Inputs(pair, newer, SimpleNamespace(
-                train_x=x, train_y=y), spec, merge))
+                return new
+            return fuse(method, module, running[method], module, new, x, y,
+                        options=config.method_options(method), task=data.task, spec=traced)
+
+        for method in running:
+            running[method] = learn(method)
+            bar.update()
         for method, params in running.items():
             res = evaluator.evaluate([params])[0]
             rows += [{"method": method, "step": step, "task": k, "acc": res[k]["acc"]}
                      for k in seen]
+    bar.close()
     summary = []
     last = len(tasks)
     for method in running:

@@ -3,27 +3,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artefacts
-from ..align.transport import COSTS, MARGINALS, SOLVERS, ot_fusion
+from ..align.transport import COSTS, MARGINALS, SOLVERS
 from ..checkpoint import save_checkpoint
-from ..curves import fit_curve
 from ..evaluate import Evaluator
-from ..merge import average, normalise
+from ..merge import METHODS, MPF_EPOCHS, fuse, normalise, pair_weights
 from ..models import has_batchnorm
-from ..options import option
+from ..options import Options, option
 from ..task import score_of
 from ..train import TrainConfig, finetune
 from ._inputs import Models, load_models, output_dir, record, split_tensors
 from ._registry import JobConfig, Output, Record, Result, loss_and_score, register, split_metrics
 from .align import (
-    ALIGNERS,
     Alignment,
     align_setup,
     model_meta,
+    options_for,
     ste_batch_size_option,
     ste_epochs_option,
     ste_lr_option,
@@ -40,7 +38,7 @@ class MergeConfig(Alignment, JobConfig):
     method: str = option("avg", "avg: the parameter average; ot: optimal-transport fusion; wm, "
                                 "am, ste: B aligned to A by permutation, then averaged; mpf: the "
                                 "midpoint of a quadratic Bezier curve fitted between them",
-                         choices=("avg", "ot", "wm", "am", "ste", "mpf"))
+                         choices=tuple(METHODS))
     weights: tuple[float, ...] = option((0.5, 0.5), "weights of A and B, comma-separated "
                                                      "(normalised)", low=0, finite=True,
                                         nonempty=True)
@@ -108,65 +106,19 @@ class MergeResult(Result):
         return out
 
 
-@dataclass
-class Inputs:
-    """What every fusion method may read: A and B, the data, the spec, the config."""
-
-    a: Models
-    b: Models
-    data: object
-    spec: object
-    config: MergeConfig
-
-    @property
-    def w(self) -> tuple[float, float]:
-        wa, wb = self.config.weights
-        return wa / (wa + wb), wb / (wa + wb)
-
-
-def _avg(i: Inputs) -> dict:
-    return average([i.a.params[0], i.b.params[0]], list(i.w))
-
-
-def _aligned(method: str) -> Callable[[Inputs], dict]:
-    def fuse(i: Inputs) -> dict:
-        pair = Models(i.a.module, i.a.checkpoints + i.b.checkpoints,
-                      [i.a.params[0], i.b.params[0]], i.a.device)
-        perm = ALIGNERS[method](pair, i.data, i.spec, i.config)
-        return average([i.a.params[0], perm.apply(i.b.params[0])], list(i.w))
-    return fuse
-
-
-def _ot(i: Inputs) -> dict:
-    c = i.config
-    x = i.data.train_x
-    return ot_fusion(i.a.module, i.a.params[0], i.b.module, i.b.params[0], x[:2], cost=c.cost,
-                     x=x[:c.samples], solver=c.solver, reg=c.reg, marginals=c.marginals,
-                     weight=i.w[1]).params
-
-
-MPF_EPOCHS = 20
-
-
-def _mpf(i: Inputs) -> dict:
-    c = i.config
-    curve = fit_curve(i.b.module, i.a.params[0], i.b.params[0], i.data.train_x, i.data.train_y,
-                      c.sgd(c.epochs or MPF_EPOCHS), "bezier", 3, seed=c.seed,
-                      task=i.data.task)
-    return curve.path().point(0.5)
+def method_options(config: MergeConfig) -> Options:
+    """The options of the config's fusion method, from the job's options."""
+    method = METHODS[config.method]
+    if config.method == "mpf":  # the curve trains with the --curve-* options
+        return method.options(epochs=config.epochs or MPF_EPOCHS, lr=config.curve_lr,
+                              batch_size=config.curve_batch_size, seed=config.seed)
+    return options_for(method, config)
 
 
 def gradient_steps(n: int, cfg: TrainConfig, batchnorm: bool) -> int:
     """Steps of `cfg.epochs` epochs over n examples (a last batch of one is skipped with BN)."""
     per_epoch = n // cfg.batch_size + (1 if n % cfg.batch_size > (1 if batchnorm else 0) else 0)
     return cfg.epochs * per_epoch
-
-
-# How A and B are fused, by method: Inputs -> the fused parameter dict (B's architecture).
-FUSERS: dict[str, Callable[[Inputs], dict]] = {
-    "avg": _avg, "wm": _aligned("wm"), "am": _aligned("am"), "ste": _aligned("ste"),
-    "ot": _ot, "mpf": _mpf,
-}
 
 
 @register("merge", MergeConfig, "fuse two models: AVG, OT fusion, WM/AM/STE merges or MPF",
@@ -183,8 +135,10 @@ def run_merge(config: MergeConfig, out: Path) -> MergeResult:
         a = Models(both.module, both.checkpoints[:1], both.params[:1], both.device)
         b = Models(both.module, both.checkpoints[1:], both.params[1:], both.device)
     out = output_dir(out, config.overwrite)
-    inputs = Inputs(a, b, data, spec, config)
-    fused = FUSERS[config.method](inputs)
+    weights = pair_weights(config.weights)
+    fused = fuse(config.method, a.module, a.params[0], b.module, b.params[0], data.train_x,
+                 data.train_y, weights=weights, options=method_options(config), task=data.task,
+                 spec=spec)
     x = data.train_x
     ends = [a.params[0], b.params[0]] if config.method != "ot" else [b.params[0], b.params[0]]
     fused, how = normalise(b.module, ends, fused, x, config.repair)
@@ -201,7 +155,7 @@ def run_merge(config: MergeConfig, out: Path) -> MergeResult:
         how = f"fine-tuned {config.finetune_epochs} epochs, then {how}"
         budget = {"epochs": config.finetune_epochs, "gradient_steps": steps}
     own = {"own_a": a.data("own", config.data_dir), "own_b": b.data("own", config.data_dir)}
-    report: dict = {"method": config.method, "weights": list(inputs.w), "normalisation": how,
+    report: dict = {"method": config.method, "weights": list(weights), "normalisation": how,
                     "a": str(a.checkpoints[0].path), "b": str(b.checkpoints[0].path),
                     "training": budget}
     for name, models, params in (("fused", b, fused), ("a", a, a.params[0]),
@@ -219,6 +173,6 @@ def run_merge(config: MergeConfig, out: Path) -> MergeResult:
                     **model_meta(b.checkpoints[0], kind="model",
                                  merge={"method": config.method, "models": [report["a"],
                                                                             report["b"]],
-                                        "weights": list(inputs.w), "normalisation": how}))
+                                        "weights": list(weights), "normalisation": how}))
     artefacts.Document("merge.json").write(out, report)
     return MergeResult(out, report)
