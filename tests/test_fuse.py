@@ -7,8 +7,13 @@ import json
 import pytest
 import torch
 
+import modeconn
 from modeconn import jobs
-from modeconn.checkpoint import load_checkpoint
+from modeconn.align.transport import ot_fusion
+from modeconn.checkpoint import load_checkpoint, load_model, params_of
+from modeconn.data import DataSpec, eval_data
+from modeconn.errors import UsageError
+from modeconn.merge import METHODS
 
 pytest.importorskip("ot")
 
@@ -90,3 +95,47 @@ def test_the_fine_tuning_baseline_gets_exactly_mpfs_gradient_steps(pairs, tmp_pa
     plain = jobs.run("merge", a=pairs["a"], b=pairs["b"], method="avg", out=tmp_path / "q")
     assert ft.report["fused"]["train"]["loss"] < plain.report["fused"]["train"]["loss"]
     assert "fine-tuned 2 epochs" in ft.report["normalisation"]
+
+
+def _library_inputs(pairs, b="b"):
+    (ma, ca), (mb, cb) = load_model(pairs["a"]), load_model(pairs[b])
+    data = eval_data(DataSpec.from_dict(cb.meta["data"]), "full")
+    return ma, params_of(ca), mb, params_of(cb), data
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_the_library_fuses_bit_identically_to_the_merge_job(pairs, tmp_path, method):
+    trains = {"epochs": 1} if method in ("ste", "mpf") else {}
+    jobs.run("merge", a=pairs["a"], b=pairs["b"], method=method, weights=[0.4, 0.6],
+             out=tmp_path / "m", **trains)
+    ma, pa, mb, pb, data = _library_inputs(pairs)
+    fused = modeconn.fuse(method, ma, pa, mb, pb, data.train_x, data.train_y, weights=(0.4, 0.6),
+                          options=METHODS[method].options(**trains), task=data.task)
+    merged = load_checkpoint(tmp_path / "m" / "merged.safetensors").tensors  # no BN: as fused
+    assert set(merged) == set(fused)
+    for k, v in fused.items():
+        assert torch.equal(merged[k], v), k
+    if method == "mpf":  # the registry's MPF is the library's
+        again = modeconn.mpf(mb, pa, pb, data.train_x, data.train_y, epochs=1, task=data.task)
+        assert all(torch.equal(again[k], v) for k, v in fused.items())
+    if method == "ot":
+        assert modeconn.ot_fusion is ot_fusion
+
+
+def test_library_fusion_refuses_in_one_line(pairs):
+    ma, pa, mb, pb, data = _library_inputs(pairs)
+    x, y = data.train_x, data.train_y
+    with pytest.raises(UsageError, match="unknown fusion method 'nope'; choose one of avg, ot, "
+                                         "wm, am, ste, mpf"):
+        modeconn.fuse("nope", ma, pa, mb, pb, x, y)
+    with pytest.raises(UsageError, match=r"fusion weights must be two non-negative numbers, not "
+                                         r"both 0, got \[0.0, 0.0\]"):
+        modeconn.fuse("avg", ma, pa, mb, pb, x, y, weights=(0.0, 0.0))
+    mn, pn = load_model(pairs["narrow"])[0], params_of(load_model(pairs["narrow"])[1])
+    with pytest.raises(UsageError, match="wm fuses two models of one architecture and A and B "
+                                         "differ; fuse models of different widths with ot"):
+        modeconn.fuse("wm", ma, pa, mn, pn, x, y)
+    with pytest.raises(TypeError, match="mpf takes MPFOptions, got OTOptions"):
+        modeconn.fuse("mpf", ma, pa, mb, pb, x, y, options=METHODS["ot"].options())
+    with pytest.raises(UsageError, match="'epochs' of MPF must be an integer ≥ 1, got 0"):
+        METHODS["mpf"].options(epochs=0)
