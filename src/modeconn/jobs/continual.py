@@ -58,7 +58,7 @@ class ContinualConfig(Runtime, ModelOptions, JobConfig):
                                       choices=tuple(METHODS))
     start: str = option("previous", "each step's model starts from the running model or from "
                                     "scratch", choices=("previous", "scratch"))
-    epochs: int = option(5, "epochs per task (also MPF's curve epochs)", low=1)
+    epochs: int = option(5, "epochs per task (also of STE and of MPF's curve)", low=1)
     batch_size: int = option(64, "batch size", low=1)
     lr: float = option(0.05, "SGD learning rate", low=0, low_open=True)
     seed: int = option(0, "initialisation and batch order", low=0)
