@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import matplotlib
 import pytest
 import torch
 
@@ -144,3 +145,108 @@ def test_polar_range_is_the_smallest_that_holds_every_model(angles, top):
     fig = figures.polar_similarity_figure([f"m{i}" for i in range(len(sims))], sims,
                                           [0.9] * len(sims))
     assert fig.axes[0].get_thetamax() == pytest.approx(top)  # degrees
+
+
+def _vlines(ax) -> list[float]:
+    """The x of each vertical line drawn across `ax` (axvline)."""
+    return [float(ln.get_xdata()[0]) for ln in ax.get_lines()
+            if len(ln.get_xdata()) == 2 and ln.get_xdata()[0] == ln.get_xdata()[1]]
+
+
+def _path_rows(peak: float) -> list[dict]:
+    return [{"t": t, "split": s, "loss": 0.1 + peak * t * (1 - t), "acc": 0.9}
+            for s in ("train", "test") for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+
+
+def test_path_figure_marks_lambda_star_only_inside_the_path():
+    """A λ* of 0, 1 or NaN (no barrier) draws no line and no legend entry; 0.5 draws both."""
+    curves = {"flat": _path_rows(0.0), "none": _path_rows(0.0), "bump": _path_rows(1.0)}
+    fig = path_figure(curves, marks={"flat": 0.0, "none": math.nan, "bump": 0.5})
+    for ax in fig.axes:
+        assert _vlines(ax) == [0.5]
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert legend.count("λ* (test loss barrier)") == 1
+    fig = path_figure({"flat": _path_rows(0.0)}, marks={"flat": 0.0})
+    assert not any(_vlines(ax) for ax in fig.axes)
+    assert "λ* (test loss barrier)" not in [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+
+
+@pytest.mark.parametrize("pairs, lam", [
+    ([(0.0, 0.0), (0.0, 0.0)], None),        # no seed's loss rises above the line: no λ*
+    ([(0.0, 0.0), (0.2, 0.5), (0.4, 0.7)], 0.6),  # the mean over the seeds with a barrier
+    ([(0.1, 1.0)], None),                    # a height at an end is not a barrier's λ*
+])
+def test_lambda_star_is_the_mean_over_the_seeds_with_a_barrier(pairs, lam):
+    from modeconn.report.build import mean_lambda
+
+    got = mean_lambda(pairs)
+    assert math.isnan(got) if lam is None else got == pytest.approx(lam)
+
+
+def test_a_path_without_a_barrier_has_its_lambda_at_an_end():
+    """The rule above matches modeconn.barrier: a convex path has height 0 at λ* = 0."""
+    from modeconn.barrier import path_summary
+    from modeconn.report.build import barrier_lambda
+
+    ts = [0.0, 0.25, 0.5, 0.75, 1.0]
+    flat = path_summary(ts, [0.3, 0.2, 0.15, 0.2, 0.3], [0.9] * 5)
+    assert not flat["interior"]
+    assert barrier_lambda(flat["loss"]["linear"]["barrier"], flat["lambda_star"]) is None
+    bump = path_summary(ts, [0.1, 0.3, 0.6, 0.3, 0.1], [0.9] * 5)
+    assert bump["interior"]
+    assert barrier_lambda(bump["loss"]["linear"]["barrier"], bump["lambda_star"]) == 0.5
+
+
+def test_heatmap_cells_show_the_mean_and_the_std():
+    import numpy as np
+
+    v = np.array([[0.12, math.nan], [0.5, 0.0]])
+    sd = np.array([[0.03, math.nan], [math.nan, 0.0]])
+    notes = np.array([["g=1.08", "diverged"], ["", ""]], dtype=object)
+    fig = figures.heatmap_figure(v, [0.05, 0.02], [32, 64], "t", "barrier", "lr", "bs", notes,
+                                 errors=sd)
+    cells = [t for t in fig.axes[0].texts]
+    assert [t.get_text() for t in cells] == ["0.12\n±0.03\ng=1.08", "—\ndiverged", "0.5", "0\n±0"]
+    missing = cells[1]  # on the white of a masked cell: written in black, not white
+    assert matplotlib.colors.to_hex(missing.get_color()) == "#000000"
+
+
+def test_polar_points_on_top_of_each_other_share_one_label():
+    fig = figures.polar_similarity_figure(["a", "b", "c"], [1.0, 1.0, 0.9], [0.95, 0.95, 0.9])
+    (ax,) = fig.axes
+    labels = [t for t in ax.texts if not t.get_text().startswith("radius")]
+    assert sorted(t.get_text() for t in labels) == ["a, b", "c"]
+    assert len({tuple(t.xy) for t in labels}) == len(labels)  # no two labels on one spot
+    sizes = [float(c.get_sizes()[0]) for c in ax.collections]
+    assert sizes[0] > sizes[1]  # the first marker rings the one drawn on top of it
+    legend = [t.get_text().split(":")[0] for t in ax.get_legend().get_texts()]
+    assert legend == ["a", "b", "c"]
+
+
+def test_lmc_polar_title_is_words_not_the_run_id(tmp_path, saved):
+    study = LMCStudy(dataset="digits", model="mlp", model_options={"width": 16, "depth": 1},
+                     shift="iid:50,50", inits=("same",), batch_orders=("same",),
+                     batch_sizes=(32,), lrs=(0.05,), seeds=(0, 1), points=3, ensemble_size=2,
+                     train=TrainConfig(epochs=1, batch_size=32, lr=0.05))
+    run_study(study, tmp_path / "s", torch.device("cpu"), quiet=True)
+    (name,) = [n for n in saved if n.startswith("polar_")]
+    title = saved[name].axes[0].get_title()
+    assert title.split("\n")[0] == ("mlp, iid:50,50: init same, batch order same, batch size 32, "
+                                    "lr 0.05 (seed 0)")
+    assert name.removeprefix("polar_").removesuffix(".png") not in title
+
+
+def test_the_merge_matrix_says_plain_averaging_aligned_nothing(run, tmp_path, monkeypatch):
+    from modeconn.report import build
+
+    a, b = run / "a" / "model.safetensors", run / "b" / "model.safetensors"
+    out = tmp_path / "m"
+    jobs.run("merge-many", models=[str(a), str(b)], method="avg", hessian_probes=0, points=3,
+             device="cpu", out=out)
+    drawn = []
+    monkeypatch.setattr(build.figures, "matrix_figure",
+                        lambda names, values, title, label: drawn.append(title)
+                        or figures.message_figure(title))
+    build.build(out)
+    (title,) = drawn
+    assert "plain averaging (avg) aligns nothing" in title and "after align" not in title

@@ -37,3 +37,33 @@ def test_readme_jobs_example_runs(tmp_path, monkeypatch, capsys):
     assert "'barrier'" in printed and "test loss barrier" in printed
     assert len(namespace["rows"]) == 5 * 2 and namespace["config"].method == "wm"
     assert namespace["al"].permutation is not None
+
+
+NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+JOBS = re.compile(r"\b(\d+|" + "|".join(NUMBER_WORDS) + r") jobs\b", re.I)
+
+
+def stated_jobs(text: str) -> list[int]:
+    return [int(n) if n.isdigit() else NUMBER_WORDS[n.lower()] for n in JOBS.findall(text)]
+
+
+def test_each_example_states_the_job_count_it_expands_to():
+    """A job count in an example's comments, or beside its name in the README, is what the
+    study expands to."""
+    from modeconn.studies.spec import load
+
+    examples = README.parent / "examples"
+    counts = {p.name: len(load(p).jobs) for p in sorted(examples.glob("*.toml"))}
+    checked = 0
+    for name, n in counts.items():
+        comments = "\n".join(line.split("#", 1)[1] for line in
+                             (examples / name).read_text().splitlines() if "#" in line)
+        for stated in stated_jobs(comments):
+            assert stated == n, f"examples/{name} says {stated} jobs; it expands to {n}"
+            checked += 1
+    for name, aside in re.findall(r"`([\w-]+\.toml)` \(([^()]*)\)", README.read_text()):
+        for stated in stated_jobs(aside) if name in counts else []:
+            assert stated == counts[name], f"README says {name} makes {stated} jobs, not {counts[name]}"
+            checked += 1
+    assert checked >= 3  # lmc.toml twice (its comment, the README) and demo.toml's "ten jobs"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
@@ -84,6 +86,37 @@ def test_bad_sources_are_refused(tmp_path, cli):
     assert rc == 2 and "must end in .html" in err
 
 
+def test_figures_mark_lambda_star_only_where_a_barrier_is_and_cells_show_the_std(study,
+                                                                                monkeypatch):
+    """λ* lines: one per configuration that has a test loss barrier in some seed, at the mean
+    λ* of those seeds (none at λ = 0 for a path without one); heatmap cells: mean and ± std."""
+    from modeconn.report import figures
+
+    drawn, render = [], figures.render
+    monkeypatch.setattr(figures, "render", lambda fig, fmt="png": drawn.append(fig)
+                        or render(fig, fmt))
+    build(study)
+    seeds: dict[str, list[float]] = {}
+    for job in study.glob("jobs/interpolate-*"):
+        labels = json.loads((job / "job.json").read_text())["labels"]
+        test = json.loads((job / "out" / "barrier.json").read_text())["test"]
+        key = json.dumps({k: v for k, v in labels.items() if not k.endswith("seed")},
+                         sort_keys=True)
+        height, lam = test["loss"]["linear"]["barrier"], test["lambda_star"]
+        seeds.setdefault(key, []).extend([lam] if height > 0 and 0 < lam < 1 else [])
+    expected = sorted(sum(v) / len(v) for v in seeds.values() if v)
+    paths = [f for f in drawn if f._suptitle and "linear interpolation" in f._suptitle.get_text()]
+    assert paths
+    lines = sorted(float(ln.get_xdata()[0]) for f in paths for ln in f.axes[0].get_lines()
+                   if len(set(ln.get_xdata())) == 1)
+    assert lines == pytest.approx(expected)
+    assert all(0 < x < 1 for x in lines)
+    heatmaps = [f for f in drawn if f.axes[0].get_title().startswith("test loss barrier over")]
+    assert heatmaps and all("mean ± std over 2 seeds" in f.axes[0].get_title() for f in heatmaps)
+    cells = [t.get_text().split("\n") for f in heatmaps for t in f.axes[0].texts]
+    assert cells and all(c[1].startswith("±") for c in cells if c[0] != "—"), cells
+
+
 def browser() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -136,3 +169,49 @@ def test_the_report_opens_cleanly_in_chromium(study, tmp_path):
     assert any(f"{acc:.3g} ± " in " ".join(row) for row in table[1:])  # as the page shows it
     assert sorted_col == sorted(sorted_col)
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def _lmc_like_rows(n: int) -> list[list]:
+    """Rows as wide as the demo's lmc table (its longest labels and numbers)."""
+    return [["mlp3-bn", "label-skew:0-4=80,5-9=20", "different", "independent", 128, 0.2, 0.9281,
+             (0.00339, 0.0059, 3), (0.0782, 0.023, 3), (-15.7, 15.1, 3), (0.0926, 0.16, 3),
+             (-0.0926, math.nan, 1), 3, 0] for _ in range(n)]
+
+
+def test_wide_tables_stay_inside_the_page_in_chromium(tmp_path):
+    """At 1400 px the demo's 14-column lmc table fits the page; a table wider still scrolls in
+    its own box, no taller than the window, so its horizontal scroll bar is in view."""
+    from modeconn.report.build import Section, Table, render_page
+
+    exe = browser()
+    if not exe:
+        if os.environ.get("MODECONN_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is not installed (scripts/browser.sh installs it)")
+        pytest.skip("Chromium is not installed (scripts/browser.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    lmc = Table("barriers and ensembles per configuration", [
+        "model", "shift", "init", "order", "bs", "lr", "g", "train barrier", "test barrier",
+        "test Δacc", "LMC ens. gain", "ind. ens. gain", "ok", "diverged"], _lmc_like_rows(50))
+    wide = Table("wide", [f"metric number {i}" for i in range(30)],
+                 [[(0.123, 0.045, 3)] * 30 for _ in range(60)])
+    head = {"name": "wide", "description": "", "config": "", "config_name": "study.toml",
+            "as_of": "unknown"}
+    page = tmp_path / "wide.html"
+    page.write_text(render_page(head, [Section("mlp", "lmc", 8, {"complete": 8}, [lmc, wide])],
+                                [], "png"))
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        tab = b.new_page(viewport={"width": 1400, "height": 900})
+        tab.goto(page.as_uri())
+        boxes = tab.evaluate("""Array.from(document.querySelectorAll('div.scroll')).map(d => ({
+            table: d.querySelector('table').getBoundingClientRect().width,
+            inner: d.clientWidth, scroll: d.scrollWidth, height: d.getBoundingClientRect().height,
+            window: [window.innerWidth, window.innerHeight],
+            page: document.documentElement.scrollWidth}))""")
+        tab.screenshot(path=str(tmp_path / "wide.png"))
+        b.close()
+    first, second = boxes
+    assert first["page"] <= first["window"][0]  # the page itself never scrolls sideways
+    assert first["table"] <= first["inner"], first  # the lmc table: every column in view
+    assert second["scroll"] > second["inner"] and second["height"] <= second["window"][1], second

@@ -272,9 +272,15 @@ def _similarity(cfg: dict, finals: dict, ok: list[int], evaluator: Evaluator, y:
     ref = [r for r in rows if r["a"] == "a"]
     fig = figures.polar_similarity_figure(["a"] + [r["b"] for r in ref],
                                           [1.0] + [r["weight_cosine"] for r in ref],
-                                          member_scores(probs, y, task), title=cfg["id"],
+                                          member_scores(probs, y, task), title=_title(cfg, ok[0]),
                                           rlabel=f"test {figures.SCORE_LABEL[task.score]}")
     figures.save(fig, out / "figures" / f"polar_{cfg['id']}.png")
+
+
+def _title(cfg: dict, seed: int) -> str:
+    """A configuration in words for a figure's title (its id is for file names)."""
+    return (f"{cfg['model']}, {cfg['shift']}: init {cfg['init']}, batch order "
+            f"{cfg['batch_order']}, batch size {cfg['batch_size']}, lr {cfg['lr']:g} (seed {seed})")
 
 
 def _ms(values: list[float]) -> tuple[float, float]:

@@ -164,6 +164,31 @@ def _mean(xs: list[float]) -> float:
     return statistics.fmean(xs) if xs else math.nan
 
 
+def _std(xs: list[float]) -> float:
+    """The sample std; NaN (not measured, not 0) for fewer than two values."""
+    return statistics.stdev(xs) if len(xs) > 1 else math.nan
+
+
+def barrier_lambda(barrier: float, lam: float) -> float | None:
+    """λ* of a path's linear-definition loss barrier, where a barrier exists, else None.
+
+    A barrier exists where the loss rises above the straight line between its ends somewhere
+    inside the path: a positive height reached at 0 < λ* < 1 (modeconn.barrier: the excess is 0
+    at both ends, so a path whose loss never rises above the line has height 0 at λ* = 0 — its
+    `interior` is False and its Δ is 0). Such a path has no λ* to mark."""
+    return lam if barrier > 0 and 0 < lam < 1 else None
+
+
+def mean_lambda(pairs: list[tuple[float, float]]) -> float:
+    """The mean λ* over the seeds whose (barrier, λ*) has a barrier; NaN (nothing drawn) when
+    none has."""
+    return _mean([lam for b, lam in pairs if barrier_lambda(b, lam) is not None])
+
+
+LAMBDA_CAPTION = ("dotted: λ* of the test loss barrier, the mean over the seeds that have one "
+                  "(a positive barrier reached inside the path); no line where none has")
+
+
 def held(study_fixed: str, key: dict[str, Any], seeds: int) -> str:
     """A title's statement of what was held fixed."""
     parts = [describe(key, list(key))] if key else []
@@ -244,11 +269,11 @@ def interpolate_section(items: list[Item], ctx: Context) -> list[Block]:
         for name, its in series.items():
             curves[name] = mean_rows([_paths(i) for i in its], ("t", "split"))
             bars = [artefacts.BARRIER.read(i.out) for i in its]
-            lams = [b["test"]["lambda_star"] for b in bars if "test" in b]
-            marks[name] = _mean(lams)
+            marks[name] = mean_lambda([(b["test"]["loss"]["linear"]["barrier"],
+                                        b["test"]["lambda_star"]) for b in bars if "test" in b])
         title = f"linear interpolation — {held(fixed, key, seeds_of(done))}"
         blocks.append(ctx.figure(figures.path_figure(curves, title=title, marks=marks), title,
-                                 "dotted: the mean λ* of the test loss barrier"))
+                                 LAMBDA_CAPTION))
     blocks += _heatmaps(items, ctx, fixed)
     return blocks
 
@@ -271,6 +296,9 @@ def _subset_size(train: Item) -> int | None:
     return sum(int(r["count"]) for r in rows if r["subset"] == first) or None
 
 
+CELL_CAPTION = "each cell: the mean over seeds and, below it, ± their std (none for one seed)"
+
+
 def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
     """Barrier and Δacc over batch size × learning rate, one pair per combination of the other
     axes, with the SGD noise scale g = ε(N/B − 1) in each cell and the −5% Δ reference."""
@@ -290,14 +318,17 @@ def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
         lrs = sorted({it.labels[lr_key] for it in its}, reverse=True)
         barrier = np.full((len(lrs), len(bss)), math.nan)
         delta = np.full((len(lrs), len(bss)), math.nan)
+        barrier_sd, delta_sd = np.full_like(barrier, math.nan), np.full_like(delta, math.nan)
         notes = np.full((len(lrs), len(bss)), "", dtype=object)
         for i, lr in enumerate(lrs):
             for j, bs in enumerate(bss):
                 cell = [it for it in its if it.labels[bs_key] == bs and it.labels[lr_key] == lr]
                 done = [c for c in cell if c.ok]
                 bars = [artefacts.BARRIER.read(c.out)["test"] for c in done]
-                barrier[i, j] = _mean([b["loss"]["linear"]["barrier"] for b in bars])
-                delta[i, j] = 100 * _mean([b[f"delta_{b.get('score', 'acc')}"] for b in bars])
+                heights = [b["loss"]["linear"]["barrier"] for b in bars]
+                deltas = [100 * b[f"delta_{b.get('score', 'acc')}"] for b in bars]
+                barrier[i, j], barrier_sd[i, j] = _mean(heights), _std(heights)
+                delta[i, j], delta_sd[i, j] = _mean(deltas), _std(deltas)
                 score = bars[0].get("score", "acc") if bars else score
                 up = _upstream(cell[0], ctx) if cell else None
                 n = _subset_size(up) if up is not None and up.ok else None
@@ -310,17 +341,19 @@ def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
         what = held(fixed, key, seeds_of(its))
         blocks.append(ctx.figure(figures.heatmap_figure(
             barrier, lrs, bss, f"test loss barrier over batch size × learning rate\n{what}",
-            "test loss barrier (cross-entropy)", "learning rate", "batch size", notes),
+            "test loss barrier (cross-entropy)", "learning rate", "batch size", notes,
+            errors=barrier_sd),
             f"loss barrier heatmap — {describe(key, list(key))}",
-            "each cell: mean over seeds; g = ε(N/B − 1), the SGD noise scale"))
+            f"{CELL_CAPTION}; g = ε(N/B − 1), the SGD noise scale"))
         name = figures.SCORE_LABEL[score]
         blocks.append(ctx.figure(figures.heatmap_figure(
             delta, lrs, bss, f"test {name} drop Δ at λ* (percentage points)\n{what}",
             f"Δ {name} (points)", "learning rate", "batch size", notes, flag=delta < -5,
             flag_label="Δ below the −5 points reference", cmap="RdBu", center=0.0,
-            min_span=5.0),
+            min_span=5.0, errors=delta_sd),
             f"Δ {name} heatmap — {describe(key, list(key))}",
-            "cells outlined in red lose more than 5 points (the paper's reference)"))
+            f"{CELL_CAPTION}; cells outlined in red lose more than 5 points on average (the "
+            "paper's reference)"))
     return blocks
 
 
@@ -356,14 +389,14 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
         marks = {}
         bars = artefacts.Table("barriers.csv").read(it.out)
         for cfg in by_cfg:
-            lams = [b["lambda"] for b in bars if b["id"] == cfg and b["split"] == "test"
-                    and b["metric"] == "loss" and b["definition"] == "linear"]
-            marks[labels.get(cfg, cfg)] = _mean(lams)
+            marks[labels.get(cfg, cfg)] = mean_lambda([
+                (b["barrier"], b["lambda"]) for b in bars if b["id"] == cfg
+                and b["split"] == "test" and b["metric"] == "loss" and b["definition"] == "linear"])
         seeds = it.options.get("seeds", [])
         title = (f"{name}, {shift}: linear interpolation (mean ± std over {len(seeds)} seeds)")
         blocks.append(ctx.figure(figures.path_figure(
             {labels.get(k, k): v for k, v in by_cfg.items()}, title=title, marks=marks), title,
-            "dotted: the mean λ* of the test loss barrier"))
+            LAMBDA_CAPTION))
         lc = artefacts.Table("learning_curves.csv").read(it.out)
         runs: dict[str, list] = defaultdict(list)
         for r in lc:
@@ -413,14 +446,18 @@ def _lmc_heatmaps(summary, name, shift, ctx) -> list[Block]:
         bss = sorted({r["batch_size"] for r in sel})
         lrs = sorted({r["lr"] for r in sel}, reverse=True)
         v = np.full((len(lrs), len(bss)), math.nan)
+        sd = np.full(v.shape, math.nan)
         notes = np.full(v.shape, "", dtype=object)
         for r in sel:
             i, j = lrs.index(r["lr"]), bss.index(r["batch_size"])
-            v[i, j] = r["test_loss_barrier"]
+            v[i, j], sd[i, j] = _ms(r, "test_loss_barrier", 1)[:2]
             notes[i, j] = f"g={r['noise_scale_g']:.3g}"
-        title = f"{name}, {shift}, init {init}, order {order}: test loss barrier"
+        seeds = max((int(r.get("seeds_ok", 0)) for r in sel), default=0)
+        title = (f"{name}, {shift}, init {init}, order {order}: test loss barrier, mean ± std "
+                 f"over {seeds} seed{'s' if seeds != 1 else ''}")
         blocks.append(ctx.figure(figures.heatmap_figure(
-            v, lrs, bss, title, "test loss barrier", "learning rate", "batch size", notes), title))
+            v, lrs, bss, title, "test loss barrier", "learning rate", "batch size", notes,
+            errors=sd), title, CELL_CAPTION))
     return blocks
 
 
@@ -467,6 +504,12 @@ def align_section(items: list[Item], ctx: Context) -> list[Block]:
     return blocks
 
 
+# What merge-many did to the models before averaging them, by method (the pairs it scores).
+MERGE_PAIRS = {"wm": "after aligning them by MergeMany weight matching (wm)",
+               "ste-mm": "after aligning them by STE-MM (ste-mm)",
+               "avg": "as trained: plain averaging (avg) aligns nothing"}
+
+
 @section("merge-many")
 def merge_section(items: list[Item], ctx: Context) -> list[Block]:
     blocks: list[Block] = []
@@ -480,11 +523,12 @@ def merge_section(items: list[Item], ctx: Context) -> list[Block]:
         for p in pairs:
             i, j = names.index(p["a"]), names.index(p["b"])
             m[i, j] = m[j, i] = p["test_loss_barrier"]
-        title = (f"test loss barrier between every pair of models after alignment "
-                 f"({it.options.get('method', '')}"
-                 f"{', REPAIR' if it.options.get('repair') else ''})")
+        method = it.options.get("method", "wm")
+        title = f"test loss barrier between every pair of models {MERGE_PAIRS.get(method, method)}"
         blocks.append(ctx.figure(figures.matrix_figure(short, m, title, "test loss barrier"),
-                                 title))
+                                 title, "the linear path between two models as the merge "
+                                 "averaged them; REPAIR, when asked, applies to the merged "
+                                 "model only, not to these paths"))
     return blocks
 
 

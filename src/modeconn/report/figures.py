@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import textwrap
 from collections.abc import Sequence
@@ -59,11 +60,14 @@ SCORE_LABEL = {"acc": "accuracy", "f1": "micro-F1"}
 def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str = "λ",
                 marks: dict[str, float] | None = None):
     """Loss and accuracy against t for one or more paths; rows may carry *_std for bands;
-    `marks` draws a dotted line at a path's λ* (e.g. where its loss barrier is)."""
+    `marks` draws a dotted line at a path's λ* (where its loss barrier is). A λ* that is NaN or
+    not strictly inside (0, 1) is not drawn: an endpoint is never where a barrier is (the excess
+    over the line between the ends is 0 there), and the legend names λ* only if one is drawn."""
     if not any(curves.values()):
         return message_figure("nothing to plot: no path was evaluated", title)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     score = score_of(next(rows[0] for rows in curves.values() if rows))
+    drawn = False
     for (label, rows), color in zip(curves.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         for split in dict.fromkeys(r["split"] for r in rows):
             sel = [r for r in rows if r["split"] == split]
@@ -74,10 +78,12 @@ def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str 
                 if f"{key}_std" in sel[0]:
                     s = np.array([float(r[f"{key}_std"]) for r in sel])
                     ax.fill_between(t, y - s, y + s, color=color, alpha=0.15)
-        if marks and label in marks and marks[label] == marks[label]:
+        lam = (marks or {}).get(label, math.nan)
+        if 0 < lam < 1:  # False for NaN
+            drawn = True
             for ax in axes:
-                ax.axvline(marks[label], color=color, linestyle=":", linewidth=1)
-    if marks:
+                ax.axvline(lam, color=color, linestyle=":", linewidth=1)
+    if drawn:
         axes[1].plot([], [], "k:", linewidth=1, label="λ* (test loss barrier)")
     axes[0].set_ylabel(LOSS_LABEL[score])
     axes[1].set_ylabel(SCORE_LABEL[score])
@@ -197,23 +203,29 @@ def polar_similarity_figure(names: Sequence[str], similarity: Sequence[float],
                             radius: Sequence[float], title: str = "", rlabel: str = "accuracy",
                             similarity_label: str = "cosine similarity of the parameter vectors"):
     """Each model at angle arccos(its similarity to the first model) and a radius (e.g. its
-    accuracy); the angular range (30°, 60°, 90° or 180°) is the smallest that holds them all."""
+    accuracy); the angular range (30°, 60°, 90° or 180°) is the smallest that holds them all.
+    Models drawn on top of each other (within CLOSE_POINTS) share one label naming them all,
+    and their markers shrink one inside the other so every colour shows."""
     fig = plt.figure(figsize=(7.5, 5.5))
     ax = fig.add_subplot(projection="polar")
     ang = np.arccos(np.clip(np.asarray(similarity, dtype=float), -1, 1))
     deg = np.degrees(ang)
     widest = float(np.nanmax(deg)) if len(deg) else 0.0
     top = 180 if widest > 90 else next(t for t in (30, 60, 90) if t >= min(1.1 * widest, 90))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (a, r, d, n) in enumerate(zip(ang, radius, deg, names)):
-        ax.scatter([a], [r], color=colors[i % len(colors)], zorder=3,
-                   label=f"{n}: {d:.1f}°, {r:.3f}")
-        ax.annotate(n, (a, r), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_thetamin(0)
     ax.set_thetamax(top)
     ax.set_thetagrids(np.linspace(0, top, 7))
     rmax = 1.1 * max(max(radius, default=0.0), 1e-3)
     ax.set_rlim(0, rmax)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups = _overlapping(ax, ang, radius)
+    under = {i: len(g) - 1 - g.index(i) for g in groups for i in g}  # markers drawn above it
+    for i, (a, r, d, n) in enumerate(zip(ang, radius, deg, names)):  # the legend in input order
+        ax.scatter([a], [r], color=colors[i % len(colors)], zorder=3 + len(names) - under[i],
+                   s=36 * (1 + 1.2 * under[i]), label=f"{n}: {d:.1f}°, {r:.3f}")
+    for group in groups:
+        ax.annotate(", ".join(names[i] for i in group), (ang[group[0]], radius[group[0]]),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel(f"radius: {rlabel}", fontsize=9)  # also found by ax.get_xlabel()
     ax.xaxis.label.set_visible(False)  # drawn below the radial axis instead, not under the circle
     ax.annotate(f"radius: {rlabel}", xy=(0, rmax / 2), xytext=(0, -30), textcoords="offset points",
@@ -223,6 +235,25 @@ def polar_similarity_figure(names: Sequence[str], similarity: Sequence[float],
     first = f" to {names[0]}" if len(names) else ""
     ax.set_title(f"{title}\nangle{first} = arccos({similarity_label})".lstrip("\n"), fontsize=9)
     return fig
+
+
+# Points closer than this on the page (in points, 1/72 in) are drawn as one labelled spot.
+CLOSE_POINTS = 8.0
+
+
+def _overlapping(ax, ang: np.ndarray, radius: Sequence[float]) -> list[list[int]]:
+    """The models' indices in groups of points that lie on top of each other on `ax` (its
+    limits set): each joins the first group with a point within CLOSE_POINTS of it."""
+    xy = ax.transData.transform(np.column_stack([ang, np.asarray(radius, dtype=float)]))
+    close = CLOSE_POINTS * ax.figure.dpi / 72
+    groups: list[list[int]] = []
+    for i, p in enumerate(xy):
+        near = next((g for g in groups if any(np.hypot(*(p - xy[j])) < close for j in g)), None)
+        if near is None:
+            groups.append([i])
+        else:
+            near.append(i)
+    return groups
 
 
 def plane_figure(xs: Sequence[float], ys: Sequence[float], values: np.ndarray,
@@ -266,10 +297,11 @@ def heatmap_figure(values: np.ndarray, rows: Sequence, cols: Sequence, title: st
                    label: str, row_label: str, col_label: str,
                    notes: np.ndarray | None = None, flag: np.ndarray | None = None,
                    flag_label: str = "", cmap: str = "viridis", center: float | None = None,
-                   min_span: float = 0.1):
+                   min_span: float = 0.1, errors: np.ndarray | None = None):
     """values[i, j] as coloured cells (rows × cols) with the value (and a note) written in each
-    cell (NaN: "—" and the note, e.g. why); cells where `flag` is true are outlined in red
-    (explained by `flag_label`)."""
+    cell (NaN: "—" and the note, e.g. why); with `errors` (e.g. the std over seeds) a cell
+    reads "value\n±error" (a NaN error, e.g. the std of one seed, is left out); cells where
+    `flag` is true are outlined in red (explained by `flag_label`)."""
     v = np.asarray(values, dtype=float)
     fig, ax = plt.subplots(figsize=(1.6 + 1.25 * max(len(cols), 2), 1.2 + 0.9 * max(len(rows), 2)))
     finite = v[np.isfinite(v)]
@@ -288,9 +320,12 @@ def heatmap_figure(values: np.ndarray, rows: Sequence, cols: Sequence, title: st
     for i in range(v.shape[0]):
         for j in range(v.shape[1]):
             text = "—" if not np.isfinite(v[i, j]) else f"{v[i, j]:.3g}"
+            if errors is not None and np.isfinite(v[i, j]) and np.isfinite(errors[i, j]):
+                text += f"\n±{errors[i, j]:.2g}"
             if notes is not None and notes[i, j]:
                 text += f"\n{notes[i, j]}"
-            shade = (v[i, j] - lo) / (hi - lo) if np.isfinite(v[i, j]) else 0.0
+            shade = (v[i, j] - lo) / (hi - lo) if np.isfinite(v[i, j]) else math.nan
+            # False for NaN: a missing cell is left white, its "—" and note written in black
             dark = shade < 0.45 if center is None else abs(shade - 0.5) > 0.3
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
                     color="white" if dark else "black")
