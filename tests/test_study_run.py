@@ -108,15 +108,17 @@ def test_a_half_written_job_is_redone_and_a_changed_setting_is_a_new_job(done, t
 
 
 def test_failed_jobs_are_listed_with_error_and_log_and_retried_alone(tmp_path):
-    text = STUDY.replace('b = "@train/b/model.safetensors"', 'b = "@train/b/missing.safetensors"')
+    # A file train writes, but not a checkpoint: only reading it tells (a missing file is
+    # refused before the study runs).
+    text = STUDY.replace('b = "@train/b/model.safetensors"', 'b = "@train/b/metrics.csv"')
     out = tmp_path / "s"
     run = run_study(parse(text, "tiny.toml"), out, workers=2, quiet=True)
     assert not run.complete and run.counts == {"complete": 4, "failed": 4}
     assert len(run.failed) == 4
     line = run.failed[0]
-    assert line.startswith("FAILED interpolate-") and "missing.safetensors" in line
+    assert line.startswith("FAILED interpolate-") and "metrics.csv" in line
     log = Path(line.split("log: ")[1])
-    assert log.is_file() and "missing.safetensors" in log.read_text()
+    assert log.is_file() and "metrics.csv" in log.read_text()
     trained = {p: m for p, m in files(out).items() if p.startswith("jobs/train-")}
     again = run_study(parse(text, "tiny.toml"), out, workers=2, retry_failed=True, quiet=True)
     assert again.ran == 4 and again.reused == 4

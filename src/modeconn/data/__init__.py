@@ -15,6 +15,7 @@ from ..task import TASKS, Task
 from .datasets import (
     DATASETS,
     ImageData,
+    dataset_shape,
     dataset_task,
     default_data_dir,
     load_dataset,
@@ -40,9 +41,9 @@ BAD_PATCH = ("fail", "skip")
 
 __all__ = [
     "BAD_PATCH", "DATASETS", "NORMS", "SHIFT_KINDS", "DataSpec", "ImageData", "MappedImages",
-    "Prepared", "Shift", "apply_transform", "as_tensor", "class_histogram", "eval_data",
-    "dataset_task", "default_data_dir", "load_dataset", "parse_shift", "prepare",
-    "prepare_subsets", "require_classification",
+    "Prepared", "Shift", "apply_transform", "as_tensor", "check_spec", "class_histogram",
+    "eval_data", "dataset_shape", "dataset_task", "default_data_dir", "load_dataset",
+    "parse_shift", "prepare", "prepare_subsets", "require_classification",
     "split_indices", "strata", "subset_name", "synthetic",
 ]
 
@@ -125,7 +126,7 @@ def _data(spec: DataSpec, data_dir) -> ImageData:
                    spec.on_bad_patch)
 
 
-def _domains(spec: DataSpec, data: ImageData, count: int, shift_domains: list[str]) -> list[str]:
+def _domains(spec: DataSpec, data: ImageData | None, count: int, shift_domains: list[str]) -> list[str]:
     """Each subset's domain: the shift's, with the band set of `spec.bands` added."""
     if spec.bands is None:
         return shift_domains
@@ -141,8 +142,8 @@ def _domains(spec: DataSpec, data: ImageData, count: int, shift_domains: list[st
             for d, b in zip(shift_domains, sets)]
 
 
-def prepare_subsets(spec: DataSpec, data_dir: str | os.PathLike | None = None) -> list[Prepared]:
-    """Prepared tensors for every subset of `spec.shift` (one entry when the shift is 'none')."""
+def _check_split(spec: DataSpec) -> None:
+    """The checks of a spec's normalisation, split seed and subset count (no data read)."""
     if spec.norm not in NORMS:
         raise UsageError(f"unknown normalisation {spec.norm!r}; use one of {', '.join(NORMS)}")
     if spec.split_seed < 0:
@@ -150,6 +151,31 @@ def prepare_subsets(spec: DataSpec, data_dir: str | os.PathLike | None = None) -
     if spec.shift == "none" and spec.num_subsets is not None:
         raise UsageError(f"{spec.num_subsets} subsets need a shift (e.g. dirichlet:0.5); "
                          "without one the whole training set is one subset")
+
+
+def check_spec(spec: DataSpec) -> tuple[tuple[int, int, int], int, list[str]]:
+    """What `prepare_subsets` refuses in `spec` without reading data (the dataset's name and
+    options, the shift against its class count, the band sets against the subsets), through
+    the same checks; returns (input shape, class count, subset names)."""
+    _check_split(spec)
+    if spec.on_bad_patch not in BAD_PATCH:
+        raise UsageError(f"unknown bad-patch policy {spec.on_bad_patch!r}; use "
+                         f"{' or '.join(BAD_PATCH)}")
+    shape, classes = dataset_shape(spec.dataset)
+    if spec.shift == "none":
+        count, domains, names = 1, ["none"], ["all"]
+    else:
+        shift = parse_shift(spec.shift, classes, spec.num_subsets)
+        count = shift.num_subsets
+        domains = list(shift.domains) or ["none"] * count
+        names = [subset_name(i) for i in range(count)]
+    _domains(spec, None, count, domains)
+    return shape, classes, names
+
+
+def prepare_subsets(spec: DataSpec, data_dir: str | os.PathLike | None = None) -> list[Prepared]:
+    """Prepared tensors for every subset of `spec.shift` (one entry when the shift is 'none')."""
+    _check_split(spec)
     data = _data(spec, data_dir)
     groups, domains = _groups(spec, data)
     gmean, gstd = _global_stats(spec, data)

@@ -88,6 +88,28 @@ def dataset_task(name: str) -> str:
     return "classification"
 
 
+def dataset_shape(name: str) -> tuple[tuple[int, int, int], int]:
+    """(input shape, class count) of a dataset, from its name alone: the name and its options
+    checked as `load_dataset` checks them, nothing read (a study is checked before it runs)."""
+    base, _, opts = name.partition(":")
+    if base in ("digits", "mnist-5k", "mnist", "fashion-mnist", "cifar10", "cifar100"):
+        _no_options(name, opts)
+        shape = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+        return shape.get(base, (1, 28, 28)), 100 if base == "cifar100" else 10
+    if base == "bigearthnet":
+        o = _parse_options("bigearthnet", opts, BEN_OPTIONS,
+                           "bigearthnet:labels=19,size=60,limit=2000")
+        size = o.get("size", 120)
+        return (12, size, size), o.get("labels", 19)
+    if base == "synthetic":
+        o = _parse_synthetic(opts)
+        shape = o.get("shape", (1, 8, 8))
+        if len(shape) != 3 or min(shape) <= 0:
+            raise UsageError(f"synthetic: shape must be CxHxW with positive sizes, got {shape}")
+        return shape, o.get("classes", 10)
+    raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
 def require_classification(name: str, what: str) -> None:
     """Refuse a multi-label dataset where a protocol is defined on single labels."""
     if dataset_task(name) != "classification":

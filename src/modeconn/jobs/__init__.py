@@ -10,6 +10,7 @@ from ._registry import (
     JOBS,
     Job,
     JobConfig,
+    OptionRefused,
     Output,
     Result,
     build,
@@ -20,5 +21,6 @@ from ._registry import (
     run,
 )
 
-__all__ = ["ConfigError", "FieldInfo", "JOBS", "Job", "JobConfig", "Output", "Result", "build",
-           "config_fields", "execute", "get", "names", "option", "register", "requirement", "run"]
+__all__ = ["ConfigError", "FieldInfo", "JOBS", "Job", "JobConfig", "OptionRefused", "Output",
+           "Result", "build", "config_fields", "execute", "get", "names", "option", "register",
+           "requirement", "run"]

@@ -13,7 +13,7 @@ from torch import nn
 from .. import artefacts, io
 from ..checkpoint import Checkpoint, load_same_architecture, params_of
 from ..curves import load_curve
-from ..data import BAD_PATCH, EVAL_ON, NORMS, DataSpec, Prepared, eval_data
+from ..data import BAD_PATCH, EVAL_ON, NORMS, DataSpec, Prepared, check_spec, dataset_shape, eval_data
 from ..errors import UsageError
 from ..evaluate import BN_RESET
 from ..io import check_output_file
@@ -22,6 +22,7 @@ from ..options import option
 from ..paths import ParamPath
 from ..report.figures import display_names
 from ..train import TrainConfig, environment, resolve_device
+from ._registry import refusing
 
 HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cache/modeconn/data)"
 HELP_DEVICE = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
@@ -38,6 +39,13 @@ class Runtime:
 
     device: str = option("auto", HELP_DEVICE, setting=False)
     data_dir: str | None = option(None, HELP_DATA_DIR, setting=False)
+
+    def preflight(self, here: bool = False) -> None:
+        super().preflight(here)  # type: ignore[misc]
+        # Whether CUDA is there is a fact of the machine that runs the job: checked `here` only.
+        if here or not self.device.startswith("cuda"):
+            with refusing("device"):
+                resolve_device(self.device)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +185,19 @@ class DataOptions:
                                        "with its name, or skip it and list it in the outputs",
                                choices=BAD_PATCH)
 
+    def preflight(self, here: bool = False) -> None:
+        super().preflight(here)  # type: ignore[misc]
+        self.checked_data()
+
+    def checked_data(self) -> tuple[tuple[int, int, int], int, list[str]]:
+        """(input shape, class count, subset names) of the data, checked as the run checks it
+        but without reading it."""
+        spec = self.data_spec()
+        with refusing("dataset"):
+            dataset_shape(spec.dataset)
+        with refusing("shift"):
+            return check_spec(spec)
+
     def data_spec(self, split_seed: int | None = None) -> DataSpec:
         """The data spec of these options (with another split seed when given)."""
         return DataSpec(dataset=self.dataset, shift=self.shift, num_subsets=self.subsets,
@@ -202,6 +223,14 @@ class ModelOptions:
         if self.width is not None and self.model.startswith("mlp") \
                 and self.width != int(self.width):
             raise self.invalid("width", "must be a whole number of units for an MLP")  # type: ignore[attr-defined]
+
+    def preflight(self, here: bool = False) -> None:
+        super().preflight(here)  # type: ignore[misc]
+        # The model is checked against the job's data when it has some (else any small data).
+        data = getattr(self, "checked_data", None)
+        shape, classes = data()[:2] if data is not None else ((1, 8, 8), 10)
+        with refusing("model"):
+            self.model_config(shape, classes)
 
     def overrides(self) -> dict:
         """The options that override the model's preset, every one named (None: the preset's),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,10 +65,34 @@ def ensemble_line(name: str, m: dict) -> str:
             f"ECE {m['ece']:.4f}")
 
 
+class OptionRefused(UsageError):
+    """A value a job would refuse when it runs, with the option that holds it."""
+
+    def __init__(self, option: str, message: str):
+        self.option = option
+        super().__init__(message)
+
+
+@contextlib.contextmanager
+def refusing(option: str) -> Iterator[None]:
+    """Name `option` on the UsageError raised inside (a preflight check of its value)."""
+    try:
+        yield
+    except OptionRefused:
+        raise
+    except UsageError as e:
+        raise OptionRefused(option, str(e)) from None
+
+
 class JobConfig(Options):
     """Base of every job's config (`job` is the job's registered name)."""
 
     job = "job"
+
+    def preflight(self, here: bool = False) -> None:
+        """Refuse, without running, a value the job would refuse when it runs: its data spec,
+        shift, model and (`here`: on this machine) device, each through the validator the run
+        uses; raises OptionRefused naming the option. Mixins extend it (cooperatively)."""
 
 
 @dataclass
@@ -113,6 +139,24 @@ class Output:
     default: str | None = None
     kind: str = "dir"  # or "file"
     suffix: str | None = None  # of a file: what its name ends in
+    # What a directory output holds, as paths inside it (fnmatch patterns, '*' any run of
+    # characters): a tuple, or a function of the config for outputs that depend on it (train's
+    # member folders). None: not declared.
+    writes: tuple[str, ...] | Callable[[Any], Iterable[str]] | None = None
+
+    def files(self, config: Any) -> list[str] | None:
+        """The paths (patterns) the job writes inside its output for this config."""
+        if self.writes is None:
+            return None
+        return list(self.writes(config) if callable(self.writes) else self.writes)
+
+    def holds(self, config: Any, path: str) -> bool:
+        """Whether `path` (inside the output) is a file the job writes, or a folder of them."""
+        files = self.files(config)
+        if files is None or not path:
+            return True
+        return any(fnmatch.fnmatchcase(path, f) or fnmatch.fnmatchcase(path + "/x", f)
+                   or f.startswith(path.rstrip("/") + "/") for f in files)
 
 
 @dataclass(frozen=True)

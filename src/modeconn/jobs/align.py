@@ -155,7 +155,10 @@ def options_for(method: Method, config: JobConfig) -> Options:
 
 
 @register("align", AlignConfig, "align B to A by permutation and compare the barriers",
-          Output("output directory", required=False, default="results/align"))
+          Output("output directory", required=False, default="results/align",
+                 writes=("config.json", "env.json", "aligned_b.safetensors", "permutation.json",
+                         "barrier_before.json", "barrier_after.json", "path_before.csv",
+                         "path_after.csv", "path.png")))
 def run_align(config: AlignConfig, out: Path) -> AlignResult:
     """aligned_b.safetensors, permutation.json, the paths and barriers before and after aligning
     B to A, and path.png."""

@@ -98,7 +98,9 @@ def _split(x: torch.Tensor, y: torch.Tensor, classes: list[int]) -> tuple[torch.
 
 @register("continual", ContinualConfig, "continual learning by merging: tasks in sequence, each "
                                         "step's model merged with the running one",
-          Output("output directory", required=False, default="results/continual"))
+          Output("output directory", required=False, default="results/continual",
+                 writes=("config.json", "env.json", "accuracy.csv", "summary.csv", "tasks.json",
+                         "accuracy.png")))
 def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
     """accuracy.csv (method, step, task, accuracy), summary.csv (average accuracy and forgetting
     after the last step) and accuracy.png (accuracy on each task after each step)."""

@@ -105,7 +105,9 @@ class CurveResult(Result):
 
 
 @register("curve", CurveConfig, "fit a Bezier or polychain curve between two checkpoints",
-          Output("output directory"))
+          Output("output directory", writes=("config.json", "env.json", "curve.safetensors", "metrics.csv",
+                                              "path.csv", "barrier.json", "path.png",
+                                              "path.pdf")))
 def run_curve(config: CurveConfig, out: Path) -> CurveResult:
     """curve.safetensors, metrics.csv, path.csv (curve and linear path), barrier.json and
     path.png; a fit that diverges or fails leaves nothing in `out`."""
@@ -230,7 +232,8 @@ def _fge_members(config: CurveEnsembleConfig, curve: CurveModel) -> tuple[list[s
 
 @register("curve-ensemble", CurveEnsembleConfig,
           "ensembles of K points on a curve and on the linear path, beside the two endpoints "
-          "(and FGE snapshots)", Output("output directory"))
+          "(and FGE snapshots)",
+          Output("output directory", writes=("config.json", "env.json", "ensemble.json", "comparison.csv")))
 def run_curve_ensemble(config: CurveEnsembleConfig, out: Path) -> CurveEnsembleResult:
     """ensemble.json and comparison.csv: the independent (endpoints), lmc, curve and fge
     ensembles on the test set."""

@@ -60,7 +60,9 @@ class FgeResult(Result):
 
 
 @register("fge", FgeConfig, "fast geometric ensembling from a trained checkpoint",
-          Output("output directory (one checkpoint per snapshot)"))
+          Output("output directory (one checkpoint per snapshot)",
+                 writes=lambda c: ["config.json", "env.json", "ensemble.json",
+                                   *(snapshot_name(i + 1) for i in range(c.cycles))]))
 def run_fge(config: FgeConfig, out: Path) -> FgeResult:
     """snapshot_N.safetensors per cycle and ensemble.json with the snapshots' ensemble scores."""
     cfg = config.train_config()

@@ -122,7 +122,8 @@ def gradient_steps(n: int, cfg: TrainConfig, batchnorm: bool) -> int:
 
 
 @register("merge", MergeConfig, "fuse two models: AVG, OT fusion, WM/AM/STE merges or MPF",
-          Output("output directory", required=False, default="results/merge"))
+          Output("output directory", required=False, default="results/merge",
+                 writes=("config.json", "env.json", "merged.safetensors", "merge.json")))
 def run_merge(config: MergeConfig, out: Path) -> MergeResult:
     """merged.safetensors and merge.json: the fused model and A and B, scored on the whole
     train and test data and on each one's own subset."""

@@ -60,7 +60,8 @@ class InterpolateResult(Result):
 
 
 @register("interpolate", InterpolateConfig, "evaluate the linear path between two checkpoints",
-          Output("output directory"))
+          Output("output directory", writes=("config.json", "env.json", "path.csv",
+                                              "barrier.json", "path.png", "path.pdf")))
 def run_interpolate(config: InterpolateConfig, out: Path) -> InterpolateResult:
     """path.csv, barrier.json and path.png of the linear path from A to B."""
     models = load_models([config.a, config.b], config)

@@ -111,7 +111,8 @@ class LMCResult(Result):
 
 @register("lmc", LMCConfig, "the LMC-under-data-shift study: train pairs, interpolate, "
                             "ensembles, over grids of batch size and learning rate",
-          Output("study directory"))
+          Output("study directory", writes=("study.json", "env.json", "status.json", "*.csv",
+                                             "figures/*", "runs/*")))
 def run_lmc(config: LMCConfig, out: Path) -> LMCResult:
     """The study's runs, tables and figures in `out` (its study.json and env.json are its
     record, checked on resume)."""

@@ -130,7 +130,8 @@ MERGERS: dict[str, Callable[..., list[Permutation]]] = {
 
 
 @register("merge-many", MergeManyConfig, "align K models, average them, BN reset or REPAIR",
-          Output("output directory", required=False, default="results/merge"))
+          Output("output directory", required=False, default="results/merge",
+                 writes=("config.json", "env.json", "merged.safetensors", "merge.json", "barriers.csv")))
 def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
     """merged.safetensors, merge.json (merged, plain average, members; Hessian traces) and
     barriers.csv (test barriers between every aligned pair)."""

@@ -33,6 +33,8 @@ class RunConfig(JobConfig):
     device: str | None = option(None, "device of every job (default: each job's own, auto)",
                                 setting=False)
     quiet: bool = option(False, "no progress bars", setting=False)
+    yes: bool = option(False, "start a sweep of more than 1,000 jobs (or of more than the study's "
+                              "[study] max_jobs)", setting=False)
 
 
 @dataclass
@@ -77,7 +79,7 @@ def run_run(config: RunConfig, out: Path | None) -> StudyResult:
                          cpus=config.cpus, gpus=config.gpus, array_size=config.array_size,
                          parallelism=config.parallelism)
     run = run_study(study, out, config.executor, config.jobs, config.retry_failed,
-                    config.quiet, slurm, overrides={"device": config.device})
+                    config.quiet, slurm, overrides={"device": config.device}, yes=config.yes)
     return StudyResult(run.out, run)
 
 

@@ -118,8 +118,21 @@ def resolve_train(given: dict[str, Any], out: Path | None) -> dict[str, Any]:
             **given}
 
 
+def train_files(config: TrainJobConfig) -> list[str]:
+    """What a run writes: its own files, and one folder per member it trains (all the subsets,
+    or those in `only`)."""
+    members = config.checked_data()[2]
+    if config.only:
+        members = [m for m in members if m in {s.strip() for s in config.only.split(",")}]
+    per_member = ["model.safetensors", "status.json", "metrics.csv", "config.json",
+                  "per_label.csv",
+                  *(f"epoch_{e}.safetensors" for e in config.save_epochs)]
+    return ["config.json", "env.json", "subsets.csv", "summary.csv", "skipped.csv",
+            *(f"{m}/{f}" for m in members for f in per_member)]
+
+
 @register("train", TrainJobConfig, "train models on controlled subsets of a dataset",
-          Output("run directory"), resolve=resolve_train)
+          Output("run directory", writes=train_files), resolve=resolve_train)
 def run_train(config: TrainJobConfig, out: Path) -> TrainResult:
     """One member per subset (or those in `only`) trained into `out/<member>/`."""
     device = resolve_device(config.device)

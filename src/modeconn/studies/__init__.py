@@ -19,8 +19,8 @@ EXAMPLES = Path(__file__).parent / "examples"
 
 def results_summary(root: Path, where: str | None = None, group_by: list[str] | None = None,
                     metrics: list[str] | None = None) -> tuple[str, list[str]]:
-    """(summary text, failed-job lines) of the study directory `root`, its tables rebuilt from
-    the jobs' result files first."""
+    """(summary text, lines naming the failed jobs and those left out as damaged or pending) of
+    the study directory `root`, its tables rebuilt from the jobs' result files first."""
     from ..errors import UsageError
     from . import results
 
@@ -32,9 +32,11 @@ def results_summary(root: Path, where: str | None = None, group_by: list[str] | 
     results.write(root, rows, jobs)
     conditions = [] if not where else re.split(r",(?=[\w.]+=)", where)
     selected = results.select(rows, conditions)
+    if metrics is not None and rows:
+        results.check_metrics(rows, metrics)
     head = metrics if metrics is not None else results.headlines(root, study)
     text = results.summary(selected, group_by, head) if selected else ""
-    return text, results.failed_lines(jobs)
+    return text, results.failed_lines(jobs) + results.left_out_lines(root, jobs)
 
 
 __all__ = ["EXAMPLES", "EXECUTORS", "JobSpec", "SlurmOptions", "Stage", "Study", "StudyError",

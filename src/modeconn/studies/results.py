@@ -14,6 +14,7 @@ Query across studies with plain SQL, e.g.::
 
 from __future__ import annotations
 
+import difflib
 import math
 import sqlite3
 import statistics
@@ -25,12 +26,32 @@ from typing import Any
 from ..errors import UsageError
 from ..io import atomic_path, write_csv
 from .spec import JobSpec, Study
-from .worker import job_dir, read_result
+from .worker import RESULT, job_dir, output_path, read_result
 
 RESULTS_CSV = "results.csv"
 RESULTS_DB = "results.sqlite"
 JOBS_CSV = "jobs.csv"
 FIXED = ("id", "stage", "job", "status")
+STATUSES = ("complete", "diverged", "skipped", "failed")
+SHOWN_IDS = 5  # of the jobs left out, named in a line
+
+
+def read_job(root: Path, spec: JobSpec) -> tuple[dict[str, Any] | None, str]:
+    """(the job's result, "") or (None, why it is left out: pending, or damaged and why)."""
+    directory = job_dir(root, spec.id)
+    if not (directory / RESULT).exists():
+        return None, "pending"
+    result = read_result(directory)
+    if result is None:
+        return None, f"damaged: {RESULT} unreadable"
+    records = result.get("records", [])
+    if result["status"] not in STATUSES or not isinstance(records, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("labels"), dict)
+            and isinstance(r.get("metrics"), dict) for r in records):
+        return None, f"damaged: {RESULT} malformed"
+    if result["status"] == "complete" and not output_path(directory, spec.job).exists():
+        return None, "damaged: its output (out/) is missing"
+    return result, ""
 
 
 def _cell(v: Any) -> Any:
@@ -40,11 +61,13 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def job_row(root: Path, spec: JobSpec, result: dict[str, Any] | None) -> dict[str, Any]:
-    """The job's row of the jobs table."""
-    status = "pending" if result is None else result["status"]
+def job_row(root: Path, spec: JobSpec, result: dict[str, Any] | None,
+            why: str = "pending") -> dict[str, Any]:
+    """The job's row of the jobs table (without a result: pending, or damaged and why)."""
+    status = result["status"] if result is not None else why.partition(":")[0]
+    error = (result or {}).get("error", "") if result is not None else why.partition(": ")[2]
     return {"id": spec.id, "stage": spec.stage, "job": spec.job, "status": status,
-            "error": (result or {}).get("error", ""), "seconds": (result or {}).get("seconds"),
+            "error": error, "seconds": (result or {}).get("seconds"),
             "log": str(job_dir(root, spec.id) / "log.txt"), **spec.labels}
 
 
@@ -55,8 +78,8 @@ def collect(root: Path, study: Study) -> tuple[list[dict[str, Any]], list[dict[s
     rows: list[dict[str, Any]] = []
     jobs: list[dict[str, Any]] = []
     for spec in study.jobs:
-        result = read_result(job_dir(root, spec.id))
-        jobs.append(job_row(root, spec, result))
+        result, why = read_job(root, spec)
+        jobs.append(job_row(root, spec, result, why))
         if result is None or result["status"] not in ("complete", "diverged", "skipped"):
             continue
         config = get(spec.job).config.from_dict(spec.options).to_dict(settings_only=True)
@@ -283,6 +306,38 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{m:.4f}"
     return f"{m:.4f}±{statistics.stdev(values):.4f}"
+
+
+def left_out_lines(root: Path, jobs: list[dict[str, Any]]) -> list[str]:
+    """One line each for the jobs the tables leave out as damaged and as pending."""
+    def ids(rows: list[dict[str, Any]], why: bool = False) -> str:
+        named = [r["id"] + (f" ({r['error']})" if why else "") for r in rows[:SHOWN_IDS]]
+        more = len(rows) - SHOWN_IDS
+        return ", ".join(named) + (f" and {more} more (see {JOBS_CSV})" if more > 0 else "")
+
+    study = root / "study.toml"
+    out = []
+    damaged = [j for j in jobs if j["status"] == "damaged"]
+    pending = [j for j in jobs if j["status"] == "pending"]
+    if damaged:
+        out.append(f"left out {len(damaged)} damaged job(s): {ids(damaged, True)}; delete "
+                   f"their directories under {root / 'jobs'} and run again: modeconn run "
+                   f"{study} --out {root}")
+    if pending:
+        out.append(f"left out {len(pending)} pending job(s), not run to the end yet: "
+                   f"{ids(pending)}; run them: modeconn run {study} --out {root}")
+    return out
+
+
+def check_metrics(rows: list[dict[str, Any]], metrics: list[str]) -> None:
+    """Refuse a metric the study's results do not have, naming those they have."""
+    have = list(dict.fromkeys(r["metric"] for r in rows if r["metric"]))
+    for m in metrics:
+        if m not in have:
+            close = difflib.get_close_matches(m, have, n=1)
+            near = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"--metrics {m}: the study has no metric {m!r}{near}; its metrics: "
+                             f"{', '.join(have) or 'none yet'}")
 
 
 def failed_lines(jobs: list[dict[str, Any]]) -> list[str]:

@@ -9,6 +9,8 @@ twice that had finished.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,11 +23,12 @@ from ..errors import UsageError
 from ..io import check_output_dir, write_json, write_text
 from . import results as tables
 from .executors import EXECUTORS, SlurmOptions
-from .spec import Study
+from .spec import MAX_JOBS, Study, preflight
 from .spec import parse as parse_study
 from .worker import DONE, JOB, job_dir, read_result
 
 STUDY_FILE = "study.toml"
+SLURM_PING_S = 15  # how long `scontrol ping` may take to say whether the controller answers
 
 
 @dataclass
@@ -65,25 +68,37 @@ def open_study_dir(out: str | Path, study: Study) -> Path:
 def run_study(study: Study, out: str | Path, executor: str = "local", workers: int | None = None,
               retry_failed: bool = False, quiet: bool = False,
               slurm: SlurmOptions | None = None,
-              overrides: dict[str, Any] | None = None) -> StudyRun:
+              overrides: dict[str, Any] | None = None, yes: bool = False) -> StudyRun:
     """Run the study's jobs that are not done into `out`; rebuild its results tables.
 
     Jobs that are complete or diverged are kept. A plain run runs new, unfinished and failed
     jobs; `retry_failed` runs only the failed ones (and the jobs waiting on them). A job that
     reads a diverged job is recorded as skipped; one that reads a failed job waits for a later
     run. `overrides` sets options that say where jobs run, not what they compute (device,
-    data_dir), in every job that has them; they do not change the job ids."""
+    data_dir), in every job that has them; they do not change the job ids.
+
+    Everything that can be refused is refused before the study directory is written: a sweep
+    larger than the study allows (unless `yes`), a job's device on this machine (local
+    executor), a SLURM controller that does not answer."""
     t0 = time.perf_counter()
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
         raise UsageError(f"--jobs must be at least 1, got {workers}")
+    limit = study.max_jobs or MAX_JOBS
+    if len(study.jobs) > limit and not yes:
+        raise UsageError(f"study {study.name} expands to {len(study.jobs)} jobs, more than "
+                         f"{limit}; start it with --yes (or set max_jobs = {len(study.jobs)} "
+                         "in its [study] table)")
+    specs = [_with_overrides(spec, overrides or {}, executor == "local", study)
+             for spec in study.jobs]
+    if executor == "slurm":
+        check_slurm()
     root = open_study_dir(out, study)
     root.mkdir(parents=True, exist_ok=True)
     write_text(root / STUDY_FILE, study.text, changed_only=True)
-    for spec in study.jobs:
-        write_json(job_dir(root, spec.id) / JOB, _with_overrides(spec, overrides or {}),
-                   changed_only=True)
+    for spec in specs:
+        write_json(job_dir(root, spec["id"]) / JOB, spec, changed_only=True)
     status = {j.id: _status(root, j.id) for j in study.jobs}
     run = StudyRun(root, study)
     run.reused = sum(s in DONE or s == "skipped" for s in status.values())
@@ -111,17 +126,54 @@ def run_study(study: Study, out: str | Path, executor: str = "local", workers: i
     return run
 
 
-def _with_overrides(spec, overrides: dict[str, Any]) -> dict[str, Any]:
+def _with_overrides(spec, overrides: dict[str, Any], here: bool, study: Study) -> dict[str, Any]:
+    """The job's job.json: its options with the overrides, checked as the job checks them
+    (`here`: on this machine, where the local executor runs it)."""
     from ..jobs import config_fields, get
 
-    fields = {i.name: i for i in config_fields(get(spec.job).config)}
+    job = get(spec.job)
+    fields = {i.name: i for i in config_fields(job.config)}
     bad = [k for k in overrides if k in fields and fields[k].meta.setting]
     if bad:
         raise UsageError(f"{', '.join(bad)} would change what the jobs compute; set it in the "
                          "study file instead")
-    options = {**spec.options, **{k: v for k, v in overrides.items()
-                                  if k in fields and v is not None}}
+    given = {k: v for k, v in overrides.items() if k in fields and v is not None}
+    options = {**spec.options, **given}
+    if given or here:
+        at = f"{study.path.name}: [{spec.stage}]"
+        try:
+            config = job.config.from_dict(options)
+        except UsageError as e:
+            raise UsageError(f"{at} {e} (job {spec.id})") from None
+        preflight(at, config, spec.id, here=here)
     return {**spec.to_dict(), "options": options}
+
+
+def check_slurm() -> None:
+    """Refuse the slurm executor where no SLURM controller answers (before anything is written
+    or submitted): submitit is installed, and `scontrol ping` reports the controller UP."""
+    import importlib.util
+
+    if importlib.util.find_spec("submitit") is None:
+        raise UsageError("the slurm executor needs submitit: pip install 'modeconn[cluster]' "
+                         "(or pip install submitit)")
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        raise UsageError("--executor slurm: SLURM's commands are not installed here (no "
+                         "scontrol on PATH); run on a SLURM login node, or use --executor local")
+    try:
+        r = subprocess.run([scontrol, "ping"], capture_output=True, text=True,
+                           timeout=SLURM_PING_S)
+        said = " ".join((r.stdout + r.stderr).split())
+        up = r.returncode == 0 and " UP" in f" {said}"
+    except subprocess.TimeoutExpired:
+        said, up = f"no answer in {SLURM_PING_S} s", False
+    except OSError as e:
+        said, up = str(e), False
+    if not up:
+        raise UsageError(f"--executor slurm: no SLURM controller answers (scontrol ping: "
+                         f"{said[:200] or 'no output'}); start it (a local test cluster: "
+                         "scripts/slurm.sh start) or use --executor local")
 
 
 def _status(root: Path, job_id: str) -> str:

@@ -47,6 +47,7 @@ from typing import Any
 import tomllib
 
 from ..errors import UsageError
+from ..jobs import OptionRefused
 from ..jobs import get as get_job
 from ..jobs import names as job_names
 from ..options import ConfigError, config_fields
@@ -59,9 +60,13 @@ NOT_IN_STUDIES = {"run": "it runs studies", "results": "it reads studies",
 # Options the runner sets itself for every job.
 RUNNER_OPTIONS = {"resume", "overwrite", "quiet", "pdf"}
 SWEEP_KEYS = {"grid", "zip", "seeds", "seed_fields"}
-STUDY_KEYS = {"name", "description"}
-REF = re.compile(r"^@([A-Za-z_][\w-]*)(?:\[([^\]]*)\])?(?:/(.*))?$")
-STAGE_NAME = re.compile(r"^[A-Za-z_][\w-]*$")
+STUDY_KEYS = {"name", "description", "max_jobs"}
+REF = re.compile(r"^@([A-Za-z_][\w-]*)(?:\[([^\]]*)\])?(?:/(.*))?$", re.ASCII)
+STAGE_NAME = re.compile(r"^[A-Za-z_][\w-]*$", re.ASCII)
+# A study's name becomes its directory (results/<name>): a single safe path component.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$", re.ASCII)
+MAX_JOBS = 1000  # a larger sweep starts only when asked (run --yes, or max_jobs in [study])
+SHOWN_FILES = 8  # of what an upstream job writes, named in a message
 
 
 class StudyError(UsageError):
@@ -135,6 +140,7 @@ class Study:
     description: str
     stages: dict[str, Stage]
     jobs: list[JobSpec]
+    max_jobs: int | None = None  # [study] max_jobs: the size the file allows (else MAX_JOBS)
 
     @property
     def by_id(self) -> dict[str, JobSpec]:
@@ -201,6 +207,15 @@ def parse(text: str, path: str | os.PathLike = "study.toml") -> Study:
     for key, value in (("name", name), ("description", description)):
         if not isinstance(value, str):
             raise StudyError(f"{where}: [study] {key} must be a string, got {value!r}")
+    if not SAFE_NAME.match(name):
+        said = "[study] name" if "name" in head else "the study's name (from its file name)"
+        raise StudyError(f"{where}: {said} {name!r} becomes a directory name: use letters, "
+                         "digits, '.', '_' or '-', not starting with '.' (set [study] name = "
+                         "\"my-study\")")
+    max_jobs = head.get("max_jobs")
+    if max_jobs is not None and (not isinstance(max_jobs, int) or isinstance(max_jobs, bool)
+                                 or max_jobs < 1):
+        raise StudyError(f"{where}: [study] max_jobs must be an integer ≥ 1, got {max_jobs!r}")
     if not data:
         raise StudyError(f"{where}: no stages; add a table per stage, e.g. [train] with "
                          "job = \"train\"")
@@ -213,10 +228,11 @@ def parse(text: str, path: str | os.PathLike = "study.toml") -> Study:
     order = _order(where, stages)
     jobs: list[JobSpec] = []
     by_stage: dict[str, list[JobSpec]] = {}
+    configs: dict[str, Any] = {}  # job id → its config (what a reader's references are checked by)
     for s in order:
-        by_stage[s] = _expand(where, stages[s], by_stage)
+        by_stage[s] = _expand(where, stages[s], by_stage, configs)
         jobs.extend(by_stage[s])
-    return Study(path, text, name, description, {s: stages[s] for s in order}, jobs)
+    return Study(path, text, name, description, {s: stages[s] for s in order}, jobs, max_jobs)
 
 
 def _near(key: str, choices) -> str:
@@ -365,7 +381,15 @@ def _ref(at: str, key: str, value: str) -> Ref:
         except tomllib.TOMLDecodeError:
             value = text.strip()  # a bare word: a string
         select.append((axis.strip(), value))
-    return Ref(m.group(1), tuple(gather), tuple(select), m.group(3) or "")
+    path = m.group(3) or ""
+    # Every output stays inside the study directory: a reference names a path inside the job's
+    # output, never above it or elsewhere.
+    if path and (path.startswith("/") or any(p in ("", ".", "..") for p in path.split("/"))
+                 or "\\" in path or "\n" in path):
+        raise StudyError(f"{at} {key}: {value!r} must name a path inside the stage's output "
+                         "(no '..', '.', empty parts or leading '/'), e.g. "
+                         "\"@train/a/model.safetensors\"")
+    return Ref(m.group(1), tuple(gather), tuple(select), path)
 
 
 def _order(where: str, stages: dict[str, Stage]) -> list[str]:
@@ -396,7 +420,8 @@ def _order(where: str, stages: dict[str, Stage]) -> list[str]:
     return order
 
 
-def _expand(where: str, stage: Stage, by_stage: dict[str, list[JobSpec]]) -> list[JobSpec]:
+def _expand(where: str, stage: Stage, by_stage: dict[str, list[JobSpec]],
+            configs: dict[str, Any]) -> list[JobSpec]:
     """The stage's jobs: its sweep × the jobs it reads (paired where their labels agree)."""
     at = f"{where}: [{stage.name}]"
     # Each source (a stage's jobs, maybe selected, maybe gathered) contributes groups of its
@@ -460,7 +485,8 @@ def _expand(where: str, stage: Stage, by_stage: dict[str, list[JobSpec]]) -> lis
                 else:
                     options[k] = v
             deps: list[str] = []
-            options = {k: _resolve(at, k, v, stage, picked, deps) for k, v in options.items()}
+            options = {k: _resolve(at, k, v, stage, picked, deps, configs)
+                       for k, v in options.items()}
             config = _build(at, job, options)
             settings = config.to_dict(settings_only=True)
             digest = hashlib.sha256(json.dumps({"job": stage.job, "settings": settings},
@@ -470,20 +496,56 @@ def _expand(where: str, stage: Stage, by_stage: dict[str, list[JobSpec]]) -> lis
                 raise StudyError(f"{at} two of its jobs have the same settings ({seen[job_id]} "
                                  f"and {own}): a sweep value repeats or does not reach the job")
             seen[job_id] = own
+            preflight(at, config, job_id, own)
+            configs[job_id] = config
             out.append(JobSpec(job_id, stage.name, stage.job, options, labels,
                                tuple(dict.fromkeys(deps))))
     return out
 
 
+def preflight(at: str, config: Any, job_id: str, own: dict[str, Any] | None = None,
+              here: bool = False) -> None:
+    """Refuse what the job would refuse when it runs (its data, shift, model; `here`: its
+    device on this machine), naming the option and the job."""
+    try:
+        config.preflight(here)
+    except OptionRefused as e:
+        swept = "".join(f", {k}={v}" for k, v in (own or {}).items())
+        raise StudyError(f"{at} {e.option}: {e} (job {job_id}{swept})") from None
+    except UsageError as e:
+        raise StudyError(f"{at} {e} (job {job_id})") from None
+
+
+def _check_written(at: str, key: str, ref: Ref, up: JobSpec, config: Any) -> None:
+    """Refuse a reference to a file the upstream job never writes."""
+    if not ref.path:
+        return
+    output = get_job(up.job).output
+    if output is not None and output.kind == "file":
+        raise StudyError(f"{at} {key}: @{ref.stage}/{ref.path}: [{ref.stage}] ({up.job}) writes "
+                         f"one file; read it as \"@{ref.stage}\"")
+    if output is None or output.holds(config, ref.path):
+        return
+    files = output.files(config) or []
+    shown = ", ".join(files[:SHOWN_FILES]) + (", ..." if len(files) > SHOWN_FILES else "")
+    raise StudyError(f"{at} {key}: @{ref.stage}/{ref.path}: [{ref.stage}] ({up.job}, job "
+                     f"{up.id}) never writes {ref.path!r}{_near(ref.path, files)}; it writes "
+                     f"{shown}")
+
+
 def _resolve(at: str, key: str, value: Any, stage: Stage, picked: dict[tuple, list[JobSpec]],
-             deps: list[str]) -> Any:
-    """An option value with its references made "@<job id>/<path>"."""
+             deps: list[str], configs: dict[str, Any]) -> Any:
+    """An option value with its references made "@<job id>/<path>" (each checked to be a file
+    the job it reads writes)."""
     if isinstance(value, list):
-        return [x for v in value for x in _as_list(_resolve(at, key, v, stage, picked, deps))]
+        return [x for v in value
+                for x in _as_list(_resolve(at, key, v, stage, picked, deps, configs))]
     if not (isinstance(value, str) and value in stage.refs):
         return value
     ref = stage.refs[value]
     jobs = picked[ref.source]
+    for j in jobs:
+        _check_written(at, key, ref, j, configs[j.id])
     deps.extend(j.id for j in jobs)
     paths = [f"@{j.id}" + (f"/{ref.path}" if ref.path else "") for j in jobs]
     return paths if ref.gather else paths[0]
