@@ -422,11 +422,10 @@ def synthetic(n_train: int = 2000, n_test: int = 500, shape: tuple[int, ...] = (
         raise UsageError(f"synthetic: need at least 2 classes, got {classes}")
     if seed < 0:  # torch would take it, but every other seed of the project is ≥ 0
         raise UsageError(f"synthetic: seed must be an integer ≥ 0, got {seed} (e.g. synthetic:seed=1)")
-    for what, key, n in (("training", "n", n_train), ("test", "test", n_test)):
-        if n < classes:  # labels are dealt round-robin: some classes would have no sample
-            raise UsageError(f"synthetic: {key}={n} {what} samples for {classes} classes leave "
-                             f"classes without a sample; give {key}={classes} or more (or fewer "
-                             "classes)")
+    if n_train < classes:  # labels are dealt round-robin: some classes would never be seen
+        raise UsageError(f"synthetic: n={n_train} training samples for {classes} classes leave "
+                         f"classes without a sample; give n={classes} or more (or fewer "
+                         "classes)")
     # Checked before anything is drawn: float32 images of both splits and one prototype per
     # class (a multi-label set adds its multi-hot targets).
     pixels = int(np.prod(shape, dtype=np.float64))

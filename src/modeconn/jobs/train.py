@@ -3,7 +3,10 @@
 The run directory's contract is train_run's (config.json with the run's "options", summary.csv,
 one folder per member, the resume fingerprint): a run started before the job layer resumes the
 same. `--resume` with only `--out` works through `resolve_train`, which fills every option not
-given again from the run's config.json.
+given again from the run's config.json. Where --out records no settings (missing, empty, or
+stopped before config.json was written) the options given describe the run in full, as without
+--resume, so the same command line plus --resume ends as a run never stopped; a resume that gives
+none is refused rather than training the defaults.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ class TrainJobConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig)
                               choices=("same", "independent"))
     order_seed: int = option(0, "seed of the batch order", low=0)
     resume: bool = option(False, "continue an interrupted run in --out with the settings in its "
-                                 "config.json (options given again must match them)",
+                                 "config.json (options given again must match them; where it "
+                                 "recorded none, the options given start the run)",
                           setting=False)
     quiet: bool = quiet_option()
 
