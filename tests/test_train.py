@@ -406,6 +406,18 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
             _rows(tmp_path / "B" / m / "metrics.csv")
 
 
+def test_grouped_runs_of_the_same_settings_write_the_same_resume_state(tmp_path):
+    """The resume state of grouped members, global generator included, is the same for every
+    run of the settings (it was not seeded, so each run saved another generator state)."""
+    states = []
+    for run in ("A", "B"):
+        jobs.run("train", width=16, epochs=1, shift="iid:50,50", quiet=True, device="cpu",
+                 out=tmp_path / run)
+        states.append(load_file(tmp_path / run / "group_state.safetensors"))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def _kill_when(args: list[str], out: Path, env: dict, ready) -> list[str]:
     """Start `args --out out`, SIGKILL it once `ready(seconds since start)` holds; return the
     files it left."""
