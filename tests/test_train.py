@@ -406,6 +406,75 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
             _rows(tmp_path / "B" / m / "metrics.csv")
 
 
+def test_grouped_runs_of_the_same_settings_write_the_same_resume_state(tmp_path):
+    """The resume state of grouped members, global generator included, is the same for every
+    run of the settings (it was not seeded, so each run saved another generator state)."""
+    states = []
+    for run in ("A", "B"):
+        jobs.run("train", width=16, epochs=1, shift="iid:50,50", quiet=True, device="cpu",
+                 out=tmp_path / run)
+        states.append(load_file(tmp_path / run / "group_state.safetensors"))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def _kill_when(args: list[str], out: Path, env: dict, ready) -> list[str]:
+    """Start `args --out out`, SIGKILL it once `ready(seconds since start)` holds; return the
+    files it left."""
+    proc = subprocess.Popen([*args, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None and not ready(time.monotonic() - t0):
+            time.sleep(0.002)
+        assert proc.poll() is None, "the run finished before it could be killed"
+    finally:
+        proc.kill()
+        proc.wait()
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else []
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_the_same_command_with_resume_is_bit_identical(tmp_path):
+    """Killed before its first file, as soon as its directory exists (before its settings are
+    recorded) and mid-training, `modeconn train` resumed with the same command line plus
+    --resume ends with the models and learning curves of a run never killed (issue 22)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "modeconn", "train", "--model", "convnet", "--width", "0.25",
+            "--epochs", "4", "--save-epochs", "2", "--quiet", "--device", "cpu"]
+    a = subprocess.run([*args, "--out", str(tmp_path / "A")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert a.returncode == 0, a.stderr
+
+    def rows(path: Path) -> list[str]:
+        return [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]  # no seconds
+
+    def mid_training(_: float) -> bool:  # a header and two epochs of rows written
+        metrics = tmp_path / "mid-training" / "all" / "metrics.csv"
+        return metrics.exists() and len(rows(metrics)) > 3
+
+    kills = {"before any file": lambda t: t > 0.2,
+             "directory made": lambda _: (tmp_path / "directory made").exists(),
+             "mid-training": mid_training}
+    for name, ready in kills.items():
+        left = _kill_when(args, tmp_path / name, env, ready)
+        if name == "before any file":
+            assert left == []
+        if name == "mid-training":
+            assert "config.json" in left and "all/model.safetensors" not in left
+        b = subprocess.run([*args, "--out", str(tmp_path / name), "--resume"], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert b.returncode == 0, (name, b.stderr)
+        for f in ("model.safetensors", "epoch_2.safetensors"):
+            ta, tb = load_file(tmp_path / "A" / "all" / f), load_file(tmp_path / name / "all" / f)
+            assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), (name, f)
+        assert rows(tmp_path / "A" / "all" / "metrics.csv") == \
+            rows(tmp_path / name / "all" / "metrics.csv"), name
+        for f in ("config.json", "all/config.json", "all/status.json", "summary.csv"):
+            assert (tmp_path / "A" / f).read_text() == (tmp_path / name / f).read_text(), (name, f)
+        assert not list((tmp_path / name).rglob("*.tmp")), name
+
+
 # ---------------------------------------------------------------- resume at the last epoch
 
 FINAL_CASES = {

@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import platform
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,10 @@ class TrainConfig(Options):
             raise self.invalid("nesterov", "needs optimizer sgd with momentum > 0")
         if any(e > self.epochs for e in self.save_epochs):
             raise self.invalid("save_epochs", f"must lie in 1..{self.epochs} (the epochs)")
+        if self.warmup > self.epochs:  # the learning rate would never reach its peak
+            raise self.invalid("warmup", f"must be at most the {self.epochs} epoch"
+                                         f"{'s' if self.epochs != 1 else ''} of training "
+                                         "(lower it or raise the epochs)")
         sched = parse_schedule(self.schedule, self.warmup)
         late = [m for m in sched.milestones if m >= self.epochs]
         if late:
@@ -455,6 +460,9 @@ def train_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConf
     opt = make_optimizer(group.parameters(), cfg)
     state_path = out / "group_state.safetensors"
     fingerprint = json.dumps([r.fingerprint for r in recs])
+    # Nothing here draws from the global generator, but its state is saved for resume: seeded,
+    # so that every run of these settings writes the same resume state.
+    torch.manual_seed(members[0].init_seed + 7_000_003)
     start, histories = 0, [[] for _ in members]
     # Members that diverged stop there; the others go on. Recorded in the resume state, so a
     # resumed run neither retrains nor re-detects them.
@@ -573,6 +581,9 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
         raise UsageError(f"{out}: resumed with different settings than the original run; "
                          "repeat the original settings or use a new output directory")
     out.mkdir(parents=True, exist_ok=True)
+    if resume:  # what a run killed mid-write left beside its files
+        for d in (out, *(out / m.name for m in members)):
+            _remove_temporaries(d)
     # A resumed run keeps the env.json of its start; files that would not change are not
     # rewritten, so resuming a complete run touches nothing.
     if not (resume and (out / "env.json").is_file()):
@@ -593,6 +604,19 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
                                 task=task) for m in members]
     write_csv(out / "summary.csv", results, changed_only=True)
     return results
+
+
+# The temporary files `io.atomic_path` writes before renaming them into place.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
+def _remove_temporaries(directory: Path) -> None:
+    """Remove the temporary files a process killed while writing left in `directory`: the file
+    they were to become is written again by the resumed run, or was complete already."""
+    if directory.is_dir():
+        for path in directory.iterdir():
+            if _TEMPORARY.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -95,7 +95,10 @@ def choice(name: str) -> Any:
         _SESSION[name] = stored[name]
         return stored[name]
     try:
-        value, _ = _PROBES[name]()
+        # The probes draw random tensors: off the global generator, or the first run on a
+        # machine would train with another dropout stream than every later run.
+        with torch.random.fork_rng(devices=[]):
+            value, _ = _PROBES[name]()
     except Exception:  # noqa: BLE001 — a probe that cannot run leaves the default
         value = DEFAULTS[name]
     _SESSION[name] = value

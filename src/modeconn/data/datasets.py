@@ -279,6 +279,54 @@ BEN_SCALE = 1e-4  # Sentinel-2 L2A surface reflectance is stored ×10,000
 IN_MEMORY_BYTES = 4 * 2**30
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take (what the kernel reports available, within a
+    control group's limit where one is set); None where the system does not say."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    try:  # cgroup v2: a container's limit, which MemAvailable does not see
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(min(found), 0) if found else None
+
+
+def in_memory_budget() -> tuple[int | None, str]:
+    """The bytes of dataset tensors that may be held in memory, and what sets that: the memory
+    available, lowered by $MODECONN_IN_MEMORY_BYTES where it is set."""
+    available = available_memory()
+    env = os.environ.get("MODECONN_IN_MEMORY_BYTES")
+    if env is not None:
+        try:
+            cap = int(env)
+        except ValueError:
+            raise UsageError(f"$MODECONN_IN_MEMORY_BYTES must be a number of bytes, got {env!r}"
+                             ) from None
+        if available is None or cap < available:
+            return cap, "$MODECONN_IN_MEMORY_BYTES allows"
+    return available, "the memory available is"
+
+
+def _size(n: int) -> str:
+    """Bytes for a reader: 93132.3 GiB, 12.0 MiB, 512 bytes."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _parse_options(dataset: str, opts: str, known: dict, example: str) -> dict:
     """`k=v,...` options of a dataset name, each parsed and checked against `known`."""
     out: dict = {}
@@ -331,8 +379,9 @@ def _bigearthnet(data_dir: Path, on_bad_patch: str, labels: int = 19, size: int 
             raise UsageError(f"bigearthnet: the {s} split of {root} is empty; give more patches "
                              "(or a larger limit)")
     budget = int(os.environ.get("MODECONN_IN_MEMORY_BYTES", IN_MEMORY_BYTES))
+    available = available_memory()  # what does not fit is streamed from the cache instead
     n = len(rows["train"]) + len(rows["test"])
-    in_memory = n * len(BANDS) * size * size * 4 <= budget
+    in_memory = n * len(BANDS) * size * size * 4 <= min(budget, available or budget)
 
     def images(r: np.ndarray):
         x = MappedImages.of(ben.images, r, scale=BEN_SCALE)
@@ -393,6 +442,23 @@ def synthetic(n_train: int = 2000, n_test: int = 500, shape: tuple[int, ...] = (
         raise UsageError(f"synthetic: shape must be CxHxW with positive sizes, got {shape}")
     if classes < 2:
         raise UsageError(f"synthetic: need at least 2 classes, got {classes}")
+    if seed < 0:  # torch would take it, but every other seed of the project is ≥ 0
+        raise UsageError(f"synthetic: seed must be an integer ≥ 0, got {seed} (e.g. synthetic:seed=1)")
+    if n_train < classes:  # labels are dealt round-robin: some classes would never be seen
+        raise UsageError(f"synthetic: n={n_train} training samples for {classes} classes leave "
+                         f"classes without a sample; give n={classes} or more (or fewer "
+                         "classes)")
+    # Checked before anything is drawn: float32 images of both splits and one prototype per
+    # class (a multi-label set adds its multi-hot targets).
+    pixels = int(np.prod(shape, dtype=np.float64))
+    need = 4 * pixels * (n_train + n_test + classes) + 4 * (n_train + n_test) * (
+        classes if task == "multilabel" else 2)
+    budget, by = in_memory_budget()
+    if budget is not None and need > budget:
+        raise UsageError(f"synthetic: n={n_train}, test={n_test}, shape="
+                         f"{'x'.join(map(str, shape))}, classes={classes} needs {_size(need)} in "
+                         f"memory but {by} {_size(budget)}; use fewer samples (n=, test=) or a "
+                         "smaller shape")
     g = torch.Generator().manual_seed(seed)
     protos = torch.rand((classes, *shape), generator=g)
 

@@ -64,7 +64,7 @@ class CurveConfig(Combine, TrainConfig, JobConfig):
     epochs: int = option(30, "passes over the training data", low=1)
     schedule: str = option("curve", "constant, cosine, curve, step:M1,M2[@GAMMA], "
                                     "cyclic:EPOCHS[@LOW]")
-    seed: int = option(0, "batch order and t samples")
+    seed: int = option(0, "batch order and t samples", low=0)
     on: str = on_option("fit and evaluate on the whole training set (the union of the subsets) "
                         "or on model A's own subset")
     points: int = option(61, "evaluated points along the curve", low=2)

@@ -36,7 +36,7 @@ class FgeConfig(Runtime, Overwrite, TrainConfig, JobConfig):
     cycle_epochs: int = option(2, "epochs per cycle", low=1)
     low: float = option(0.01, "lowest learning rate, as a factor of --lr", low=0, low_open=True,
                         high=1)
-    seed: int = option(0, "batch order")
+    seed: int = option(0, "batch order", low=0)
     on: str = on_option("train and evaluate on the whole dataset or on the model's own subset")
     bn_reset: str = bn_reset_option()
     quiet: bool = quiet_option()

@@ -24,7 +24,7 @@ class SharpnessConfig(Runtime, JobConfig):
     split: str = option("train", "split whose loss the Hessian is taken of",
                         choices=("train", "test"))
     on: str = option("full", "the whole dataset or the model's own subset", choices=EVAL_ON)
-    seed: int = option(0, "Rademacher probes")
+    seed: int = option(0, "Rademacher probes", low=0)
     overwrite: bool = option(False, "replace an existing output file", setting=False)
 
 

@@ -3,12 +3,16 @@
 The run directory's contract is train_run's (config.json with the run's "options", summary.csv,
 one folder per member, the resume fingerprint): a run started before the job layer resumes the
 same. `--resume` with only `--out` works through `resolve_train`, which fills every option not
-given again from the run's config.json.
+given again from the run's config.json. Where --out records no settings (missing, empty, or
+stopped before config.json was written) the options given describe the run in full, as without
+--resume, so the same command line plus --resume ends as a run never stopped; a resume that gives
+none is refused rather than training the defaults.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +44,15 @@ class TrainJobConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig)
     only: str | None = option(None, "train only these subsets, e.g. a or a,c")
     init: str = option("same", "one initialisation for every member, or one per member "
                                "(seed + i)", choices=("same", "different"))
-    init_seed: tuple[int, ...] = option((0,), "one seed, or one per subset")
+    init_seed: tuple[int, ...] = option((0,), "one seed, or one per subset", low=0)
     batch_order: str = option("same", "same: every subset visited in one sequence of positions "
                                       "per epoch (same SGD noise); independent: each subset "
                                       "shuffled with its own seed",
                               choices=("same", "independent"))
-    order_seed: int = option(0, "seed of the batch order")
+    order_seed: int = option(0, "seed of the batch order", low=0)
     resume: bool = option(False, "continue an interrupted run in --out with the settings in its "
-                                 "config.json (options given again must match them)",
+                                 "config.json (options given again must match them; where it "
+                                 "recorded none, the options given start the run)",
                           setting=False)
     quiet: bool = quiet_option()
 
@@ -92,27 +97,55 @@ class TrainResult(Result):
 
 
 _NO_OPTIONS = object()  # a run whose config.json predates the recorded options
+_NOTHING = object()  # --resume of a directory without a run's config.json
 
 
 def _stored_options(out: Path | None, resume: bool) -> Any:
-    """The options recorded in the run `out` resumes ({} when there is nothing to read: a new
-    run, or a config.json train_run reports itself; `_NO_OPTIONS` for a run that recorded
-    none)."""
-    path = None if out is None else out / "config.json"
-    if not resume or path is None or not path.is_file():
+    """The options recorded in the run `out` resumes: {} when there is nothing to resume from
+    (no --resume, no --out, or --out a file that train_run refuses), `_NOTHING` for a directory
+    that is missing or holds no config.json, `_NO_OPTIONS` for a run that recorded none."""
+    if not resume or out is None or (out.exists() and not out.is_dir()):
         return {}
+    path = out / "config.json"
+    if not path.is_file():
+        return _NOTHING
     try:
-        stored = json.loads(path.read_text()).get("options")
-    except (OSError, ValueError, AttributeError):
-        return {}
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # written atomically, so not a file a run wrote
+        raise UsageError(f"{path} cannot be read as a run's settings ({e}); resume the run "
+                         "it belongs to, or choose a new --out") from None
+    if not isinstance(stored, dict):
+        raise UsageError(f"{path} is not a run's settings (not a JSON object); resume the run "
+                         "it belongs to, or choose a new --out")
+    stored = stored.get("options")
     return _NO_OPTIONS if stored is None else stored
+
+
+def _nothing_recorded(out: Path) -> str:
+    """The refusal of a resume that gives no option where `out` records none: what is missing,
+    and the way on."""
+    start = ("to start a run there, give its options with --resume (at least one, e.g. "
+             "--dataset digits)")
+    if not out.exists():
+        return f"nothing to resume: {out} does not exist, so no settings are recorded; {start}"
+    if not any(out.iterdir()):
+        return f"nothing to resume: {out} is empty, so no settings are recorded; {start}"
+    return (f"nothing to resume: {out} holds no config.json with the run's settings (stopped "
+            f"before it wrote them, or not a run directory); {start}, or choose a new --out")
 
 
 def resolve_train(given: dict[str, Any], out: Path | None) -> dict[str, Any]:
     """On resume, every recorded option not given again is taken from the run's config.json
-    (those given must match it, which train_run checks)."""
+    (those given must match it, which train_run checks). Where nothing is recorded (the run was
+    stopped before it wrote its config.json, or never started), the options given describe the
+    run in full, as they would without --resume; a resume that gives none of them is refused
+    rather than training the defaults."""
     stored = _stored_options(out, bool(given.get("resume")))
     if stored is _NO_OPTIONS:
+        return given
+    if stored is _NOTHING:
+        if not any(k in given for k in RECORDED_OPTIONS + LATER_OPTIONS):
+            raise UsageError(_nothing_recorded(out))
         return given
     return {**{k: v for k, v in stored.items() if k in RECORDED_OPTIONS + LATER_OPTIONS},
             **given}
@@ -154,7 +187,11 @@ def run_train(config: TrainJobConfig, out: Path) -> TrainResult:
     for m in members:  # band sets of different sizes: each member's input layer its own
         if m.data.input_shape != subsets[0].input_shape:
             m.model_cfg = config.model_config(m.data.input_shape, m.data.num_classes)
-    legacy = _stored_options(out, config.resume) is _NO_OPTIONS
+    stored = _stored_options(out, config.resume)
+    if stored is _NOTHING:  # resolve_train let it through: the options given describe the run
+        print(f"modeconn: no recorded settings in {out}: starting the run these options "
+              "describe", file=sys.stderr)
+    legacy = stored is _NO_OPTIONS
     run_info = None if legacy else {"options": config.recorded_options()}
     results = train_run(model_cfg, members, training(config), out, device, config.resume,
                         config.quiet, run_info, task=subsets[0].task)
