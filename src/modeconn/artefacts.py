@@ -93,6 +93,9 @@ def _parse(text: str) -> Any:
 CONFIG = Document("config.json")  # {"job", "config": the resolved config, ...}
 ENV = Document("env.json")  # versions, device, threads, git SHA
 STATUS = Document("status.json")  # complete / diverged / failed, with why
+# An lmc study's status.json: "complete" and its summary rows, all numbers (a spread of one
+# seed is NaN, null in the file).
+LMC_STATUS = Document("status.json", numeric=True)
 
 # Training runs (per member).
 METRICS = Table("metrics.csv", ("epoch", "split", "loss", "acc", "lr", "seconds"))

@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
+from .. import artefacts
 from ..checkpoint import load_checkpoint, params_of
 from ..data import DataSpec, eval_data, prepare_subsets
 from ..ensemble import ensemble_metrics, member_scores, pairwise_similarity
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..io import json_text, output_dir, read_csv, read_json, write_csv, write_json, write_text
+from ..io import json_text, output_dir, read_csv, write_csv, write_json, write_text
 from ..models import build_model, model_config
 from ..params import statistic_keys
 from ..paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
@@ -166,8 +167,7 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
                              "run (study.json differs); repeat the original settings or use a "
                              "new output directory")
         if status_path.is_file():
-            # Its numbers only: a null is a NaN written strictly (the spread of one seed).
-            status = read_json(status_path, nulls_as_nan=True)
+            status = artefacts.LMC_STATUS.read(out)
             if status.get("status") == "complete":
                 if log:
                     log("complete, reused as it is")
