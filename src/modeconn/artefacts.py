@@ -1,21 +1,21 @@
 """The file contract: the name (and, for tables, the columns) of every file a job writes, with
 one writer and one reader each, so that studies and reports read what jobs write through here.
 
-Tables are CSV with a fixed column order; documents are JSON. Both are written atomically
-(`modeconn.io`). Readers return tables with numbers parsed (int where integral text, else float;
-other text as is) and documents as written.
+Tables are CSV with a fixed column order; documents are strict JSON (a number that is not finite
+is null). Both are written atomically (`modeconn.io`). Readers return tables with numbers parsed
+(int where integral text, else float; other text as is) and documents as written, except that in
+a document of numbers (barriers) null reads back as NaN.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import read_csv, write_csv, write_json
+from .io import read_csv, read_json, write_csv, write_json
 from .task import TASKS
 
 Folder = str | os.PathLike
@@ -47,9 +47,11 @@ class Table:
 
 @dataclass(frozen=True)
 class Document:
-    """A JSON file."""
+    """A JSON file; in one whose every null stands for a number that was not finite
+    (`numeric`), null reads back as NaN."""
 
     name: str
+    numeric: bool = False
 
     def path(self, folder: Folder) -> Path:
         return Path(folder) / self.name
@@ -58,7 +60,7 @@ class Document:
         return write_json(self.path(folder), obj, changed_only=changed_only)
 
     def read(self, folder: Folder) -> Any:
-        return json.loads(self.path(folder).read_text())
+        return read_json(self.path(folder), nulls_as_nan=self.numeric)
 
 
 def task_columns(columns: Iterable[str], rows: list[Mapping[str, Any]]) -> list[str]:
@@ -91,6 +93,9 @@ def _parse(text: str) -> Any:
 CONFIG = Document("config.json")  # {"job", "config": the resolved config, ...}
 ENV = Document("env.json")  # versions, device, threads, git SHA
 STATUS = Document("status.json")  # complete / diverged / failed, with why
+# An lmc study's status.json: "complete" and its summary rows, all numbers (a spread of one
+# seed is NaN, null in the file).
+LMC_STATUS = Document("status.json", numeric=True)
 
 # Training runs (per member).
 METRICS = Table("metrics.csv", ("epoch", "split", "loss", "acc", "lr", "seconds"))
@@ -99,7 +104,7 @@ RUN_SUMMARY = Table("summary.csv")
 
 # Paths and barriers.
 PATH = Table("path.csv", ("t", "split", "loss", "acc", "length"))
-BARRIER = Document("barrier.json")
+BARRIER = Document("barrier.json", numeric=True)
 CURVE_PATH = Table("path.csv", ("path", "t", "split", "loss", "acc", "length"))
 CURVE_METRICS = Table("metrics.csv", ("epoch", "loss", "lr"))
 
@@ -111,7 +116,7 @@ def aligned_path(label: str) -> Table:
 
 def aligned_barrier(label: str) -> Document:
     """barrier_before.json / barrier_after.json of an alignment."""
-    return Document(f"barrier_{label}.json")
+    return Document(f"barrier_{label}.json", numeric=True)
 
 
 # Merging, ensembles, landscapes.

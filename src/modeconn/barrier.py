@@ -65,4 +65,7 @@ def path_summary(ts: Sequence[float], loss: Sequence[float], acc: Sequence[float
     out["interior"] = interior
     out["connected"] = bool(out["loss"]["linear"]["barrier"] <= tolerance)
     out["tolerance"] = tolerance
+    bad = [t for t, v in zip(ts, loss) if not np.isfinite(v)]
+    if bad:  # the barriers are NaN (null in JSON): say why
+        out["undefined"] = "the loss is not finite at t = " + ", ".join(f"{t:.3g}" for t in bad)
     return out

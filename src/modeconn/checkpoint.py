@@ -99,7 +99,12 @@ _PICKLE_HINT = ("modeconn never unpickles files; convert it once in trusted code
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpoint:
-    """Read and validate a checkpoint; refuse pickles, torch.save files and damaged files."""
+    """Read and validate a checkpoint; refuse pickles, torch.save files and damaged files.
+
+    A model or curve checkpoint (`kind` "model" or "curve": what every science command asks for)
+    is also refused when a floating tensor holds NaN or inf: everything computed from it would be
+    NaN, or worse, look plausible. Train-state files are not checked (resuming a run replays it
+    as it was), nor files read without a kind (`modeconn info` lists what is not finite)."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"checkpoint {path} is a directory, not a file; {_inside(path)}")
@@ -142,7 +147,37 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpo
     if kind is not None and ckpt.kind != kind:
         raise UsageError(f"{path} holds a {ckpt.kind} checkpoint, expected a {kind}; "
                          f"pass a {kind} checkpoint")
+    if kind in ("model", "curve") and (bad := non_finite(tensors)):
+        name, counts = next(iter(bad.items()))
+        more = f", {len(bad) - 1} more tensors too" if len(bad) > 1 else ""
+        raise UsageError(f"{path}: tensor {name!r} holds {counts}{more}{_diverged(path)}: "
+                         "results computed from it would be NaN or meaningless; retrain (e.g. "
+                         "with a lower --lr) or pick an earlier checkpoint")
     return ckpt
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{name: 'N NaN and M inf values'} of the floating tensors that are not all finite, in
+    file order. One `isfinite` pass per tensor; values are counted only for the bad ones."""
+    out = {}
+    for name, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            nan = int(torch.isnan(t).sum())
+            inf = t.numel() - nan - int(torch.isfinite(t).sum())
+            out[name] = " and ".join(f"{n} {what} value{'s' if n != 1 else ''}"
+                                     for n, what in ((nan, "NaN"), (inf, "inf")) if n)
+    return out
+
+
+def _diverged(path: Path) -> str:
+    """' (its training diverged: see DIR/status.json)' when the run beside the file says so."""
+    try:
+        status = json.loads((path.parent / "status.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if isinstance(status, dict) and status.get("status") == "diverged":
+        return f" (its training diverged: see {path.parent / 'status.json'})"
+    return ""
 
 
 def _inside(folder: Path) -> str:
@@ -169,6 +204,8 @@ def describe(ckpt: Checkpoint) -> str:
              f"tensors       {len(ckpt.tensors)} ({n_params:,} values)"]
     for key in sorted(k for k in ckpt.meta if k != "kind"):  # kind is the second line
         lines.append(f"{key:<13} {json.dumps(ckpt.meta[key])}")
+    for name, counts in non_finite(ckpt.tensors).items():
+        lines.append(f"{'not finite':<13} {name}: {counts}")
     return "\n".join(lines)
 
 

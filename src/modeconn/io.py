@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import secrets
 import shutil
@@ -52,14 +53,38 @@ def _file_above(path: Path) -> Path | None:
 
 
 def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
-    """Refuse an output directory that is an existing file or lies under one."""
+    """Refuse an output directory that is an existing file, lies under one, or cannot be
+    created or written."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{what} {path} is an existing file, not a directory; choose a "
                          "directory path")
     if (above := _file_above(path)) is not None:
         raise UsageError(f"{what} {path}: {above} is a file, not a directory; choose another path")
+    _check_writable(path, path, what)
     return path
+
+
+def _check_writable(folder: Path, target: Path, what: str) -> None:
+    """Refuse `target` (`folder` or a file in it) when `folder`, or the nearest existing folder
+    above it where it would be created, does not take a new entry: a read-only file system, a folder
+    without write permission, /proc or /sys. Tried, not predicted (permission bits say nothing
+    for root), before anything runs: a sub-folder is made and removed, and the folder's times
+    are put back, so a refused or resumed command leaves it as it was."""
+    base = folder if folder.exists() else next((p for p in folder.parents if p.exists()), folder)
+    try:
+        times = os.stat(base)
+        probe = base / f".modeconn-probe.{secrets.token_hex(6)}"
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        verb = "write" if target.exists() else "create"
+        where = (f"cannot write {what} {target} ({reason})" if base == target else
+                 f"cannot {verb} {what} {target}: {base} takes no new entries ({reason})")
+        raise UsageError(f"{where}; choose a writable --out") from None
+    with contextlib.suppress(OSError):  # only the owner may set times; nothing else depends on it
+        os.utime(base, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 WAYS_ON = {"overwrite": "allow overwriting it (--overwrite)",
@@ -89,6 +114,7 @@ def check_output_file(path: str | os.PathLike, overwrite: bool = False,
     if path.exists() and not overwrite:
         raise UsageError(f"{what} {path} already exists; choose another or allow overwriting it "
                          "(--overwrite)")
+    _check_writable(path.parent, path, what)
     return path
 
 
@@ -133,13 +159,44 @@ def write_text(path: str | os.PathLike, text: str, changed_only: bool = False) -
 
 
 def json_text(obj: Any) -> str:
-    """The text `write_json` writes for `obj`."""
-    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+    """The text `write_json` writes for `obj`: strict JSON, where a number that is not finite
+    (NaN, inf: no JSON number spells them) is null."""
+    return json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
 
 
 def write_json(path: str | os.PathLike, obj: Any, changed_only: bool = False) -> bool:
-    """Write JSON atomically (indented, keys in insertion order)."""
+    """Write JSON atomically (indented, keys in insertion order; non-finite numbers as null)."""
     return write_text(path, json_text(obj), changed_only)
+
+
+def read_json(path: str | os.PathLike, nulls_as_nan: bool = False) -> Any:
+    """A JSON file; with `nulls_as_nan`, every null reads as NaN (the number `write_json` could
+    not write), for documents where null means nothing else."""
+    obj = json.loads(Path(path).read_text())
+    return _nan_for_null(obj) if nulls_as_nan else obj
+
+
+def _finite(o: Any) -> Any:
+    """`o` with non-finite floats as None; arrays and tensors as lists, paths as text."""
+    if isinstance(o, float):  # numpy float64 too
+        return o if math.isfinite(o) else None
+    if isinstance(o, Mapping):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, (str, int, bool)) or o is None:
+        return o
+    return _finite(_json_default(o))
+
+
+def _nan_for_null(o: Any) -> Any:
+    if o is None:
+        return math.nan
+    if isinstance(o, dict):
+        return {k: _nan_for_null(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_nan_for_null(v) for v in o]
+    return o
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],

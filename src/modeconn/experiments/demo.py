@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from .. import artefacts
 from ..io import write_text
 from ..report import figures
 from .lmc import summary_table
@@ -15,8 +15,7 @@ def summary_rows(run) -> list[dict[str, Any]]:
     """The summary rows of the study's lmc jobs, in study order."""
     rows: list[dict[str, Any]] = []
     for spec in run.study.jobs:
-        status = json.loads((run.out / "jobs" / spec.id / "out" / "status.json").read_text())
-        rows.extend(status["summary"])
+        rows.extend(artefacts.LMC_STATUS.read(run.out / "jobs" / spec.id / "out")["summary"])
     return rows
 
 

@@ -9,7 +9,6 @@ over seeds into tidy tables and figures.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import statistics
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .. import artefacts
 from ..checkpoint import load_checkpoint, params_of
 from ..data import DataSpec, eval_data, prepare_subsets
 from ..ensemble import ensemble_metrics, member_scores, pairwise_similarity
@@ -167,7 +167,7 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
                              "run (study.json differs); repeat the original settings or use a "
                              "new output directory")
         if status_path.is_file():
-            status = json.loads(status_path.read_text())
+            status = artefacts.LMC_STATUS.read(out)
             if status.get("status") == "complete":
                 if log:
                     log("complete, reused as it is")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +30,24 @@ def numbers(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 def path_metrics(summary: dict[str, Any], splits) -> dict[str, float]:
     """A barrier summary (barrier.json) as flat metrics: per split, the loss and error barrier
-    (the linear definition unsuffixed, the others suffixed), Δacc at λ*, λ*, connected."""
+    (the linear definition unsuffixed, the others suffixed), Δacc at λ*, λ*, connected. A
+    null (how the file writes a number that was not finite) is NaN."""
     out: dict[str, float] = {}
     for split in splits:
         s = summary[split]
         for metric in ("loss", "error"):
             for definition, v in s[metric].items():
                 suffix = "" if definition == "linear" else "_" + definition.replace("-", "_")
-                out[f"{split}_{metric}_barrier{suffix}"] = float(v["barrier"])
+                out[f"{split}_{metric}_barrier{suffix}"] = _float(v["barrier"])
         score = s.get("score", "acc")
-        out[f"{split}_delta_{score}"] = float(s[f"delta_{score}"])
-        out[f"{split}_lambda_star"] = float(s["lambda_star"])
+        out[f"{split}_delta_{score}"] = _float(s[f"delta_{score}"])
+        out[f"{split}_lambda_star"] = _float(s["lambda_star"])
         out[f"{split}_connected"] = float(s["connected"])
     return out
+
+
+def _float(v: Any) -> float:
+    return math.nan if v is None else float(v)
 
 
 def split_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:

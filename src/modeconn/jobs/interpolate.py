@@ -50,6 +50,8 @@ class InterpolateResult(Result):
             s = self.summary[split]
             where = f"at λ={s['lambda_star']:.2f}" if s.get("interior", True) \
                 else "(no interior maximum)"
+            if "undefined" in s:
+                where = f"(undefined: {s['undefined']})"
             score = s.get("score", "acc")
             out.append(f"{split}: loss barrier {s['loss']['linear']['barrier']:.4f} {where}, "
                        f"error barrier "
