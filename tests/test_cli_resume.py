@@ -178,3 +178,18 @@ def test_resume_of_an_unreadable_config_is_refused(cli, tmp_path):
     rc, _, err = cli("train", "--out", out, "--resume", "--quiet")
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert f"{out / 'config.json'} cannot be read as a run's settings" in err
+
+
+def test_resume_of_a_finished_run_with_a_metric_recorded_as_null_reads_it_as_nan(cli, tmp_path):
+    """A final loss that was not finite is written as null (strict JSON); resuming the finished
+    run reports it as nan instead of failing on it."""
+    out = tmp_path / "run"
+    rc, _, err = cli("train", *SETTINGS, "--out", out)
+    assert rc == 0, err
+    status_path = out / "a" / "status.json"
+    status = json.loads(status_path.read_text())
+    status["test_loss"] = None
+    status_path.write_text(json.dumps(status))
+    rc, printed, err = cli("train", "--out", out, "--resume")
+    assert rc == 0, err
+    assert "test loss nan" in printed

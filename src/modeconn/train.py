@@ -25,7 +25,7 @@ from .epochs import check_finite as _check_finite  # noqa: F401  (benchmarks/tra
 from .errors import DivergedError, UsageError
 from .evaluate import evaluate, nhwc, prefers_channels_last, probabilities
 from .grouped import GroupedMLP, groupable, grouped_loss
-from .io import json_text, output_dir, write_csv, write_json
+from .io import json_text, output_dir, read_json, write_csv, write_json
 from .models import build_model, has_batchnorm
 from .options import Options, option
 from .schedules import parse_schedule
@@ -284,7 +284,8 @@ class MemberRecord:
         status_path = self.out_dir / "status.json"
         if not status_path.is_file():
             return None
-        status = json.loads(status_path.read_text())
+        # A metric that was not finite is recorded as null: read back as the NaN it was
+        status = read_json(status_path, nulls_as_nan=True)
         if status.get("status") == "complete":
             if not (self.out_dir / "model.safetensors").is_file():
                 return None
