@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -16,6 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # what _temporary_name makes
+
+
+def remove_temporaries(directory: str | os.PathLike) -> None:
+    """Remove the temporary files that a process killed while writing left in `directory`: the
+    files they were to become are either complete already or written again by whoever resumes."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for path in directory.iterdir():
+            if _TEMPORARY.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -27,7 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        tmp_path = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        tmp_path = _temporary_name(path)
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             break

@@ -7,7 +7,6 @@ import copy
 import json
 import math
 import platform
-import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ from .epochs import check_finite as _check_finite  # noqa: F401  (benchmarks/tra
 from .errors import DivergedError, UsageError
 from .evaluate import evaluate, nhwc, prefers_channels_last, probabilities
 from .grouped import GroupedMLP, groupable, grouped_loss
-from .io import json_text, output_dir, read_json, write_csv, write_json
+from .io import json_text, output_dir, read_json, remove_temporaries, write_csv, write_json
 from .models import build_model, has_batchnorm
 from .options import Options, option
 from .schedules import parse_schedule
@@ -584,7 +583,7 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
     out.mkdir(parents=True, exist_ok=True)
     if resume:  # what a run killed mid-write left beside its files
         for d in (out, *(out / m.name for m in members)):
-            _remove_temporaries(d)
+            remove_temporaries(d)
     # A resumed run keeps the env.json of its start; files that would not change are not
     # rewritten, so resuming a complete run touches nothing.
     if not (resume and (out / "env.json").is_file()):
@@ -605,19 +604,6 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
                                 task=task) for m in members]
     write_csv(out / "summary.csv", results, changed_only=True)
     return results
-
-
-# The temporary files `io.atomic_path` writes before renaming them into place.
-_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
-
-
-def _remove_temporaries(directory: Path) -> None:
-    """Remove the temporary files a process killed while writing left in `directory`: the file
-    they were to become is written again by the resumed run, or was complete already."""
-    if directory.is_dir():
-        for path in directory.iterdir():
-            if _TEMPORARY.fullmatch(path.name) and path.is_file():
-                path.unlink(missing_ok=True)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
