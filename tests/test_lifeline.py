@@ -90,7 +90,9 @@ def start(args: list[str], mark: str) -> subprocess.Popen:
 _PARENT = """
 import os, subprocess, sys, threading, time
 child = [sys.executable, "-c", "import sys, time; from modeconn.lifeline import die_with; "
-         "die_with(int(sys.argv[1])); print('armed', flush=True); time.sleep(600)", str(os.getpid())]
+         "die_with(int(sys.argv[1])); print('armed', flush=True); "
+         "sum(range(10**13)) if sys.argv[2] == 'main' else time.sleep(600)",
+         str(os.getpid()), sys.argv[1]]
 if sys.argv[1] == "main":
     subprocess.Popen(child)
 else:  # started from a thread that ends at once: the child must outlive the thread
@@ -101,10 +103,13 @@ time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("from_thread", ["main", "thread"])
-def test_a_worker_outlives_the_thread_that_started_it_and_not_its_parent(from_thread):
+@pytest.mark.parametrize("started_by", ["main", "thread"])
+def test_a_worker_outlives_the_thread_that_started_it_and_not_its_parent(started_by):
+    """Started by the parent's main thread, the child ends even while it holds the GIL in C code
+    (`sum` over a range: no thread of its own can run), so the kernel ended it; started by a
+    helper thread, it outlives that thread and still ends with the parent."""
     mark = uuid.uuid4().hex
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT, from_thread], env=environment(mark),
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, started_by], env=environment(mark),
                               stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout.readline().strip() == "armed"

@@ -86,6 +86,8 @@ def _alive(starter: int, parent: int) -> bool:
     awaits reaping; a forkserver ends with its client) and the starter exists."""
     if os.getppid() != parent:
         return False
+    if os.name == "nt":  # os.kill there terminates the process whatever the signal
+        return True
     try:
         os.kill(starter, 0)
     except ProcessLookupError:
