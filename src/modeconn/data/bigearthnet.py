@@ -66,6 +66,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import UsageError
+from ..lifeline import die_with
 from ..utils import progress
 
 __all__ = [
@@ -460,7 +461,9 @@ def _run(fn: Callable[[tuple], list], tasks: Sequence[tuple], workers: int, bar)
             bar.update(len(res))
             yield res
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=_pool_context()) as ex:
+    # Each worker ends with this process (its parent is the forkserver, which ends with us too).
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=_pool_context(),
+                             initializer=die_with, initargs=(os.getpid(),)) as ex:
         todo = iter(tasks)
         running = {ex.submit(fn, t) for t in _take(todo, 2 * workers)}  # a bounded queue
         try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..lifeline import die_with
 from .worker import run_job
 
 Ended = tuple[str, "dict[str, Any] | None", str]  # (job id, outcome or None, why it has none)
@@ -32,7 +33,8 @@ def machine_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_init(threads: int, slots, bars: bool) -> None:
+def _worker_init(driver: int, threads: int, slots, bars: bool) -> None:
+    die_with(driver)  # first: a killed driver must not leave its workers behind
     import torch
 
     from .. import utils
@@ -50,7 +52,8 @@ def _run_in_worker(root: str, job_id: str, bars: bool) -> dict[str, Any]:
 
 class LocalExecutor:
     """A pool of `workers` processes on this machine, each with cores // workers torch threads
-    (at least one), so that the pool uses the machine without oversubscribing it."""
+    (at least one), so that the pool uses the machine without oversubscribing it. Each worker
+    ends within a second of the driver, however the driver ended (`lifeline.die_with`)."""
 
     name = "local"
     retry_lost = True  # once: a worker's death breaks the pool and loses its neighbours' jobs
@@ -73,7 +76,8 @@ class LocalExecutor:
             slots = self._ctx.Value("i", 0)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=self._ctx,
                                              initializer=_worker_init,
-                                             initargs=(self.threads, slots, self.bars))
+                                             initargs=(os.getpid(), self.threads, slots,
+                                                       self.bars))
         return self._pool
 
     def submit(self, job_ids: list[str]) -> None:

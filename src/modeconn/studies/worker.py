@@ -116,6 +116,8 @@ def _attempt(root: Path, directory: Path, threads: int | None, bars: bool) -> di
     resumable = "resume" in fields
     if (directory / RESULT).exists():
         (directory / RESULT).unlink()  # a failure being retried
+    for torn in directory.glob(f".{RESULT}.*.tmp"):  # an attempt killed while writing its result
+        torn.unlink(missing_ok=True)  # (we hold the lock: no live writer owns it)
     if resumable and out.exists():
         options["resume"] = True  # training continues from its checkpoints
     elif out.exists():
