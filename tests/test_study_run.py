@@ -178,3 +178,25 @@ def test_killing_the_driver_and_its_workers_at_any_moment_loses_nothing(tmp_path
     ours = sorted(table(out), key=lambda r: (r["id"], r.get("member", ""), r["metric"]))
     theirs = sorted(table(reference), key=lambda r: (r["id"], r.get("member", ""), r["metric"]))
     assert ours == theirs
+
+
+def test_a_training_killed_before_it_recorded_its_settings_starts_again(tmp_path):
+    """A train job whose out/ exists but holds no config.json (killed before writing it) is run
+    from the start, even when its stage gives none of the options a run records (a resume
+    would have nothing to continue from, and would be refused)."""
+    text = '[study]\nname = "bare"\n\n[train]\ndevice = "cpu"\n'
+    study = parse(text, "bare.toml")
+    reference = tmp_path / "reference"
+    assert run_study(study, reference, workers=1, quiet=True).complete
+    (job,) = study.jobs
+    out = tmp_path / "killed"
+    job_out = out / "jobs" / job.id / "out"
+    subprocess.run(["cp", "-a", str(reference), str(out)], check=True)
+    for path in sorted(job_out.iterdir()):
+        subprocess.run(["rm", "-r", str(path)], check=True)
+    (job_out / "all").mkdir()  # what a kill right after the member folder appeared leaves
+    (out / "jobs" / job.id / "result.json").unlink()
+    run = run_study(study, out, workers=1, quiet=True)
+    assert run.complete and run.ran == 1
+    name = "all/model.safetensors"
+    assert (job_out / name).read_bytes() == (reference / "jobs" / job.id / "out" / name).read_bytes()

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, artefacts
 from ..errors import DivergedError, UsageError
 from ..io import write_json
 
@@ -118,9 +118,9 @@ def _attempt(root: Path, directory: Path, threads: int | None, bars: bool) -> di
         (directory / RESULT).unlink()  # a failure being retried
     for torn in directory.glob(f".{RESULT}.*.tmp"):  # an attempt killed while writing its result
         torn.unlink(missing_ok=True)  # (we hold the lock: no live writer owns it)
-    if resumable and out.exists():
+    if resumable and artefacts.CONFIG.path(out).is_file():
         options["resume"] = True  # training continues from its checkpoints
-    elif out.exists():
+    elif out.exists():  # (a run killed before it recorded its settings has nothing to continue)
         shutil.rmtree(out)  # half-written by an attempt that died: start again
     if "quiet" in fields:
         options["quiet"] = not bars
