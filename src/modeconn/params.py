@@ -1,10 +1,12 @@
 """Parameter-dict algebra: the one place that combines, averages and flattens `state_dict`s.
 
 A parameter dict maps `state_dict` names to tensors, buffers included. Floating-point entries
-(weights and statistics such as BatchNorm running means) combine linearly; integer entries
-(`num_batches_tracked`) are taken from the first dict — the one rule for integer buffers. Which
-entries are statistics rather than weights is read from the module (`named_buffers()`), never
-guessed from key names.
+(weights and statistics such as BatchNorm running means) combine linearly. The one rule for
+integer entries (`num_batches_tracked`), used by `combine` and `mean` alike: a copy of the first
+dict's, whatever the weights — a counter has no meaningful weighted mean, the first dict is the
+one the result is placed beside (the first endpoint, the reference model), and a copy means a
+result never shares memory with its inputs. Which entries are statistics rather than weights is
+read from the module (`named_buffers()`), never guessed from key names.
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ def is_float(t: Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
 
 
+def integer_entry(dicts: Sequence[Params], key: str) -> Tensor:
+    """The one rule for an integer entry of a combination: a copy of the first dict's."""
+    return dicts[0][key].clone()
+
+
 def combine(dicts: Sequence[Params], weights: Sequence[float]) -> dict[str, Tensor]:
     """Σ_i w_i·d_i over the floating-point entries (in order, so equal inputs give equal bits);
-    integer entries from the first dict."""
+    integer entries by `integer_entry`."""
     if len(dicts) != len(weights) or not dicts:
         raise ValueError(f"{len(weights)} weights for {len(dicts)} parameter dicts")
     terms = [(float(w), d) for w, d in zip(weights, dicts) if w != 0] or [(0.0, dicts[0])]
@@ -36,13 +43,17 @@ def combine(dicts: Sequence[Params], weights: Sequence[float]) -> dict[str, Tens
                 acc = acc + d[k] * w
             out[k] = acc
         else:
-            out[k] = first
+            out[k] = integer_entry(dicts, k)
     return out
 
 
 def mean(dicts: Sequence[Params], weights: Sequence[float] | Tensor | None = None
          ) -> dict[str, Tensor]:
-    """The (weighted) mean of parameter dicts; integer entries copied from the first."""
+    """The (weighted) mean of parameter dicts; integer entries by `integer_entry`.
+
+    Its arithmetic is not `combine`'s (weights cast to each entry's dtype, zero weights kept):
+    stored merges were computed this way, and routing through `combine` would change their bits.
+    """
     k = len(dicts)
     if k == 0:
         raise ValueError("the mean of no parameter dicts")
@@ -52,7 +63,7 @@ def mean(dicts: Sequence[Params], weights: Sequence[float] | Tensor | None = Non
         if is_float(first):
             out[name] = sum(w[i].to(first) * d[name] for i, d in enumerate(dicts))
         else:
-            out[name] = first.clone()
+            out[name] = integer_entry(dicts, name)
     return out
 
 
