@@ -259,7 +259,10 @@ def _scalar(job: str, info: FieldInfo, v: Any, whole: Any) -> Any:
                 raise bad from None
         if not isinstance(v, (int, float)):
             raise bad
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:  # an integer beyond every float (10**400 from a study file)
+            raise bad from None
         if m.finite and not math.isfinite(v):
             raise bad
         if math.isnan(v):
