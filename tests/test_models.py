@@ -154,3 +154,79 @@ def test_bad_model_names_and_shapes():
 def test_none_overrides_are_ignored():
     assert model_config("resnet20", (3, 8, 8), 10, depth=None, width=None) == \
         model_config("resnet20", (3, 8, 8), 10)
+
+
+# ---------------------------------------------------------------- the registries
+
+
+class _Tiny(nn.Module):
+    def __init__(self, input_shape, num_classes, hidden=4):
+        super().__init__()
+        c, h, w = input_shape
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture
+def registries(monkeypatch):
+    """The zoo's registries, restored after the test."""
+    from modeconn import models
+
+    for name in ("ARCHS", "PRESETS", "NOTES"):
+        monkeypatch.setattr(models, name, dict(getattr(models, name)))
+    return models
+
+
+def test_help_and_messages_are_generated_from_the_registries(registries):
+    assert registries.model_help() == (
+        "mlp, mlpnet, mlplarge, mlphuge, vgg11/13/16/19, vgglike (VGG-like for multispectral "
+        "patches), resnet (resnet20; resnetN for any depth N = 6n+2), resnet8/14/20/32/44/56/110, "
+        "convnet")
+    registries.register("tiny", _Tiny, note="a one-layer test net", hidden=4)
+    assert registries.model_help().endswith(", convnet, tiny (a one-layer test net)")
+    with pytest.raises(UsageError, match=r"^unknown model 'nope'; choose one of mlp, mlpnet, .*, "
+                                         r"convnet, tiny \(or resnetN"):
+        model_config("nope", (1, 8, 8), 10)
+    with pytest.raises(UsageError, match="unknown architecture 'transformer'; expected one of "
+                                         "mlp, vgg, resnet, convnet, tiny$"):
+        build_model({"arch": "transformer", "input_shape": [1, 8, 8], "num_classes": 10})
+
+
+def test_a_registered_model_is_configured_built_and_rebuilt_from_its_json(registries):
+    registries.register("tiny", _Tiny, hidden=4)
+    cfg = model_config("tiny", (1, 8, 8), 3, hidden=6, depth=None)
+    assert cfg == {"arch": "tiny", "hidden": 6, "input_shape": [1, 8, 8], "num_classes": 3}
+    model = build_model(json.dumps(cfg))
+    assert isinstance(model, _Tiny) and model.net[1].out_features == 6
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+    with pytest.raises(UsageError, match="^model 'tiny' has no option 'width'; it takes hidden$"):
+        model_config("tiny", (1, 8, 8), 3, width=2.0)
+
+
+def test_register_refuses_taken_names_and_bad_builders(registries):
+    for taken in ("mlp", "vgg", "resnet21"):  # a preset, an architecture, a resnetN
+        with pytest.raises(ValueError, match=f"^model '{taken}' is already registered; choose "
+                                             "another name$"):
+            registries.register(taken, _Tiny)
+    with pytest.raises(ValueError, match="a model name is a word"):
+        registries.register("my model", _Tiny)
+    with pytest.raises(ValueError, match="must be JSON values"):
+        registries.register("tiny", _Tiny, hidden=object())
+    registries.register("broken", lambda shape, classes: "not a module")
+    with pytest.raises(TypeError, match="^the builder of 'broken' returned str, not an nn.Module$"):
+        build_model(model_config("broken", (1, 8, 8), 3))
+
+
+def test_a_registered_model_trains_through_the_jobs_and_reloads(registries, tmp_path):
+    from modeconn.checkpoint import load_model
+    from modeconn.cli import main
+
+    registries.register("tiny", _Tiny, hidden=4)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "tiny", "--epochs", "1", "--quiet", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    model, _ = load_model(out / "all" / "model.safetensors")
+    assert isinstance(model, _Tiny) and model.net[1].out_features == 4

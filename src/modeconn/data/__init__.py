@@ -1,4 +1,5 @@
-"""Data: datasets by name, controlled subsets, and the in-memory tensors a model trains on."""
+"""Data: datasets by name (a registry, `register` adds one), controlled subsets, and the in-memory
+tensors a model trains on."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from ..errors import UsageError
 from ..task import TASKS, Task
 from .datasets import (
     DATASETS,
+    Dataset,
     ImageData,
+    dataset_help,
     dataset_shape,
     dataset_task,
     default_data_dir,
     load_dataset,
+    register,
     require_classification,
     synthetic,
 )
@@ -40,10 +44,11 @@ NORMS = ("global", "subset", "none")
 BAD_PATCH = ("fail", "skip")
 
 __all__ = [
-    "BAD_PATCH", "DATASETS", "NORMS", "SHIFT_KINDS", "DataSpec", "ImageData", "MappedImages",
-    "Prepared", "Shift", "apply_transform", "as_tensor", "check_spec", "class_histogram",
-    "eval_data", "dataset_shape", "dataset_task", "default_data_dir", "load_dataset",
-    "parse_shift", "prepare", "prepare_subsets", "require_classification",
+    "BAD_PATCH", "DATASETS", "NORMS", "SHIFT_KINDS", "DataSpec", "Dataset", "ImageData",
+    "MappedImages", "Prepared", "Shift", "apply_transform", "as_tensor", "check_spec",
+    "class_histogram", "eval_data", "dataset_help", "dataset_shape", "dataset_task",
+    "default_data_dir", "load_dataset", "parse_shift", "prepare", "prepare_subsets", "register",
+    "require_classification",
     "split_indices", "strata", "subset_name", "synthetic",
 ]
 

