@@ -145,20 +145,6 @@ def _sql(v: Any) -> Any:
     return v
 
 
-def read_rows(root: Path) -> list[dict[str, Any]]:
-    """The results table of a study directory (from results.sqlite)."""
-    path = root / RESULTS_DB
-    if not path.is_file():
-        raise UsageError(f"{root} has no {RESULTS_DB}; run the study first (modeconn run "
-                         "STUDY.toml --out DIR)")
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute("SELECT * FROM results")]
-    finally:
-        con.close()
-
-
 def _norm(v: Any) -> Any:
     if isinstance(v, str):
         try:
