@@ -168,6 +168,21 @@ def test_slurm_without_a_controller_is_refused_before_the_study_directory_is_wri
     assert line == f"modeconn: error: --executor slurm: {message}"
 
 
+@pytest.mark.parametrize("device,gpus,needed", [("cuda", 0, 1), ("cuda:3", 0, 4),
+                                                  ("cuda:3", 2, 4)])
+def test_a_cuda_device_on_slurm_needs_the_gpus_asked_for(tmp_path, capsys, monkeypatch, device,
+                                                         gpus, needed):
+    """The nodes' GPUs cannot be seen from the login node, but a task that asks for fewer GPUs
+    than its device needs can never run: refused before the cluster is even asked."""
+    pytest.importorskip("submitit")
+    fake_slurm(tmp_path, monkeypatch, None)
+    line = refuse(tmp_path, capsys, BASE + f'device = "{device}"\n', "--executor", "slurm",
+                  "--gpus", str(gpus))
+    assert line.startswith(f"modeconn: error: s.toml: [train] device {device} needs {needed} "
+                           f"GPU(s) but each SLURM task asks for {gpus}; give --gpus {needed} "
+                           "or more, or device auto or cpu (job train-")
+
+
 def test_a_sweep_over_1000_jobs_needs_yes_or_max_jobs(tmp_path, capsys, monkeypatch):
     big = BASE + f"\n[train.sweep]\nseeds = {list(range(1001))}\n"
     line = refuse(tmp_path, capsys, big)

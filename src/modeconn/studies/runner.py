@@ -93,6 +93,7 @@ def run_study(study: Study, out: str | Path, executor: str = "local", workers: i
     specs = [_with_overrides(spec, overrides or {}, executor == "local", study)
              for spec in study.jobs]
     if executor == "slurm":
+        _check_gpus(study, specs, slurm or SlurmOptions())
         check_slurm()
     root = open_study_dir(out, study)
     root.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,21 @@ def run_study(study: Study, out: str | Path, executor: str = "local", workers: i
     run.summary = tables.summary(rows, metrics=tables.headlines(root, study)) if rows else ""
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def _check_gpus(study: Study, specs: list[dict[str, Any]], slurm: SlurmOptions) -> None:
+    """A job on a CUDA device needs that device among the GPUs its SLURM task asks for (the
+    nodes' GPUs cannot be seen from here, the request can)."""
+    for spec in specs:
+        device = str(spec["options"].get("device", "auto"))
+        if not device.startswith("cuda"):
+            continue
+        index = int(device[5:]) if device[5:].isdigit() else 0
+        if index >= slurm.gpus:
+            raise UsageError(f"{study.path.name}: [{spec['stage']}] device {device} needs "
+                             f"{index + 1} GPU(s) but each SLURM task asks for {slurm.gpus}; "
+                             f"give --gpus {index + 1} or more, or device auto or cpu "
+                             f"(job {spec['id']})")
 
 
 def _with_overrides(spec, overrides: dict[str, Any], here: bool, study: Study) -> dict[str, Any]:
