@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from .errors import DivergedError
+from .runtime import progress
 from .schedules import Schedule
-from .utils import progress
 
 Order = Tensor | Sequence[Tensor]  # the positions of an epoch; one order per member when grouped
 LrAt = Callable[[int, int], float]  # (epoch, step), both from 0 → learning rate

@@ -6,8 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import platform
-import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__, tuning
+from . import tuning
 from .checkpoint import load_checkpoint, save_checkpoint, save_model
 from .data import DataSpec, Prepared, subset_name
 from .epochs import Epoch, EpochDriver, LrAt, scheduled_lr, set_lr
@@ -27,6 +25,7 @@ from .grouped import GroupedMLP, groupable, grouped_loss
 from .io import json_text, output_dir, read_json, remove_temporaries, write_csv, write_json
 from .models import build_model, has_batchnorm
 from .options import Options, option
+from .runtime import environment
 from .schedules import parse_schedule
 from .task import CLASSIFICATION, Task
 
@@ -132,20 +131,6 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
         return cls(params, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
         return cls(params, foreach=True, **kw)
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("device cuda asked for but no CUDA device is available; use auto or cpu")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise UsageError(f"device {device} asked for but this machine has "
-                         f"{torch.cuda.device_count()} CUDA device(s); use auto, cuda or cuda:0")
-    return torch.device(device)
 
 
 # ---------------------------------------------------------------- resume state
@@ -605,15 +590,3 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
     write_csv(out / "summary.csv", results, changed_only=True)
     return results
 
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, device and git SHA, for env.json."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {"modeconn": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "device": str(device),
-            "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-            "threads": torch.get_num_threads(), "git_sha": sha}

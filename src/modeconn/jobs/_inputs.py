@@ -20,8 +20,9 @@ from ..io import check_output_file
 from ..models import model_config
 from ..options import option
 from ..paths import ParamPath
-from ..report.figures import display_names
-from ..train import TrainConfig, environment, resolve_device
+from ..plots import display_names
+from ..runtime import environment, resolve_device
+from ..train import TrainConfig
 from ._registry import refusing
 
 HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cache/modeconn/data)"
