@@ -184,7 +184,7 @@ def test_lambda_star_is_the_mean_over_the_seeds_with_a_barrier(pairs, lam):
 
 def test_a_path_without_a_barrier_has_its_lambda_at_an_end():
     """The rule above matches modeconn.barrier: a convex path has height 0 at λ* = 0."""
-    from modeconn.barrier import path_summary
+    from modeconn.paths.barrier import path_summary
     from modeconn.report.build import barrier_lambda
 
     ts = [0.0, 0.25, 0.5, 0.75, 1.0]

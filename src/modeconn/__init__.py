@@ -16,18 +16,27 @@ from .align import (
     ste_mm,
     weight_matching,
 )
-from .align.transport import OTFusion, ot_fusion
-from .barrier import barrier, path_summary
 from .checkpoint import load_checkpoint, load_model, save_model
-from .curves import Curve, fit_curve, load_curve, save_curve
 from .ensemble import ensemble_metrics, similarity
 from .evaluate import Evaluator
 from .fge import fge_snapshots
 from .graph import register_layer
-from .landscape import hessian_trace, loss_plane, plane
-from .merge import average, bn_reset, fuse, mpf, repair
+from .merge import OTFusion, average, bn_reset, fuse, mpf, ot_fusion, repair
 from .models import build_model, model_config
-from .paths import ParamPath, interpolate, linear_path
+from .paths import (
+    Curve,
+    ParamPath,
+    barrier,
+    fit_curve,
+    hessian_trace,
+    interpolate,
+    linear_path,
+    load_curve,
+    loss_plane,
+    path_summary,
+    plane,
+    save_curve,
+)
 from .task import CLASSIFICATION, Classification, Task
 from .train import TrainConfig
 

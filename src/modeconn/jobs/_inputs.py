@@ -12,7 +12,6 @@ from torch import nn
 
 from .. import artefacts, io
 from ..checkpoint import Checkpoint, load_same_architecture, params_of
-from ..curves import load_curve
 from ..data import BAD_PATCH, EVAL_ON, NORMS, DataSpec, Prepared, check_spec, dataset_shape, eval_data
 from ..errors import UsageError
 from ..evaluate import BN_RESET
@@ -20,6 +19,7 @@ from ..io import check_output_file
 from ..models import model_config
 from ..options import option
 from ..paths import ParamPath
+from ..paths.curves import load_curve
 from ..plots import display_names
 from ..runtime import environment, resolve_device
 from ..train import TrainConfig

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from .. import artefacts, plots
 from ..checkpoint import save_checkpoint
-from ..curves import CURVE_KINDS, compare_with_linear, fit_curve, min_bends, path_ensemble, save_curve
 from ..ensemble import ensemble_metrics
 from ..errors import UsageError
 from ..evaluate import Evaluator
@@ -16,6 +15,7 @@ from ..fge import snapshot_paths
 from ..io import staged_dir
 from ..options import option
 from ..paths import linear_path
+from ..paths.curves import CURVE_KINDS, compare_with_linear, fit_curve, min_bends, path_ensemble, save_curve
 from ..train import TrainConfig
 from ._inputs import (
     Combine,

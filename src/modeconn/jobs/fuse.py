@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artefacts
-from ..align.transport import COSTS, MARGINALS, SOLVERS
 from ..checkpoint import save_checkpoint
 from ..evaluate import Evaluator
 from ..merge import METHODS, MPF_EPOCHS, fuse, normalise, pair_weights
+from ..merge.ot import COSTS, MARGINALS, SOLVERS
 from ..models import has_batchnorm
 from ..options import Options, option
 from ..task import score_of

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import artefacts, plots
-from ..curves import load_curve
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..landscape import loss_plane, plane, project_path
 from ..options import option
 from ..params import statistic_keys
 from ..paths import linear_path
+from ..paths.curves import load_curve
+from ..paths.landscape import loss_plane, plane, project_path
 from ..runtime import resolve_device
 from ._inputs import (
     Combine,

@@ -12,10 +12,10 @@ from ..align import Permutation, PermutationSpec, merge_many, ste_mm
 from ..checkpoint import save_checkpoint
 from ..data import Prepared
 from ..evaluate import Evaluator
-from ..landscape import hessian_trace
 from ..merge import average, normalise
 from ..options import option
 from ..paths import interpolate
+from ..paths.landscape import hessian_trace
 from ..task import score_of
 from ._inputs import Models, output_dir, record, split_tensors
 from ._registry import (

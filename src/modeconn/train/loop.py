@@ -1,7 +1,7 @@
 """The epoch driver: the one loop over epochs and steps that every trainer runs.
 
-Plain training (`train.Stepper`), grouped training (`train.train_group`), curve fitting
-(`curves.fit_curve`) and fast geometric ensembling (`fge.fge_snapshots`) each give only their
+Plain training (`Stepper`, below), grouped training (`runs.train_group`), curve fitting
+(`paths.curves.fit_curve`) and fast geometric ensembling (`fge.fge_snapshots`) each give only their
 optimisation step and what they do after an epoch; the driver owns the rest: the order of each
 epoch cut into batches (a last batch of one sample is dropped for BatchNorm models, which cannot
 train on one sample), the learning rate of every step from the schedule and its warm-up, the
@@ -22,10 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .errors import DivergedError
-from .runtime import progress
+from .. import tuning
+from ..errors import DivergedError
+from ..evaluate import nhwc, prefers_channels_last
+from ..runtime import progress
+from ..task import CLASSIFICATION, Task
 from .schedules import Schedule
 
 Order = Tensor | Sequence[Tensor]  # the positions of an epoch; one order per member when grouped
@@ -159,3 +162,61 @@ class EpochDriver:
                 bar.update(1)
         finally:
             bar.close()
+
+
+class Stepper:
+    """The inner training loop on in-memory tensors, shared by `train_member`, FGE and the
+    benchmarks.
+
+    `step(idx)` does one optimisation step on the samples at positions `idx`: gather the batch,
+    forward, the task's loss (cross-entropy), backward, optimizer step. `run_epoch` runs the steps
+    of one epoch through the epoch driver (`EpochDriver`: batches along `order`, the
+    learning rate `lr_at(step)`, the divergence check). A model with 2-D convolutions on CPU
+    trains in channels-last layout where that is proven right (`prefers_channels_last` with
+    gradients): model, inputs and resumed optimizer state are moved in place, same values.
+    """
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                 y: torch.Tensor, batch_size: int, drop_single: bool = False,
+                 gpu_check_every: int = 50, *, task: Task = CLASSIFICATION):
+        if prefers_channels_last(model, x, gradients=True):
+            model.to(memory_format=torch.channels_last)
+            x = nhwc(x)
+            # Resumed optimizer state in the layout of its parameter, as a fresh run makes it:
+            # elementwise kernels round alike only over tensors of one layout.
+            for param, state in opt.state.items():
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        state[key] = torch.empty_like(param).copy_(value)
+        self.model, self.opt, self.x, self.y, self.task = model, opt, x, y, task
+        self.batch_size = batch_size
+        # index_select or indexing: the same rows, whichever this machine gathers faster.
+        self._gather = tuning.choice("gather")
+        self.driver = EpochDriver(self.step, opt, batch_size=batch_size, device=x.device,
+                                  drop_single=drop_single, gpu_check_every=gpu_check_every)
+
+    @property
+    def drop_single(self) -> bool:
+        """Whether a last batch of one sample is skipped (BatchNorm cannot train on one)."""
+        return self.driver.drop_single
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every parameter group."""
+        set_lr(self.opt, lr)
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One step on the samples at `idx`; return the batch loss (before the update)."""
+        x = self.x.index_select(0, idx) if self._gather == "index_select" else self.x[idx]
+        loss = self.task.loss(self.model(x), self.y.index_select(0, idx))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def run_epoch(self, order: torch.Tensor, lr_at: Callable[[int], float],
+                  epoch: int = 0) -> float:
+        """Train on `order` in batches; return the last learning rate used.
+
+        Raises DivergedError (1-based epoch and step) at the first non-finite batch loss.
+        """
+        return self.driver.run_epoch(order, lr_at, epoch)

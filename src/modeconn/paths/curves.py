@@ -22,14 +22,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .ensemble import ensemble_metrics
-from .epochs import Epoch, EpochDriver, scheduled_lr, set_lr
-from .errors import UsageError
-from .evaluate import Evaluator, nhwc, prefers_channels_last
-from .models import build_model, has_batchnorm
-from .params import check_module
-from .paths import (
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..ensemble import ensemble_metrics
+from ..errors import UsageError
+from ..evaluate import Evaluator, nhwc, prefers_channels_last
+from ..models import build_model, has_batchnorm
+from ..params import check_module
+from ..task import CLASSIFICATION, Task
+from ..train import TrainConfig, check_trainable, epoch_order, make_optimizer
+from ..train.loop import Epoch, EpochDriver, scheduled_lr, set_lr
+from ..train.schedules import parse_schedule
+from .path import (
     ParamPath,
     bezier_coefficients,
     check_compatible,
@@ -40,9 +43,6 @@ from .paths import (
     polychain_coefficients,
     summarize_path,
 )
-from .schedules import parse_schedule
-from .task import CLASSIFICATION, Task
-from .train import TrainConfig, check_trainable, epoch_order, make_optimizer
 
 CURVE_KINDS = ("bezier", "polychain")
 

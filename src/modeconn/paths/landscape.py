@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .errors import UsageError
-from .params import check_module, check_params, combine, flatten, statistic_keys, weight_keys
-from .paths import ParamPath, check_compatible
-from .task import CLASSIFICATION, Task
+from ..errors import UsageError
+from ..params import check_module, check_params, combine, flatten, statistic_keys, weight_keys
+from ..task import CLASSIFICATION, Task
+from .path import ParamPath, check_compatible
 
 Point = Mapping[str, Tensor]
 
