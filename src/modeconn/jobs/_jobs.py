@@ -14,7 +14,7 @@ from . import (  # noqa: F401
     interpolate,
     landscape,
     lmc,
-    merge,
+    merge_many,
     report,
     sharpness,
     study,
