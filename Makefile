@@ -19,10 +19,12 @@ demo: $(STAMP)
 # The report's browser test needs Chromium: installed (as root) when missing.
 test: $(STAMP)
 	scripts/browser.sh
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 	$(PY) -m pytest -q -n 2 -m "slow" tests
 
 test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 lint: $(STAMP)

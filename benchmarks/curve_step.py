@@ -5,7 +5,7 @@ weight decay 5e-4):
 
 * plain: `modeconn.train.Stepper.step`, the training loop's step: gather the batch, forward,
   cross-entropy, backward, fused SGD step (weight decay in the optimizer).
-* curve: `modeconn.curves.CurveTrainer.step`, the step `fit_curve` runs on a Bezier curve with
+* curve: `modeconn.paths.curves.CurveTrainer.step`, the step `fit_curve` runs on a Bezier curve with
   3 bends: draw t, form θ(t) from the flat bends, forward through `functional_call`,
   cross-entropy, backward into the middle bend (with the L2 term on θ(t)), SGD step.
 
@@ -39,9 +39,9 @@ from train_throughput import (  # noqa: E402
     time_interleaved,
 )
 
-from modeconn.curves import Curve, CurveTrainer  # noqa: E402
 from modeconn.evaluate import prefers_channels_last  # noqa: E402
 from modeconn.models import has_batchnorm, model_config  # noqa: E402
+from modeconn.paths.curves import Curve, CurveTrainer  # noqa: E402
 from modeconn.train import Stepper, TrainConfig, init_model, make_optimizer  # noqa: E402
 
 CFG = TrainConfig(optimizer="sgd", lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)

@@ -1,5 +1,5 @@
 """Benchmark: members that share a batch order trained together in one grouped step
-(`modeconn.grouped.GroupedMLP`, one batched matmul per layer) against training them one after the
+(`modeconn.train.grouped.GroupedMLP`, one batched matmul per layer) against training them one after the
 other, on the same data, seeds and optimizer; also checks that both give the same parameters.
 
     python benchmarks/grouped_training.py [--quick]
@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from modeconn.data import synthetic
-from modeconn.grouped import GroupedMLP, grouped_loss
 from modeconn.models import build_model, model_config
 from modeconn.train import TrainConfig, make_optimizer
+from modeconn.train.grouped import GroupedMLP, grouped_loss
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ from modeconn.io import read_csv
 
 WRAPPER = """
 import os, signal, sys
-import modeconn.train as t
+import modeconn.train.runs as t
 from modeconn.cli import main
 real, final = t._save_state, int(sys.argv.pop(1))
 def save(path, model, opt, epoch, *a, **k):

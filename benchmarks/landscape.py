@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reference import matmul_peak, reference_point, synthetic_images, timed  # noqa: E402
 
 from modeconn.evaluate import Evaluator, flops_per_sample  # noqa: E402
-from modeconn.landscape import loss_plane, plane  # noqa: E402
 from modeconn.models import model_config  # noqa: E402
+from modeconn.paths.landscape import loss_plane, plane  # noqa: E402
 from modeconn.train import init_model  # noqa: E402
 
 # (name, model options, training samples, test samples): sized so that the reference loop over the

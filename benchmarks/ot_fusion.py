@@ -16,7 +16,7 @@ import ot
 import torch
 from train_throughput import cpu_model
 
-from modeconn.align.transport import ot_fusion
+from modeconn.merge.ot import ot_fusion
 from modeconn.models import build_model, model_config
 
 

@@ -47,7 +47,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from modeconn.data import synthetic
 from modeconn.models import has_batchnorm, model_config
-from modeconn.train import Stepper, TrainConfig, _check_finite, init_model, make_optimizer
+from modeconn.train import Stepper, TrainConfig, init_model, make_optimizer
+from modeconn.train.loop import check_finite as _check_finite
 
 SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4

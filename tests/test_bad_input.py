@@ -14,14 +14,14 @@ from safetensors.torch import load_file, save_file
 
 from modeconn.align import auto_spec, weight_matching
 from modeconn.checkpoint import load_checkpoint, save_model
-from modeconn.curves import save_curve
 from modeconn.data import DataSpec, parse_shift
 from modeconn.errors import UsageError
-from modeconn.landscape import hessian_trace
 from modeconn.models import build_model, model_config
 from modeconn.paths import ParamPath, check_tolerance
-from modeconn.schedules import parse_schedule
+from modeconn.paths.curves import save_curve
+from modeconn.paths.landscape import hessian_trace
 from modeconn.train import TrainConfig, init_model
+from modeconn.train.schedules import parse_schedule
 
 DIGITS = DataSpec().to_dict()
 OTHER = DataSpec(dataset="synthetic:shape=1x8x8,classes=10").to_dict()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from modeconn.barrier import DEFINITIONS, barrier, path_summary
 from modeconn.errors import UsageError
 from modeconn.paths import grid
+from modeconn.paths.barrier import DEFINITIONS, barrier, path_summary
 
 T5 = [0.0, 0.25, 0.5, 0.75, 1.0]
 T9 = [i / 8 for i in range(9)]

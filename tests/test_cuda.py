@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from modeconn.align import Permutation, WeightMatcher, auto_spec
-from modeconn.curves import fit_curve
 from modeconn.data import DataSpec, eval_data
 from modeconn.evaluate import Evaluator
-from modeconn.landscape import hessian_trace
 from modeconn.models import model_config
 from modeconn.paths import linear_path
+from modeconn.paths.curves import fit_curve
+from modeconn.paths.landscape import hessian_trace
 from modeconn.train import TrainConfig, init_model
 
 ACCEL = os.environ.get("MODECONN_TEST_ACCEL", "cuda")

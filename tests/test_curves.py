@@ -14,10 +14,10 @@ from torch.func import functional_call
 
 from modeconn import jobs
 from modeconn.checkpoint import load_checkpoint, params_of
-from modeconn.curves import Curve, CurveTrainer, fit_curve, load_curve, save_curve
 from modeconn.data import DataSpec, eval_data
 from modeconn.errors import UsageError
 from modeconn.models import build_model, model_config
+from modeconn.paths.curves import Curve, CurveTrainer, fit_curve, load_curve, save_curve
 from modeconn.train import TrainConfig, init_model
 
 

@@ -1,4 +1,4 @@
-"""The one epoch driver (`modeconn.epochs`) on tiny problems with known answers: the learning
+"""The one epoch driver (`modeconn.train.loop`) on tiny problems with known answers: the learning
 rate of every step under a schedule, the batches an epoch is cut into and the order drawn for a
 seed, the divergence policy (the epoch and step reported, on CPU and with the batched device
 check), and the progress bar's count."""
@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from modeconn import epochs as epochs_module
-from modeconn.epochs import Epoch, EpochDriver, check_finite, scheduled_lr, set_lr
 from modeconn.errors import DivergedError
-from modeconn.schedules import Schedule
 from modeconn.train import epoch_order
+from modeconn.train import loop as epochs_module
+from modeconn.train.loop import Epoch, EpochDriver, check_finite, scheduled_lr, set_lr
+from modeconn.train.schedules import Schedule
 
 
 def _opt(groups: int = 1) -> torch.optim.Optimizer:

@@ -9,11 +9,10 @@ import matplotlib
 import pytest
 import torch
 
-from modeconn import jobs
+from modeconn import jobs, plots
 from modeconn.cli import main
 from modeconn.experiments.lmc import LMCStudy, run_study
-from modeconn.report import figures
-from modeconn.report.figures import bar_figure, display_names, path_figure
+from modeconn.plots import bar_figure, display_names, path_figure
 from modeconn.train import TrainConfig
 
 TINY = ["--width", "16", "--depth", "1", "--quiet", "--device", "cpu"]
@@ -31,13 +30,13 @@ def run(tmp_path_factory):
 def saved(monkeypatch):
     """The figures the code under test saves, by file name."""
     got = {}
-    save = figures.save
+    save = plots.save
 
     def keep(fig, path, pdf=False):
         got[str(path).rsplit("/", 1)[-1]] = fig
         return save(fig, path, pdf)
 
-    monkeypatch.setattr(figures, "save", keep)
+    monkeypatch.setattr(plots, "save", keep)
     return got
 
 
@@ -142,8 +141,8 @@ def test_study_in_which_every_run_diverged_says_so(tmp_path, saved):
                                          ([0, 100], 180)])
 def test_polar_range_is_the_smallest_that_holds_every_model(angles, top):
     sims = [math.cos(math.radians(a)) for a in angles]
-    fig = figures.polar_similarity_figure([f"m{i}" for i in range(len(sims))], sims,
-                                          [0.9] * len(sims))
+    fig = plots.polar_similarity_figure([f"m{i}" for i in range(len(sims))], sims,
+                                        [0.9] * len(sims))
     assert fig.axes[0].get_thetamax() == pytest.approx(top)  # degrees
 
 
@@ -185,7 +184,7 @@ def test_lambda_star_is_the_mean_over_the_seeds_with_a_barrier(pairs, lam):
 
 def test_a_path_without_a_barrier_has_its_lambda_at_an_end():
     """The rule above matches modeconn.barrier: a convex path has height 0 at λ* = 0."""
-    from modeconn.barrier import path_summary
+    from modeconn.paths.barrier import path_summary
     from modeconn.report.build import barrier_lambda
 
     ts = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -203,8 +202,8 @@ def test_heatmap_cells_show_the_mean_and_the_std():
     v = np.array([[0.12, math.nan], [0.5, 0.0]])
     sd = np.array([[0.03, math.nan], [math.nan, 0.0]])
     notes = np.array([["g=1.08", "diverged"], ["", ""]], dtype=object)
-    fig = figures.heatmap_figure(v, [0.05, 0.02], [32, 64], "t", "barrier", "lr", "bs", notes,
-                                 errors=sd)
+    fig = plots.heatmap_figure(v, [0.05, 0.02], [32, 64], "t", "barrier", "lr", "bs", notes,
+                               errors=sd)
     cells = [t for t in fig.axes[0].texts]
     assert [t.get_text() for t in cells] == ["0.12\n±0.03\ng=1.08", "—\ndiverged", "0.5", "0\n±0"]
     missing = cells[1]  # on the white of a masked cell: written in black, not white
@@ -212,7 +211,7 @@ def test_heatmap_cells_show_the_mean_and_the_std():
 
 
 def test_polar_points_on_top_of_each_other_share_one_label():
-    fig = figures.polar_similarity_figure(["a", "b", "c"], [1.0, 1.0, 0.9], [0.95, 0.95, 0.9])
+    fig = plots.polar_similarity_figure(["a", "b", "c"], [1.0, 1.0, 0.9], [0.95, 0.95, 0.9])
     (ax,) = fig.axes
     labels = [t for t in ax.texts if not t.get_text().startswith("radius")]
     assert sorted(t.get_text() for t in labels) == ["a, b", "c"]
@@ -244,9 +243,9 @@ def test_the_merge_matrix_says_plain_averaging_aligned_nothing(run, tmp_path, mo
     jobs.run("merge-many", models=[str(a), str(b)], method="avg", hessian_probes=0, points=3,
              device="cpu", out=out)
     drawn = []
-    monkeypatch.setattr(build.figures, "matrix_figure",
+    monkeypatch.setattr(build.plots, "matrix_figure",
                         lambda names, values, title, label: drawn.append(title)
-                        or figures.message_figure(title))
+                        or plots.message_figure(title))
     build.build(out)
     (title,) = drawn
     assert "plain averaging (avg) aligns nothing" in title and "after align" not in title

@@ -9,11 +9,11 @@ import torch
 
 import modeconn
 from modeconn import jobs
-from modeconn.align.transport import ot_fusion
 from modeconn.checkpoint import load_checkpoint, load_model, params_of
 from modeconn.data import DataSpec, eval_data
 from modeconn.errors import UsageError
 from modeconn.merge import METHODS
+from modeconn.merge.ot import ot_fusion
 
 pytest.importorskip("ot")
 

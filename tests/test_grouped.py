@@ -10,9 +10,9 @@ import torch
 
 from modeconn.checkpoint import load_checkpoint
 from modeconn.data import DataSpec, prepare_subsets
-from modeconn.grouped import GroupedMLP, groupable
 from modeconn.models import build_model, model_config
 from modeconn.train import TrainConfig, can_group, plan_members, train_run
+from modeconn.train.grouped import GroupedMLP, groupable
 
 CPU = torch.device("cpu")
 
@@ -96,7 +96,7 @@ def test_a_diverging_member_does_not_disturb_the_others(tmp_path):
 
 
 def test_grouped_resume_is_bit_identical(tmp_path, monkeypatch):
-    import modeconn.train as train
+    import modeconn.train.runs as train
 
     members, sub = _members("same")
     cfg = model_config("mlp", sub.input_shape, 10, depth=1, width=16)

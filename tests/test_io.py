@@ -8,10 +8,10 @@ import stat
 import pytest
 import torch
 
+from modeconn import plots
 from modeconn.checkpoint import save_model
 from modeconn.io import write_csv, write_json, write_text
 from modeconn.models import build_model, model_config
-from modeconn.report import figures
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_written_files_respect_the_umask(tmp_path, umask, mask, expected):
     cfg = model_config("mlp", (1, 8, 8), 10, width=4)
     save_model(tmp_path / "m.safetensors", build_model(cfg), cfg)
     import matplotlib.pyplot as plt
-    figures.save(plt.figure(), tmp_path / "f.png", pdf=True)
+    plots.save(plt.figure(), tmp_path / "f.png", pdf=True)
     names = ["a.txt", "a.json", "a.csv", "m.safetensors", "f.png", "f.pdf"]
     assert {n: oct(_mode(tmp_path / n)) for n in names} == {n: oct(expected) for n in names}
     # Replacing a file gives the new file the umask's mode too.

@@ -12,9 +12,9 @@ from torch.func import functional_call
 
 from modeconn.errors import UsageError
 from modeconn.evaluate import Evaluator
-from modeconn.landscape import hessian_trace, hutchinson, loss_plane, plane, project_path
 from modeconn.models import build_model, model_config
 from modeconn.paths import ParamPath, linear_path
+from modeconn.paths.landscape import hessian_trace, hutchinson, loss_plane, plane, project_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 

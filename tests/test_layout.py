@@ -126,7 +126,7 @@ def test_training_gradients_and_evaluation_match_float64(isa, threads):
 LAYOUTS = textwrap.dedent("""
     import torch
     from modeconn import train
-    from modeconn.curves import fit_curve
+    from modeconn.paths.curves import fit_curve
     from modeconn.models import model_config
     from modeconn.train import TrainConfig, init_model
 

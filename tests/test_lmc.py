@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from modeconn import jobs
-from modeconn.barrier import barrier
 from modeconn.data import DataSpec, prepare_subsets
 from modeconn.errors import UsageError
 from modeconn.experiments.lmc import LMCStudy, run_study
 from modeconn.io import read_csv
 from modeconn.options import ConfigError
+from modeconn.paths.barrier import barrier
 from modeconn.train import TrainConfig
 
 CPU = torch.device("cpu")
@@ -321,7 +321,7 @@ def test_study_resumed_after_a_kill_at_a_final_state_write_matches_the_uninterru
         tmp_path, monkeypatch):
     """Killed the moment the first pair's last resume state is written, the resumed study keeps
     that pair's trained models (not the initialisation) and reports the same summary."""
-    import modeconn.train as train
+    import modeconn.train.runs as train
 
     study = _study(batch_orders=("same", "independent"))
     full = run_study(study, tmp_path / "A", CPU, quiet=True)

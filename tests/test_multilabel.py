@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, f1_score
 from torch import nn
 
-from modeconn.barrier import path_summary
 from modeconn.cli import main
 from modeconn.data import DataSpec, MappedImages, eval_data, parse_shift, prepare_subsets, strata
 from modeconn.data.shifts import channel_index
@@ -22,6 +21,7 @@ from modeconn.ensemble import ensemble_metrics, similarity
 from modeconn.errors import UsageError
 from modeconn.evaluate import Evaluator, evaluate
 from modeconn.models import build_model, model_config
+from modeconn.paths.barrier import path_summary
 from modeconn.task import MULTILABEL, MultiLabel, mean_average_precision
 from modeconn.train import Stepper, TrainConfig, epoch_order, make_optimizer
 

@@ -17,13 +17,13 @@ from conftest import FAST_TRAIN
 
 from modeconn import artefacts, jobs
 from modeconn.checkpoint import load_checkpoint, non_finite, save_model
-from modeconn.curves import save_curve
 from modeconn.data import DataSpec
 from modeconn.errors import UsageError
 from modeconn.io import json_text, read_json, write_json
 from modeconn.models import model_config
 from modeconn.options import config_fields
 from modeconn.paths import ParamPath
+from modeconn.paths.curves import save_curve
 from modeconn.train import init_model
 
 DIGITS = DataSpec().to_dict()

@@ -9,8 +9,8 @@ from torch import nn
 from torch.func import functional_call
 
 from modeconn.align import Permutation, auto_spec
-from modeconn.align.transport import ot_fusion
 from modeconn.errors import UsageError
+from modeconn.merge.ot import ot_fusion
 from modeconn.models import build_model, model_config
 
 pytest.importorskip("ot")

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from modeconn.barrier import DEFINITIONS, barrier
 from modeconn.checkpoint import load_checkpoint, params_of
 from modeconn.cli import main
 from modeconn.errors import UsageError
@@ -25,6 +24,7 @@ from modeconn.paths import (
     linear_path,
     summarize_path,
 )
+from modeconn.paths.barrier import DEFINITIONS, barrier
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 

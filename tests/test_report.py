@@ -90,10 +90,10 @@ def test_figures_mark_lambda_star_only_where_a_barrier_is_and_cells_show_the_std
                                                                                 monkeypatch):
     """λ* lines: one per configuration that has a test loss barrier in some seed, at the mean
     λ* of those seeds (none at λ = 0 for a path without one); heatmap cells: mean and ± std."""
-    from modeconn.report import figures
+    from modeconn import plots
 
-    drawn, render = [], figures.render
-    monkeypatch.setattr(figures, "render", lambda fig, fmt="png": drawn.append(fig)
+    drawn, render = [], plots.render
+    monkeypatch.setattr(plots, "render", lambda fig, fmt="png": drawn.append(fig)
                         or render(fig, fmt))
     build(study)
     seeds: dict[str, list[float]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeconn.schedules import parse_schedule
+from modeconn.train.schedules import parse_schedule
 
 
 def _garipov_lr(base_lr: float, epoch: int, total_epochs: int) -> float:
@@ -45,9 +45,9 @@ def test_curve_schedule_matches_the_reference_per_epoch(epochs):
 
 
 def test_curve_training_uses_the_reference_schedule():
-    from modeconn.curves import fit_curve
     from modeconn.data import DataSpec, eval_data
     from modeconn.models import build_model, model_config
+    from modeconn.paths.curves import fit_curve
     from modeconn.train import TrainConfig
 
     torch.manual_seed(0)
@@ -63,7 +63,8 @@ def test_curve_training_uses_the_reference_schedule():
 
 
 def test_training_logs_the_reference_curve_schedule():
-    from modeconn.train import TrainConfig, _lr_at
+    from modeconn.train import TrainConfig
+    from modeconn.train.config import _lr_at
 
     cfg = TrainConfig(epochs=10, schedule="curve", lr=0.1)
     got = [_lr_at(cfg, e, 5)(b) for e in range(10) for b in range(5)]

@@ -12,14 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeconn.curves import fit_curve
 from modeconn.data import DataSpec, prepare_subsets
 from modeconn.ensemble import ensemble_metrics
-from modeconn.epochs import EpochDriver
 from modeconn.errors import DivergedError
 from modeconn.evaluate import Evaluator, evaluate
-from modeconn.landscape import hessian_trace
 from modeconn.models import model_config
+from modeconn.paths.curves import fit_curve
+from modeconn.paths.landscape import hessian_trace
 from modeconn.task import CLASSIFICATION, Task
 from modeconn.train import (
     Stepper,
@@ -30,6 +29,7 @@ from modeconn.train import (
     plan_members,
     train_run,
 )
+from modeconn.train.loop import EpochDriver
 
 CPU = torch.device("cpu")
 

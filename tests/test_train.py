@@ -23,7 +23,7 @@ from modeconn.data import DataSpec, prepare_subsets
 from modeconn.errors import UsageError
 from modeconn.io import read_csv
 from modeconn.models import model_config
-from modeconn.train import TrainConfig, epoch_order, init_model, plan_members, train_run
+from modeconn.train import TrainConfig, epoch_order, init_model, plan_members, runs, train_run
 
 # ---------------------------------------------------------------- batch order, init
 
@@ -226,8 +226,8 @@ class _Interrupt:
 
     def __init__(self, monkeypatch, after_epoch: int):
         self.after, self.fired = after_epoch, False
-        self.original = train._save_state
-        monkeypatch.setattr(train, "_save_state", self)
+        self.original = runs._save_state
+        monkeypatch.setattr(runs, "_save_state", self)
 
     def __call__(self, path, model, opt, epoch, *args, **kw):
         self.original(path, model, opt, epoch, *args, **kw)
@@ -262,13 +262,13 @@ def test_resume_is_bit_identical(cli, tmp_path, monkeypatch, case):
                 ).exists()
     # The resumed run must continue from epoch 3, not start again.
     seen: list[tuple[int, int]] = []
-    original_order = train.epoch_order
+    original_order = runs.epoch_order
 
     def spy(n, order_size, seed, epoch):
         seen.append((seed, epoch))
         return original_order(n, order_size, seed, epoch)
 
-    monkeypatch.setattr(train, "epoch_order", spy)
+    monkeypatch.setattr(runs, "epoch_order", spy)
     rc, _, err = cli(*args, "--out", tmp_path / "B", "--resume")
     assert rc == 0, err
     # Epochs (0-based) trained after resuming: only 2 and 3, whether members train one after
@@ -574,7 +574,7 @@ def test_sigkill_right_after_the_final_state_write_resumes_bit_identical(tmp_pat
             "--quiet", "--device", "cpu"]
     wrapper = (
         "import os, signal, sys\n"
-        "import modeconn.train as t\n"
+        "import modeconn.train.runs as t\n"
         "from modeconn.cli import main\n"
         "real = t._save_state\n"
         "def save(path, model, opt, epoch, *a, **k):\n"

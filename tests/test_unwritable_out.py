@@ -49,8 +49,8 @@ WRITERS = [n for n in jobs.names() if jobs.get(n).output is not None]
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from modeconn.curves import save_curve
     from modeconn.paths import ParamPath
+    from modeconn.paths.curves import save_curve
 
     root = tmp_path_factory.mktemp("inputs")
     cfg = model_config("mlp", (1, 8, 8), 10, width=32)

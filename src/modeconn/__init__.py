@@ -5,9 +5,8 @@ function takes a model template (an `nn.Module`), parameter dicts (`state_dict`s
 keyword options. Every command of the CLI is also a job: `modeconn.jobs.run("align", ...)`.
 """
 
-__version__ = "0.1.0"
-
-from .align import (  # noqa: E402
+from ._version import __version__
+from .align import (
     Permutation,
     PermutationSpec,
     activation_matching,
@@ -17,20 +16,29 @@ from .align import (  # noqa: E402
     ste_mm,
     weight_matching,
 )
-from .align.transport import OTFusion, ot_fusion  # noqa: E402
-from .barrier import barrier, path_summary  # noqa: E402
-from .checkpoint import load_checkpoint, load_model, save_model  # noqa: E402
-from .curves import Curve, fit_curve, load_curve, save_curve  # noqa: E402
-from .ensemble import ensemble_metrics, similarity  # noqa: E402
-from .evaluate import Evaluator  # noqa: E402
-from .fge import fge_snapshots  # noqa: E402
-from .graph import register_layer  # noqa: E402
-from .landscape import hessian_trace, loss_plane, plane  # noqa: E402
-from .merge import average, bn_reset, fuse, mpf, repair  # noqa: E402
-from .models import build_model, model_config  # noqa: E402
-from .paths import ParamPath, interpolate, linear_path  # noqa: E402
-from .task import CLASSIFICATION, Classification, Task  # noqa: E402
-from .train import TrainConfig  # noqa: E402
+from .checkpoint import load_checkpoint, load_model, save_model
+from .ensemble import ensemble_metrics, similarity
+from .evaluate import Evaluator
+from .fge import fge_snapshots
+from .graph import register_layer
+from .merge import OTFusion, average, bn_reset, fuse, mpf, ot_fusion, repair
+from .models import build_model, model_config
+from .paths import (
+    Curve,
+    ParamPath,
+    barrier,
+    fit_curve,
+    hessian_trace,
+    interpolate,
+    linear_path,
+    load_curve,
+    loss_plane,
+    path_summary,
+    plane,
+    save_curve,
+)
+from .task import CLASSIFICATION, Classification, Task
+from .train import TrainConfig
 
 __all__ = [
     "CLASSIFICATION", "Classification", "Curve", "Evaluator", "OTFusion", "ParamPath",

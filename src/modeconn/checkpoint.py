@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .errors import UsageError
 from .io import atomic_path
 from .models import build_model

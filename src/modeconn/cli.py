@@ -7,7 +7,7 @@ import re
 import sys
 from dataclasses import MISSING as _MISSING
 
-from . import __version__
+from ._version import __version__
 from .errors import DivergedError, UsageError
 from .jobs import build, config_fields, execute, get, names
 from .options import ConfigError

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from .epochs import scheduled_lr
 from .errors import UsageError
 from .models import has_batchnorm
-from .schedules import Schedule
 from .task import CLASSIFICATION, Task
 from .train import Stepper, TrainConfig, check_trainable, epoch_order, make_optimizer
+from .train.loop import scheduled_lr
+from .train.schedules import Schedule
 
 _SNAPSHOT = re.compile(r"snapshot_(\d+)\.safetensors")
 

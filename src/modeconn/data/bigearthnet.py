@@ -67,7 +67,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..lifeline import die_with
-from ..utils import progress
+from ..runtime import progress
 
 __all__ = [
     "BANDS", "BAND_SIZE", "LABELS_19", "LABELS_43", "NOMENCLATURES", "ON_BAD_PATCH", "RESAMPLE",

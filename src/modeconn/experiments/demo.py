@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import artefacts
+from .. import artefacts, plots
 from ..io import write_text
-from ..report import figures
 from .lmc import summary_table
 from .lmc import write_summary as write_summary_csv
 
@@ -29,12 +28,12 @@ def write_summary(run) -> str:
     write_text(out / "summary.txt", table + "\n", changed_only=True)
     labels = [f"{r['model']} {r['shift'].split(':')[0]} {r['init']} {r['batch_order']} "
               f"bs{r['batch_size']}" for r in rows]
-    figures.save(figures.bar_figure(labels, {
+    plots.save(plots.bar_figure(labels, {
         s: ([r[f"{s}_loss_barrier"] for r in rows], [r[f"{s}_loss_barrier_std"] for r in rows])
         for s in ("train", "test")}, "loss barrier (linear)",
         "digits: loss barrier per configuration (mean ± std over seeds)"), out / "barriers.png",
         changed_only=True)
-    figures.save(figures.bar_figure(labels, {
+    plots.save(plots.bar_figure(labels, {
         s: ([100 * r[f"{s}_delta_acc"] for r in rows],
             [100 * r[f"{s}_delta_acc_std"] for r in rows]) for s in ("train", "test")},
         "Δ accuracy at λ* (%)", "digits: accuracy drop along the path (−5% reference)",

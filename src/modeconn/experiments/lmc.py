@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .. import artefacts
+from .. import artefacts, plots
 from ..checkpoint import load_checkpoint, params_of
 from ..data import DataSpec, eval_data, prepare_subsets
 from ..ensemble import ensemble_metrics, member_scores, pairwise_similarity
@@ -30,12 +30,11 @@ from ..io import json_text, output_dir, read_csv, write_csv, write_json, write_t
 from ..models import build_model, model_config
 from ..params import statistic_keys
 from ..paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
-from ..report import figures
+from ..runtime import environment
 from ..task import score_of
 from ..train import (
     TrainConfig,
     check_trainable,
-    environment,
     init_model,
     noise_scale,
     plan_members,
@@ -270,11 +269,11 @@ def _similarity(cfg: dict, finals: dict, ok: list[int], evaluator: Evaluator, y:
                                task=task)
     tables["similarity"].extend({**_keys(cfg), "seed": ok[0], **r} for r in rows)
     ref = [r for r in rows if r["a"] == "a"]
-    fig = figures.polar_similarity_figure(["a"] + [r["b"] for r in ref],
-                                          [1.0] + [r["weight_cosine"] for r in ref],
-                                          member_scores(probs, y, task), title=_title(cfg, ok[0]),
-                                          rlabel=f"test {figures.SCORE_LABEL[task.score]}")
-    figures.save(fig, out / "figures" / f"polar_{cfg['id']}.png")
+    fig = plots.polar_similarity_figure(["a"] + [r["b"] for r in ref],
+                                        [1.0] + [r["weight_cosine"] for r in ref],
+                                        member_scores(probs, y, task), title=_title(cfg, ok[0]),
+                                        rlabel=f"test {plots.SCORE_LABEL[task.score]}")
+    plots.save(fig, out / "figures" / f"polar_{cfg['id']}.png")
 
 
 def _title(cfg: dict, seed: int) -> str:
@@ -370,9 +369,9 @@ def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> Non
         groups[(c["model"], c["init"])][f"{c['batch_order']} bs{c['batch_size']} lr{c['lr']:g}"] = rows
     write_csv(out / "paths_mean.csv", [{"id": k, **r} for k, rows in agg.items() for r in rows])
     for (model, init), curves in groups.items():
-        figures.save(figures.path_figure(curves, title=f"{model}, {study.shift}, init {init} "
-                                         "(mean ± std over seeds)"),
-                     fig_dir / f"interpolation_{model}_init-{init}.png")
+        plots.save(plots.path_figure(curves, title=f"{model}, {study.shift}, init {init} "
+                                     "(mean ± std over seeds)"),
+                   fig_dir / f"interpolation_{model}_init-{init}.png")
     # Learning curves (mean over seeds and members) per configuration group.
     lc: dict[tuple, dict[str, list]] = defaultdict(dict)
     for cfg_id in dict.fromkeys(r["id"] for r in tables["learning_curves"]):
@@ -386,24 +385,24 @@ def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> Non
         c = sel[0]
         lc[(c["model"], c["init"])][f"{c['batch_order']} bs{c['batch_size']} lr{c['lr']:g}"] = rows
     for (model, init), runs in lc.items():
-        figures.save(figures.learning_curves_figure(runs, title=f"{model}, {study.shift}, "
-                                                    f"init {init}"),
-                     fig_dir / f"learning_curves_{model}_init-{init}.png")
+        plots.save(plots.learning_curves_figure(runs, title=f"{model}, {study.shift}, "
+                                                f"init {init}"),
+                   fig_dir / f"learning_curves_{model}_init-{init}.png")
     if summary:
         labels = [f"{r['model']} {r['init']} {r['batch_order']} bs{r['batch_size']} lr{r['lr']:g}"
                   for r in summary]
         held = f"{study.dataset}, {study.shift}, {study.train.epochs} epochs (mean ± std over seeds)"
         none_ok = "all runs diverged — nothing to plot"
-        figures.save(figures.bar_figure(labels, {
+        plots.save(plots.bar_figure(labels, {
             s: ([r[f"{s}_loss_barrier"] for r in summary],
                 [r[f"{s}_loss_barrier_std"] for r in summary]) for s in ("train", "test")},
             f"loss barrier ({'binary ' if score == 'f1' else ''}cross-entropy)",
             f"loss barrier per configuration\n{held}",
             missing="diverged", empty=none_ok), fig_dir / "barriers.png")
-        figures.save(figures.bar_figure(labels, {
+        plots.save(plots.bar_figure(labels, {
             s: ([100 * r[f"{s}_delta_{score}"] for r in summary],
                 [100 * r[f"{s}_delta_{score}_std"] for r in summary]) for s in ("train", "test")},
-            f"Δ {figures.SCORE_LABEL[score]} at λ* (percentage points)",
-            f"{figures.SCORE_LABEL[score]} drop along the path (−5 points reference)\n{held}",
+            f"Δ {plots.SCORE_LABEL[score]} at λ* (percentage points)",
+            f"{plots.SCORE_LABEL[score]} drop along the path (−5 points reference)\n{held}",
             hline=-5.0,
             missing="diverged", empty=none_ok), fig_dir / "delta.png")

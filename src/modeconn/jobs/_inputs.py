@@ -12,7 +12,6 @@ from torch import nn
 
 from .. import artefacts, io
 from ..checkpoint import Checkpoint, load_same_architecture, params_of
-from ..curves import load_curve
 from ..data import (
     BAD_PATCH,
     EVAL_ON,
@@ -30,8 +29,10 @@ from ..io import check_output_file
 from ..models import model_config, model_help
 from ..options import option
 from ..paths import ParamPath
-from ..report.figures import display_names
-from ..train import TrainConfig, environment, resolve_device
+from ..paths.curves import load_curve
+from ..plots import display_names
+from ..runtime import environment, resolve_device
+from ..train import TrainConfig
 from ._registry import refusing
 
 HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cache/modeconn/data)"

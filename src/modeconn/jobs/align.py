@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import artefacts
+from .. import artefacts, plots
 from ..align import METHODS, Permutation, PermutationSpec, auto_spec, check_spec, find_permutation
 from ..align.methods import Method
 from ..checkpoint import Checkpoint, save_checkpoint
@@ -17,7 +17,6 @@ from ..errors import UsageError
 from ..io import write_text
 from ..options import Options, config_fields, option
 from ..paths import interpolate
-from ..report import figures
 from ._inputs import Combine, Models, load_models, output_dir, record, split_tensors
 from ._registry import JobConfig, Output, Record, Result, path_metrics, register
 
@@ -187,8 +186,8 @@ def run_align(config: AlignConfig, out: Path) -> AlignResult:
         artefacts.aligned_barrier(label).write(out, summaries[label])
         artefacts.aligned_path(label).write(out, paths[label])
     na, nb = models.names
-    fig = figures.path_figure({f"{nb} before": paths["before"], f"{nb} aligned": paths["after"]},
-                              title=f"linear path {na} → {nb}, before and after aligning {nb} "
-                                    f"to {na} ({config.method})", xlabel=f"λ (0: {na}, 1: {nb})")
-    figures.save(fig, out / "path.png")
+    fig = plots.path_figure({f"{nb} before": paths["before"], f"{nb} aligned": paths["after"]},
+                            title=f"linear path {na} → {nb}, before and after aligning {nb} "
+                                  f"to {na} ({config.method})", xlabel=f"λ (0: {na}, 1: {nb})")
+    plots.save(fig, out / "path.png")
     return AlignResult(out, config.method, perm, summaries["before"], summaries["after"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .. import plots
 from ..align import auto_spec
 from ..data import DataSpec, prepare, require_classification
 from ..errors import UsageError
@@ -16,9 +17,8 @@ from ..evaluate import Evaluator
 from ..io import write_csv, write_json
 from ..merge import METHODS, fuse
 from ..options import Options, config_fields, option
-from ..report import figures
-from ..train import TrainConfig, finetune, init_model, resolve_device
-from ..utils import progress
+from ..runtime import progress, resolve_device
+from ..train import TrainConfig, finetune, init_model
 from ._inputs import ModelOptions, Runtime, output_dir, quiet_option, record
 from ._registry import JobConfig, Output, Record, Result, register
 
@@ -161,7 +161,7 @@ def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
     write_csv(out / "accuracy.csv", rows)
     write_csv(out / "summary.csv", summary)
     write_json(out / "tasks.json", {"tasks": tasks})
-    figures.save(figures.continual_figure(rows, list(test), title=(
+    plots.save(plots.continual_figure(rows, list(test), title=(
         f"{config.dataset}, {model_cfg['arch']}, tasks {config.tasks}, {config.epochs} epochs "
         f"per task, start from {config.start}")), out / "accuracy.png")
     return ContinualResult(out, summary)

@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import artefacts
+from .. import artefacts, plots
 from ..checkpoint import save_checkpoint
-from ..curves import CURVE_KINDS, compare_with_linear, fit_curve, min_bends, path_ensemble, save_curve
 from ..ensemble import ensemble_metrics
 from ..errors import UsageError
 from ..evaluate import Evaluator
@@ -16,7 +15,7 @@ from ..fge import snapshot_paths
 from ..io import staged_dir
 from ..options import option
 from ..paths import linear_path
-from ..report import figures
+from ..paths.curves import CURVE_KINDS, compare_with_linear, fit_curve, min_bends, path_ensemble, save_curve
 from ..train import TrainConfig
 from ._inputs import (
     Combine,
@@ -133,11 +132,11 @@ def run_curve(config: CurveConfig, out: Path) -> CurveResult:
                                             config.tolerance, task=data.task)
         artefacts.CURVE_PATH.write(staged, rows)
         artefacts.BARRIER.write(staged, {**summary, "models": ends})
-        fig = figures.path_figure({k: [r for r in rows if r["path"] == k]
-                                   for k in ("curve", "linear")},
-                                  title=f"{config.kind} curve ({config.bends} bends) vs linear "
-                                        f"path, {' → '.join(models.names)}", xlabel="t")
-        figures.save(fig, staged / "path.png", config.pdf)
+        fig = plots.path_figure({k: [r for r in rows if r["path"] == k]
+                                 for k in ("curve", "linear")},
+                                title=f"{config.kind} curve ({config.bends} bends) vs linear "
+                                      f"path, {' → '.join(models.names)}", xlabel="t")
+        plots.save(fig, staged / "path.png", config.pdf)
     return CurveResult(final, summary, list(config.splits))
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import artefacts
+from .. import artefacts, plots
 from ..ensemble import ensemble_metrics, member_scores, pairwise_similarity
 from ..evaluate import Evaluator
 from ..options import option
 from ..params import statistic_keys
-from ..report import figures
 from ..task import score_of
 from ._inputs import Combine, bn_reset_option, load_models, output_dir, record
 from ._registry import JobConfig, Output, Record, Result, numbers, register
@@ -69,8 +68,8 @@ def run_ensemble(config: EnsembleConfig, out: Path) -> EnsembleResult:
     artefacts.SIMILARITY.write(out, sims)
     scores = member_scores(probs, data.test_y, data.task)
     ref = [r for r in sims if r["a"] == names[0]]
-    fig = figures.polar_similarity_figure(models.names, [1.0] + [r["weight_cosine"] for r in ref],
-                                          scores, title=f"ensemble members on {data.spec.dataset}",
-                                          rlabel=f"test {figures.SCORE_LABEL[data.task.score]}")
-    figures.save(fig, out / "polar_similarity.png")
+    fig = plots.polar_similarity_figure(models.names, [1.0] + [r["weight_cosine"] for r in ref],
+                                        scores, title=f"ensemble members on {data.spec.dataset}",
+                                        rlabel=f"test {plots.SCORE_LABEL[data.task.score]}")
+    plots.save(fig, out / "polar_similarity.png")
     return EnsembleResult(out, metrics, names, sims)

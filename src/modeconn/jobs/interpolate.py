@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import artefacts
+from .. import artefacts, plots
 from ..options import option
 from ..paths import interpolate
-from ..report import figures
 from ._inputs import (
     Combine,
     bn_reset_option,
@@ -81,7 +80,7 @@ def run_interpolate(config: InterpolateConfig, out: Path) -> InterpolateResult:
     artefacts.PATH.write(out, rows)
     artefacts.BARRIER.write(out, summary)
     on = "the whole dataset" if config.on == "full" else f"{na}'s own subset"
-    fig = figures.path_figure({"linear": rows}, title=f"linear path {na} → {nb}, on "
-                              f"{data.spec.dataset} ({on})", xlabel=f"λ (0: {na}, 1: {nb})")
-    figures.save(fig, out / "path.png", config.pdf)
+    fig = plots.path_figure({"linear": rows}, title=f"linear path {na} → {nb}, on "
+                            f"{data.spec.dataset} ({on})", xlabel=f"λ (0: {na}, 1: {nb})")
+    plots.save(fig, out / "path.png", config.pdf)
     return InterpolateResult(out, {**summary, "splits": list(config.splits)})

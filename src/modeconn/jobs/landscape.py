@@ -7,16 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artefacts
-from ..curves import load_curve
+from .. import artefacts, plots
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..landscape import loss_plane, plane, project_path
 from ..options import option
 from ..params import statistic_keys
 from ..paths import linear_path
-from ..report import figures
-from ..train import resolve_device
+from ..paths.curves import load_curve
+from ..paths.landscape import loss_plane, plane, project_path
+from ..runtime import resolve_device
 from ._inputs import (
     Combine,
     bn_reset_option,
@@ -110,7 +109,7 @@ def run_landscape(config: LandscapeConfig, out: Path) -> LandscapeResult:
         for r in rows:
             if r["split"] == split:
                 values[r["j"], r["i"]] = r["loss"]
-        fig = figures.plane_figure(xs, ys, values, paths, marks, title=f"{split} loss on the plane",
-                                   label=f"{split} loss")
-        figures.save(fig, out / f"plane_{split}.png", config.pdf)
+        fig = plots.plane_figure(xs, ys, values, paths, marks, title=f"{split} loss on the plane",
+                                 label=f"{split} loss")
+        plots.save(fig, out / f"plane_{split}.png", config.pdf)
     return LandscapeResult(out, pl.dx, pl.dy, config.grid)

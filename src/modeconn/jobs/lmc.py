@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..experiments import lmc as experiment
 from ..options import option
-from ..train import TrainConfig, resolve_device
+from ..runtime import resolve_device
+from ..train import TrainConfig
 from ._inputs import (
     HELP_SHIFT,
     DataOptions,

@@ -1,38 +1,27 @@
-"""merge-many: align K checkpoints (MergeMany, STE-MM or none), average them, normalise (BN reset
-or REPAIR), and score the merged model beside the plain average and the members."""
+"""merge: fuse two models — AVG, OT fusion, a permutation merge (WM, AM, STE) or mode path fusion
+(MPF) — into an ordinary checkpoint, scored beside A and B overall and on each one's own data."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artefacts
-from ..align import Permutation, PermutationSpec, merge_many, ste_mm
 from ..checkpoint import save_checkpoint
-from ..data import Prepared
 from ..evaluate import Evaluator
-from ..landscape import hessian_trace
-from ..merge import average, normalise
-from ..options import option
-from ..paths import interpolate
+from ..merge import METHODS, MPF_EPOCHS, fuse, normalise, pair_weights
+from ..merge.ot import COSTS, MARGINALS, SOLVERS
+from ..models import has_batchnorm
+from ..options import Options, option
 from ..task import score_of
-from ._inputs import Models, output_dir, record, split_tensors
-from ._registry import (
-    JobConfig,
-    Output,
-    Record,
-    Result,
-    loss_and_score,
-    numbers,
-    register,
-    split_metrics,
-)
+from ..train import TrainConfig, finetune
+from ._inputs import Models, load_models, output_dir, record, split_tensors
+from ._registry import JobConfig, Output, Record, Result, loss_and_score, register, split_metrics
 from .align import (
     Alignment,
     align_setup,
-    loss_barrier,
     model_meta,
+    options_for,
     ste_batch_size_option,
     ste_epochs_option,
     ste_lr_option,
@@ -41,140 +30,150 @@ from .align import (
 
 
 @dataclass(frozen=True, kw_only=True)
-class MergeManyConfig(Alignment, JobConfig):
-    job = "merge-many"
-    models: tuple[str, ...] = option(help="model checkpoints of one architecture",
-                                     positional=True)
-    method: str = option("wm", "MergeMany weight matching, STE-MM, or no alignment (plain "
-                               "average)", choices=("wm", "ste-mm", "avg"))
-    repair: bool = option(False, "REPAIR the merged model (models with BatchNorm always get BN "
+class MergeConfig(Alignment, JobConfig):
+    job = "merge"
+    a: str = option(help="model checkpoint A (OT fusion carries it onto B)", positional=True)
+    b: str = option(help="model checkpoint B (OT fusion's target: the fused model has its "
+                         "widths)", positional=True)
+    method: str = option("avg", "avg: the parameter average; ot: optimal-transport fusion; wm, "
+                                "am, ste: B aligned to A by permutation, then averaged; mpf: the "
+                                "midpoint of a quadratic Bezier curve fitted between them",
+                         choices=tuple(METHODS))
+    weights: tuple[float, ...] = option((0.5, 0.5), "weights of A and B, comma-separated "
+                                                     "(normalised)", low=0, finite=True,
+                                        nonempty=True)
+    repair: bool = option(False, "REPAIR the fused model (models with BatchNorm always get BN "
                                  "reset)")
-    points: int = option(11, "points per pairwise barrier", low=2)
-    epochs: int | None = ste_epochs_option("STE-MM")
-    lr: float = ste_lr_option("STE-MM")
-    batch_size: int = ste_batch_size_option("STE-MM")
-    warm: bool = ste_warm_option("STE-MM")
-    hessian_probes: int = option(10, "Hutchinson probes for the Hessian trace of the merged model "
-                                     "and of each member (0: skip)", low=0)
-    hessian_batches: int = option(4, "training batches of 512 the Hessian trace averages over",
-                                  low=1)
+    cost: str = option("weights", "OT ground cost: squared distance of incoming weights, or of "
+                                  "activations on --samples training examples", choices=COSTS)
+    solver: str = option("emd", "OT plan: exact EMD or Sinkhorn", choices=SOLVERS)
+    reg: float = option(0.01, "Sinkhorn regularisation (relative to the largest cost)", low=0,
+                        low_open=True, finite=True)
+    marginals: str = option("uniform", "OT marginals: uniform, or importance (L1 of incoming "
+                                       "weights)", choices=MARGINALS)
+    samples: int = option(512, "training examples of the OT activation cost", low=1)
+    epochs: int | None = ste_epochs_option("STE (or MPF: curve epochs, default 20)")
+    lr: float = ste_lr_option("STE")
+    batch_size: int = ste_batch_size_option("STE/AM")
+    warm: bool = ste_warm_option("STE")
+    curve_lr: float = option(0.05, "MPF (and --finetune-epochs): peak learning rate of SGD",
+                             low=0, low_open=True)
+    curve_batch_size: int = option(64, "MPF (and --finetune-epochs): batch size", low=1)
+    finetune_epochs: int = option(0, "then fine-tune the fused model on the union of the data "
+                                     "for this many epochs (SGD, --curve-lr, --curve-batch-size, "
+                                     "the curve schedule): with MPF's --epochs, exactly MPF's "
+                                     "gradient-step budget — the fair baseline", low=0)
 
     def check(self) -> None:
         super().check()
-        if len(self.models) < 2:
-            raise self.invalid("models", "must name at least 2 checkpoints")
+        if len(self.weights) != 2 or sum(self.weights) <= 0:
+            raise self.invalid("weights", "must be two non-negative numbers, not both 0")
+        if self.method == "mpf" and self.finetune_epochs:
+            raise self.invalid("finetune_epochs", "must be 0 with --method mpf (MPF trains "
+                                                  "already; fine-tune the other methods)")
+
+    def sgd(self, epochs: int) -> TrainConfig:
+        """The training of MPF's curve and of the fine-tuning baseline (one budget)."""
+        return TrainConfig(epochs=epochs, batch_size=self.curve_batch_size, lr=self.curve_lr,
+                           schedule="curve")
 
 
 @dataclass
-class MergeManyResult(Result):
+class MergeResult(Result):
     report: dict = field(default_factory=dict)  # what merge.json holds
-    barriers: list[dict] = field(default_factory=list)  # what barriers.csv holds
-    headline = ("test_loss", "test_acc", "hessian_trace")
-
-    def records(self) -> list[Record]:
-        r = self.report
-
-        def metrics(entry: dict) -> dict[str, float]:
-            out = split_metrics({s: entry[s] for s in ("train", "test") if s in entry})
-            if "hessian_trace" in entry:
-                out["hessian_trace"] = float(entry["hessian_trace"]["trace"])
-            return out
-
-        merged = metrics({**r["merged"], **({"hessian_trace": r["hessian_trace"]}
-                                            if "hessian_trace" in r else {})})
-        out = [({"model": "merged"}, merged), ({"model": "plain_average"}, metrics(r["plain_average"]))]
-        if "merged_without_repair" in r:
-            out.append(({"model": "merged_without_repair"}, metrics(r["merged_without_repair"])))
-        out += [({"model": f"member{i}"}, metrics(m)) for i, m in enumerate(r["members"])]
-        if self.barriers:
-            pairs = [numbers(b) for b in self.barriers]
-            out.append(({"model": "aligned_pairs"}, {
-                k: sum(p[k] for p in pairs) / len(pairs) for k in pairs[0]}))
-        return out
+    # A subset is a part of the training data: "own" accuracies are on its training examples
+    headline = ("test_acc", "test_loss", "own_a_train_acc", "own_b_train_acc")
 
     def lines(self) -> list[str]:
         r = self.report
-        m, p = r["merged"]["test"], r["plain_average"]["test"]
-        k = score_of(m)
-        scores = [member["test"][k] for member in r["members"]]
-        out = [f"merged ({r['method']}, {r['normalisation']}): test {loss_and_score(m)} | "
-               f"plain average: {loss_and_score(p)} | members {k} "
-               f"{min(scores):.4f}–{max(scores):.4f}"]
-        if "merged_without_repair" in r:
-            w = r["merged_without_repair"]["test"]
-            out.append(f"without REPAIR: test {loss_and_score(w)} "
-                       f"(REPAIR {100 * (m[k] - w[k]):+.1f} points)")
-        if "hessian_trace" in r:
-            h = r["hessian_trace"]
-            members = [member["hessian_trace"]["trace"] for member in r["members"]]
-            out.append(f"Hessian trace (train, {h['probes']} probes × {h['batches']} batches): "
-                       f"merged {h['trace']:.2f} ± {h['trace_se']:.2f} (SE) | members "
-                       f"{min(members):.2f}–{max(members):.2f}")
-        return out + super().lines()
+        out = []
+        for name in ("fused", "a", "b"):
+            m = r[name]
+            k = score_of(m["test"])
+            out.append(f"{name:>5}: test {loss_and_score(m['test'])} | {k} on A's training "
+                       f"subset {m['own_a']['train'][k]:.4f}, on B's "
+                       f"{m['own_b']['train'][k]:.4f}")
+        return [f"merge ({r['method']}, {r['normalisation']}):", *out, *super().lines()]
+
+    def records(self) -> list[Record]:
+        out = []
+        for name in ("fused", "a", "b"):
+            m = self.report[name]
+            metrics = split_metrics({s: m[s] for s in ("train", "test")})
+            for own in ("own_a", "own_b"):
+                metrics.update({f"{own}_{k}": v for k, v in split_metrics(m[own]).items()})
+            out.append(({"model": name}, metrics))
+        return out
 
 
-def _ste_mm(models: Models, data: Prepared, spec: PermutationSpec, config: MergeManyConfig
-            ) -> list[Permutation]:
-    modules = [c.build(data.train_x.device) for c in models.checkpoints]
-    return ste_mm(modules, data.train_x, data.train_y, spec, epochs=config.epochs, lr=config.lr,
-                  batch_size=config.batch_size, seed=config.seed, warm=config.warm,
-                  loss_fn=data.task.loss).perms
+def method_options(config: MergeConfig) -> Options:
+    """The options of the config's fusion method, from the job's options."""
+    method = METHODS[config.method]
+    if config.method == "mpf":  # the curve trains with the --curve-* options
+        return method.options(epochs=config.epochs or MPF_EPOCHS, lr=config.curve_lr,
+                              batch_size=config.curve_batch_size, seed=config.seed)
+    return options_for(method, config)
 
 
-# How the K models are aligned before averaging, by method: -> one Permutation per model.
-MERGERS: dict[str, Callable[..., list[Permutation]]] = {
-    "wm": lambda m, data, spec, c: merge_many(m.params, spec, seed=c.seed).perms,
-    "ste-mm": _ste_mm,
-    "avg": lambda m, data, spec, c: [Permutation.identity(spec) for _ in m.params],
-}
+def gradient_steps(n: int, cfg: TrainConfig, batchnorm: bool) -> int:
+    """Steps of `cfg.epochs` epochs over n examples (a last batch of one is skipped with BN)."""
+    per_epoch = n // cfg.batch_size + (1 if n % cfg.batch_size > (1 if batchnorm else 0) else 0)
+    return cfg.epochs * per_epoch
 
 
-@register("merge-many", MergeManyConfig, "align K models, average them, BN reset or REPAIR",
+@register("merge", MergeConfig, "fuse two models: AVG, OT fusion, WM/AM/STE merges or MPF",
           Output("output directory", required=False, default="results/merge",
-                 writes=("config.json", "env.json", "merged.safetensors", "merge.json", "barriers.csv")))
-def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
-    """merged.safetensors, merge.json (merged, plain average, members; Hessian traces) and
-    barriers.csv (test barriers between every aligned pair)."""
-    models, data, spec = align_setup(config.models, config)
+                 writes=("config.json", "env.json", "merged.safetensors", "merge.json")))
+def run_merge(config: MergeConfig, out: Path) -> MergeResult:
+    """merged.safetensors and merge.json: the fused model and A and B, scored on the whole
+    train and test data and on each one's own subset."""
+    if config.method == "ot":  # widths may differ: each model its own architecture
+        a, b = load_models([config.a], config), load_models([config.b], config)
+        data = b.data("full", config.data_dir)
+        spec = None
+    else:
+        both, data, spec = align_setup([config.a, config.b], config)
+        a = Models(both.module, both.checkpoints[:1], both.params[:1], both.device)
+        b = Models(both.module, both.checkpoints[1:], both.params[1:], both.device)
     out = output_dir(out, config.overwrite)
-    model, ckpts, states = models.module, models.checkpoints, models.params
-    perms = MERGERS[config.method](models, data, spec, config)
-    aligned = [p.apply(s) for p, s in zip(perms, states, strict=True)]
+    weights = pair_weights(config.weights)
+    fused = fuse(config.method, a.module, a.params[0], b.module, b.params[0], data.train_x,
+                 data.train_y, weights=weights, options=method_options(config), task=data.task,
+                 spec=spec)
     x = data.train_x
-    final, repaired_by = normalise(model, aligned, average(aligned), x, config.repair)
-    plain, _ = normalise(model, states, average(states), x, config.repair)
-    ev = Evaluator(model, split_tensors(data), bn_data=x, bn_reset="off", task=data.task)
-    results = ev.evaluate([final, plain, *states])
-    names = [str(c.path) for c in ckpts]
-    report = {"method": config.method, "normalisation": repaired_by, "merged": results[0],
-              "plain_average": results[1],
-              "plain_average_note": "the unaligned average, with the same normalisation "
-                                    f"({repaired_by})",
-              "members": [{"model": n, **r} for n, r in zip(names, results[2:], strict=True)]}
-    if config.hessian_probes:  # flatness of the merged model beside its members', on train data
-        traces = [hessian_trace(model, p, x, data.train_y, config.hessian_probes,
-                                max_batches=config.hessian_batches, seed=config.seed,
+    ends = [a.params[0], b.params[0]] if config.method != "ot" else [b.params[0], b.params[0]]
+    fused, how = normalise(b.module, ends, fused, x, config.repair)
+    budget = {}
+    if config.method == "mpf":
+        budget = {"epochs": config.epochs or MPF_EPOCHS, "gradient_steps": gradient_steps(
+            len(data.train_y), config.sgd(config.epochs or MPF_EPOCHS),
+            has_batchnorm(b.module))}
+    elif config.finetune_epochs:
+        fused, steps = finetune(b.module, fused, x, data.train_y,
+                                config.sgd(config.finetune_epochs), seed=config.seed,
                                 task=data.task)
-                  for p in [final, *states]]
-        report["hessian_trace"] = traces[0]
-        for member, tr in zip(report["members"], traces[1:], strict=True):
-            member["hessian_trace"] = tr
-    if repaired_by == "repair":  # what REPAIR bought: the aligned average without it
-        report["merged_without_repair"] = ev.evaluate([average(aligned)])[0]
-    rows = []
-    test = split_tensors(data, ("test",))
-    for i in range(len(aligned)):
-        for j in range(i + 1, len(aligned)):
-            _, summary = interpolate(model, aligned[i], aligned[j], test, bn_data=x,
-                                     points=config.points, bn_reset="auto", task=data.task)
-            rows.append({"a": names[i], "b": names[j], "test_loss_barrier": loss_barrier(summary),
-                         "test_error_barrier": summary["test"]["error"]["linear"]["barrier"]})
+        fused, how = normalise(b.module, [fused, fused], fused, x, False)
+        how = f"fine-tuned {config.finetune_epochs} epochs, then {how}"
+        budget = {"epochs": config.finetune_epochs, "gradient_steps": steps}
+    own = {"own_a": a.data("own", config.data_dir), "own_b": b.data("own", config.data_dir)}
+    report: dict = {"method": config.method, "weights": list(weights), "normalisation": how,
+                    "a": str(a.checkpoints[0].path), "b": str(b.checkpoints[0].path),
+                    "training": budget}
+    for name, models, params in (("fused", b, fused), ("a", a, a.params[0]),
+                                 ("b", b, b.params[0])):
+        ev = Evaluator(models.module, split_tensors(data), bn_data=x, bn_reset="off",
+                       task=data.task)
+        entry = ev.evaluate([params])[0]
+        for key, d in own.items():
+            entry[key] = Evaluator(models.module, split_tensors(d), bn_data=d.train_x,
+                                   bn_reset="off", task=data.task).evaluate([params])[0]
+        report[name] = entry
     out.mkdir(parents=True, exist_ok=True)
-    record(out, config, models.device)
-    save_checkpoint(out / "merged.safetensors", final,
-                    **model_meta(ckpts[0], kind="model",
-                                 merge={"method": config.method, "models": names,
-                                        "normalisation": repaired_by}))
-    artefacts.MERGE.write(out, report)
-    artefacts.PAIR_BARRIERS.write(out, rows)
-    return MergeManyResult(out, report, rows)
+    record(out, config, b.device)
+    save_checkpoint(out / "merged.safetensors", fused,
+                    **model_meta(b.checkpoints[0], kind="model",
+                                 merge={"method": config.method, "models": [report["a"],
+                                                                            report["b"]],
+                                        "weights": list(weights), "normalisation": how}))
+    artefacts.Document("merge.json").write(out, report)
+    return MergeResult(out, report)

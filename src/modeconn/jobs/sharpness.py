@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..data import EVAL_ON
 from ..io import check_output_file, write_json
-from ..landscape import hessian_trace
 from ..options import option
+from ..paths.landscape import hessian_trace
 from ._inputs import Runtime, load_models, split_tensors
 from ._registry import JobConfig, Output, Record, Result, numbers, register
 

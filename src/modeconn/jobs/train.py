@@ -20,8 +20,9 @@ from typing import Any
 from ..data import prepare_subsets
 from ..errors import UsageError
 from ..options import option
+from ..runtime import resolve_device
 from ..task import score_of
-from ..train import TrainConfig, plan_members, resolve_device, train_run
+from ..train import TrainConfig, plan_members, train_run
 from ._inputs import DataOptions, ModelOptions, Runtime, quiet_option, training
 from ._registry import JobConfig, Output, Record, Result, numbers, register
 

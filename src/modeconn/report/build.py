@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__, artefacts
+from .. import artefacts, plots
+from .._version import __version__
 from ..errors import UsageError
 from ..experiments.lmc import summary_score
 from ..task import score_of
-from . import figures
 
 FORMATS = ("png", "svg")
 OWN_SUMMARY = {"lmc"}  # kinds whose section tabulates their own seeds (the results hold means)
@@ -72,7 +72,7 @@ class Context:
     by_id: dict[str, Item]
 
     def figure(self, fig, title: str, caption: str = "") -> Figure:
-        data = figures.render(fig, self.fmt)
+        data = plots.render(fig, self.fmt)
         mime = "image/svg+xml" if self.fmt == "svg" else "image/png"
         return Figure(title, f"data:{mime};base64,{base64.b64encode(data).decode()}", caption)
 
@@ -229,7 +229,7 @@ def model_names(paths: list[str], item: Item, ctx: Context) -> list[str]:
         names = [describe(w.labels, keys) if keys else w.id for w in writers]
         if len(set(names)) == len(names):
             return names
-    return figures.display_names(paths)
+    return plots.display_names(paths)
 
 
 @section("train")
@@ -248,7 +248,7 @@ def train_section(items: list[Item], ctx: Context) -> list[Block]:
                 tables += [artefacts.METRICS.read(it.out / m) for m in members]
             runs[name] = sorted(mean_rows(tables, ("epoch", "split")), key=lambda r: r["epoch"])
         title = f"learning curves — {held(fixed, key, seeds_of(done))}, members pooled"
-        blocks.append(ctx.figure(figures.learning_curves_figure(runs, title), title))
+        blocks.append(ctx.figure(plots.learning_curves_figure(runs, title), title))
     return blocks
 
 
@@ -272,7 +272,7 @@ def interpolate_section(items: list[Item], ctx: Context) -> list[Block]:
             marks[name] = mean_lambda([(b["test"]["loss"]["linear"]["barrier"],
                                         b["test"]["lambda_star"]) for b in bars if "test" in b])
         title = f"linear interpolation — {held(fixed, key, seeds_of(done))}"
-        blocks.append(ctx.figure(figures.path_figure(curves, title=title, marks=marks), title,
+        blocks.append(ctx.figure(plots.path_figure(curves, title=title, marks=marks), title,
                                  LAMBDA_CAPTION))
     blocks += _heatmaps(items, ctx, fixed)
     return blocks
@@ -339,14 +339,14 @@ def _heatmaps(items: list[Item], ctx: Context, fixed: str) -> list[Block]:
                 elif n:
                     notes[i, j] = f"g={lr * (n / bs - 1):.3g}"
         what = held(fixed, key, seeds_of(its))
-        blocks.append(ctx.figure(figures.heatmap_figure(
+        blocks.append(ctx.figure(plots.heatmap_figure(
             barrier, lrs, bss, f"test loss barrier over batch size × learning rate\n{what}",
             "test loss barrier (cross-entropy)", "learning rate", "batch size", notes,
             errors=barrier_sd),
             f"loss barrier heatmap — {describe(key, list(key))}",
             f"{CELL_CAPTION}; g = ε(N/B − 1), the SGD noise scale"))
-        name = figures.SCORE_LABEL[score]
-        blocks.append(ctx.figure(figures.heatmap_figure(
+        name = plots.SCORE_LABEL[score]
+        blocks.append(ctx.figure(plots.heatmap_figure(
             delta, lrs, bss, f"test {name} drop Δ at λ* (percentage points)\n{what}",
             f"Δ {name} (points)", "learning rate", "batch size", notes, flag=delta < -5,
             flag_label="Δ below the −5 points reference", cmap="RdBu", center=0.0,
@@ -371,7 +371,7 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
              (f"lmc_ens_gain_{k}", 100), (f"ind_ens_gain_{k}", 100))),
          r["seeds_ok"], r["diverged"]] for summary in summaries for r in summary],
         f"mean ± std over seeds: linear-definition loss barriers; Δ{k} (points) at the loss "
-        f"barrier's λ*; ensemble gains (points): {figures.SCORE_LABEL[k]} over the mean member, "
+        f"barrier's λ*; ensemble gains (points): {plots.SCORE_LABEL[k]} over the mean member, "
         "LMC = points on "
         "the path, independent = members of different seeds; g = ε(N/B − 1), the SGD noise "
         "scale; ok = seeds trained and evaluated")]
@@ -394,7 +394,7 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
                 and b["split"] == "test" and b["metric"] == "loss" and b["definition"] == "linear"])
         seeds = it.options.get("seeds", [])
         title = (f"{name}, {shift}: linear interpolation (mean ± std over {len(seeds)} seeds)")
-        blocks.append(ctx.figure(figures.path_figure(
+        blocks.append(ctx.figure(plots.path_figure(
             {labels.get(k, k): v for k, v in by_cfg.items()}, title=title, marks=marks), title,
             LAMBDA_CAPTION))
         lc = artefacts.Table("learning_curves.csv").read(it.out)
@@ -404,7 +404,7 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
         curves = {labels.get(k, k): sorted(mean_rows([v], ("epoch", "split")),
                                            key=lambda r: r["epoch"]) for k, v in runs.items()}
         title = f"{name}, {shift}: learning curves (mean ± std over seeds and members)"
-        blocks.append(ctx.figure(figures.learning_curves_figure(curves, title), title))
+        blocks.append(ctx.figure(plots.learning_curves_figure(curves, title), title))
         ens = artefacts.Table("ensembles.csv").read(it.out)
         rows = []
         for cfg in dict.fromkeys(r["id"] for r in ens):
@@ -415,7 +415,7 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
                                         for r in sel]) for m in (k, "nll", "ece",
                                                                  f"gain_{k}"))])
         blocks.append(Table(f"{name}, {shift}: LMC vs independent ensembles (test set)",
-                            ["configuration", "ensemble", f"{figures.SCORE_LABEL[k]} %", "NLL",
+                            ["configuration", "ensemble", f"{plots.SCORE_LABEL[k]} %", "NLL",
                              "ECE",
                              "gain over mean member (points)"], rows,
                             "LMC: points on the linear path; independent: members of different "
@@ -455,7 +455,7 @@ def _lmc_heatmaps(summary, name, shift, ctx) -> list[Block]:
         seeds = max((int(r.get("seeds_ok", 0)) for r in sel), default=0)
         title = (f"{name}, {shift}, init {init}, order {order}: test loss barrier, mean ± std "
                  f"over {seeds} seed{'s' if seeds != 1 else ''}")
-        blocks.append(ctx.figure(figures.heatmap_figure(
+        blocks.append(ctx.figure(plots.heatmap_figure(
             v, lrs, bss, title, "test loss barrier", "learning rate", "batch size", notes,
             errors=sd), title, CELL_CAPTION))
     return blocks
@@ -485,7 +485,7 @@ def curve_section(items: list[Item], ctx: Context) -> list[Block]:
         a, b = model_names([it.options.get("a", "A"), it.options.get("b", "B")], it, ctx)
         title = (f"{kind} curve ({it.options.get('bends', 3)} bends, {it.options.get('epochs')} "
                  f"epochs) vs the straight line, from {a} (t = 0) to {b} (t = 1)")
-        blocks.append(ctx.figure(figures.path_figure(curves, title=title, xlabel="t"), title))
+        blocks.append(ctx.figure(plots.path_figure(curves, title=title, xlabel="t"), title))
     return blocks
 
 
@@ -498,9 +498,9 @@ def align_section(items: list[Item], ctx: Context) -> list[Block]:
         a, b = model_names([it.options.get("a", "A"), it.options.get("b", "B")], it, ctx)
         title = (f"linear path from {a} to {b}, before and after aligning {b} to {a} "
                  f"({it.options.get('method', '')})")
-        blocks.append(ctx.figure(figures.path_figure({f"{a} → {b}": before,
-                                                      f"{a} → aligned {b}": after},
-                                                     title=title), title))
+        blocks.append(ctx.figure(plots.path_figure({f"{a} → {b}": before,
+                                                    f"{a} → aligned {b}": after},
+                                                   title=title), title))
     return blocks
 
 
@@ -525,7 +525,7 @@ def merge_section(items: list[Item], ctx: Context) -> list[Block]:
             m[i, j] = m[j, i] = p["test_loss_barrier"]
         method = it.options.get("method", "wm")
         title = f"test loss barrier between every pair of models {MERGE_PAIRS.get(method, method)}"
-        blocks.append(ctx.figure(figures.matrix_figure(short, m, title, "test loss barrier"),
+        blocks.append(ctx.figure(plots.matrix_figure(short, m, title, "test loss barrier"),
                                  title, "the linear path between two models as the merge "
                                  "averaged them; REPAIR, when asked, applies to the merged "
                                  "model only, not to these paths"))
@@ -563,8 +563,8 @@ def landscape_section(items: list[Item], ctx: Context) -> list[Block]:
             title = (f"{split} loss on the plane through {', '.join(marks) or 'three points'} "
                      f"({info.get('grid', len(xs))}×{info.get('grid', len(ys))} points, BN "
                      f"re-estimation {info.get('bn_reset', 'auto')})")
-            blocks.append(ctx.figure(figures.plane_figure(xs, ys, v, paths, marks, title,
-                                                          f"{split} loss"), title))
+            blocks.append(ctx.figure(plots.plane_figure(xs, ys, v, paths, marks, title,
+                                                        f"{split} loss"), title))
     return blocks
 
 

@@ -37,13 +37,13 @@ def _worker_init(driver: int, threads: int, slots, bars: bool) -> None:
     die_with(driver)  # first: a killed driver must not leave its workers behind
     import torch
 
-    from .. import utils
+    from .. import runtime
 
     torch.set_num_threads(threads)
     if bars:
         with slots.get_lock():
             slots.value += 1
-            utils.BAR_POSITION = slots.value
+            runtime.BAR_POSITION = slots.value
 
 
 def _run_in_worker(root: str, job_id: str, bars: bool) -> dict[str, Any]:

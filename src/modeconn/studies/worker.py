@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, artefacts
+from .. import artefacts
+from .._version import __version__
 from ..errors import DivergedError, UsageError
 from ..io import write_json
 

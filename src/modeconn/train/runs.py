@@ -1,14 +1,10 @@
-"""Training: in-memory batching, controlled batch order and initialisation, learning curves,
+"""Training runs: in-memory batching, controlled batch order and initialisation, learning curves,
 checkpoints at chosen epochs, bit-identical resume, and divergence detection."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import platform
-import subprocess
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,59 +12,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__, tuning
-from .checkpoint import load_checkpoint, save_checkpoint, save_model
-from .data import DataSpec, Prepared, subset_name
-from .epochs import Epoch, EpochDriver, LrAt, scheduled_lr, set_lr
-from .epochs import check_finite as _check_finite  # noqa: F401  (benchmarks/train_throughput.py)
-from .errors import DivergedError, UsageError
-from .evaluate import evaluate, nhwc, prefers_channels_last, probabilities
+from ..checkpoint import load_checkpoint, save_checkpoint, save_model
+from ..data import DataSpec, Prepared, subset_name
+from ..errors import DivergedError, UsageError
+from ..evaluate import evaluate, probabilities
+from ..io import json_text, output_dir, read_json, remove_temporaries, write_csv, write_json
+from ..models import build_model, has_batchnorm
+from ..runtime import environment
+from ..task import CLASSIFICATION, Task
+from .config import (
+    TrainConfig,
+    _schedule,
+    check_trainable,
+    epoch_order,
+    init_model,
+    make_optimizer,
+    noise_scale,
+)
 from .grouped import GroupedMLP, groupable, grouped_loss
-from .io import json_text, output_dir, read_json, remove_temporaries, write_csv, write_json
-from .models import build_model, has_batchnorm
-from .options import Options, option
-from .schedules import parse_schedule
-from .task import CLASSIFICATION, Task
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig(Options):
-    """Optimisation settings shared by every member of a run (checked when built)."""
-
-    job = "training"
-    epochs: int = option(20, "passes over the training data", low=1)
-    batch_size: int = option(64, "examples per optimisation step", low=1)
-    optimizer: str = option("sgd", "optimiser", choices=OPTIMIZERS)
-    lr: float = option(0.05, "peak learning rate", low=0, low_open=True)
-    momentum: float = option(0.9, "SGD momentum", low=0, high=1, high_open=True)
-    nesterov: bool = option(False, "Nesterov momentum (SGD only)")
-    weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)", low=0)
-    schedule: str = option("constant", "constant, cosine, curve, step:M1,M2[@GAMMA], "
-                                       "cyclic:EPOCHS[@LOW]")
-    warmup: float = option(0.0, "epochs of linear warm-up", low=0)
-    save_epochs: tuple[int, ...] = option((), "also save these epochs", low=1)
-    eval_batch_size: int = option(2048, "examples per evaluation batch", low=1)
-
-    def check(self) -> None:
-        super().check()
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise self.invalid("nesterov", "needs optimizer sgd with momentum > 0")
-        if any(e > self.epochs for e in self.save_epochs):
-            raise self.invalid("save_epochs", f"must lie in 1..{self.epochs} (the epochs)")
-        if self.warmup > self.epochs:  # the learning rate would never reach its peak
-            raise self.invalid("warmup", f"must be at most the {self.epochs} epoch"
-                                         f"{'s' if self.epochs != 1 else ''} of training "
-                                         "(lower it or raise the epochs)")
-        sched = parse_schedule(self.schedule, self.warmup)
-        late = [m for m in sched.milestones if m >= self.epochs]
-        if late:
-            raise self.invalid("schedule", f"has milestones {late} not below the {self.epochs} "
-                                           "epochs, so they never take effect")
-
-    def validate(self) -> None:
-        """Kept for callers that built the settings before they were checked on construction."""
+from .loop import Epoch, EpochDriver, Stepper
 
 
 @dataclass
@@ -85,70 +47,6 @@ class Member:
     # sets of different sizes); None: the run's.
     model_cfg: dict[str, Any] | None = None
 
-
-def check_trainable(model: nn.Module, batch_size: int, n: int) -> None:
-    """Refuse a BatchNorm model whose batches would all hold one sample: BatchNorm cannot train
-    on one sample, so such a batch is skipped (`Stepper`) and no step would ever be taken. (A
-    last batch of one sample in an epoch is skipped alike; the other batches train.)"""
-    if has_batchnorm(model) and min(batch_size, n) < 2:
-        what = f"batch size {batch_size}" if batch_size < 2 else f"a training set of {n} sample"
-        raise UsageError(f"{what} with a BatchNorm model: BatchNorm cannot train on one sample, "
-                         "so no step would be taken; use batches of 2 or more (or a model without "
-                         "BatchNorm)")
-
-
-def noise_scale(lr: float, n: int, batch_size: int) -> float:
-    """SGD noise scale g = ε·(N/B − 1) (ALGORITHMS.md §3)."""
-    return lr * (n / batch_size - 1)
-
-
-def epoch_order(n: int, order_size: int, seed: int, epoch: int) -> torch.Tensor:
-    """The positions visited in `epoch`: one permutation of `order_size` from (seed, epoch),
-    keeping those < n, so members with the same seed traverse their subsets in the same order."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(order_size, generator=g)
-    return perm[perm < n] if order_size > n else perm
-
-
-def init_model(model_cfg: dict[str, Any], seed: int) -> nn.Module:
-    """Build a model with parameters drawn from `seed`."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(model_cfg)
-
-
-def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer named in `cfg`, with fused kernels where this torch has them (a fixed
-    policy, not a measured choice: fused and foreach kernels round differently, and a run's
-    numbers must not depend on a measurement)."""
-    params = list(params)
-    kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.optimizer == "sgd":
-        cls = torch.optim.SGD
-        kw.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
-    else:
-        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    try:
-        return cls(params, fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):
-        return cls(params, foreach=True, **kw)
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("device cuda asked for but no CUDA device is available; use auto or cpu")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise UsageError(f"device {device} asked for but this machine has "
-                         f"{torch.cuda.device_count()} CUDA device(s); use auto, cuda or cuda:0")
-    return torch.device(device)
-
-
-# ---------------------------------------------------------------- resume state
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
@@ -186,66 +84,6 @@ def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch:
         tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
     save_checkpoint(path, tensors, kind="train-state", architecture={}, epoch=epoch,
                     optimizer=opt_info, history=history, fingerprint=fingerprint, **extra)
-
-
-# ---------------------------------------------------------------- the loop
-
-class Stepper:
-    """The inner training loop on in-memory tensors, shared by `train_member`, FGE and the
-    benchmarks.
-
-    `step(idx)` does one optimisation step on the samples at positions `idx`: gather the batch,
-    forward, the task's loss (cross-entropy), backward, optimizer step. `run_epoch` runs the steps
-    of one epoch through the epoch driver (`epochs.EpochDriver`: batches along `order`, the
-    learning rate `lr_at(step)`, the divergence check). A model with 2-D convolutions on CPU
-    trains in channels-last layout where that is proven right (`prefers_channels_last` with
-    gradients): model, inputs and resumed optimizer state are moved in place, same values.
-    """
-
-    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-                 y: torch.Tensor, batch_size: int, drop_single: bool = False,
-                 gpu_check_every: int = 50, *, task: Task = CLASSIFICATION):
-        if prefers_channels_last(model, x, gradients=True):
-            model.to(memory_format=torch.channels_last)
-            x = nhwc(x)
-            # Resumed optimizer state in the layout of its parameter, as a fresh run makes it:
-            # elementwise kernels round alike only over tensors of one layout.
-            for param, state in opt.state.items():
-                for key, value in state.items():
-                    if torch.is_tensor(value) and value.shape == param.shape:
-                        state[key] = torch.empty_like(param).copy_(value)
-        self.model, self.opt, self.x, self.y, self.task = model, opt, x, y, task
-        self.batch_size = batch_size
-        # index_select or indexing: the same rows, whichever this machine gathers faster.
-        self._gather = tuning.choice("gather")
-        self.driver = EpochDriver(self.step, opt, batch_size=batch_size, device=x.device,
-                                  drop_single=drop_single, gpu_check_every=gpu_check_every)
-
-    @property
-    def drop_single(self) -> bool:
-        """Whether a last batch of one sample is skipped (BatchNorm cannot train on one)."""
-        return self.driver.drop_single
-
-    def set_lr(self, lr: float) -> None:
-        """Set the learning rate of every parameter group."""
-        set_lr(self.opt, lr)
-
-    def step(self, idx: torch.Tensor) -> torch.Tensor:
-        """One step on the samples at `idx`; return the batch loss (before the update)."""
-        x = self.x.index_select(0, idx) if self._gather == "index_select" else self.x[idx]
-        loss = self.task.loss(self.model(x), self.y.index_select(0, idx))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.detach()
-
-    def run_epoch(self, order: torch.Tensor, lr_at: Callable[[int], float],
-                  epoch: int = 0) -> float:
-        """Train on `order` in batches; return the last learning rate used.
-
-        Raises DivergedError (1-based epoch and step) at the first non-finite batch loss.
-        """
-        return self.driver.run_epoch(order, lr_at, epoch)
 
 
 class MemberRecord:
@@ -344,46 +182,6 @@ class MemberRecord:
                      for m in self.task.metric_names}}
         write_json(self.out_dir / "status.json", status)
         return status
-
-
-def finetune(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
-             y: torch.Tensor, cfg: TrainConfig, seed: int = 0, quiet: bool = True, *,
-             task: Task = CLASSIFICATION) -> tuple[dict[str, torch.Tensor], int]:
-    """`params` trained further on (x, y) with `cfg` (from step 0 of its schedule, a fresh
-    optimizer); returns the parameters and the number of gradient steps taken (the budget a fair
-    comparison gives every method that trains)."""
-    cfg.validate()
-    net = copy.deepcopy(model).to(x.device)
-    net.load_state_dict(params)
-    net.train()
-    n = len(y)
-    check_trainable(net, cfg.batch_size, n)
-    opt = make_optimizer(net.parameters(), cfg)
-    stepper = Stepper(net, opt, x, y, cfg.batch_size, drop_single=has_batchnorm(net), task=task)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    taken = 0
-
-    def count(*_: Any) -> None:
-        nonlocal taken
-        taken += 1
-
-    stepper.driver.run(cfg.epochs, lambda epoch: epoch_order(n, n, seed, epoch).to(x.device),
-                       _schedule(cfg, steps_per_epoch), after_step=count, desc="fine-tune",
-                       quiet=quiet)
-    net.eval()
-    out = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    return {k: v.contiguous() for k, v in out.items()}, taken
-
-
-def _lr_at(cfg: TrainConfig, epoch: int, steps: int) -> Callable[[int], float]:
-    """The learning rate of each step of `epoch` (what `Stepper.run_epoch` takes)."""
-    lr_at = _schedule(cfg, steps)
-    return lambda b: lr_at(epoch, b)
-
-
-def _schedule(cfg: TrainConfig, steps: int) -> LrAt:
-    """The learning rate of every step of a run of `cfg` with `steps` steps per epoch."""
-    return scheduled_lr(cfg.lr, parse_schedule(cfg.schedule, cfg.warmup), cfg.epochs, steps)
 
 
 def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, out_dir: Path,
@@ -604,16 +402,3 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
                                 task=task) for m in members]
     write_csv(out / "summary.csv", results, changed_only=True)
     return results
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, device and git SHA, for env.json."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {"modeconn": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "device": str(device),
-            "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-            "threads": torch.get_num_threads(), "git_sha": sha}

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import UsageError
+from ..evaluate import Evaluator
+from ..params import check_module, check_params, combine, flatten, statistic_keys, weight_keys
+from ..task import CLASSIFICATION, Task, score_of
 from .barrier import path_summary
-from .errors import UsageError
-from .evaluate import Evaluator
-from .params import check_module, check_params, combine, flatten, statistic_keys, weight_keys
-from .task import CLASSIFICATION, Task, score_of
 
 PATH_KINDS = ("linear", "bezier", "polychain")
 

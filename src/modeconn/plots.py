@@ -15,8 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io import write_bytes  # noqa: E402
-from ..task import score_of  # noqa: E402
+from .io import write_bytes  # noqa: E402
+from .task import score_of  # noqa: E402
 
 SPLIT_STYLE = {"train": "-", "test": "--"}
 

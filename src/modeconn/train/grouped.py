@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .task import CLASSIFICATION, Task
+from ..task import CLASSIFICATION, Task
 
 _SUPPORTED = (nn.Flatten, nn.Linear, nn.ReLU, nn.Identity)
 

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..align.matching import _batches, _collector, _Moments, _units
+from ..align.spec import PermutationSpec, units_first
+from ..align.trace import trace
 from ..errors import UsageError
+from ..options import Options, option
 from ..params import combine
-from .matching import _batches, _collector, _Moments, _units
-from .spec import PermutationSpec, units_first
-from .trace import trace
 
 COSTS = ("weights", "activations")
 SOLVERS = ("emd", "sinkhorn")
@@ -234,3 +235,16 @@ def _activation_moments(model_a, model_b, ta, tb, sa, sb, x, batch_size) -> dict
             raise UsageError(f"OT fusion: no activations were read for group {g!r}; use "
                              "--cost weights")
     return moments
+
+
+@dataclass(frozen=True, kw_only=True)
+class OTOptions(Options):
+    job = "OT fusion"
+    cost: str = option("weights", "ground cost: squared distance of incoming weights, or of "
+                                  "activations on `samples` training examples", choices=COSTS)
+    solver: str = option("emd", "transport plan: exact EMD or Sinkhorn", choices=SOLVERS)
+    reg: float = option(0.01, "Sinkhorn regularisation (relative to the largest cost)", low=0,
+                        low_open=True)
+    marginals: str = option("uniform", "uniform, or importance (L1 of incoming weights)",
+                            choices=MARGINALS)
+    samples: int = option(512, "training examples of the activation cost", low=1)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 DEFINITIONS = ("linear", "midpoint", "local-min")
 

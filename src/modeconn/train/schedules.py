@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import UsageError
+from ..errors import UsageError
 
 SCHEDULES = ("constant", "step", "cosine", "curve", "cyclic")
 
