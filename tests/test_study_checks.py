@@ -120,7 +120,7 @@ def test_a_name_from_the_file_name_must_be_safe_too(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("available,count,device,message", [
-    (False, 0, "cuda:3", "device cuda asked for but no CUDA device is available"),
+    (False, 0, "cuda:3", "device cuda:3 asked for but no CUDA device is available"),
     (True, 1, "cuda:3", "device cuda:3 asked for but this machine has 1 CUDA device(s)"),
     (False, 0, "cuda:x", "unknown device 'cuda:x'"),
 ])

@@ -32,7 +32,8 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("device cuda asked for but no CUDA device is available; use auto or cpu")
+        raise UsageError(f"device {device} asked for but no CUDA device is available; use auto "
+                         "or cpu")
     if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
         raise UsageError(f"device {device} asked for but this machine has "
                          f"{torch.cuda.device_count()} CUDA device(s); use auto, cuda or cuda:0")
