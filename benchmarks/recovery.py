@@ -17,8 +17,9 @@ import argparse
 import torch
 
 from modeconn.align import Permutation, WeightMatcher, auto_spec
-from modeconn.checkpoint import load_model, params_of
+from modeconn.checkpoint import params_of
 from modeconn.data import DataSpec, eval_data
+from modeconn.models import load_model
 from modeconn.paths import interpolate
 
 

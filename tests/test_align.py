@@ -610,6 +610,91 @@ def test_ste_mm_of_permuted_copies_recovers_the_model():
         assert torch.allclose(value, state[key], atol=1e-6), key
 
 
+def _ste_setup(k: int = 2):
+    models = [make("mlp", SMALL, seed=s, widths=[8]).train() for s in range(k)]
+    x = example(SMALL, n=40)
+    y = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(0))
+    return models, x, y, auto_spec(models[0], x[:4])
+
+
+def test_ste_mm_on_the_epoch_driver_keeps_the_reference_loop_bit_for_bit():
+    """The loop STE-MM ran before the epoch driver: same batch order, λ draws and float ops."""
+    from modeconn.align.matching import _forward, _mean_loss, _straight_through, batch_statistics
+    models, x, y, spec = _ste_setup(k=3)
+    states = [dict(m.state_dict()) for m in models]
+    trainable = {n for n, _ in models[0].named_parameters()}  # no buffers in this MLP
+    proxies = [{n: states[0][n].clone().requires_grad_(True) for n in trainable} for _ in range(2)]
+    opt = torch.optim.Adam([t for p in proxies for t in p.values()], lr=1e-2)
+    matchers = [WeightMatcher(spec, seed=i) for i in range(2)]
+    gen = torch.Generator().manual_seed(0)
+
+    def proxy_state(i):
+        return {n: proxies[i][n].detach() if n in trainable else v for n, v in states[0].items()}
+
+    def matched():
+        perms = [Permutation.identity(spec)] + [matchers[i](proxy_state(i), states[i + 1])
+                                                for i in range(2)]
+        merged = mean_params([p.apply(s) for p, s in zip(perms, states, strict=True)])
+        return perms, _mean_loss(models[0], merged, x, y, F.cross_entropy, 16)
+
+    with batch_statistics(models[0]):
+        best, best_loss = matched()
+        for _ in range(3):
+            for idx in torch.randperm(len(x), generator=gen).split(16):
+                points = [states[0]] + [
+                    {n: _straight_through(v, proxies[i][n]) if n in trainable else v
+                     for n, v in matchers[i](proxy_state(i), states[i + 1]).apply(
+                         states[i + 1]).items()} for i in range(2)]
+                lam = -torch.rand(3, generator=gen, dtype=torch.float64).log()
+                lam /= lam.sum()
+                loss = F.cross_entropy(_forward(models[0], mean_params(points, lam), x[idx]),
+                                       y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            perms, loss_now = matched()
+            if loss_now < best_loss:
+                best, best_loss = perms, loss_now
+    reference = mean_params([p.apply(s) for p, s in zip(best, states, strict=True)])
+    merged = ste_mm(models, x, y, spec, batch_size=16, epochs=3, lr=1e-2, quiet=True)
+    assert merged.perms == best
+    assert equal_states(merged.params, reference)
+
+
+@pytest.mark.parametrize("method", ["ste", "ste-mm"])
+def test_ste_and_ste_mm_stop_at_the_first_diverged_step(method):
+    from modeconn.errors import DivergedError
+
+    models, x, y, spec = _ste_setup()
+    x = torch.full_like(x, float("nan"))  # every batch loss is NaN
+    with pytest.raises(DivergedError, match="epoch 1 step 1 "):
+        if method == "ste":
+            ste_matching(models[0], models[1], x, y, spec, batch_size=16, epochs=2)
+        else:
+            ste_mm(models, x, y, spec, batch_size=16, epochs=2)
+
+
+@pytest.mark.parametrize("method,desc", [("ste", "STE"), ("ste-mm", "STE-MM")])
+@pytest.mark.parametrize("quiet", [False, True])
+def test_ste_and_ste_mm_count_their_epochs_on_a_progress_bar(monkeypatch, method, desc, quiet):
+    import modeconn.train.loop as loop
+
+    bars = []
+    real = loop.progress
+
+    def recording(total, desc, quiet=False, initial=0):
+        bars.append((total, desc, quiet))
+        return real(total, desc, quiet=True, initial=initial)
+
+    monkeypatch.setattr(loop, "progress", recording)
+    models, x, y, spec = _ste_setup()
+    if method == "ste":
+        ste_matching(models[0], models[1], x, y, spec, batch_size=16, epochs=2, quiet=quiet)
+    else:
+        ste_mm(models, x, y, spec, batch_size=16, epochs=2, quiet=quiet)
+    assert bars == [(2, desc, quiet)]
+
+
 # --- trained models (slow) ----------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from modeconn.align import auto_spec, weight_matching
 from modeconn.checkpoint import load_checkpoint, save_model
 from modeconn.data import DataSpec, parse_shift
 from modeconn.errors import UsageError
-from modeconn.models import build_model, model_config
+from modeconn.models import build_model, model_config, rebuild
 from modeconn.paths import ParamPath, check_tolerance
 from modeconn.paths.curves import save_curve
 from modeconn.paths.landscape import hessian_trace
@@ -299,7 +299,7 @@ def test_weight_matching_refuses_a_tensor_as_spec(ckpts):
     a, b = (load_checkpoint(ckpts[k]).tensors for k in ("a", "b"))
     with pytest.raises(TypeError, match="spec must be a PermutationSpec.*example_input="):
         weight_matching(a, b, torch.zeros(2, 1, 8, 8))
-    spec = auto_spec(load_checkpoint(ckpts["a"]).build(), torch.zeros(2, 1, 8, 8))
+    spec = auto_spec(rebuild(load_checkpoint(ckpts["a"])), torch.zeros(2, 1, 8, 8))
     with pytest.raises(TypeError, match="parameter dicts"):
         weight_matching(torch.zeros(3), b, spec)
 
@@ -311,7 +311,7 @@ def test_weight_matching_refuses_a_tensor_as_spec(ckpts):
 def test_hessian_trace_refuses(ckpts, kw, match):
     ckpt = load_checkpoint(ckpts["a"])
     with pytest.raises(UsageError, match=match):
-        hessian_trace(ckpt.build(), ckpt.tensors, torch.zeros(4, 1, 8, 8),
+        hessian_trace(rebuild(ckpt), ckpt.tensors, torch.zeros(4, 1, 8, 8),
                       torch.zeros(4, dtype=torch.long), **kw)
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modeconn.checkpoint import describe, load_checkpoint, load_model, save_checkpoint, save_model
+from modeconn.checkpoint import describe, load_checkpoint, save_checkpoint, save_model
 from modeconn.errors import UsageError
-from modeconn.models import build_model, model_config
+from modeconn.models import build_model, load_model, model_config
 
 
 def _model(name="resnet8", **kw):
@@ -229,3 +229,25 @@ def test_equal_checkpoints_are_equal_files(tmp_path):
     ckpt = load_checkpoint(tmp_path / "0.safetensors")
     assert all(torch.equal(ckpt.tensors[k], v) for k, v in tensors.items())
     assert {k: ckpt.meta[k] for k in meta} == meta
+
+
+def test_checkpoint_is_a_floor_that_builds_no_module():
+    """Reading and writing checkpoints imports only floors (the model zoo rebuilds modules)."""
+    import ast
+
+    import modeconn.checkpoint
+
+    tree = ast.parse(open(modeconn.checkpoint.__file__).read())
+    imported = {node.module or "" for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.level > 0}
+    floors = {"_version", "artefacts", "errors", "io", "options", "params", "runtime", "task"}
+    assert imported <= floors, imported - floors
+
+
+def test_rebuild_refuses_a_damaged_architecture(tmp_path):
+    from modeconn.models import rebuild
+
+    model, cfg = _model("mlp", width=16)
+    path = save_model(tmp_path / "m.safetensors", model, {**cfg, "widths": "x"})
+    with pytest.raises(UsageError, match="metadata architecture"):
+        rebuild(load_checkpoint(path))

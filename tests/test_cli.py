@@ -12,7 +12,7 @@ import pytest
 from conftest import FAST_TRAIN, make_mnist_arrays, write_mnist
 
 from modeconn import jobs
-from modeconn.checkpoint import load_model
+from modeconn.models import load_model
 
 
 def _assert_one_line_error(rc, out, err):

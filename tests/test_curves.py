@@ -16,7 +16,7 @@ from modeconn import jobs
 from modeconn.checkpoint import load_checkpoint, params_of
 from modeconn.data import DataSpec, eval_data
 from modeconn.errors import UsageError
-from modeconn.models import build_model, model_config
+from modeconn.models import build_model, model_config, rebuild
 from modeconn.paths.curves import Curve, CurveTrainer, fit_curve, load_curve, save_curve
 from modeconn.train import TrainConfig, init_model
 
@@ -271,7 +271,7 @@ def test_curve_ensemble_table_has_independent_lmc_curve_and_fge_rows(runs, tmp_p
     data = eval_data(DataSpec())
     probs = []
     for name in saved["fge_members"]:
-        net = load_checkpoint(name).build().eval()
+        net = rebuild(load_checkpoint(name)).eval()
         with torch.no_grad():
             probs.append(net(data.test_x).softmax(-1))
     acc = float((torch.stack(probs).mean(0).argmax(-1) == data.test_y).double().mean())

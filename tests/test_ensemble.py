@@ -20,6 +20,7 @@ from modeconn.ensemble import (
     similarity,
 )
 from modeconn.io import read_csv
+from modeconn.models import rebuild
 from modeconn.options import ConfigError
 from modeconn.params import flatten, statistic_keys, weight_keys
 
@@ -251,7 +252,7 @@ def test_ensemble_job_writes_metrics_and_similarity(pair, tmp_path):
     assert (row["a"], row["b"]) == (str(a), str(b))
     pa = params_of(load_checkpoint(a))
     pb = params_of(load_checkpoint(b))
-    keys = weight_keys(pa, statistic_keys(load_checkpoint(a).build()))
+    keys = weight_keys(pa, statistic_keys(rebuild(load_checkpoint(a))))
     expected_l2 = float((flatten(pa, keys) - flatten(pb, keys)).norm())
     assert float(row["weight_l2"]) == pytest.approx(expected_l2, rel=1e-9)
     assert float(row["agreement"]) + float(row["disagreement"]) == pytest.approx(1.0)

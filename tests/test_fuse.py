@@ -9,11 +9,12 @@ import torch
 
 import modeconn
 from modeconn import jobs
-from modeconn.checkpoint import load_checkpoint, load_model, params_of
+from modeconn.checkpoint import load_checkpoint, params_of
 from modeconn.data import DataSpec, eval_data
 from modeconn.errors import UsageError
 from modeconn.merge import METHODS
 from modeconn.merge.ot import ot_fusion
+from modeconn.models import load_model
 
 pytest.importorskip("ot")
 

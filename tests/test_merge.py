@@ -15,6 +15,7 @@ from modeconn.align import Permutation, auto_spec
 from modeconn.checkpoint import load_checkpoint, save_checkpoint
 from modeconn.cli import main
 from modeconn.merge import average, bn_reset, channel_stats, repair, repair_layers
+from modeconn.models import rebuild
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def trained(tmp_path_factory):
 def _permuted_copy(path, dest, seed):
     """Save a randomly permuted copy of a checkpoint; returns (dest, the permuted params)."""
     ckpt = load_checkpoint(path)
-    model = ckpt.build()
+    model = rebuild(ckpt)
     spec = auto_spec(model, torch.randn(2, *ckpt.architecture["input_shape"]))
     perm = Permutation.random(spec, torch.Generator().manual_seed(seed))
     params = perm.apply(dict(model.state_dict()))

@@ -221,8 +221,8 @@ def test_register_refuses_taken_names_and_bad_builders(registries):
 
 
 def test_a_registered_model_trains_through_the_jobs_and_reloads(registries, tmp_path):
-    from modeconn.checkpoint import load_model
     from modeconn.cli import main
+    from modeconn.models import load_model
 
     registries.register("tiny", _Tiny, hidden=4)
     out = tmp_path / "run"

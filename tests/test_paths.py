@@ -13,7 +13,7 @@ from modeconn.cli import main
 from modeconn.errors import UsageError
 from modeconn.evaluate import Evaluator
 from modeconn.io import read_csv
-from modeconn.models import build_model, model_config
+from modeconn.models import build_model, model_config, rebuild
 from modeconn.params import flatten, statistic_keys, weight_keys
 from modeconn.paths import (
     ParamPath,
@@ -340,7 +340,7 @@ def test_interpolate_writes_path_barrier_and_figure(cli, runs, tmp_path):
         assert float(row["acc"]) == pytest.approx(status["test_acc"], abs=1e-12)
         assert float(row["loss"]) == pytest.approx(status["test_loss"], rel=1e-5)
     pa, pb = (params_of(load_checkpoint(p)) for p in (a, b))
-    keys = weight_keys(pa, statistic_keys(load_checkpoint(a).build()))
+    keys = weight_keys(pa, statistic_keys(rebuild(load_checkpoint(a))))
     dist = float((flatten(pb, keys) - flatten(pa, keys)).norm())
     assert float(test[-1]["length"]) == pytest.approx(dist, rel=1e-6)
     assert float(test[0]["length"]) == 0.0

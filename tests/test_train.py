@@ -18,11 +18,10 @@ from conftest import FAST_TRAIN
 from safetensors.torch import load_file
 
 from modeconn import jobs, train
-from modeconn.checkpoint import load_model
 from modeconn.data import DataSpec, prepare_subsets
 from modeconn.errors import UsageError
 from modeconn.io import read_csv
-from modeconn.models import model_config
+from modeconn.models import load_model, model_config
 from modeconn.train import TrainConfig, epoch_order, init_model, plan_members, runs, train_run
 
 # ---------------------------------------------------------------- batch order, init

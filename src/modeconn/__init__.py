@@ -16,13 +16,13 @@ from .align import (
     ste_mm,
     weight_matching,
 )
-from .checkpoint import load_checkpoint, load_model, save_model
+from .checkpoint import load_checkpoint, save_model
 from .ensemble import ensemble_metrics, similarity
 from .evaluate import Evaluator
 from .fge import fge_snapshots
 from .graph import register_layer
 from .merge import OTFusion, average, bn_reset, fuse, mpf, ot_fusion, repair
-from .models import build_model, model_config
+from .models import build_model, load_model, model_config
 from .paths import (
     Curve,
     ParamPath,

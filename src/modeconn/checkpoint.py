@@ -1,5 +1,8 @@
 """Checkpoints: safetensors files with JSON metadata; loading never unpickles anything.
 
+A floor: it reads, writes and checks files and their metadata; rebuilding the module a
+checkpoint describes is science (`modeconn.models.loading`).
+
 Metadata keys (all JSON): ``modeconn_version``, ``kind`` (model | curve | train-state),
 ``architecture`` (the model config), ``data`` (the DataSpec), ``seed`` and any extras.
 """
@@ -21,7 +24,6 @@ from torch import nn
 from ._version import __version__
 from .errors import UsageError
 from .io import atomic_path
-from .models import build_model
 
 
 @dataclass
@@ -39,25 +41,6 @@ class Checkpoint:
     @property
     def kind(self) -> str:
         return self.meta.get("kind", "model")
-
-    def build(self, device: torch.device | str = "cpu") -> nn.Module:
-        """Rebuild the module and load this checkpoint's parameters and buffers into it."""
-        try:
-            model = build_model(self.architecture)
-        except UsageError as e:
-            raise UsageError(f"{self.path}: metadata architecture cannot build a model ({e})") from None
-        except (KeyError, TypeError, ValueError) as e:
-            raise UsageError(f"{self.path}: metadata architecture is incomplete or damaged "
-                             f"({type(e).__name__}: {e}); re-create it with "
-                             "modeconn.checkpoint.save_model") from None
-        state = {k: v for k, v in self.tensors.items() if "/" not in k}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0:2]
-            raise UsageError(f"{self.path}: tensors do not match its architecture "
-                             f"({' '.join(first)}); the file is damaged or was edited") from None
-        return model.to(device)
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
@@ -190,13 +173,6 @@ def _inside(folder: Path) -> str:
     return f"pass one of the checkpoint files in it: {names}"
 
 
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
-               ) -> tuple[nn.Module, Checkpoint]:
-    """Load a model checkpoint and rebuild its module."""
-    ckpt = load_checkpoint(path, kind="model")
-    return ckpt.build(device), ckpt
-
-
 def describe(ckpt: Checkpoint) -> str:
     """Human-readable summary of a checkpoint (used by `modeconn info`)."""
     n_params = sum(v.numel() for v in ckpt.tensors.values())
@@ -237,12 +213,9 @@ def check_same_dataset(ckpts: list[Checkpoint], allow_mismatch: bool = False) ->
                          "trained on one dataset, or --allow-dataset-mismatch to do it anyway")
 
 
-def load_same_architecture(paths: list[str | os.PathLike], device: torch.device | str = "cpu",
-                           allow_dataset_mismatch: bool = False
-                           ) -> tuple[nn.Module, list[Checkpoint]]:
-    """Load model checkpoints that must share one architecture and (unless
-    `allow_dataset_mismatch`) one dataset; return the module and all of them."""
-    ckpts = [load_checkpoint(p, kind="model") for p in paths]
+def check_same_architecture(ckpts: list[Checkpoint]) -> None:
+    """Refuse model checkpoints whose architectures differ from the first one's, naming what
+    differs."""
     ref = ckpts[0]
     for c in ckpts[1:]:
         if c.architecture != ref.architecture:
@@ -259,11 +232,6 @@ def load_same_architecture(paths: list[str | os.PathLike], device: torch.device 
             raise UsageError(f"{c.path} has a different architecture from {ref.path} "
                              f"({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in sorted(diff.items()))}); "
                              "pass checkpoints of one architecture")
-    check_same_dataset(ckpts, allow_dataset_mismatch)
-    model = ref.build(device)
-    for c in ckpts[1:]:
-        c.build("cpu")  # validates tensors against the architecture
-    return model, ckpts
 
 
 def params_of(ckpt: Checkpoint, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -28,10 +28,10 @@ from .params import batchnorm_modules, check_module, check_params
 from .task import CLASSIFICATION, Task
 
 BN_RESET = ("auto", "on", "off")
-# Evaluation batch of 2-D convolutions on CPU: measured within 10% of the best batch (32 to 2048)
-# for ResNet-20, VGG11 and the ConvNet on 32x32 inputs, up to 2.2x faster than 2048 (tiny models,
-# a ResNet-8 on 8x8 digits, prefer larger batches but take milliseconds either way); it is also
-# the reference code's batch for BatchNorm re-estimation.
+# Evaluation batch of 2-D convolutions on CPU: close to the best batch for the zoo's
+# convolutional models on 32x32 inputs (benchmarks/RESULTS.md, "The figures behind choices in the
+# code"); tiny models prefer larger batches but take milliseconds either way. It is also the
+# reference code's batch for BatchNorm re-estimation.
 CPU_CONV_BATCH = 128
 Point = Mapping[str, Tensor]
 Data = tuple[Tensor, Tensor]
@@ -78,9 +78,8 @@ class Evaluator:
             raise UsageError(f"evaluation method must be auto, vmap or loop, got {method!r}")
         self.method = method
         self.keys = list(self.model.state_dict().keys())
-        # 2-D convolutions on CPU run one point at a time (see _vmap_ok), fastest in channels-last
-        # layout at batches of about 128: forward passes of ResNet-8/20 and VGG11 measured 1.2-2.3x
-        # faster than NCHW at batch 1024 (benchmarks/interpolation.py's ResNet-20: 16.3 -> 14.8 s).
+        # 2-D convolutions on CPU run one point at a time (see _vmap_ok), in channels-last layout
+        # at batches of about 128: the layout and batch they run fastest in (benchmarks/RESULTS.md).
         self._channels_last = method != "vmap" and prefers_channels_last(
             self.model, next(iter(self.splits.values()))[0])
         if self._channels_last:
@@ -202,7 +201,7 @@ class Evaluator:
             x = next(iter(self.splits.values()))[0][:2]
             if x.device.type == "cpu" and any(isinstance(m, nn.modules.conv._ConvNd)
                                               for m in self.model.modules()):
-                # Measured: batched convolutions are slower than a loop of plain ones on CPU.
+                # On CPU, convolutions batched by vmap run slower than a loop of plain ones.
                 self._vmap_works = False
                 return False
             probe = {k: v[:1].clone() for k, v in batched.items()}
@@ -283,8 +282,8 @@ class Evaluator:
 
 def prefers_channels_last(model: nn.Module, x: Tensor, gradients: bool = False) -> bool:
     """Whether `model` should run on inputs like `x` in channels-last layout: 2-D convolutions
-    on CPU, where it is faster (forward passes 1.2-2.3x on ResNet-8/20, VGG11 and the ConvNet,
-    training steps 1.06-1.5x); on GPUs fp32 convolutions are left in the default layout.
+    on CPU, where oneDNN's convolution kernels run faster in it, forward and backward
+    (benchmarks/RESULTS.md); on GPUs fp32 convolutions are left in the default layout.
 
     With `gradients` (training, curve fitting) only where oneDNN's channels-last weight
     gradients are proven right: its AVX-512 kernels (`channels_last_gradients_safe`).
@@ -299,8 +298,8 @@ _AVX512_ISAS = ("AVX512", "AVX10", "ALL")  # ONEDNN_MAX_CPU_ISA values that keep
 
 def channels_last_gradients_safe() -> bool:
     """Whether oneDNN runs its AVX-512 kernels here, whose channels-last convolution gradients
-    match float64 in every case checked (benchmarks/layout_check.py: 984 layer/layout cases at 2
-    threads, its small grid at 1-8; tests/test_layout.py: the zoo's models). Its AVX2 kernels do
+    match float64 in every case checked (benchmarks/layout_check.py's grids, recorded in
+    benchmarks/RESULTS.md; tests/test_layout.py: the zoo's models). Its AVX2 kernels do
     not: the weight gradient of strided 1x1 convolutions with 2-7 input channels is wrong at two
     threads and corrupts the heap at one (ResNet-8 at width 0.25 on an AVX2-only CPU), so there
     gradients run in the default layout."""

@@ -50,7 +50,6 @@ def fge_snapshots(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: 
     The cycles are the schedule: `cfg` gives the optimizer, lr, momentum, weight decay and batch
     size; its epochs, schedule and warm-up are not used. Raises DivergedError at a non-finite
     loss of the task (cross-entropy)."""
-    cfg.validate()
     if cycles < 1:
         raise UsageError(f"fge_snapshots: cycles must be at least 1, got {cycles}")
     if cycle_epochs < 1:

@@ -38,7 +38,7 @@ from .io import write_json
 DEFAULTS: dict[str, Any] = {
     # Bytes of one activation tensor of a chunk of points (points × batch × widest layer × 4):
     # the engine's vmap path streams every elementwise op through it, so past the caches it runs
-    # at memory speed (measured: 1 point per chunk of 4096 samples 2.2× faster than 11 here).
+    # at memory speed; the working set is where that starts (benchmarks/RESULTS.md).
     "eval_working_set": 8 * 2**20,
     "gather": "index_select",  # how a training batch is gathered from in-memory tensors
 }

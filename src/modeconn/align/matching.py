@@ -21,6 +21,7 @@ from ..errors import UsageError
 from ..params import distance, is_float
 from ..params import mean as mean_params
 from ..task import CLASSIFICATION
+from ..train.loop import Epoch, EpochDriver
 from .lap import WarmLAP, linear_assignment
 from .spec import Permutation, PermutationSpec, axis_index, check_spec, units_first
 from .trace import Point, auto_spec, trace
@@ -380,6 +381,12 @@ def _forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
 @torch.no_grad()
 def _mean_loss(model: nn.Module, params: Params, x: Tensor, y: Tensor, loss_fn: LossFn,
                batch_size: int) -> float:
+    """Mean of `loss_fn` over x in batches, with the caller's normalisation mode.
+
+    Not the evaluation engine: STE scores candidates under `batch_statistics` (BatchNorm on each
+    batch's own statistics, which the engine does not offer: it evaluates running or re-estimated
+    statistics), with the caller's loss function rather than a Task, and sums in Python floats;
+    the engine would change which epoch's permutation is kept."""
     total = 0.0
     for idx in _batches(len(x), batch_size):
         total += float(loss_fn(_forward(model, params, x[idx]), y[idx])) * len(idx)
@@ -407,11 +414,23 @@ def _straight_through(value: Tensor, proxy: Tensor) -> Tensor:
     return value + (proxy - proxy.detach())
 
 
+def _run_epochs(step: Callable[[Tensor], Tensor], opt: torch.optim.Optimizer, x: Tensor,
+                batch_size: int, epochs: int, lr: float, gen: torch.Generator,
+                end_epoch: Callable[[Epoch], None], desc: str, quiet: bool) -> None:
+    """STE's epochs on the epoch driver: a fresh order of x from `gen` each epoch, the constant
+    learning rate, the divergence policy (DivergedError at the first non-finite batch loss) and a
+    progress bar."""
+    EpochDriver(step, opt, batch_size=batch_size, device=x.device).run(
+        epochs, lambda _: torch.randperm(len(x), generator=gen), lambda _e, _b: lr,
+        end_epoch=end_epoch, desc=desc, quiet=quiet)
+
+
 def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
                  spec: PermutationSpec | None = None, *, batch_size: int = 256,
                  epochs: int | None = None, lr: float = 1e-3, seed: int = 0,
                  loss_fn: LossFn = CLASSIFICATION.loss, max_iter: int = 100,
-                 eval_size: int | None = 4096, warm: bool = True) -> Permutation:
+                 eval_size: int | None = 4096, warm: bool = True, quiet: bool = False
+                 ) -> Permutation:
     """Permutation of `b` found by the straight-through estimator (best midpoint loss on x, y).
 
     The weight matching of the start is the first candidate, so the result's midpoint loss on
@@ -431,25 +450,31 @@ def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
     def midpoint_loss(perm: Permutation) -> float:
         return _mean_loss(a, mean_params([pa, perm.apply(pb)]), ex, ey, loss_fn, batch_size)
 
+    perm = best = matcher(pa, pb)
+
+    def step(idx: Tensor) -> Tensor:
+        nonlocal perm
+        current = {k: theta[k].detach() if k in theta else v for k, v in pa.items()}
+        perm = matcher(current, pb)
+        aligned = perm.apply(pb)
+        mid = {k: 0.5 * (v + (_straight_through(aligned[k], theta[k])
+                              if k in theta else aligned[k])) if is_float(v) else v
+               for k, v in pa.items()}
+        loss = loss_fn(_forward(a, mid, x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def end_epoch(_: Epoch) -> None:
+        nonlocal best, best_loss
+        loss_now = midpoint_loss(perm)
+        if loss_now < best_loss:
+            best, best_loss = perm, loss_now
+
     with batch_statistics(a):
-        best = matcher(pa, pb)
         best_loss = midpoint_loss(best)
-        for _ in range(epochs):
-            perm = best
-            for idx in _batches(len(x), batch_size, gen):
-                current = {k: theta[k].detach() if k in theta else v for k, v in pa.items()}
-                perm = matcher(current, pb)
-                aligned = perm.apply(pb)
-                mid = {k: 0.5 * (v + (_straight_through(aligned[k], theta[k])
-                                      if k in theta else aligned[k])) if is_float(v) else v
-                       for k, v in pa.items()}
-                loss = loss_fn(_forward(a, mid, x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            loss_now = midpoint_loss(perm)
-            if loss_now < best_loss:
-                best, best_loss = perm, loss_now
+        _run_epochs(step, opt, x, batch_size, epochs, lr, gen, end_epoch, "STE", quiet)
     return best
 
 
@@ -500,7 +525,7 @@ def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
            spec: PermutationSpec | None = None, *, batch_size: int = 256,
            epochs: int | None = None, lr: float = 1e-3, seed: int = 0, simplex: bool = True,
            loss_fn: LossFn = CLASSIFICATION.loss, max_iter: int = 100, warm: bool = True,
-           eval_size: int | None = 4096) -> Merged:
+           eval_size: int | None = 4096, quiet: bool = False) -> Merged:
     """Align K models to the first with the multi-model straight-through estimator (STE-MM).
 
     As in STE, the permutations are kept from the epoch (or the start: each model weight-matched
@@ -534,26 +559,31 @@ def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
         merged = mean_params([p.apply(s) for p, s in zip(perms, states, strict=True)])
         return perms, _mean_loss(ref, merged, ex, ey, loss_fn, batch_size)
 
+    def step(idx: Tensor) -> Tensor:
+        points = [states[0]]
+        for i in range(k - 1):
+            aligned = matchers[i](proxy_state(i), states[i + 1]).apply(states[i + 1])
+            points.append({n: _straight_through(v, proxies[i][n]) if n in trainable
+                           else v for n, v in aligned.items()})
+        if simplex:  # uniform on the simplex: normalised exponentials
+            lam = -torch.rand(k, generator=gen, dtype=torch.float64).log()
+            lam /= lam.sum()
+        else:
+            lam = torch.full((k,), 1.0 / k)
+        loss = loss_fn(_forward(ref, mean_params(points, lam), x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def end_epoch(_: Epoch) -> None:
+        nonlocal best, best_loss
+        perms, loss_now = matched()
+        if loss_now < best_loss:
+            best, best_loss = perms, loss_now
+
     with batch_statistics(ref):
         best, best_loss = matched()
-        for _ in range(epochs):
-            for idx in _batches(len(x), batch_size, gen):
-                points = [states[0]]
-                for i in range(k - 1):
-                    aligned = matchers[i](proxy_state(i), states[i + 1]).apply(states[i + 1])
-                    points.append({n: _straight_through(v, proxies[i][n]) if n in trainable
-                                   else v for n, v in aligned.items()})
-                if simplex:  # uniform on the simplex: normalised exponentials
-                    lam = -torch.rand(k, generator=gen, dtype=torch.float64).log()
-                    lam /= lam.sum()
-                else:
-                    lam = torch.full((k,), 1.0 / k)
-                loss = loss_fn(_forward(ref, mean_params(points, lam), x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            perms, loss_now = matched()
-            if loss_now < best_loss:
-                best, best_loss = perms, loss_now
+        _run_epochs(step, opt, x, batch_size, epochs, lr, gen, end_epoch, "STE-MM", quiet)
     perms = best
     return Merged(perms, mean_params([p.apply(s) for p, s in zip(perms, states, strict=True)]))

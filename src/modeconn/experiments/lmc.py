@@ -110,7 +110,6 @@ class LMCStudy:
             raise UsageError(f"'seeds' and 'split_seed' of the LMC study must be >= 0, got "
                              f"{list(self.seeds)} and {self.split_seed}")
         check_tolerance(self.tolerance)
-        self.train.validate()
         if self.ensemble_size < 2:
             raise UsageError(f"'ensemble_size' of the LMC study must be at least 2, got "
                              f"{self.ensemble_size}")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import artefacts, io
-from ..checkpoint import Checkpoint, load_same_architecture, params_of
+from ..checkpoint import Checkpoint, params_of
 from ..data import (
     BAD_PATCH,
     EVAL_ON,
@@ -26,7 +26,7 @@ from ..data import (
 from ..errors import UsageError
 from ..evaluate import BN_RESET
 from ..io import check_output_file
-from ..models import model_config, model_help
+from ..models import load_same_architecture, model_config, model_help
 from ..options import option
 from ..paths import ParamPath
 from ..paths.curves import load_curve

@@ -13,6 +13,7 @@ from ..checkpoint import save_checkpoint
 from ..data import Prepared
 from ..evaluate import Evaluator
 from ..merge import average, normalise
+from ..models import rebuild
 from ..options import option
 from ..paths import interpolate
 from ..paths.landscape import hessian_trace
@@ -115,7 +116,7 @@ class MergeManyResult(Result):
 
 def _ste_mm(models: Models, data: Prepared, spec: PermutationSpec, config: MergeManyConfig
             ) -> list[Permutation]:
-    modules = [c.build(data.train_x.device) for c in models.checkpoints]
+    modules = [rebuild(c, data.train_x.device) for c in models.checkpoints]
     return ste_mm(modules, data.train_x, data.train_y, spec, epochs=config.epochs, lr=config.lr,
                   batch_size=config.batch_size, seed=config.seed, warm=config.warm,
                   loss_fn=data.task.loss).perms

@@ -187,5 +187,9 @@ def build_model(cfg: dict[str, Any] | str) -> nn.Module:
     return model
 
 
+# Below build_model, which loading builds with.
+from .loading import load_model, load_same_architecture, rebuild  # noqa: E402
+
 __all__ = ["ARCHS", "PRESETS", "Architecture", "ConvNet", "MLP", "ResNet", "VGG", "build_model",
-           "has_batchnorm", "model_config", "model_help", "register", "validate_config"]
+           "has_batchnorm", "load_model", "load_same_architecture", "model_config", "model_help",
+           "rebuild", "register", "validate_config"]

@@ -227,7 +227,6 @@ def fit_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor]
 
     `on_epoch(epoch, mean loss of the task (cross-entropy), lr)` is called after each epoch
     (1-based); a non-finite batch loss raises DivergedError."""
-    cfg.validate()
     curve = Curve(model, a, b, kind, num_bends,
                   channels_last=prefers_channels_last(model, x, gradients=True))
     net = _private(model, x.device)

@@ -53,9 +53,6 @@ class TrainConfig(Options):
             raise self.invalid("schedule", f"has milestones {late} not below the {self.epochs} "
                                            "epochs, so they never take effect")
 
-    def validate(self) -> None:
-        """Kept for callers that built the settings before they were checked on construction."""
-
 
 def check_trainable(model: nn.Module, batch_size: int, n: int) -> None:
     """Refuse a BatchNorm model whose batches would all hold one sample: BatchNorm cannot train

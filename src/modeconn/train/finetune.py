@@ -21,7 +21,6 @@ def finetune(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
     """`params` trained further on (x, y) with `cfg` (from step 0 of its schedule, a fresh
     optimizer); returns the parameters and the number of gradient steps taken (the budget a fair
     comparison gives every method that trains)."""
-    cfg.validate()
     net = copy.deepcopy(model).to(x.device)
     net.load_state_dict(params)
     net.train()

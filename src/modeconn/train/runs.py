@@ -367,7 +367,6 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
 
     With `group`, members that `can_group` are trained together in one batched step; `task`
     gives the loss and metrics (classification by default)."""
-    cfg.validate()
     out = output_dir(out, allowed=resume, way="resume")
     check_trainable(init_model(model_cfg, 0), cfg.batch_size,
                     min(len(m.data.train_y) for m in members))
