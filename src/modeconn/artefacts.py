@@ -181,6 +181,7 @@ COMPARISON = Table("comparison.csv")
 PLANE = Table("plane.csv", ("i", "j", "x", "y", "split", "loss", "acc"))
 PLANE_INFO = Document("plane.json")
 SHARPNESS = File("sharpness.json")  # the example name of the sharpness job's output file
+CURVE_POINT = File("point.safetensors")  # the example name of curve-point's output file
 
 # Continual learning: accuracy per step, method and task; the summary per method; the tasks.
 CONTINUAL_ACCURACY = Table("accuracy.csv")
@@ -199,6 +200,9 @@ LMC_ENSEMBLES = Table("ensembles.csv")
 LMC_SIMILARITY = Table("similarity.csv")
 LMC_TABLES = {t.name.removesuffix(".csv"): t for t in (
     LMC_LEARNING_CURVES, LMC_PATHS, LMC_BARRIERS, LMC_ENSEMBLES, LMC_SIMILARITY)}
+
+# The settings record the demo wrote before it ran as a study: kept out of reports.
+OLD_DEMO = Document("demo.json")
 
 # A study directory: study.toml as given, jobs/<id>/ each with job.json (the job and its
 # options), log.txt (every attempt, appended), result.json (its outcome, written last) and out/;

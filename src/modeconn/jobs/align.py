@@ -3,7 +3,6 @@ paths before and after; and what align and merge-many share (the spec, the seed,
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from ..align.methods import Method
 from ..checkpoint import Checkpoint, save_checkpoint
 from ..data import Prepared
 from ..errors import UsageError
+from ..io import read_json
 from ..options import Options, config_fields, option
 from ..paths import interpolate
 from ._inputs import Combine, Models, load_models, output_dir, record, split_tensors
@@ -58,7 +58,7 @@ def read_spec(path: str, job: str) -> PermutationSpec:
     """A hand-written permutation spec: PermutationSpec.to_dict JSON, or an align run's
     permutation.json (its "spec")."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = read_json(path)  # a spec, or an align run's artefacts.PERMUTATION
         data = data.get("spec", data)
         return PermutationSpec.from_dict(data)
     except OSError as e:

@@ -173,7 +173,7 @@ class CurvePointResult(Result):
 def run_curve_point(config: CurvePointConfig, out: Path) -> CurvePointResult:
     """The model at t on the curve (BatchNorm re-estimated when it has BN) as a model
     checkpoint."""
-    out = output_file(out, config.overwrite, suffix=".safetensors", example="point.safetensors")
+    out = output_file(out, config.overwrite, suffix=".safetensors", example=artefacts.CURVE_POINT.name)
     c = load_curve_model(config.curve, config)
     data = c.data("full", config.data_dir)
     splits = split_tensors(data)

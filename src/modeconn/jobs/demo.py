@@ -33,7 +33,7 @@ class DemoResult(Result):
                    f"{r.reused} done, in {r.seconds:.0f} s")
         out.append(f"wrote {self.out} (summary.csv, summary.txt, barriers.png, delta.png, "
                    "results.csv, results.sqlite, one job directory per model and shift)")
-        out.append(f"report: {self.out / 'report.html'}")
+        out.append(f"report: {artefacts.REPORT.path(self.out)}")
         return out
 
     @property

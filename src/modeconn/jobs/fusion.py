@@ -67,7 +67,7 @@ class FusionConfig(Runtime, JobConfig):
         if self.data_dir:
             training["data_dir"] = self.data_dir
         sweep = {"seeds": list(self.seeds), "grid": {"model": list(self.models)}}
-        pair = {"a": "@train/a/model.safetensors", "b": "@train/b/model.safetensors"}
+        pair = {k: f"@train/{k}/{artefacts.MODEL.name}" for k in ("a", "b")}
         return {
             "study": {"name": "fusion", "description": f"fusion on {self.dataset}, {self.shift}"},
             "train": {**training, "shift": self.shift, "init": "different", "sweep": sweep},
