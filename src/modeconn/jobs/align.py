@@ -68,7 +68,7 @@ def read_spec(path: str, job: str) -> PermutationSpec:
         raise UsageError(f"'spec' of {job} names {path}, which is not a permutation spec "
                          f"({type(e).__name__}: {e}); write {{\"sizes\": {{P: n}}, \"axes\": "
                          "{tensor: [P or null per axis]}} or give an align run's "
-                         "permutation.json") from None
+                         f"{artefacts.PERMUTATION.name}") from None
 
 
 def align_setup(paths, config: Alignment) -> tuple[Models, Prepared, PermutationSpec]:
