@@ -10,6 +10,7 @@ import torch
 from conftest import FAST_TRAIN
 from safetensors.torch import load_file
 
+import modeconn.artefacts
 import modeconn.train
 from modeconn import jobs
 from modeconn.errors import UsageError
@@ -97,7 +98,7 @@ def test_resume_of_a_run_that_recorded_no_options_needs_them_again(cli, tmp_path
 
 def _killed_before_its_settings(cli, monkeypatch, out) -> None:
     """A run stopped after it made its directory and env.json, before it wrote config.json."""
-    write_json = modeconn.train.runs.write_json
+    write_json = modeconn.artefacts.write_json  # the one writer of the run's documents
 
     def stopped(path, *args, **kwargs):
         if Path(path) == out / "config.json":
@@ -105,7 +106,7 @@ def _killed_before_its_settings(cli, monkeypatch, out) -> None:
         return write_json(path, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(modeconn.train.runs, "write_json", stopped)
+        m.setattr(modeconn.artefacts, "write_json", stopped)
         assert cli("train", *SETTINGS, "--out", out)[0] == 130
     assert sorted(p.name for p in out.iterdir()) == ["env.json"]
 

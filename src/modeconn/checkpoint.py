@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from . import artefacts
 from ._version import __version__
 from .errors import UsageError
 from .io import atomic_path
@@ -155,18 +156,19 @@ def non_finite(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
 def _diverged(path: Path) -> str:
     """' (its training diverged: see DIR/status.json)' when the run beside the file says so."""
     try:
-        status = json.loads((path.parent / "status.json").read_text())
+        status = artefacts.STATUS.read(path.parent)
     except (OSError, ValueError):
         return ""
     if isinstance(status, dict) and status.get("status") == "diverged":
-        return f" (its training diverged: see {path.parent / 'status.json'})"
+        return f" (its training diverged: see {artefacts.STATUS.path(path.parent)})"
     return ""
 
 
 def _inside(folder: Path) -> str:
     """Which checkpoint files in `folder` (or its member folders) to pass instead."""
-    found = sorted(p for p in folder.glob("*.safetensors") if not p.name.endswith("state.safetensors"))
-    found += sorted(folder.glob("*/model.safetensors"))
+    found = sorted(p for p in folder.glob("*.safetensors")
+                   if not p.name.endswith(artefacts.TRAIN_STATE.name))  # resume states too
+    found += sorted(folder.glob(f"*/{artefacts.MODEL.name}"))
     if not found:
         return "pass a .safetensors checkpoint file (e.g. RUN/MEMBER/model.safetensors)"
     names = ", ".join(str(p) for p in found[:4]) + (", ..." if len(found) > 4 else "")

@@ -24,8 +24,8 @@ def write_summary(run) -> str:
     out = run.out
     rows = summary_rows(run)
     table = summary_table(rows)
-    write_summary_csv(out / "summary.csv", rows, changed_only=True)
-    write_text(out / "summary.txt", table + "\n", changed_only=True)
+    write_summary_csv(out, rows, changed_only=True, table=artefacts.DEMO_SUMMARY)
+    write_text(artefacts.DEMO_SUMMARY_TEXT.path(out), table + "\n", changed_only=True)
     labels = [f"{r['model']} {r['shift'].split(':')[0]} {r['init']} {r['batch_order']} "
               f"bs{r['batch_size']}" for r in rows]
     plots.save(plots.bar_figure(labels, {

@@ -26,7 +26,7 @@ from ..data import DataSpec, eval_data, prepare_subsets
 from ..ensemble import ensemble_metrics, member_scores, pairwise_similarity
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..io import json_text, output_dir, read_csv, write_csv, write_json, write_text
+from ..io import output_dir
 from ..models import build_model, model_config
 from ..params import statistic_keys
 from ..paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
@@ -157,23 +157,22 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
         if record[key] == LMCStudy.__dataclass_fields__[key].default:
             del record[key]
     record["train"].update(batch_size=None, lr=None)  # each configuration's: batch_sizes, lrs
-    study_text = json_text({**record, "model_config": model_cfg})
-    status_path = out / "status.json"
-    if resume and (out / "study.json").is_file():
-        if (out / "study.json").read_text() != study_text:
+    study_record = {**record, "model_config": model_cfg}
+    if resume and artefacts.LMC_STUDY.path(out).is_file():
+        if not artefacts.LMC_STUDY.holds(out, study_record):
             raise UsageError(f"{out}: resumed with different study settings than the original "
                              "run (study.json differs); repeat the original settings or use a "
                              "new output directory")
-        if status_path.is_file():
+        if artefacts.LMC_STATUS.path(out).is_file():
             status = artefacts.LMC_STATUS.read(out)
             if status.get("status") == "complete":
                 if log:
                     log("complete, reused as it is")
                 return status["summary"]
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "study.json", study_text, changed_only=True)
-    if not (resume and (out / "env.json").is_file()):  # a resumed study keeps its start's
-        write_json(out / "env.json", environment(device))
+    artefacts.LMC_STUDY.write(out, study_record, changed_only=True)
+    if not (resume and artefacts.ENV.path(out).is_file()):  # a resumed study keeps its start's
+        artefacts.ENV.write(out, environment(device))
 
     task = first.task
     evaluator = Evaluator(build_model(model_cfg).to(device), splits, bn_data=full.train_x,
@@ -196,7 +195,7 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
             results = train_run(model_cfg, members, train_cfg, run_dir, device, resume=resume,
                                 quiet=quiet, run_info={"study_config": cfg}, task=task)
             for m in members:
-                for row in read_csv(run_dir / m.name / "metrics.csv"):
+                for row in artefacts.METRICS.read(run_dir / m.name):
                     tables["learning_curves"].append({
                         **_keys(cfg), "seed": seed, "member": m.name, "epoch": row["epoch"],
                         "split": row["split"], "loss": row["loss"],
@@ -204,7 +203,7 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
             if any(r["status"] != "complete" for r in results):
                 diverged += 1
                 continue
-            params = [params_of(load_checkpoint(run_dir / m.name / "model.safetensors"), device)
+            params = [params_of(load_checkpoint(artefacts.MODEL.path(run_dir / m.name)), device)
                       for m in members]
             finals[seed] = params
             path = linear_path(params[0], params[1])
@@ -244,7 +243,7 @@ def run_study(study: LMCStudy, out: Path, device: torch.device, resume: bool = F
                 f"seeds trained and evaluated ({time.perf_counter() - t0:.1f} s)")
     _write(out, study, tables, summary)
     # Written last: a study with this file is complete, and a resume returns it as it is.
-    write_json(status_path, {"status": "complete", "summary": summary})
+    artefacts.LMC_STATUS.write(out, {"status": "complete", "summary": summary})
     return summary
 
 
@@ -338,18 +337,19 @@ def summary_score(rows: list[dict]) -> str:
     return "f1" if rows and "test_delta_f1" in rows[0] else "acc"
 
 
-def write_summary(path: Path, summary: list[dict], changed_only: bool = False) -> bool:
-    """summary.csv, with an empty std where there was one value to average (n = 1: see
+def write_summary(out: Path, summary: list[dict], changed_only: bool = False,
+                  table: artefacts.Table = artefacts.LMC_SUMMARY) -> bool:
+    """summary.csv in `out`, with an empty std where there was one value to average (n = 1: see
     `seeds_ok`, `lmc_ens_n`, `ind_ens_n`), so a spread that was never measured does not read 0."""
-    return write_csv(path, [{k: "" if k.endswith("_std") and v != v else v for k, v in r.items()}
-                            for r in summary], changed_only=changed_only)
+    return table.write(out, [{k: "" if k.endswith("_std") and v != v else v for k, v in r.items()}
+                             for r in summary], changed_only=changed_only)
 
 
 def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> None:
     score = score_of(tables["paths"][0]) if tables["paths"] else summary_score(summary)
     for name, rows in tables.items():
-        write_csv(out / f"{name}.csv", rows)
-    write_summary(out / "summary.csv", summary)
+        artefacts.LMC_TABLES[name].write(out, rows)
+    write_summary(out, summary)
     fig_dir = out / "figures"
     # Interpolation curves with std bands, one figure per configuration group.
     agg: dict[str, list[dict]] = {}
@@ -366,7 +366,7 @@ def _write(out: Path, study: LMCStudy, tables: dict, summary: list[dict]) -> Non
         agg[cfg_id] = rows
         c = sel[0]
         groups[(c["model"], c["init"])][f"{c['batch_order']} bs{c['batch_size']} lr{c['lr']:g}"] = rows
-    write_csv(out / "paths_mean.csv", [{"id": k, **r} for k, rows in agg.items() for r in rows])
+    artefacts.LMC_PATHS_MEAN.write(out, [{"id": k, **r} for k, rows in agg.items() for r in rows])
     for (model, init), curves in groups.items():
         plots.save(plots.path_figure(curves, title=f"{model}, {study.shift}, init {init} "
                                      "(mean ± std over seeds)"),

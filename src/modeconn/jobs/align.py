@@ -3,7 +3,6 @@ paths before and after; and what align and merge-many share (the spec, the seed,
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from ..align.methods import Method
 from ..checkpoint import Checkpoint, save_checkpoint
 from ..data import Prepared
 from ..errors import UsageError
-from ..io import write_text
+from ..io import read_json
 from ..options import Options, config_fields, option
 from ..paths import interpolate
 from ._inputs import Combine, Models, load_models, output_dir, record, split_tensors
@@ -59,7 +58,7 @@ def read_spec(path: str, job: str) -> PermutationSpec:
     """A hand-written permutation spec: PermutationSpec.to_dict JSON, or an align run's
     permutation.json (its "spec")."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = read_json(path)  # a spec, or an align run's artefacts.PERMUTATION
         data = data.get("spec", data)
         return PermutationSpec.from_dict(data)
     except OSError as e:
@@ -69,7 +68,7 @@ def read_spec(path: str, job: str) -> PermutationSpec:
         raise UsageError(f"'spec' of {job} names {path}, which is not a permutation spec "
                          f"({type(e).__name__}: {e}); write {{\"sizes\": {{P: n}}, \"axes\": "
                          "{tensor: [P or null per axis]}} or give an align run's "
-                         "permutation.json") from None
+                         f"{artefacts.PERMUTATION.name}") from None
 
 
 def align_setup(paths, config: Alignment) -> tuple[Models, Prepared, PermutationSpec]:
@@ -155,9 +154,11 @@ def options_for(method: Method, config: JobConfig) -> Options:
 
 @register("align", AlignConfig, "align B to A by permutation and compare the barriers",
           Output("output directory", required=False, default="results/align",
-                 writes=("config.json", "env.json", "aligned_b.safetensors", "permutation.json",
-                         "barrier_before.json", "barrier_after.json", "path_before.csv",
-                         "path_after.csv", "path.png")))
+                 writes=(*artefacts.names(artefacts.CONFIG, artefacts.ENV, artefacts.ALIGNED,
+                                          artefacts.PERMUTATION, *(artefacts.aligned_barrier(s)
+                                                                   for s in ("before", "after")),
+                                          *(artefacts.aligned_path(s) for s in ("before", "after"))),
+                         "path.png")))
 def run_align(config: AlignConfig, out: Path) -> AlignResult:
     """aligned_b.safetensors, permutation.json, the paths and barriers before and after aligning
     B to A, and path.png."""
@@ -179,9 +180,9 @@ def run_align(config: AlignConfig, out: Path) -> AlignResult:
     record(out, config, models.device)
     alignment = {"method": config.method, "to": str(a.path), "source": str(b.path),
                  "identity": perm.is_identity()}
-    save_checkpoint(out / "aligned_b.safetensors", aligned,
+    save_checkpoint(artefacts.ALIGNED.path(out), aligned,
                     **model_meta(b, kind="model", alignment=alignment))
-    write_text(out / "permutation.json", perm.to_json())
+    artefacts.PERMUTATION.write_text(out, perm.to_json())
     for label in ("before", "after"):
         artefacts.aligned_barrier(label).write(out, summaries[label])
         artefacts.aligned_path(label).write(out, paths[label])

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .. import plots
+from .. import artefacts, plots
 from ..align import auto_spec
 from ..data import DataSpec, prepare, require_classification
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..io import write_csv, write_json
 from ..merge import METHODS, fuse
 from ..options import Options, config_fields, option
 from ..runtime import progress, resolve_device
@@ -99,8 +98,9 @@ def _split(x: torch.Tensor, y: torch.Tensor, classes: list[int]) -> tuple[torch.
 @register("continual", ContinualConfig, "continual learning by merging: tasks in sequence, each "
                                         "step's model merged with the running one",
           Output("output directory", required=False, default="results/continual",
-                 writes=("config.json", "env.json", "accuracy.csv", "summary.csv", "tasks.json",
-                         "accuracy.png")))
+                 writes=(*artefacts.names(artefacts.CONFIG, artefacts.ENV,
+                                          artefacts.CONTINUAL_ACCURACY, artefacts.CONTINUAL_SUMMARY,
+                                          artefacts.CONTINUAL_TASKS), "accuracy.png")))
 def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
     """accuracy.csv (method, step, task, accuracy), summary.csv (average accuracy and forgetting
     after the last step) and accuracy.png (accuracy on each task after each step)."""
@@ -158,9 +158,9 @@ def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
                         "forgetting": statistics.fmean(forgetting)})
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, device, tasks=tasks)
-    write_csv(out / "accuracy.csv", rows)
-    write_csv(out / "summary.csv", summary)
-    write_json(out / "tasks.json", {"tasks": tasks})
+    artefacts.CONTINUAL_ACCURACY.write(out, rows)
+    artefacts.CONTINUAL_SUMMARY.write(out, summary)
+    artefacts.CONTINUAL_TASKS.write(out, {"tasks": tasks})
     plots.save(plots.continual_figure(rows, list(test), title=(
         f"{config.dataset}, {model_cfg['arch']}, tasks {config.tasks}, {config.epochs} epochs "
         f"per task, start from {config.start}")), out / "accuracy.png")

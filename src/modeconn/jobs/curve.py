@@ -104,9 +104,9 @@ class CurveResult(Result):
 
 
 @register("curve", CurveConfig, "fit a Bezier or polychain curve between two checkpoints",
-          Output("output directory", writes=("config.json", "env.json", "curve.safetensors", "metrics.csv",
-                                              "path.csv", "barrier.json", "path.png",
-                                              "path.pdf")))
+          Output("output directory", writes=(*artefacts.names(
+              artefacts.CONFIG, artefacts.ENV, artefacts.CURVE, artefacts.CURVE_METRICS,
+              artefacts.CURVE_PATH, artefacts.BARRIER), "path.png", "path.pdf")))
 def run_curve(config: CurveConfig, out: Path) -> CurveResult:
     """curve.safetensors, metrics.csv, path.csv (curve and linear path), barrier.json and
     path.png; a fit that diverges or fails leaves nothing in `out`."""
@@ -125,7 +125,7 @@ def run_curve(config: CurveConfig, out: Path) -> CurveResult:
                               {"epoch": e, "loss": loss, "lr": lr}))
         path = curve.path()
         artefacts.CURVE_METRICS.write(staged, history)
-        save_curve(staged / "curve.safetensors", path, a.architecture, data=data.spec.to_dict(),
+        save_curve(artefacts.CURVE.path(staged), path, a.architecture, data=data.spec.to_dict(),
                    endpoints=list(ends.values()), seed=config.seed, train=asdict(cfg))
         rows, summary = compare_with_linear(model, path, split_tensors(data, config.splits),
                                             data.train_x, config.points, config.bn_reset,
@@ -173,7 +173,7 @@ class CurvePointResult(Result):
 def run_curve_point(config: CurvePointConfig, out: Path) -> CurvePointResult:
     """The model at t on the curve (BatchNorm re-estimated when it has BN) as a model
     checkpoint."""
-    out = output_file(out, config.overwrite, suffix=".safetensors", example="point.safetensors")
+    out = output_file(out, config.overwrite, suffix=".safetensors", example=artefacts.CURVE_POINT.name)
     c = load_curve_model(config.curve, config)
     data = c.data("full", config.data_dir)
     splits = split_tensors(data)
@@ -232,7 +232,8 @@ def _fge_members(config: CurveEnsembleConfig, curve: CurveModel) -> tuple[list[s
 @register("curve-ensemble", CurveEnsembleConfig,
           "ensembles of K points on a curve and on the linear path, beside the two endpoints "
           "(and FGE snapshots)",
-          Output("output directory", writes=("config.json", "env.json", "ensemble.json", "comparison.csv")))
+          Output("output directory", writes=artefacts.names(
+              artefacts.CONFIG, artefacts.ENV, artefacts.ENSEMBLE, artefacts.COMPARISON)))
 def run_curve_ensemble(config: CurveEnsembleConfig, out: Path) -> CurveEnsembleResult:
     """ensemble.json and comparison.csv: the independent (endpoints), lmc, curve and fge
     ensembles on the test set."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import artefacts
 from ..options import option
 from ._inputs import HELP_DEVICE
 from ._registry import JobConfig, Output, Result, register
@@ -32,7 +33,7 @@ class DemoResult(Result):
                    f"{r.reused} done, in {r.seconds:.0f} s")
         out.append(f"wrote {self.out} (summary.csv, summary.txt, barriers.png, delta.png, "
                    "results.csv, results.sqlite, one job directory per model and shift)")
-        out.append(f"report: {self.out / 'report.html'}")
+        out.append(f"report: {artefacts.REPORT.path(self.out)}")
         return out
 
     @property
@@ -54,5 +55,5 @@ def run_demo(config: DemoConfig, out: Path) -> DemoResult:
                     overrides={"device": config.device})
     table = write_summary(run) if run.complete else "the demo is not complete: see the failed jobs"
     text, _ = build_report(run.out)
-    write_text(run.out / "report.html", text, changed_only=True)
+    write_text(artefacts.REPORT.path(run.out), text, changed_only=True)
     return DemoResult(run.out, table=table, run=run)

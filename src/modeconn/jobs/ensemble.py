@@ -47,8 +47,9 @@ class EnsembleResult(Result):
 
 
 @register("ensemble", EnsembleConfig, "score an ensemble of checkpoints and their similarity",
-          Output("output directory", writes=("config.json", "env.json", "ensemble.json", "similarity.csv",
-                                              "polar_similarity.png")))
+          Output("output directory", writes=(*artefacts.names(
+              artefacts.CONFIG, artefacts.ENV, artefacts.ENSEMBLE, artefacts.SIMILARITY),
+              "polar_similarity.png")))
 def run_ensemble(config: EnsembleConfig, out: Path) -> EnsembleResult:
     """ensemble.json, similarity.csv and polar_similarity.png of the members on the test set."""
     models = load_models(config.checkpoints, config)

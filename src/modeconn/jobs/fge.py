@@ -61,7 +61,7 @@ class FgeResult(Result):
 
 @register("fge", FgeConfig, "fast geometric ensembling from a trained checkpoint",
           Output("output directory (one checkpoint per snapshot)",
-                 writes=lambda c: ["config.json", "env.json", "ensemble.json",
+                 writes=lambda c: [*artefacts.names(artefacts.CONFIG, artefacts.ENV, artefacts.ENSEMBLE),
                                    *(snapshot_name(i + 1) for i in range(c.cycles))]))
 def run_fge(config: FgeConfig, out: Path) -> FgeResult:
     """snapshot_N.safetensors per cycle and ensemble.json with the snapshots' ensemble scores."""

@@ -7,8 +7,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import artefacts
 from ..data import require_classification
-from ..io import write_csv, write_text
+from ..io import write_text
 from ..options import option
 from ._inputs import HELP_SHIFT, Runtime
 from ._registry import JobConfig, Output, Result, register
@@ -66,7 +67,7 @@ class FusionConfig(Runtime, JobConfig):
         if self.data_dir:
             training["data_dir"] = self.data_dir
         sweep = {"seeds": list(self.seeds), "grid": {"model": list(self.models)}}
-        pair = {"a": "@train/a/model.safetensors", "b": "@train/b/model.safetensors"}
+        pair = {k: f"@train/{k}/{artefacts.MODEL.name}" for k in ("a", "b")}
         return {
             "study": {"name": "fusion", "description": f"fusion on {self.dataset}, {self.shift}"},
             "train": {**training, "shift": self.shift, "init": "different", "sweep": sweep},
@@ -163,12 +164,12 @@ def run_fusion(config: FusionConfig, out: Path) -> FusionResult:
                     overrides={"device": config.device})
     rows, _ = tables.collect(run.out, study)
     cells, subsets = _cells(rows, config.models)
-    write_csv(run.out / "model_accuracies.csv", cells, changed_only=True)
-    write_csv(run.out / "per_subset.csv", subsets, changed_only=True)
+    artefacts.FUSION_ACCURACIES.write(run.out, cells, changed_only=True)
+    artefacts.FUSION_PER_SUBSET.write(run.out, subsets, changed_only=True)
     held = (f"{config.dataset}, {config.shift}, {config.epochs} epochs (MPF and fine-tuning: "
             f"{config.curve_epochs}), {len(config.seeds)} seeds")
     text = "\n\n".join([f"Test accuracy and NLL, mean ± std over seeds — {held}",
                         markdown(cells, config.models, "test accuracy %"),
                         markdown(cells, config.models, "test NLL")])
-    write_text(run.out / "model_accuracies.md", text + "\n", changed_only=True)
+    write_text(artefacts.FUSION_ACCURACIES_TEXT.path(run.out), text + "\n", changed_only=True)
     return FusionResult(run.out, table=text, run=run, cells=cells)

@@ -61,8 +61,9 @@ class InterpolateResult(Result):
 
 
 @register("interpolate", InterpolateConfig, "evaluate the linear path between two checkpoints",
-          Output("output directory", writes=("config.json", "env.json", "path.csv",
-                                              "barrier.json", "path.png", "path.pdf")))
+          Output("output directory", writes=(*artefacts.names(
+              artefacts.CONFIG, artefacts.ENV, artefacts.PATH, artefacts.BARRIER),
+              "path.png", "path.pdf")))
 def run_interpolate(config: InterpolateConfig, out: Path) -> InterpolateResult:
     """path.csv, barrier.json and path.png of the linear path from A to B."""
     models = load_models([config.a, config.b], config)

@@ -67,8 +67,9 @@ class LandscapeResult(Result):
 
 
 @register("landscape", LandscapeConfig, "loss on the plane through three checkpoints or a curve",
-          Output("output directory", writes=("config.json", "env.json", "plane.csv",
-                                              "plane.json", "plane_*.png", "plane_*.pdf")))
+          Output("output directory", writes=(*artefacts.names(
+              artefacts.CONFIG, artefacts.ENV, artefacts.PLANE, artefacts.PLANE_INFO),
+              "plane_*.png", "plane_*.pdf")))
 def run_landscape(config: LandscapeConfig, out: Path) -> LandscapeResult:
     """plane.csv, plane.json and one contour figure per split of the plane through three points
     (a curve's endpoints and middle bend), with the paths projected onto it."""

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import artefacts
 from ..experiments import lmc as experiment
 from ..options import option
 from ..runtime import resolve_device
@@ -112,8 +113,9 @@ class LMCResult(Result):
 
 @register("lmc", LMCConfig, "the LMC-under-data-shift study: train pairs, interpolate, "
                             "ensembles, over grids of batch size and learning rate",
-          Output("study directory", writes=("study.json", "env.json", "status.json", "*.csv",
-                                             "figures/*", "runs/*")))
+          Output("study directory", writes=(
+              *artefacts.names(artefacts.LMC_STUDY, artefacts.ENV, artefacts.LMC_STATUS), "*.csv",
+              "figures/*", "runs/*")))
 def run_lmc(config: LMCConfig, out: Path) -> LMCResult:
     """The study's runs, tables and figures in `out` (its study.json and env.json are its
     record, checked on resume)."""

@@ -123,7 +123,8 @@ def gradient_steps(n: int, cfg: TrainConfig, batchnorm: bool) -> int:
 
 @register("merge", MergeConfig, "fuse two models: AVG, OT fusion, WM/AM/STE merges or MPF",
           Output("output directory", required=False, default="results/merge",
-                 writes=("config.json", "env.json", "merged.safetensors", "merge.json")))
+                 writes=artefacts.names(artefacts.CONFIG, artefacts.ENV, artefacts.MERGED,
+                                        artefacts.MERGE)))
 def run_merge(config: MergeConfig, out: Path) -> MergeResult:
     """merged.safetensors and merge.json: the fused model and A and B, scored on the whole
     train and test data and on each one's own subset."""
@@ -170,10 +171,10 @@ def run_merge(config: MergeConfig, out: Path) -> MergeResult:
         report[name] = entry
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, b.device)
-    save_checkpoint(out / "merged.safetensors", fused,
+    save_checkpoint(artefacts.MERGED.path(out), fused,
                     **model_meta(b.checkpoints[0], kind="model",
                                  merge={"method": config.method, "models": [report["a"],
                                                                             report["b"]],
                                         "weights": list(weights), "normalisation": how}))
-    artefacts.Document("merge.json").write(out, report)
+    artefacts.MERGE.write(out, report)
     return MergeResult(out, report)

@@ -132,7 +132,8 @@ MERGERS: dict[str, Callable[..., list[Permutation]]] = {
 
 @register("merge-many", MergeManyConfig, "align K models, average them, BN reset or REPAIR",
           Output("output directory", required=False, default="results/merge",
-                 writes=("config.json", "env.json", "merged.safetensors", "merge.json", "barriers.csv")))
+                 writes=artefacts.names(artefacts.CONFIG, artefacts.ENV, artefacts.MERGED,
+                                        artefacts.MERGE, artefacts.PAIR_BARRIERS)))
 def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
     """merged.safetensors, merge.json (merged, plain average, members; Hessian traces) and
     barriers.csv (test barriers between every aligned pair)."""
@@ -172,7 +173,7 @@ def run_merge_many(config: MergeManyConfig, out: Path) -> MergeManyResult:
                          "test_error_barrier": summary["test"]["error"]["linear"]["barrier"]})
     out.mkdir(parents=True, exist_ok=True)
     record(out, config, models.device)
-    save_checkpoint(out / "merged.safetensors", final,
+    save_checkpoint(artefacts.MERGED.path(out), final,
                     **model_meta(ckpts[0], kind="model",
                                  merge={"method": config.method, "models": names,
                                         "normalisation": repaired_by}))

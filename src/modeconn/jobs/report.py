@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import artefacts
 from ..io import write_text
 from ..options import option
 from ._inputs import output_file
@@ -38,8 +39,8 @@ def run_report(config: ReportConfig, out: Path | None) -> ReportResult:
     from ..report.build import Figure, build
 
     source = Path(config.source)
-    target = output_file(out if out is not None else source / "report.html", config.overwrite,
-                         suffix=".html", example="report.html")
+    target = output_file(out if out is not None else artefacts.REPORT.path(source),
+                         config.overwrite, suffix=".html", example=artefacts.REPORT.name)
     text, info = build(source, config.format)
     write_text(target, text, changed_only=True)
     blocks = [b for s in info["sections"] for b in s.blocks]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import artefacts
 from ..data import EVAL_ON
 from ..io import check_output_file, write_json
 from ..options import option
@@ -51,7 +52,7 @@ def run_sharpness(config: SharpnessConfig, out: Path | None) -> SharpnessResult:
     """The Hessian trace of the split's loss (and the weighted trace), written to `out` when
     given."""
     if out is not None:
-        out = check_output_file(out, config.overwrite, example="sharpness.json")
+        out = check_output_file(out, config.overwrite, example=artefacts.SHARPNESS.name)
     models = load_models([config.checkpoint], config)
     data = models.data(config.on, config.data_dir)
     ((x, y),) = split_tensors(data, [config.split]).values()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import artefacts
 from ..options import option
 from ._registry import JobConfig, Output, Result, register
 
@@ -51,7 +52,7 @@ class StudyResult(Result):
                    f"found {r.reused} done, in {r.seconds:.1f} s")
         if r.failed:
             out.append("rerun the failed jobs with: modeconn run "
-                       f"{r.out / 'study.toml'} --out {r.out} --retry-failed")
+                       f"{artefacts.STUDY_FILE.path(r.out)} --out {r.out} --retry-failed")
         out.append(f"wrote {r.out} (results.csv, results.sqlite, jobs/<id>/)")
         return out
 

@@ -11,12 +11,12 @@ none is refused rather than training the defaults.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import artefacts
 from ..data import prepare_subsets
 from ..errors import UsageError
 from ..options import option
@@ -107,11 +107,11 @@ def _stored_options(out: Path | None, resume: bool) -> Any:
     that is missing or holds no config.json, `_NO_OPTIONS` for a run that recorded none."""
     if not resume or out is None or (out.exists() and not out.is_dir()):
         return {}
-    path = out / "config.json"
+    path = artefacts.CONFIG.path(out)
     if not path.is_file():
         return _NOTHING
     try:
-        stored = json.loads(path.read_text())
+        stored = artefacts.CONFIG.read(out)
     except (OSError, ValueError) as e:  # written atomically, so not a file a run wrote
         raise UsageError(f"{path} cannot be read as a run's settings ({e}); resume the run "
                          "it belongs to, or choose a new --out") from None
@@ -158,10 +158,10 @@ def train_files(config: TrainJobConfig) -> list[str]:
     members = config.checked_data()[2]
     if config.only:
         members = [m for m in members if m in {s.strip() for s in config.only.split(",")}]
-    per_member = ["model.safetensors", "status.json", "metrics.csv", "config.json",
-                  "per_label.csv",
-                  *(f"epoch_{e}.safetensors" for e in config.save_epochs)]
-    return ["config.json", "env.json", "subsets.csv", "summary.csv", "skipped.csv",
+    a = artefacts
+    per_member = [a.MODEL.name, a.MEMBER_STATUS.name, a.METRICS.name, a.CONFIG.name,
+                  a.PER_LABEL.name, *(a.snapshot(e).name for e in config.save_epochs)]
+    return [a.CONFIG.name, a.ENV.name, a.SUBSETS.name, a.RUN_SUMMARY.name, a.SKIPPED.name,
             *(f"{m}/{f}" for m in members for f in per_member)]
 
 

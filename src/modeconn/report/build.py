@@ -380,14 +380,14 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
         name = summary[0]["model"] if summary else it.id
         shift = summary[0]["shift"] if summary else ""
         shift += f" ({it.options.get('dataset', '')}, {it.options.get('epochs', '?')} epochs)"
-        paths = artefacts.Table("paths_mean.csv").read(it.out)
+        paths = artefacts.LMC_PATHS_MEAN.read(it.out)
         by_cfg: dict[str, list] = defaultdict(list)
         for r in paths:
             by_cfg[r["id"]].append(r)
         labels = {r["id"]: f"{r['init']} init, {r['batch_order']} order, bs {r['batch_size']}, "
                             f"lr {r['lr']:g}" for r in summary}
         marks = {}
-        bars = artefacts.Table("barriers.csv").read(it.out)
+        bars = artefacts.LMC_BARRIERS.read(it.out)
         for cfg in by_cfg:
             marks[labels.get(cfg, cfg)] = mean_lambda([
                 (b["barrier"], b["lambda"]) for b in bars if b["id"] == cfg
@@ -397,7 +397,7 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
         blocks.append(ctx.figure(plots.path_figure(
             {labels.get(k, k): v for k, v in by_cfg.items()}, title=title, marks=marks), title,
             LAMBDA_CAPTION))
-        lc = artefacts.Table("learning_curves.csv").read(it.out)
+        lc = artefacts.LMC_LEARNING_CURVES.read(it.out)
         runs: dict[str, list] = defaultdict(list)
         for r in lc:
             runs[r["id"]].append(r)
@@ -405,7 +405,7 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
                                            key=lambda r: r["epoch"]) for k, v in runs.items()}
         title = f"{name}, {shift}: learning curves (mean ± std over seeds and members)"
         blocks.append(ctx.figure(plots.learning_curves_figure(curves, title), title))
-        ens = artefacts.Table("ensembles.csv").read(it.out)
+        ens = artefacts.LMC_ENSEMBLES.read(it.out)
         rows = []
         for cfg in dict.fromkeys(r["id"] for r in ens):
             for kind in dict.fromkeys(r["ensemble"] for r in ens if r["id"] == cfg):
@@ -589,7 +589,7 @@ def _items_of_study(root: Path) -> tuple[dict[str, Any], list[Item], list[dict],
     items = [Item(j.id, j.stage, j.job, j.labels, root / "jobs" / j.id / "out",
                   read_result(root / "jobs" / j.id), j.options, j.deps) for j in study.jobs]
     head = {"name": study.name, "description": study.description, "config": study.text,
-            "config_name": "study.toml", "headline": tables.headlines(root, study)}
+            "config_name": artefacts.STUDY_FILE.name, "headline": tables.headlines(root, study)}
     return head, items, rows, jobs
 
 
@@ -603,8 +603,8 @@ def _item_of_job(root: Path) -> Item:
         if "members" in config:
             return Item(root.name, "train", "train", {}, root, {"status": "complete"},
                         config.get("options", {}))
-    if (root / "study.json").is_file() and artefacts.STATUS.path(root).is_file():
-        study = json.loads((root / "study.json").read_text())  # the job's own record
+    if artefacts.LMC_STUDY.path(root).is_file() and artefacts.STATUS.path(root).is_file():
+        study = artefacts.LMC_STUDY.read(root)  # the job's own record
         return Item(root.name, "lmc", "lmc", {}, root, {"status": "complete"},
                     {**study, "epochs": study.get("train", {}).get("epochs", "?")})
     raise UsageError(f"{root} is neither a study directory (study.toml) nor a job's output "
@@ -620,7 +620,7 @@ def build(root: str | Path, fmt: str = "png") -> tuple[str, dict[str, Any]]:
         raise UsageError(f"format must be png or svg, got {fmt!r}")
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory; name a study directory or a job's output")
-    if (root / "study.toml").is_file():
+    if artefacts.STUDY_FILE.path(root).is_file():
         head, items, rows, jobs = _items_of_study(root)
     else:
         item = _item_of_job(root)
@@ -650,8 +650,8 @@ def build(root: str | Path, fmt: str = "png") -> tuple[str, dict[str, Any]]:
         sections.append(Section(stage, its[0].job, len(its), dict(status), blocks))
     failed = [j for j in jobs if j["status"] in ("failed", "diverged", "skipped")]
     # "as of" the newest result, not the clock: the same results give the same file
-    stamps = [p.stat().st_mtime for it in items for p in (it.out.parent / "result.json",
-                                                         it.out / "config.json") if p.is_file()]
+    stamps = [p.stat().st_mtime for it in items for p in (artefacts.RESULT.path(it.out.parent),
+                                                         artefacts.CONFIG.path(it.out)) if p.is_file()]
     head["as_of"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(stamps))) \
         if stamps else "unknown"
     text = render_page(head, sections, failed, fmt)
@@ -660,8 +660,9 @@ def build(root: str | Path, fmt: str = "png") -> tuple[str, dict[str, Any]]:
     return text, info
 
 
-SKIP_DOCUMENTS = {"config.json", "env.json", "plane.json", "status.json", "study.json",
-                  "permutation.json", "demo.json"}
+SKIP_DOCUMENTS = set(artefacts.names(artefacts.CONFIG, artefacts.ENV, artefacts.PLANE_INFO,
+                                     artefacts.STATUS, artefacts.LMC_STUDY, artefacts.PERMUTATION,
+                                     artefacts.OLD_DEMO))
 
 
 def _job_table(item: Item) -> Table | None:
@@ -673,7 +674,7 @@ def _job_table(item: Item) -> Table | None:
     for doc in sorted(item.out.glob("*.json")):
         if doc.name in SKIP_DOCUMENTS:
             continue
-        data = json.loads(doc.read_text())
+        data = artefacts.Document(doc.name).read(doc.parent)  # any other document it wrote
         if not isinstance(data, dict):
             continue
         splits = [k for k, v in data.items() if isinstance(v, dict) and "loss" in v

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .. import artefacts
 from .executors import EXECUTORS, SlurmOptions
 from .runner import StudyRun, load_study, run_study
 from .spec import JobSpec, Stage, Study, StudyError, load, parse
@@ -24,7 +25,7 @@ def results_summary(root: Path, where: str | None = None, group_by: list[str] | 
     from ..errors import UsageError
     from . import results
 
-    if not (root / "study.toml").is_file():
+    if not artefacts.STUDY_FILE.path(root).is_file():
         raise UsageError(f"{root} is not a study directory (no study.toml); name the directory "
                          "`modeconn run` wrote")
     study = load_study(root)

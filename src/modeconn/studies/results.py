@@ -23,14 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import artefacts
 from ..errors import UsageError
-from ..io import atomic_path, write_csv
+from ..io import atomic_path
 from .spec import JobSpec, Study
 from .worker import RESULT, job_dir, output_path, read_result
 
-RESULTS_CSV = "results.csv"
-RESULTS_DB = "results.sqlite"
-JOBS_CSV = "jobs.csv"
 FIXED = ("id", "stage", "job", "status")
 STATUSES = ("complete", "diverged", "skipped", "failed")
 SHOWN_IDS = 5  # of the jobs left out, named in a line
@@ -68,7 +66,7 @@ def job_row(root: Path, spec: JobSpec, result: dict[str, Any] | None,
     error = (result or {}).get("error", "") if result is not None else why.partition(": ")[2]
     return {"id": spec.id, "stage": spec.stage, "job": spec.job, "status": status,
             "error": error, "seconds": (result or {}).get("seconds"),
-            "log": str(job_dir(root, spec.id) / "log.txt"), **spec.labels}
+            "log": str(artefacts.LOG.path(job_dir(root, spec.id))), **spec.labels}
 
 
 def collect(root: Path, study: Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -115,12 +113,12 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
 def write(root: Path, rows: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> None:
     """results.csv, jobs.csv and results.sqlite (tables results and jobs), each written
     atomically; when neither table changed, no file is rewritten."""
-    changed = write_csv(root / RESULTS_CSV, rows, columns=_columns(rows) if rows else
-                        [*FIXED, "metric", "value"], changed_only=True)
-    changed |= write_csv(root / JOBS_CSV, jobs, columns=_columns(jobs), changed_only=True)
-    if not changed and (root / RESULTS_DB).is_file():
+    changed = artefacts.RESULTS.write(root, rows, columns=_columns(rows) if rows else
+                                      [*FIXED, "metric", "value"], changed_only=True)
+    changed |= artefacts.JOBS.write(root, jobs, columns=_columns(jobs), changed_only=True)
+    if not changed and artefacts.RESULTS_DB.path(root).is_file():
         return
-    with atomic_path(root / RESULTS_DB) as tmp:
+    with atomic_path(artefacts.RESULTS_DB.path(root)) as tmp:
         tmp.unlink()  # sqlite creates its own file
         con = sqlite3.connect(tmp)
         try:
@@ -299,9 +297,9 @@ def left_out_lines(root: Path, jobs: list[dict[str, Any]]) -> list[str]:
     def ids(rows: list[dict[str, Any]], why: bool = False) -> str:
         named = [r["id"] + (f" ({r['error']})" if why else "") for r in rows[:SHOWN_IDS]]
         more = len(rows) - SHOWN_IDS
-        return ", ".join(named) + (f" and {more} more (see {JOBS_CSV})" if more > 0 else "")
+        return ", ".join(named) + (f" and {more} more (see {artefacts.JOBS.name})" if more > 0 else "")
 
-    study = root / "study.toml"
+    study = artefacts.STUDY_FILE.path(root)
     out = []
     damaged = [j for j in jobs if j["status"] == "damaged"]
     pending = [j for j in jobs if j["status"] == "pending"]

@@ -19,15 +19,16 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .. import artefacts
 from ..errors import UsageError
-from ..io import check_output_dir, write_json, write_text
+from ..io import check_output_dir, write_text
 from . import results as tables
 from .executors import EXECUTORS, SlurmOptions
 from .spec import MAX_JOBS, Study, preflight
 from .spec import parse as parse_study
-from .worker import DONE, JOB, job_dir, read_result
+from .worker import DONE, job_dir, read_result
 
-STUDY_FILE = "study.toml"
+STUDY_FILE = artefacts.STUDY_FILE.name
 SLURM_PING_S = 15  # how long `scontrol ping` may take to say whether the controller answers
 
 
@@ -99,7 +100,7 @@ def run_study(study: Study, out: str | Path, executor: str = "local", workers: i
     root.mkdir(parents=True, exist_ok=True)
     write_text(root / STUDY_FILE, study.text, changed_only=True)
     for spec in specs:
-        write_json(job_dir(root, spec["id"]) / JOB, spec, changed_only=True)
+        artefacts.JOB.write(job_dir(root, spec["id"]), spec, changed_only=True)
     status = {j.id: _status(root, j.id) for j in study.jobs}
     run = StudyRun(root, study)
     run.reused = sum(s in DONE or s == "skipped" for s in status.values())
@@ -278,7 +279,7 @@ def _schedule(study: Study, root: Path, ex: Any, todo: set[str], status: dict[st
 
 
 def _skip(root: Path, job_id: str, because: list[str]) -> None:
-    write_json(job_dir(root, job_id) / "result.json", {
+    artefacts.RESULT.write(job_dir(root, job_id), {
         "status": "skipped", "error": f"reads {', '.join(because)}, which diverged",
         "records": [], "headline": []})
 

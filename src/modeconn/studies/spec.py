@@ -46,6 +46,7 @@ from typing import Any
 
 import tomllib
 
+from .. import artefacts
 from ..errors import UsageError
 from ..jobs import OptionRefused
 from ..jobs import get as get_job
@@ -187,7 +188,7 @@ def to_toml(study: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def parse(text: str, path: str | os.PathLike = "study.toml") -> Study:
+def parse(text: str, path: str | os.PathLike = artefacts.STUDY_FILE.name) -> Study:
     """A study from the text of a study file (`path` names it in messages)."""
     path = Path(path)
     where = path.name

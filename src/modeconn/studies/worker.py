@@ -30,11 +30,10 @@ from typing import Any
 from .. import artefacts
 from .._version import __version__
 from ..errors import DivergedError, UsageError
-from ..io import write_json
 
-JOB = "job.json"
-RESULT = "result.json"
-LOG = "log.txt"
+JOB = artefacts.JOB.name
+RESULT = artefacts.RESULT.name
+LOG = artefacts.LOG.name
 OUT = "out"
 DONE = ("complete", "diverged")  # outcomes a rerun keeps; "failed" is retried
 
@@ -46,7 +45,7 @@ def job_dir(root: Path, job_id: str) -> Path:
 def read_result(directory: Path) -> dict[str, Any] | None:
     """The outcome recorded in a job directory (None: not run to the end)."""
     try:
-        result = json.loads((directory / RESULT).read_text())
+        result = artefacts.RESULT.read(directory)
     except (OSError, ValueError):
         return None
     return result if isinstance(result, dict) and "status" in result else None
@@ -69,7 +68,7 @@ def resolve(value: Any, root: Path) -> Any:
         return [resolve(v, root) for v in value]
     if isinstance(value, str) and value.startswith("@"):
         job_id, _, rest = value[1:].partition("/")
-        spec = json.loads((job_dir(root, job_id) / JOB).read_text())
+        spec = artefacts.JOB.read(job_dir(root, job_id))
         target = output_path(job_dir(root, job_id), spec["job"])
         return str(target / rest if rest else target)
     return value
@@ -109,7 +108,7 @@ def _attempt(root: Path, directory: Path, threads: int | None, bars: bool) -> di
 
     if threads:
         torch.set_num_threads(threads)
-    spec = json.loads((directory / JOB).read_text())
+    spec = artefacts.JOB.read(directory)
     job = get(spec["job"])
     out = output_path(directory, spec["job"])
     fields = {i.name for i in config_fields(job.config)}
@@ -162,7 +161,7 @@ def _attempt(root: Path, directory: Path, threads: int | None, bars: bool) -> di
         f.write(captured.getvalue())
     outcome.update(seconds=round(time.perf_counter() - t0, 3), log=str(log.relative_to(root)),
                    host=socket.gethostname())
-    write_json(directory / RESULT, outcome)  # last: the job counts as done only from here
+    artefacts.RESULT.write(directory, outcome)  # last: the job counts as done only from here
     return outcome
 
 

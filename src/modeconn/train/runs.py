@@ -12,11 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import artefacts
 from ..checkpoint import load_checkpoint, save_checkpoint, save_model
 from ..data import DataSpec, Prepared, subset_name
 from ..errors import DivergedError, UsageError
 from ..evaluate import evaluate, probabilities
-from ..io import json_text, output_dir, read_json, remove_temporaries, write_csv, write_json
+from ..io import output_dir, remove_temporaries
 from ..models import build_model, has_batchnorm
 from ..runtime import environment
 from ..task import CLASSIFICATION, Task
@@ -95,7 +96,6 @@ class MemberRecord:
         self.model_cfg, self.member, self.cfg, self.data, self.out_dir = \
             model_cfg, member, cfg, data, out_dir
         self.task = task
-        self.columns = ["epoch", "split", *task.metric_names, "lr", "seconds"]
         n = len(data.train_y)
         self.config = {
             "member": member.name, "model": model_cfg, "train": asdict(cfg),
@@ -113,23 +113,21 @@ class MemberRecord:
     def start(self) -> None:
         """Create the directory and write config.json (left as it is when already the same)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.out_dir / "config.json", self.config, changed_only=True)
+        artefacts.CONFIG.write(self.out_dir, self.config, changed_only=True)
 
     def finished(self) -> dict[str, Any] | None:
         """The status of this member when its directory holds a finished run (complete with its
         model, or diverged) of these settings; None when it still has to be trained."""
-        status_path = self.out_dir / "status.json"
-        if not status_path.is_file():
+        if not artefacts.MEMBER_STATUS.path(self.out_dir).is_file():
             return None
         # A metric that was not finite is recorded as null: read back as the NaN it was
-        status = read_json(status_path, nulls_as_nan=True)
+        status = artefacts.MEMBER_STATUS.read(self.out_dir)
         if status.get("status") == "complete":
-            if not (self.out_dir / "model.safetensors").is_file():
+            if not artefacts.MODEL.path(self.out_dir).is_file():
                 return None
         elif status.get("status") != "diverged":
             return None
-        config = self.out_dir / "config.json"
-        if not config.is_file() or config.read_text() != json_text(self.config):
+        if not artefacts.CONFIG.holds(self.out_dir, self.config):
             raise UsageError(f"{self.out_dir}: resumed with different settings than the original "
                              "run; repeat the original settings or use a new output directory")
         return status
@@ -142,9 +140,9 @@ class MemberRecord:
             values = evaluate(model, x, y, self.cfg.eval_batch_size, task=self.task)
             self.history.append({**row, "split": split,
                                  **dict(zip(self.task.metric_names, values))})
-        write_csv(self.out_dir / "metrics.csv", self.history, self.columns)
+        artefacts.METRICS.write(self.out_dir, self.history, task=self.task)
         if epoch in self.cfg.save_epochs:
-            save_model(self.out_dir / f"epoch_{epoch}.safetensors", model, self.model_cfg,
+            save_model(artefacts.snapshot(epoch).path(self.out_dir), model, self.model_cfg,
                        data=self.data.spec.to_dict(), seed=self.member.init_seed, epoch=epoch,
                        member=self.member.name)
 
@@ -157,21 +155,20 @@ class MemberRecord:
         rows = self.task.per_label(probs.cpu(), d.test_y.cpu())
         for r in rows:
             r["name"] = d.label_names[r["label"]] if d.label_names else str(r["label"])
-        write_csv(self.out_dir / "per_label.csv", rows,
-                  ["label", "name", "positives", "ap", "f1"])
+        artefacts.PER_LABEL.write(self.out_dir, rows)
 
     def diverged(self, e: DivergedError) -> dict[str, Any]:
         """Mark the run diverged (no final model is written)."""
         status = {"member": self.member.name, "status": "diverged", "epoch": e.epoch,
                   "step": e.step, "loss": str(e.loss)}
-        write_csv(self.out_dir / "metrics.csv", self.history, self.columns)
-        write_json(self.out_dir / "status.json", status)
+        artefacts.METRICS.write(self.out_dir, self.history, task=self.task)
+        artefacts.MEMBER_STATUS.write(self.out_dir, status)
         return status
 
     def finish(self, model: nn.Module) -> dict[str, Any]:
         """Write model.safetensors and status.json; return the status."""
         d = self.data
-        save_model(self.out_dir / "model.safetensors", model, self.model_cfg,
+        save_model(artefacts.MODEL.path(self.out_dir), model, self.model_cfg,
                    data=d.spec.to_dict(), seed=self.member.init_seed, epoch=self.cfg.epochs,
                    member=self.member.name,
                    normalisation={"mean": d.mean, "std": d.std, "domain": d.domain})
@@ -180,7 +177,7 @@ class MemberRecord:
         status = {"member": self.member.name, "status": "complete", "epoch": self.cfg.epochs,
                   **{f"{split}_{m}": final[split][m] for split in ("train", "test")
                      for m in self.task.metric_names}}
-        write_json(self.out_dir / "status.json", status)
+        artefacts.MEMBER_STATUS.write(self.out_dir, status)
         return status
 
 
@@ -193,7 +190,7 @@ def train_member(model_cfg: dict[str, Any], member: Member, cfg: TrainConfig, ou
     model_cfg = member.model_cfg or model_cfg
     rec = MemberRecord(model_cfg, member, cfg, data, out_dir, run_info, task=task)
     n = len(data.train_y)
-    state_path = out_dir / "state.safetensors"
+    state_path = artefacts.TRAIN_STATE.path(out_dir)
     model = init_model(model_cfg, member.init_seed).to(device)
     opt = make_optimizer(model.parameters(), cfg)
     torch.manual_seed(member.init_seed + 7_000_003)  # dropout stream
@@ -256,7 +253,7 @@ def train_group(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConf
     models = [init_model(model_cfg, m.init_seed).to(device) for m in members]
     group = GroupedMLP(models).to(device)
     opt = make_optimizer(group.parameters(), cfg)
-    state_path = out / "group_state.safetensors"
+    state_path = artefacts.GROUP_STATE.path(out)
     fingerprint = json.dumps([r.fingerprint for r in recs])
     # Nothing here draws from the global generator, but its state is saved for resume: seeded,
     # so that every run of these settings writes the same resume state.
@@ -373,8 +370,7 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
     run_config = json.loads(json.dumps({
         "model": model_cfg, "train": asdict(cfg), "data": members[0].data.spec.to_dict(),
         "members": [m.name for m in members], **(run_info or {})}))
-    if resume and (out / "config.json").exists() \
-            and json.loads((out / "config.json").read_text()) != run_config:
+    if resume and artefacts.CONFIG.path(out).exists() and artefacts.CONFIG.read(out) != run_config:
         raise UsageError(f"{out}: resumed with different settings than the original run; "
                          "repeat the original settings or use a new output directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -383,14 +379,14 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
             remove_temporaries(d)
     # A resumed run keeps the env.json of its start; files that would not change are not
     # rewritten, so resuming a complete run touches nothing.
-    if not (resume and (out / "env.json").is_file()):
-        write_json(out / "env.json", environment(device))
-    write_json(out / "config.json", run_config, changed_only=True)
+    if not (resume and artefacts.ENV.path(out).is_file()):
+        artefacts.ENV.write(out, environment(device))
+    artefacts.CONFIG.write(out, run_config, changed_only=True)
     skipped = members[0].data.skipped
     if skipped:  # what the reader left out, never silently
-        write_csv(out / "skipped.csv", [{"file": f, "reason": r} for f, r in skipped],
-                  changed_only=True)
-    write_csv(out / "subsets.csv", [
+        artefacts.SKIPPED.write(out, [{"file": f, "reason": r} for f, r in skipped],
+                                changed_only=True)
+    artefacts.SUBSETS.write(out, [
         {"subset": m.name, "class": c, "count": cnt, "domain": m.data.domain}
         for m in members for c, cnt in enumerate(m.data.histogram)], changed_only=True)
     if group and can_group(model_cfg, members, cfg):
@@ -399,5 +395,5 @@ def train_run(model_cfg: dict[str, Any], members: list[Member], cfg: TrainConfig
     else:
         results = [train_member(model_cfg, m, cfg, out / m.name, device, resume, quiet, run_info,
                                 task=task) for m in members]
-    write_csv(out / "summary.csv", results, changed_only=True)
+    artefacts.RUN_SUMMARY.write(out, results, changed_only=True)
     return results
