@@ -238,8 +238,9 @@ def test_checkpoint_is_a_floor_that_builds_no_module():
     import modeconn.checkpoint
 
     tree = ast.parse(open(modeconn.checkpoint.__file__).read())
-    imported = {node.module or "" for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and node.level > 0}
+    imported = {name for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.level > 0
+                for name in ([node.module] if node.module else [a.name for a in node.names])}
     floors = {"_version", "artefacts", "errors", "io", "options", "params", "runtime", "task"}
     assert imported <= floors, imported - floors
 
