@@ -74,6 +74,17 @@ def test_every_job_that_trains_from_a_dataset_takes_the_common_options():
         assert common <= runtime(name), (name, common - runtime(name))
 
 
+def test_every_job_that_trains_for_epochs_can_be_quiet():
+    """A job with an `epochs` option runs the epoch driver, whose progress bar `--quiet`
+    silences (STE and STE-MM in align, merge and merge-many included)."""
+    trains = [n for n in jobs.names()
+              if "epochs" in {i.name for i in config_fields(jobs.get(n).config)}]
+    assert {"train", "align", "merge", "merge-many", "curve", "continual"} <= set(trains)
+    loud = [n for n in trains
+            if "quiet" not in {i.name for i in config_fields(jobs.get(n).config)}]
+    assert not loud, loud
+
+
 @pytest.mark.parametrize("kw,message", [
     ({"points": 1}, "'points' of toy must be an integer ≥ 2, got 1"),
     ({"points": "x"}, "'points' of toy must be an integer ≥ 2, got 'x'"),

@@ -55,6 +55,7 @@ class STEOptions(Options):
     batch_size: int = option(256, "batch size", low=1)
     seed: int = option(0, "batch order", low=0)
     warm: bool = option(True, "warm-start each batch's weight matching from the last one")
+    quiet: bool = option(False, "no progress bar", setting=False)
 
 
 def _wm(model: nn.Module, a: Params, b: Params, x: Tensor, y: Tensor, *,
@@ -73,7 +74,7 @@ def _ste(model: nn.Module, a: Params, b: Params, x: Tensor, y: Tensor, *,
     holder.load_state_dict(a)
     return ste_matching(holder, b, x, y, spec, epochs=options.epochs, lr=options.lr,
                         batch_size=options.batch_size, seed=options.seed, warm=options.warm,
-                        loss_fn=task.loss)
+                        loss_fn=task.loss, quiet=options.quiet)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (

@@ -16,7 +16,15 @@ from ..errors import UsageError
 from ..io import read_json
 from ..options import Options, config_fields, option
 from ..paths import interpolate
-from ._inputs import Combine, Models, load_models, output_dir, record, split_tensors
+from ._inputs import (
+    Combine,
+    Models,
+    load_models,
+    output_dir,
+    quiet_option,
+    record,
+    split_tensors,
+)
 from ._registry import JobConfig, Output, Record, Result, path_metrics, register
 
 
@@ -29,6 +37,7 @@ class Alignment(Combine):
                                     "permutation.json also works)", metavar="JSON")
     seed: int = option(0, "layer order of weight matching; batches and probes of STE, STE-MM and "
                           "the Hessian trace", low=0)
+    quiet: bool = quiet_option()
 
 
 def ste_epochs_option(method: str):

@@ -67,7 +67,7 @@ class ContinualConfig(Runtime, ModelOptions, JobConfig):
         """A fusion method's options in this protocol: the seed, and the epochs of the methods
         that train (STE, MPF); MPF's curve also trains with each task's learning rate and batch
         size. The rest are the method's defaults."""
-        given = {"seed": self.seed, "epochs": self.epochs}
+        given = {"seed": self.seed, "epochs": self.epochs, "quiet": True}  # (its own bar shows)
         if method == "mpf":
             given.update(lr=self.lr, batch_size=self.batch_size)
         cls = METHODS[method].options

@@ -119,7 +119,7 @@ def _ste_mm(models: Models, data: Prepared, spec: PermutationSpec, config: Merge
     modules = [rebuild(c, data.train_x.device) for c in models.checkpoints]
     return ste_mm(modules, data.train_x, data.train_y, spec, epochs=config.epochs, lr=config.lr,
                   batch_size=config.batch_size, seed=config.seed, warm=config.warm,
-                  loss_fn=data.task.loss).perms
+                  loss_fn=data.task.loss, quiet=config.quiet).perms
 
 
 # How the K models are aligned before averaging, by method: -> one Permutation per model.
