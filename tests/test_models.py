@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -230,3 +231,27 @@ def test_a_registered_model_trains_through_the_jobs_and_reloads(registries, tmp_
                  "--out", str(out)]) == 0
     model, _ = load_model(out / "all" / "model.safetensors")
     assert isinstance(model, _Tiny) and model.net[1].out_features == 4
+
+
+class _Scaled(nn.Module):
+    def __init__(self, input_shape, num_classes, width=1.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), max(1, int(8 * width))),
+                                 nn.ReLU(), nn.Linear(max(1, int(8 * width)), num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_registered_model_named_like_an_mlp_is_not_taken_for_one(registries):
+    """Whether a width counts units is the architecture's business, not the name's: a user's
+    `mlpish` with a width multiplier takes --width 0.5."""
+    from modeconn import jobs
+
+    registries.register("mlpish", _Scaled, width=1.0)
+    assert registries.arch_of("mlpish") == "mlpish" and registries.arch_of("mlp") == "mlp"
+    assert registries.arch_of("resnet26") == "resnet" and registries.arch_of("nope") is None
+    config = jobs.get("train").config(model="mlpish", width=0.5)
+    assert config.model_config((1, 8, 8), 10)["width"] == 0.5
+    with pytest.raises(jobs.ConfigError, match="whole number of units for an MLP"):
+        jobs.get("train").config(model="mlpnet", width=0.5)

@@ -26,7 +26,7 @@ from ..data import (
 from ..errors import UsageError
 from ..evaluate import BN_RESET
 from ..io import check_output_file
-from ..models import load_same_architecture, model_config, model_help
+from ..models import arch_of, load_same_architecture, model_config, model_help
 from ..options import option
 from ..paths import ParamPath
 from ..paths.curves import load_curve
@@ -225,7 +225,7 @@ class ModelOptions:
 
     def check(self) -> None:
         super().check()  # type: ignore[misc]
-        if self.width is not None and self.model.startswith("mlp") \
+        if self.width is not None and arch_of(self.model) == "mlp" \
                 and self.width != int(self.width):
             raise self.invalid("width", "must be a whole number of units for an MLP")  # type: ignore[attr-defined]
 
@@ -241,7 +241,7 @@ class ModelOptions:
         """The options that override the model's preset, every one named (None: the preset's),
         an MLP's width as a whole number of units."""
         width = self.width
-        if width is not None and self.model.startswith("mlp"):
+        if width is not None and arch_of(self.model) == "mlp":
             width = int(width)
         return {"depth": self.depth, "width": width, "norm": self.norm, "bias": self.bias,
                 "dropout": self.dropout}

@@ -123,6 +123,12 @@ def model_config(name: str, input_shape: Sequence[int], num_classes: int,
     return cfg
 
 
+def arch_of(name: str) -> str | None:
+    """The architecture a model name builds ("mlp", "vgg", ...; None: no such model)."""
+    preset = _preset_or_none(name)
+    return None if preset is None else preset["arch"]
+
+
 def _preset_or_none(name: str) -> dict[str, Any] | None:
     if name in PRESETS:
         return dict(PRESETS[name])
@@ -190,6 +196,6 @@ def build_model(cfg: dict[str, Any] | str) -> nn.Module:
 # Below build_model, which loading builds with.
 from .loading import load_model, load_same_architecture, rebuild  # noqa: E402
 
-__all__ = ["ARCHS", "PRESETS", "Architecture", "ConvNet", "MLP", "ResNet", "VGG", "build_model",
+__all__ = ["ARCHS", "PRESETS", "Architecture", "arch_of", "ConvNet", "MLP", "ResNet", "VGG", "build_model",
            "has_batchnorm", "load_model", "load_same_architecture", "model_config", "model_help",
            "rebuild", "register", "validate_config"]
