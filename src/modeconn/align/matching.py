@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..errors import UsageError
@@ -22,9 +22,10 @@ from ..params import distance, is_float
 from ..params import mean as mean_params
 from ..task import CLASSIFICATION
 from ..train.loop import Epoch, EpochDriver
+from .activations import Moments, batches, collector, units
 from .lap import WarmLAP, linear_assignment
 from .spec import Permutation, PermutationSpec, axis_index, check_spec, units_first
-from .trace import Point, auto_spec, trace
+from .trace import auto_spec, trace
 
 Params = Mapping[str, Tensor]
 ModelOrParams = nn.Module | Params
@@ -244,63 +245,6 @@ def _as_module(obj: ModelOrParams, model: nn.Module | None) -> nn.Module:
     return out
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None = None
-             ) -> Iterator[Tensor]:
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    yield from order.split(batch_size)
-
-
-def _units(value: Tensor, point: Point, n: int) -> Tensor:
-    """A value's entries at a point as (samples, units)."""
-    t = value.movedim(point.dim, -1)
-    t = t.reshape(*t.shape[:-1], point.outer, n, point.inner).movedim(-2, -1)
-    return t.reshape(-1, n)
-
-
-class _Moments:
-    """Running sums for the correlation of two sets of units."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.sa: Tensor | float = 0.0
-        self.sb: Tensor | float = 0.0
-        self.saa: Tensor | float = 0.0
-        self.sbb: Tensor | float = 0.0
-        self.sab: Tensor | float = 0.0
-
-    def add(self, xa: Tensor, xb: Tensor) -> None:
-        xa, xb = xa.double(), xb.double()
-        self.count += xa.shape[0]
-        self.sa = self.sa + xa.sum(0)
-        self.sb = self.sb + xb.sum(0)
-        self.saa = self.saa + (xa * xa).sum(0)
-        self.sbb = self.sbb + (xb * xb).sum(0)
-        self.sab = self.sab + xa.T @ xb
-
-    def score(self, statistic: str) -> Tensor:
-        m = self.count
-        if statistic == "cross":
-            return self.sab / m
-        ma, mb = self.sa / m, self.sb / m
-        cov = self.sab / m - ma[:, None] * mb[None, :]
-        sa = (self.saa / m - ma ** 2).clamp_min(0).sqrt()
-        sb = (self.sbb / m - mb ** 2).clamp_min(0).sqrt()
-        return torch.nan_to_num(cov / (sa[:, None] * sb[None, :] + 1e-12))
-
-
-def _collector(gm: fx.GraphModule, root: nn.Module, nodes: list[str]) -> fx.GraphModule:
-    """A copy of the traced graph, run on `root`, that returns the values of the named nodes."""
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    graph.graph_copy(gm.graph, env)
-    by_name = {n.name: env[n] for n in gm.graph.nodes if n in env}
-    graph.output(tuple(by_name[n] for n in nodes))
-    collector = fx.GraphModule(root, graph)
-    collector.graph.eliminate_dead_code()
-    collector.recompile()
-    return collector
-
-
 @torch.no_grad()
 def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
                         spec: PermutationSpec | None = None, *, model: nn.Module | None = None,
@@ -333,14 +277,14 @@ def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
     for m in (ma, mb):
         was = m.training
         m.eval()
-        runs.append((m, was, _collector(traced.graph_module, m, nodes)))
-    moments = {i: _Moments() for i in range(len(points))}
+        runs.append((m, was, collector(traced.graph_module, m, nodes)))
+    moments = {i: Moments() for i in range(len(points))}
     try:
-        for idx in _batches(len(x), batch_size):
+        for idx in batches(len(x), batch_size):
             outs = [dict(zip(nodes, coll(x[idx]), strict=True)) for _, _, coll in runs]
             for i, (name, pt) in enumerate(points):
                 n = spec.sizes[name]
-                moments[i].add(_units(outs[0][pt.node], pt, n), _units(outs[1][pt.node], pt, n))
+                moments[i].add(units(outs[0][pt.node], pt, n), units(outs[1][pt.node], pt, n))
     finally:
         for m, was, _ in runs:
             m.train(was)
@@ -388,7 +332,7 @@ def _mean_loss(model: nn.Module, params: Params, x: Tensor, y: Tensor, loss_fn: 
     statistics), with the caller's loss function rather than a Task, and sums in Python floats;
     the engine would change which epoch's permutation is kept."""
     total = 0.0
-    for idx in _batches(len(x), batch_size):
+    for idx in batches(len(x), batch_size):
         total += float(loss_fn(_forward(model, params, x[idx]), y[idx])) * len(idx)
     return total / len(x)
 

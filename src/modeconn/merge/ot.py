@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..align.matching import _batches, _collector, _Moments, _units
+from ..align.activations import Moments, batches, collector, units
 from ..align.spec import PermutationSpec, units_first
 from ..align.trace import trace
 from ..errors import UsageError
@@ -218,15 +218,15 @@ def _activation_moments(model_a, model_b, ta, tb, sa, sb, x, batch_size) -> dict
     for m, traced, nodes in ((model_a, ta, nodes_a), (model_b, tb, nodes_b)):
         was = m.training
         m.eval()
-        runs.append((m, was, _collector(traced.graph_module, m, nodes), nodes))
-    moments = {g: _Moments() for g in sa.names}
+        runs.append((m, was, collector(traced.graph_module, m, nodes), nodes))
+    moments = {g: Moments() for g in sa.names}
     try:
-        for idx in _batches(len(x), batch_size):
+        for idx in batches(len(x), batch_size):
             outs = [dict(zip(nodes, coll(x[idx]), strict=True)) for _, _, coll, nodes in runs]
             for g in sa.names:
                 for pa, pb in zip(ta.points.get(g, []), tb.points.get(g, [])):
-                    moments[g].add(_units(outs[0][pa.node], pa, sa.sizes[g]),
-                                   _units(outs[1][pb.node], pb, sb.sizes[g]))
+                    moments[g].add(units(outs[0][pa.node], pa, sa.sizes[g]),
+                                   units(outs[1][pb.node], pb, sb.sizes[g]))
     finally:
         for m, was, _, _ in runs:
             m.train(was)
