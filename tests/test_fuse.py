@@ -107,10 +107,11 @@ def _library_inputs(pairs, b="b"):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_the_library_fuses_bit_identically_to_the_merge_job(pairs, tmp_path, method):
     trains = {"epochs": 1} if method in ("ste", "mpf") else {}
-    jobs.run("merge", a=pairs["a"], b=pairs["b"], method=method, weights=[0.4, 0.6],
+    weights = (0.5, 0.5) if method == "mpf" else (0.4, 0.6)  # MPF: always the curve's middle
+    jobs.run("merge", a=pairs["a"], b=pairs["b"], method=method, weights=list(weights),
              out=tmp_path / "m", **trains)
     ma, pa, mb, pb, data = _library_inputs(pairs)
-    fused = modeconn.fuse(method, ma, pa, mb, pb, data.train_x, data.train_y, weights=(0.4, 0.6),
+    fused = modeconn.fuse(method, ma, pa, mb, pb, data.train_x, data.train_y, weights=weights,
                           options=METHODS[method].options(**trains), task=data.task)
     merged = load_checkpoint(tmp_path / "m" / "merged.safetensors").tensors  # no BN: as fused
     assert set(merged) == set(fused)
@@ -136,6 +137,11 @@ def test_library_fusion_refuses_in_one_line(pairs):
     with pytest.raises(UsageError, match="wm fuses two models of one architecture and A and B "
                                          "differ; fuse models of different widths with ot"):
         modeconn.fuse("wm", ma, pa, mn, pn, x, y)
+    with pytest.raises(UsageError, match=r"mpf returns the middle of its curve \(θ\(0.5\)\): fusion "
+                                         r"weights \[0.4, 0.6\] do not apply to it"):
+        modeconn.fuse("mpf", ma, pa, mb, pb, x, y, weights=(0.4, 0.6))
+    with pytest.raises(jobs.ConfigError, match="do not apply to --method mpf"):
+        jobs.get("merge").config(a="a", b="b", method="mpf", weights=(0.4, 0.6))
     with pytest.raises(TypeError, match="mpf takes MPFOptions, got OTOptions"):
         modeconn.fuse("mpf", ma, pa, mb, pb, x, y, options=METHODS["ot"].options())
     with pytest.raises(UsageError, match="'epochs' of MPF must be an integer ≥ 1, got 0"):

@@ -68,6 +68,9 @@ class MergeConfig(Alignment, JobConfig):
         super().check()
         if len(self.weights) != 2 or sum(self.weights) <= 0:
             raise self.invalid("weights", "must be two non-negative numbers, not both 0")
+        if self.method == "mpf" and self.weights[0] != self.weights[1]:
+            raise self.invalid("weights", "do not apply to --method mpf, which returns the "
+                                          "middle of its curve (θ(0.5)); leave them out")
         if self.method == "mpf" and self.finetune_epochs:
             raise self.invalid("finetune_epochs", "must be 0 with --method mpf (MPF trains "
                                                   "already; fine-tune the other methods)")

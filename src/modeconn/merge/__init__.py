@@ -82,6 +82,9 @@ def _ot(model_a, a, model_b, b, x, y, *, weights, options: OTOptions, task, spec
 
 def _mpf(model_a, a, model_b, b, x, y, *, weights, options: MPFOptions, task, spec):
     _one_architecture(a, b, "mpf")
+    if weights[0] != weights[1]:
+        raise UsageError(f"mpf returns the middle of its curve (θ(0.5)): fusion weights "
+                         f"{list(weights)} do not apply to it; leave them out")
     return mpf(model_b, a, b, x, y, epochs=options.epochs, lr=options.lr,
                batch_size=options.batch_size, seed=options.seed, task=task)
 
