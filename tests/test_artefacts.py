@@ -46,8 +46,8 @@ def test_alignment_files_share_the_path_columns(label):
 NOT_CONTRACT = {
     "data/bigearthnet.py": {"train.csv", "val.csv", "test.csv", "_labels_metadata.json",
                             "meta.json", "names.txt", "skipped.csv", "unlisted.txt"},
-    "jobs/demo.py": {"demo.toml", "demo-quick.toml"},
-    "jobs/fusion.py": {"fusion.toml"},
+    "studies/protocols/demo.py": {"demo.toml", "demo-quick.toml"},
+    "studies/protocols/fusion.py": {"fusion.toml"},
     "studies/spec.py": {"lmc.toml"},  # "e.g. examples/lmc.toml" in a refusal
 }
 FILE_NAME = re.compile(r"(?:^|/)(\w[\w.-]*\.(?:json|csv|safetensors|sqlite|txt|toml|html|md))")

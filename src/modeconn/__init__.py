@@ -50,3 +50,10 @@ __all__ = [
     "repair", "save_curve", "save_model", "similarity", "ste_matching", "ste_mm",
     "weight_matching",
 ]
+
+# The face commands (run, results, report, demo, fusion) register in the job registry beside the
+# jobs, which import no face: the package root, above every layer, imports them, so that any
+# `import modeconn.…` (a spawned study worker's included) knows every command.
+from .report import command as _report_command  # noqa: E402, F401
+from .studies import commands as _study_commands  # noqa: E402, F401
+from .studies import protocols as _protocols  # noqa: E402, F401

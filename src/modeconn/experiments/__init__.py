@@ -1,1 +1,1 @@
-"""Reference protocols, each one module: the LMC-under-shift study (`lmc`) and the demo."""
+"""Reference protocols not yet studies: the LMC-under-shift experiment (`lmc`)."""

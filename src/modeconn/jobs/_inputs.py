@@ -30,7 +30,6 @@ from ..models import arch_of, load_same_architecture, model_config, model_help
 from ..options import option
 from ..paths import ParamPath
 from ..paths.curves import load_curve
-from ..plots import display_names
 from ..runtime import environment, resolve_device
 from ..train import TrainConfig
 from ._registry import refusing
@@ -118,6 +117,9 @@ class Models:
     @property
     def names(self) -> list[str]:
         """Short readable names of the checkpoints (for titles and legends)."""
+        # Here, not at the top: matplotlib (~0.3 s) is loaded by what draws, not by `import modeconn`.
+        from ..plots import display_names
+
         return display_names([c.path for c in self.checkpoints])
 
     def data(self, on: str = "full", data_dir: str | None = None) -> Prepared:

@@ -7,12 +7,12 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import artefacts
-from ..data import require_classification
-from ..io import write_text
-from ..options import option
-from ._inputs import HELP_SHIFT, Runtime
-from ._registry import JobConfig, Output, Result, register
+from ... import artefacts
+from ...data import require_classification
+from ...io import write_text
+from ...jobs import JobConfig, Output, Result, register
+from ...jobs._inputs import HELP_SHIFT, Runtime
+from ...options import option
 
 HETEROGENEOUS = "label-skew:4=100,0-3=10,5-9=10"  # A: class 4 + 10% of the rest; B: the other 90%
 
@@ -154,9 +154,9 @@ def markdown(cells: list[dict], models: tuple[str, ...], metric: str) -> str:
 def run_fusion(config: FusionConfig, out: Path) -> FusionResult:
     """The fusion study in `out`, then model_accuracies.csv/.md (rows: methods, columns:
     architectures; mean ± std over seeds) and per_subset.csv (accuracy on A's and B's data)."""
-    from ..studies import parse, run_study
-    from ..studies import results as tables
-    from ..studies.spec import to_toml
+    from .. import parse, run_study
+    from .. import results as tables
+    from ..spec import to_toml
 
     require_classification(config.dataset, "the fusion table's protocol")
     study = parse(to_toml(config.study()), "fusion.toml")

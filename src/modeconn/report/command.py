@@ -7,9 +7,9 @@ from pathlib import Path
 
 from .. import artefacts
 from ..io import write_text
+from ..jobs import JobConfig, Output, Result, register
+from ..jobs._inputs import output_file
 from ..options import option
-from ._inputs import output_file
-from ._registry import JobConfig, Output, Result, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +36,7 @@ class ReportResult(Result):
                  kind="file", suffix=".html"))
 def run_report(config: ReportConfig, out: Path | None) -> ReportResult:
     """The report of `source`, written to `out` (a single HTML file, figures embedded)."""
-    from ..report.build import Figure, build
+    from .build import Figure, build
 
     source = Path(config.source)
     target = output_file(out if out is not None else artefacts.REPORT.path(source),

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artefacts
+from ..jobs import JobConfig, Output, Result, register
 from ..options import option
-from ._registry import JobConfig, Output, Result, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,7 +70,7 @@ def default_out(study) -> Path:
           Output("study directory (default: results/<study name>)", required=False))
 def run_run(config: RunConfig, out: Path | None) -> StudyResult:
     """Every job of the study not done yet, then results.csv and results.sqlite in `out`."""
-    from ..studies import SlurmOptions, load_study, run_study
+    from . import SlurmOptions, load_study, run_study
 
     study = load_study(config.study)
     if out is None:
@@ -109,7 +109,7 @@ class ResultsSummary(Result):
                                     "the failed jobs", None)
 def run_results(config: ResultsConfig, out: Path | None = None) -> ResultsSummary:
     """The summary of the study in `study_dir` (its tables rebuilt from the jobs first)."""
-    from ..studies import results_summary
+    from . import results_summary
 
     text, failed = results_summary(Path(config.study_dir), config.where,
                                    None if config.group_by is None else list(config.group_by),

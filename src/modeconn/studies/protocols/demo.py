@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import artefacts
-from ..options import option
-from ._inputs import HELP_DEVICE
-from ._registry import JobConfig, Output, Result, register
+from ... import artefacts
+from ...jobs import JobConfig, Output, Result, register
+from ...jobs._inputs import HELP_DEVICE
+from ...options import option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,10 +45,10 @@ class DemoResult(Result):
           Output("study directory", required=False, default="results/demo"))
 def run_demo(config: DemoConfig, out: Path) -> DemoResult:
     """The demo study in `out` (what is done there is kept), its combined summary and figures."""
-    from ..experiments.demo import write_summary
-    from ..io import write_text
-    from ..report.build import build as build_report
-    from ..studies import EXAMPLES, load, run_study
+    from ...io import write_text
+    from ...report.build import build as build_report
+    from .. import EXAMPLES, load, run_study
+    from .demo_summary import write_summary
 
     study = load(EXAMPLES / ("demo-quick.toml" if config.quick else "demo.toml"))
     run = run_study(study, out, workers=config.jobs, quiet=config.quiet,

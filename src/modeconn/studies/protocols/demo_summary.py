@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import artefacts, plots
-from ..io import write_text
-from .lmc import summary_table
-from .lmc import write_summary as write_summary_csv
+from ... import artefacts, plots
+from ...experiments.lmc import summary_table
+from ...experiments.lmc import write_summary as write_summary_csv
+from ...io import write_text
 
 
 def summary_rows(run) -> list[dict[str, Any]]:
