@@ -143,6 +143,25 @@ def test_fusion_with_an_unknown_model_is_refused_before_it_starts(tmp_path, caps
     assert not (tmp_path / "f").exists()
 
 
+def test_fusion_over_1000_jobs_needs_yes(tmp_path, capsys, monkeypatch):
+    seeds = ",".join(map(str, range(100)))
+    rc = main(["fusion", "--seeds", seeds, "--out", str(tmp_path / "f"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "more than 1000; start it with --yes" in err and not (tmp_path / "f").exists()
+    import modeconn.studies
+
+    asked = {}
+
+    def run_study(*args, **kwargs):  # what --yes hands the runner (no 3,000 jobs here)
+        asked.update(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(modeconn.studies, "run_study", run_study)
+    assert main(["fusion", "--seeds", seeds, "--out", str(tmp_path / "f"), "--yes"]) == 130
+    assert asked["yes"] is True
+
+
 def fake_slurm(tmp_path: Path, monkeypatch, script: str | None) -> None:
     """PATH with only a fake scontrol (or none): a cluster whose controller does not answer."""
     bin_ = tmp_path / "fakebin"

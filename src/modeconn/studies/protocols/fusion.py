@@ -54,6 +54,7 @@ class FusionConfig(Runtime, JobConfig):
     jobs: int | None = option(None, "local worker processes (default: one per core)", low=1,
                               setting=False)
     quiet: bool = option(False, "no progress bars", setting=False)
+    yes: bool = option(False, "start a study of more than 1,000 jobs", setting=False)
 
     def check(self) -> None:
         super().check()
@@ -161,7 +162,7 @@ def run_fusion(config: FusionConfig, out: Path) -> FusionResult:
     require_classification(config.dataset, "the fusion table's protocol")
     study = parse(to_toml(config.study()), "fusion.toml")
     run = run_study(study, out, workers=config.jobs, quiet=config.quiet,
-                    overrides={"device": config.device})
+                    overrides={"device": config.device}, yes=config.yes)
     rows, _ = tables.collect(run.out, study)
     cells, subsets = _cells(rows, config.models)
     artefacts.FUSION_ACCURACIES.write(run.out, cells, changed_only=True)
