@@ -358,12 +358,19 @@ def _straight_through(value: Tensor, proxy: Tensor) -> Tensor:
     return value + (proxy - proxy.detach())
 
 
-def _run_epochs(step: Callable[[Tensor], Tensor], opt: torch.optim.Optimizer, x: Tensor,
+def _run_epochs(loss_of: Callable[[Tensor], Tensor], opt: torch.optim.Optimizer, x: Tensor,
                 batch_size: int, epochs: int, lr: float, gen: torch.Generator,
                 end_epoch: Callable[[Epoch], None], desc: str, quiet: bool) -> None:
-    """STE's epochs on the epoch driver: a fresh order of x from `gen` each epoch, the constant
-    learning rate, the divergence policy (DivergedError at the first non-finite batch loss) and a
-    progress bar."""
+    """STE's epochs on the epoch driver: one optimizer step on `loss_of(batch indices)` per
+    batch, a fresh order of x from `gen` each epoch, the constant learning rate, the divergence
+    policy (DivergedError at the first non-finite batch loss) and a progress bar."""
+    def step(idx: Tensor) -> Tensor:
+        loss = loss_of(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
     EpochDriver(step, opt, batch_size=batch_size, device=x.device).run(
         epochs, lambda _: torch.randperm(len(x), generator=gen), lambda _e, _b: lr,
         end_epoch=end_epoch, desc=desc, quiet=quiet)
@@ -396,7 +403,7 @@ def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
 
     perm = best = matcher(pa, pb)
 
-    def step(idx: Tensor) -> Tensor:
+    def loss_of(idx: Tensor) -> Tensor:
         nonlocal perm
         current = {k: theta[k].detach() if k in theta else v for k, v in pa.items()}
         perm = matcher(current, pb)
@@ -404,11 +411,7 @@ def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
         mid = {k: 0.5 * (v + (_straight_through(aligned[k], theta[k])
                               if k in theta else aligned[k])) if is_float(v) else v
                for k, v in pa.items()}
-        loss = loss_fn(_forward(a, mid, x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return loss_fn(_forward(a, mid, x[idx]), y[idx])
 
     def end_epoch(_: Epoch) -> None:
         nonlocal best, best_loss
@@ -418,7 +421,7 @@ def ste_matching(a: nn.Module, b: ModelOrParams, x: Tensor, y: Tensor,
 
     with batch_statistics(a):
         best_loss = midpoint_loss(best)
-        _run_epochs(step, opt, x, batch_size, epochs, lr, gen, end_epoch, "STE", quiet)
+        _run_epochs(loss_of, opt, x, batch_size, epochs, lr, gen, end_epoch, "STE", quiet)
     return best
 
 
@@ -503,7 +506,7 @@ def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
         merged = mean_params([p.apply(s) for p, s in zip(perms, states, strict=True)])
         return perms, _mean_loss(ref, merged, ex, ey, loss_fn, batch_size)
 
-    def step(idx: Tensor) -> Tensor:
+    def loss_of(idx: Tensor) -> Tensor:
         points = [states[0]]
         for i in range(k - 1):
             aligned = matchers[i](proxy_state(i), states[i + 1]).apply(states[i + 1])
@@ -514,11 +517,7 @@ def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
             lam /= lam.sum()
         else:
             lam = torch.full((k,), 1.0 / k)
-        loss = loss_fn(_forward(ref, mean_params(points, lam), x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return loss_fn(_forward(ref, mean_params(points, lam), x[idx]), y[idx])
 
     def end_epoch(_: Epoch) -> None:
         nonlocal best, best_loss
@@ -528,6 +527,6 @@ def ste_mm(models: Sequence[nn.Module], x: Tensor, y: Tensor,
 
     with batch_statistics(ref):
         best, best_loss = matched()
-        _run_epochs(step, opt, x, batch_size, epochs, lr, gen, end_epoch, "STE-MM", quiet)
+        _run_epochs(loss_of, opt, x, batch_size, epochs, lr, gen, end_epoch, "STE-MM", quiet)
     perms = best
     return Merged(perms, mean_params([p.apply(s) for p, s in zip(perms, states, strict=True)]))
