@@ -9,7 +9,7 @@ from dataclasses import MISSING as _MISSING
 
 from ._version import __version__
 from .errors import DivergedError, UsageError
-from .jobs import build, config_fields, execute, get, names
+from .jobs import build, command, config_fields, execute, names
 from .options import ConfigError
 
 
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     rest = sorted(set(names()) - set(COMMANDS))
     for name in (*COMMANDS, *rest):
-        add_job_parser(sub, get(name))
+        add_job_parser(sub, command(name))
     return parser
 
 

@@ -14,6 +14,7 @@ from ._registry import (
     Output,
     Result,
     build,
+    command,
     execute,
     get,
     names,
@@ -22,5 +23,5 @@ from ._registry import (
 )
 
 __all__ = ["ConfigError", "FieldInfo", "JOBS", "Job", "JobConfig", "OptionRefused", "Output",
-           "Result", "build", "config_fields", "execute", "get", "names", "option", "register",
+           "Result", "build", "command", "config_fields", "execute", "get", "names", "option", "register",
            "requirement", "run"]

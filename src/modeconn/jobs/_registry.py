@@ -100,6 +100,11 @@ class JobConfig(Options):
         shift, model and (`here`: on this machine) device, each through the validator the run
         uses; raises OptionRefused naming the option. Mixins extend it (cooperatively)."""
 
+    def expand(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The jobs these options stand for in a study, as (labels, option updates) pairs: one
+        job with no updates, unless the job measures a grid one point per job (lmc)."""
+        return [({}, {})]
+
 
 @dataclass
 class Result:
@@ -179,16 +184,21 @@ class Job:
 
 
 JOBS: dict[str, Job] = {}
+# Face commands that share a job's name: `modeconn lmc` runs the lmc job's grid as a study (one
+# job per configuration), where a study's lmc stage runs the job itself.
+COMMANDS: dict[str, Job] = {}
 
 
 def register(name: str, config: type[JobConfig], help: str, output: Output | None,
-             resolve: Callable | None = None) -> Callable[[Callable], Callable]:
-    """Register `run(config, out) -> Result` under `name`."""
+             resolve: Callable | None = None, command: bool = False
+             ) -> Callable[[Callable], Callable]:
+    """Register `run(config, out) -> Result` under `name` (`command`: as the command of the job
+    of that name, registered beside it by a face)."""
     if config.job != name:
         raise ValueError(f"config {config.__name__} says job {config.job!r}, registered as {name!r}")
 
     def deco(fn: Callable) -> Callable:
-        JOBS[name] = Job(name, config, fn, help, output, resolve)
+        (COMMANDS if command else JOBS)[name] = Job(name, config, fn, help, output, resolve)
         return fn
 
     return deco
@@ -203,6 +213,12 @@ def get(name: str) -> Job:
         raise UsageError(f"unknown job {name!r}; choose from {', '.join(sorted(JOBS))}") from None
 
 
+def command(name: str) -> Job:
+    """What `modeconn NAME` runs: the face command of that name, else the job."""
+    job = get(name)
+    return COMMANDS.get(name, job)
+
+
 def names() -> list[str]:
     """The registered job names."""
     _load()
@@ -211,7 +227,7 @@ def names() -> list[str]:
 
 def run(name: str, out: str | Path | None = None, **options: Any) -> Result:
     """Run job `name` with these options, writing under `out`, as the command does."""
-    job = get(name)
+    job = command(name)
     return execute(job, build(job, options, out), out)
 
 

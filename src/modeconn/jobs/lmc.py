@@ -1,16 +1,40 @@
-"""lmc: the LMC-under-data-shift study over grids of batch size and learning rate."""
+"""lmc: the LMC-under-data-shift measurement (Hepburn, Zielke & Raulf 2025) of one training
+configuration over seeds.
+
+For each seed it trains the two members on disjoint subsets, interpolates the pair, scores an LMC
+ensemble (points on the linear path) against an independent-seed ensemble of the same size, and
+aggregates mean ± std over seeds. The options describe a grid (inits × batch orders × batch sizes
+× learning rates, plus a contrast row); a study runs one job per configuration of it
+(`LMCConfig.expand`), and `modeconn lmc` runs that study (modeconn.studies.protocols.lmc).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import statistics
+import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .. import artefacts
-from ..experiments import lmc as experiment
+import torch
+
+from .. import artefacts, plots
+from ..checkpoint import load_checkpoint, params_of
+from ..data import DataSpec, eval_data, prepare_subsets
+from ..ensemble import ensemble_metrics, member_scores, pairwise_similarity
+from ..errors import UsageError
+from ..evaluate import Evaluator
+from ..io import output_dir
+from ..models import build_model, model_config
 from ..options import option
-from ..runtime import resolve_device
-from ..train import TrainConfig
+from ..params import statistic_keys
+from ..paths import check_tolerance, evaluate_path, grid, linear_path, summarize_path
+from ..runtime import environment, resolve_device
+from ..task import score_of
+from ..train import TrainConfig, check_trainable, init_model, noise_scale, plan_members, train_run
 from ._inputs import (
     HELP_SHIFT,
     DataOptions,
@@ -70,6 +94,10 @@ class LMCConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
                                         "not both)")
         if len(set(self.seeds)) != len(self.seeds):
             raise self.invalid("seeds", "must not repeat a seed")
+        if self.shift == "none":
+            raise self.invalid("shift", "must split the data into two subsets, e.g. iid:50,50")
+        check_tolerance(self.tolerance)
+        grid(self.points)
 
     @property
     def batch_size_grid(self) -> tuple[int, ...]:
@@ -81,19 +109,45 @@ class LMCConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
         """The learning rates of the grid (one value when `lr` is given)."""
         return self.lrs or ((self.lr,) if self.lr is not None else (0.05,))
 
-    def study(self) -> experiment.LMCStudy:
-        """The study these options describe."""
+    @property
+    def name(self) -> str:
+        """The model's name in tables and figures."""
+        return self.label or self.model
+
+    def configurations(self) -> list[dict[str, Any]]:
+        """One dict per grid point (seeds excluded), with a directory-safe id."""
+        out = []
+        sizes, lrs = self.batch_size_grid, self.lr_grid
+        points = list(itertools.product(self.init, self.batch_order, sizes, lrs))
+        if self.contrast and "different" not in self.init:
+            points.append(("different", self.batch_order[0], sizes[0], lrs[0]))
+        for init, order, bs, lr in points:
+            if self.lr_scaling == "linear":
+                lr = lr * bs / sizes[0]
+            cfg = {"model": self.name, "shift": self.shift, "init": init, "batch_order": order,
+                   "batch_size": bs, "lr": lr}
+            cfg["id"] = (f"{self.name}_{self.shift.replace(':', '-').replace(',', '_')}"
+                         f"_init-{init}_order-{order}_bs{bs}_lr{lr:g}").replace("|", "+")
+            out.append(cfg)
+        return out
+
+    def expand(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """One job per configuration: its grid of one point (the learning rate as scaled)."""
+        return [({k: cfg[k] for k in ("init", "batch_order", "batch_size", "lr")},
+                 {"init": [cfg["init"]], "batch_order": [cfg["batch_order"]], "batch_size": None,
+                  "lr": None, "batch_sizes": [cfg["batch_size"]], "lrs": [cfg["lr"]],
+                  "lr_scaling": "none", "contrast": False})
+                for cfg in self.configurations()]
+
+    def train_config(self, cfg: dict[str, Any]) -> TrainConfig:
+        """How each member of configuration `cfg` trains."""
         train = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
-        train.update(batch_size=self.batch_size_grid[0], lr=self.lr_grid[0], save_epochs=())
-        return experiment.LMCStudy(
-            dataset=self.dataset, data_dir=self.data_dir, model=self.model,
-            model_options=self.overrides(), shift=self.shift, num_subsets=self.subsets,
-            split_seed=self.split_seed, normalise=self.normalise, bands=self.bands,
-            on_bad_patch=self.on_bad_patch, inits=self.init,
-            batch_orders=self.batch_order, batch_sizes=self.batch_size_grid, lrs=self.lr_grid,
-            seeds=self.seeds, train=TrainConfig(**train), points=self.points,
-            ensemble_size=self.ensemble_size, bn_reset=self.bn_reset, tolerance=self.tolerance,
-            lr_scaling=self.lr_scaling, contrast=self.contrast, label=self.label)
+        return TrainConfig(**{**train, "batch_size": cfg["batch_size"], "lr": cfg["lr"],
+                              "save_epochs": ()})
+
+    def seed_spec(self, seed: int) -> DataSpec:
+        """The split of seed `seed` (split seed `split_seed + seed`)."""
+        return self.data_spec(self.split_seed + seed)
 
 
 @dataclass
@@ -108,17 +162,266 @@ class LMCResult(Result):
                 for r in self.summary]
 
     def lines(self) -> list[str]:
-        return [experiment.summary_table(self.summary)] + super().lines()
+        return [summary_table(self.summary)] + super().lines()
 
 
-@register("lmc", LMCConfig, "the LMC-under-data-shift study: train pairs, interpolate, "
-                            "ensembles, over grids of batch size and learning rate",
-          Output("study directory", writes=(
-              *artefacts.names(artefacts.LMC_STUDY, artefacts.ENV, artefacts.LMC_STATUS), "*.csv",
+@register("lmc", LMCConfig, "one configuration of the LMC-under-data-shift study over its seeds: "
+                            "train pairs, interpolate, ensembles (a grid: one job each)",
+          Output("output directory", writes=(
+              *artefacts.names(artefacts.CONFIG, artefacts.ENV, artefacts.LMC_STATUS), "*.csv",
               "figures/*", "runs/*")))
 def run_lmc(config: LMCConfig, out: Path) -> LMCResult:
-    """The study's runs, tables and figures in `out` (its study.json and env.json are its
-    record, checked on resume)."""
-    summary = experiment.run_study(config.study(), out, resolve_device(config.device),
-                                   config.resume, config.quiet)
-    return LMCResult(out, summary)
+    """One configuration over its seeds in `out`: the runs, the tables and the pair's similarity
+    figure; config.json is its record, checked on resume, and status.json (written last) marks
+    it complete. A grid of several configurations runs as a study (`modeconn lmc`)."""
+    configurations = config.configurations()
+    if len(configurations) != 1:
+        raise UsageError(f"an lmc job measures one configuration, these options describe "
+                         f"{len(configurations)}; run the grid as a study (modeconn lmc, or an "
+                         "lmc stage of a study file: one job per configuration)")
+    (cfg,) = configurations
+    device = resolve_device(config.device)
+    out = output_dir(out, allowed=config.resume, way="resume")
+    subsets = {s: prepare_subsets(config.seed_spec(s), config.data_dir) for s in config.seeds}
+    first_seed = config.seeds[0]
+    if len(subsets[first_seed]) != 2:
+        raise UsageError(f"the LMC study compares pairs, but shift {config.shift!r} makes "
+                         f"{len(subsets[first_seed])} subsets; use a shift with 2 subsets "
+                         "(e.g. iid:50,50, or 2 subsets)")
+    first = subsets[first_seed][0]
+    shapes = {tuple(p.input_shape) for subs in subsets.values() for p in subs}
+    if len(shapes) > 1:
+        raise UsageError(f"the LMC study interpolates each pair, but its subsets' inputs have "
+                         f"{' and '.join(str(s[0]) for s in sorted(shapes))} channels; give "
+                         "both subsets band sets of one size (e.g. bands:B04,B03,B02|B08,B11,B12)")
+    model_cfg = model_config(config.model, first.input_shape, first.num_classes,
+                             **config.overrides())
+    smallest = min(len(p.train_y) for subs in subsets.values() for p in subs)
+    check_trainable(init_model(model_cfg, 0), cfg["batch_size"], smallest)
+    if config.resume and artefacts.CONFIG.path(out).is_file():
+        _check_record(out, config)
+        if artefacts.LMC_STATUS.path(out).is_file():
+            status = artefacts.LMC_STATUS.read(out)
+            if status.get("status") == "complete":
+                return LMCResult(out, status["summary"])
+    out.mkdir(parents=True, exist_ok=True)
+    if not artefacts.CONFIG.path(out).is_file():  # a resumed job keeps its start's records
+        artefacts.CONFIG.write(out, {"job": config.job, "config": config.to_dict(),
+                                     "model_config": model_cfg})
+        artefacts.ENV.write(out, environment(device))
+    base = config.seed_spec(first_seed)
+    full = eval_data(base, "full", config.data_dir).to(device)
+    task = first.task
+    evaluator = Evaluator(build_model(model_cfg).to(device),
+                          {"train": (full.train_x, full.train_y), "test": (full.test_x, full.test_y)},
+                          bn_data=full.train_x, bn_reset=config.bn_reset, task=task)
+    tables, row = _measure(config, cfg, out, device, subsets, model_cfg, evaluator, full.test_y)
+    write_tables(out, tables, [row])
+    # Written last: a job with this file is complete, and a resume returns it as it is.
+    artefacts.LMC_STATUS.write(out, {"status": "complete", "summary": [row]})
+    return LMCResult(out, [row])
+
+
+def _check_record(out: Path, config: LMCConfig) -> None:
+    """Refuse to resume `out` with settings other than those it was started with."""
+    recorded = artefacts.CONFIG.read(out)
+    try:
+        same = (recorded.get("job") == config.job and LMCConfig.from_dict(
+            recorded["config"]).to_dict(settings_only=True) == config.to_dict(settings_only=True))
+    except (KeyError, TypeError, ValueError, UsageError):
+        same = False
+    if not same:
+        raise UsageError(f"{out}: resumed with different settings than the original run "
+                         "(config.json differs); repeat the original settings or use a new "
+                         "output directory")
+
+
+def _measure(config: LMCConfig, cfg: dict, out: Path, device: torch.device, subsets: dict,
+             model_cfg: dict, evaluator: Evaluator, test_y: torch.Tensor
+             ) -> tuple[dict[str, list[dict]], dict]:
+    """Train, interpolate and ensemble the pair of every seed: (tables, summary row)."""
+    t0 = time.perf_counter()
+    task = evaluator.task
+    ts = grid(config.points)
+    k = config.ensemble_size
+    tables: dict[str, list[dict]] = defaultdict(list)
+    train_cfg = config.train_config(cfg)
+    finals: dict[int, list[dict[str, torch.Tensor]]] = {}
+    per_seed: list[dict] = []
+    diverged = 0
+    for seed in config.seeds:
+        members = plan_members(config.seed_spec(seed), subsets[seed], cfg["init"], [seed],
+                               cfg["batch_order"], seed)
+        run_dir = out / "runs" / cfg["id"] / f"seed{seed}"
+        results = train_run(model_cfg, members, train_cfg, run_dir, device, resume=config.resume,
+                            quiet=config.quiet, run_info={"study_config": cfg}, task=task)
+        for m in members:
+            for row in artefacts.METRICS.read(run_dir / m.name):
+                tables["learning_curves"].append({
+                    **_keys(cfg), "seed": seed, "member": m.name, "epoch": row["epoch"],
+                    "split": row["split"], "loss": row["loss"],
+                    task.score: row[task.score], "epoch_lr": row["lr"]})
+        if any(r["status"] != "complete" for r in results):
+            diverged += 1
+            continue
+        params = [params_of(load_checkpoint(artefacts.MODEL.path(run_dir / m.name)), device)
+                  for m in members]
+        finals[seed] = params
+        path = linear_path(params[0], params[1])
+        rows = evaluate_path(path, evaluator, ts)
+        bar = summarize_path(rows, config.tolerance)
+        tables["paths"].extend({**_keys(cfg), "seed": seed, **r} for r in rows)
+        for split, s in bar.items():
+            for metric in ("loss", "error"):
+                for definition, v in s[metric].items():
+                    tables["barriers"].append({**_keys(cfg), "seed": seed, "split": split,
+                                               "metric": metric, "definition": definition,
+                                               "barrier": v["barrier"], "lambda": v["lambda"]})
+        lmc_probs = evaluator.probabilities(path.points(grid(k)), "test")
+        lmc = ensemble_metrics(lmc_probs, test_y, task=task)
+        tables["ensembles"].append({**_keys(cfg), "seed": seed, "ensemble": f"lmc-{k}", **lmc})
+        per_seed.append({"seed": seed, "bar": bar, "lmc": lmc})
+    # Independent-seed ensembles: member a of k different seeds (distinct initialisations).
+    ok = sorted(finals)
+    # One rotation per seed; with exactly k seeds every rotation is the same ensemble.
+    rotations = range(len(ok)) if len(ok) > k else range(1 if len(ok) == k else 0)
+    for i in rotations:
+        seed = ok[i]
+        members = [finals[ok[(i + j) % len(ok)]][0] for j in range(k)]
+        ind = ensemble_metrics(evaluator.probabilities(members, "test"), test_y, task=task)
+        tables["ensembles"].append({**_keys(cfg), "seed": seed, "ensemble": f"independent-{k}",
+                                    **ind})
+        next(p for p in per_seed if p["seed"] == seed)["ind"] = ind
+    if ok:
+        _similarity(cfg, finals, ok, evaluator, test_y, tables, out)
+    n = len(subsets[config.seeds[0]][0].train_y)
+    row = _aggregate(cfg, per_seed, diverged, len(config.seeds),
+                     noise_scale(cfg["lr"], n, cfg["batch_size"]), k)
+    if not config.quiet:
+        print(f"init {cfg['init']}, order {cfg['batch_order']}, bs {cfg['batch_size']}, lr "
+              f"{cfg['lr']:g}: {len(per_seed)}/{len(config.seeds)} seeds trained and evaluated "
+              f"({time.perf_counter() - t0:.1f} s)")
+    return tables, row
+
+
+def write_tables(out: Path, tables: dict[str, list[dict]], summary: list[dict],
+                 changed_only: bool = False) -> dict[str, list[dict]]:
+    """The tidy tables of these configurations in `out` (learning curves, paths, barriers,
+    ensembles, similarity, the paths' mean ± std over seeds, the summary); returns the mean
+    paths by configuration id."""
+    score = score_of(tables["paths"][0]) if tables.get("paths") else summary_score(summary)
+    for name, table in artefacts.LMC_TABLES.items():
+        table.write(out, tables.get(name, []), changed_only=changed_only)
+    write_summary(out, summary, changed_only=changed_only)
+    agg: dict[str, list[dict]] = {}
+    for cfg_id in dict.fromkeys(r["id"] for r in tables.get("paths", [])):
+        sel = [r for r in tables["paths"] if r["id"] == cfg_id]
+        rows = []
+        for (t, split) in dict.fromkeys((r["t"], r["split"]) for r in sel):
+            pts = [r for r in sel if r["t"] == t and r["split"] == split]
+            lm, ls = _ms([r["loss"] for r in pts])
+            am, as_ = _ms([r[score] for r in pts])
+            rows.append({"t": t, "split": split, "loss": lm, "loss_std": ls, score: am,
+                         f"{score}_std": as_})
+        agg[cfg_id] = rows
+    artefacts.LMC_PATHS_MEAN.write(out, [{"id": k, **r} for k, rows in agg.items() for r in rows],
+                                   changed_only=changed_only)
+    return agg
+
+
+def _keys(cfg: dict) -> dict:
+    return {k: cfg[k] for k in ("id", "model", "shift", "init", "batch_order", "batch_size", "lr")}
+
+
+def _similarity(cfg: dict, finals: dict, ok: list[int], evaluator: Evaluator, y: torch.Tensor,
+                tables: dict, out: Path) -> None:
+    """Pairwise similarity of the first seed's pair, its midpoint and another seed's member."""
+    a, b = finals[ok[0]]
+    mid = linear_path(a, b).point(0.5)
+    names, points = ["a", "b", "midpoint"], [a, b, mid]
+    if len(ok) > 1:
+        names.append(f"independent(seed{ok[1]})")
+        points.append(finals[ok[1]][0])
+    probs = evaluator.probabilities(points, "test")
+    feats = evaluator.features(points, "test")
+    task = evaluator.task
+    rows = pairwise_similarity(names, probs, y, points, feats, statistic_keys(evaluator.model),
+                               task=task)
+    tables["similarity"].extend({**_keys(cfg), "seed": ok[0], **r} for r in rows)
+    ref = [r for r in rows if r["a"] == "a"]
+    fig = plots.polar_similarity_figure(["a"] + [r["b"] for r in ref],
+                                        [1.0] + [r["weight_cosine"] for r in ref],
+                                        member_scores(probs, y, task), title=_title(cfg, ok[0]),
+                                        rlabel=f"test {plots.SCORE_LABEL[task.score]}")
+    plots.save(fig, out / "figures" / f"polar_{cfg['id']}.png")
+
+
+def _title(cfg: dict, seed: int) -> str:
+    """A configuration in words for a figure's title (its id is for file names)."""
+    return (f"{cfg['model']}, {cfg['shift']}: init {cfg['init']}, batch order "
+            f"{cfg['batch_order']}, batch size {cfg['batch_size']}, lr {cfg['lr']:g} (seed {seed})")
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std; the std of one value is NaN (not measured), not 0."""
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def _aggregate(cfg: dict, per_seed: list[dict], diverged: int, seeds: int, g: float,
+               k: int) -> dict:
+    row: dict[str, Any] = {**_keys(cfg), "seeds_ok": len(per_seed), "diverged": diverged,
+                           "noise_scale_g": g}
+    for split in ("train", "test"):
+        for metric in ("loss", "error"):
+            m, s = _ms([p["bar"][split][metric]["linear"]["barrier"] for p in per_seed])
+            row[f"{split}_{metric}_barrier"], row[f"{split}_{metric}_barrier_std"] = m, s
+        score = per_seed[0]["bar"][split].get("score", "acc") if per_seed else "acc"
+        m, s = _ms([p["bar"][split][f"delta_{score}"] for p in per_seed])
+        row[f"{split}_delta_{score}"], row[f"{split}_delta_{score}_std"] = m, s
+    row["connected"] = sum(p["bar"]["train"]["connected"] for p in per_seed)
+    for kind in ("lmc", "ind"):
+        vals = [p[kind] for p in per_seed if kind in p]
+        for key in (score, "nll", f"gain_{score}"):
+            m, s = _ms([v[key] for v in vals])
+            row[f"{kind}_ens_{key}"], row[f"{kind}_ens_{key}_std"] = m, s
+        row[f"{kind}_ens_n"] = len(vals)  # independent: 1 with exactly k seeds (one ensemble)
+    row["ensemble_size"] = k
+    return row
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The study summary as a fixed-width text table."""
+    k = summary_score(rows)
+    w = max([26] + [len(r["shift"]) for r in rows])  # band shifts are long
+    head = (f"{'model':<10} {'shift':<{w}} {'init':<9} {'order':<11} {'bs':>4} {'lr':>6} {'g':>7} "
+            f"{'train barrier':>15} {'test barrier':>15} {f'test Δ{k} %':>13} "
+            f"{'LMC ens gain %':>14} {'ind ens gain %':>14} {'ok':>4}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        def pm(key, scale=1.0):
+            m, s = r[key] * scale, r[f"{key}_std"] * scale
+            if m != m:
+                return "n/a"
+            return f"{m:.3f} (n=1)" if s != s else f"{m:.3f}±{s:.3f}"  # one value: no spread
+        lines.append(
+            f"{r['model']:<10} {r['shift']:<{w}} {r['init']:<9} {r['batch_order']:<11} "
+            f"{r['batch_size']:>4} {r['lr']:>6g} {r['noise_scale_g']:>7.2f} "
+            f"{pm('train_loss_barrier'):>15} {pm('test_loss_barrier'):>15} "
+            f"{pm(f'test_delta_{k}', 100):>13} {pm(f'lmc_ens_gain_{k}', 100):>14} "
+            f"{pm(f'ind_ens_gain_{k}', 100):>14} {r['seeds_ok']:>2}/{r['seeds_ok'] + r['diverged']}")
+    return "\n".join(lines)
+
+
+def summary_score(rows: list[dict]) -> str:
+    """The score a study's summary rows measure ('acc', or 'f1' for a multi-label task)."""
+    return "f1" if rows and "test_delta_f1" in rows[0] else "acc"
+
+
+def write_summary(out: Path, summary: list[dict], changed_only: bool = False,
+                  table: artefacts.Table = artefacts.LMC_SUMMARY) -> bool:
+    """summary.csv in `out`, with an empty std where there was one value to average (n = 1: see
+    `seeds_ok`, `lmc_ens_n`, `ind_ens_n`), so a spread that was never measured does not read 0."""
+    return table.write(out, [{k: "" if k.endswith("_std") and v != v else v for k, v in r.items()}
+                             for r in summary], changed_only=changed_only)

@@ -24,7 +24,7 @@ import numpy as np
 from .. import artefacts, plots
 from .._version import __version__
 from ..errors import UsageError
-from ..experiments.lmc import summary_score
+from ..jobs.lmc import summary_score
 from ..task import score_of
 
 FORMATS = ("png", "svg")

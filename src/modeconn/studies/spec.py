@@ -488,19 +488,24 @@ def _expand(where: str, stage: Stage, by_stage: dict[str, list[JobSpec]],
             deps: list[str] = []
             options = {k: _resolve(at, k, v, stage, picked, deps, configs)
                        for k, v in options.items()}
-            config = _build(at, job, options)
-            settings = config.to_dict(settings_only=True)
-            digest = hashlib.sha256(json.dumps({"job": stage.job, "settings": settings},
-                                               sort_keys=True).encode()).hexdigest()
-            job_id = f"{stage.name}-{digest[:10]}"
-            if job_id in seen:
-                raise StudyError(f"{at} two of its jobs have the same settings ({seen[job_id]} "
-                                 f"and {own}): a sweep value repeats or does not reach the job")
-            seen[job_id] = own
-            preflight(at, config, job_id, own)
-            configs[job_id] = config
-            out.append(JobSpec(job_id, stage.name, stage.job, options, labels,
-                               tuple(dict.fromkeys(deps))))
+            for point, updates in _build(at, job, options).expand():
+                point_options = {**options, **updates}
+                config = _build(at, job, point_options)
+                settings = config.to_dict(settings_only=True)
+                digest = hashlib.sha256(json.dumps({"job": stage.job, "settings": settings},
+                                                   sort_keys=True).encode()).hexdigest()
+                job_id = f"{stage.name}-{digest[:10]}"
+                swept = {**own, **point}
+                if job_id in seen:
+                    raise StudyError(f"{at} two of its jobs have the same settings "
+                                     f"({seen[job_id]} and {swept}): a sweep value repeats or "
+                                     "does not reach the job")
+                seen[job_id] = swept
+                preflight(at, config, job_id, swept)
+                configs[job_id] = config
+                out.append(JobSpec(job_id, stage.name, stage.job, point_options,
+                                   {**labels, **{f"{stage.name}.{k}": v for k, v in point.items()}},
+                                   tuple(dict.fromkeys(deps))))
     return out
 
 

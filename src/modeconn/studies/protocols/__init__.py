@@ -1,4 +1,4 @@
 """Reference protocols, each a face command that builds a study and runs it through the one
-runner: the LMC-under-shift demo (`demo`) and the fusion table (`fusion`)."""
+runner: the LMC-under-shift study (`lmc`), its demo (`demo`) and the fusion table (`fusion`)."""
 
-from . import demo, fusion  # noqa: F401  (each registers its command)
+from . import demo, fusion, lmc  # noqa: F401  (each registers its command)

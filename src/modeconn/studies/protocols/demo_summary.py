@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ... import artefacts, plots
-from ...experiments.lmc import summary_table
-from ...experiments.lmc import write_summary as write_summary_csv
 from ...io import write_text
+from ...jobs.lmc import summary_table
+from ...jobs.lmc import write_summary as write_summary_csv
 
 
 def summary_rows(run) -> list[dict[str, Any]]:

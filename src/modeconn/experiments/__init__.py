@@ -1,1 +1,0 @@
-"""Reference protocols not yet studies: the LMC-under-shift experiment (`lmc`)."""
