@@ -283,11 +283,11 @@ def test_lmc_single_value_options_take_effect(cli, tmp_path):
                      "--batch-order", "same", "--points", "3", "--ensemble-size", "2",
                      "--out", out)
     assert rc == 0, err
-    study = json.loads((out / "study.json").read_text())
+    (job,) = out.glob("jobs/*/out")
+    study = json.loads((job / "config.json").read_text())["config"]
     assert study["batch_sizes"] == [64] and study["lrs"] == [0.03]
-    assert study["num_subsets"] == 2 and study["split_seed"] == 5
-    assert study["train"]["batch_size"] is None and study["train"]["lr"] is None
-    (run,) = (out / "runs").iterdir()
+    assert study["subsets"] == 2 and study["split_seed"] == 5
+    (run,) = (job / "runs").iterdir()
     config = json.loads((run / "seed0" / "config.json").read_text())
     assert config["train"]["batch_size"] == 64 and config["train"]["lr"] == 0.03
     assert config["data"]["split_seed"] == 5 and config["data"]["num_subsets"] == 2

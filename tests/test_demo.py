@@ -59,7 +59,7 @@ def test_demo_twice_reuses_the_first_run_and_changes_no_file(cli, tmp_path, tiny
     args = ["demo", "--out", out, "--jobs", "2", "--device", "cpu"]
     rc, first, err = cli(*args)
     assert rc == 0, err
-    assert "ran 2, found 0 done" in first
+    assert "ran 4, found 0 done" in first  # one job per configuration: 2 models × 2 orders
     before = _files(out)
     assert len([f for f in before if f.endswith("model.safetensors")]) == 16
     # the combined summary and figures, the study's tables and the report
@@ -74,7 +74,7 @@ def test_demo_twice_reuses_the_first_run_and_changes_no_file(cli, tmp_path, tiny
 
     rc, second, err = cli(*args, "--quiet")
     assert rc == 0 and err == ""  # quiet: nothing on stderr
-    assert "ran 0, found 2 done" in second
+    assert "ran 0, found 4 done" in second
     assert second.splitlines()[:-3] == first.splitlines()[:-3]  # the same summary table
     assert _files(out) == before  # same bytes, not even rewritten
 
@@ -87,7 +87,7 @@ def test_a_changed_demo_runs_only_the_jobs_it_changed(cli, tmp_path, tiny_demo):
     assert cli(*args)[0] == 0
     tiny_demo(TINY.replace('"label-skew:0-4=80,5-9=20"', '"label-skew:0-4=90,5-9=10"'))
     result = jobs.run("demo", out=out, jobs=2, device="cpu", quiet=True)  # from Python
-    assert result.exit_code == 0 and result.run.ran == 1 and result.run.reused == 1
+    assert result.exit_code == 0 and result.run.ran == 2 and result.run.reused == 2
     assert result.table == (out / "summary.txt").read_text().rstrip("\n")
     assert "label-skew:0-4=90,5-9=10" in result.table and "80,5-9=20" not in result.table
 
@@ -105,5 +105,7 @@ def test_the_shipped_demo_is_the_lmc_study_on_digits():
     s = studies.load(studies.EXAMPLES / "demo.toml")
     assert s.name == "demo" and {j.job for j in s.jobs} == {"lmc"}
     labels = sorted(j.options.get("label") for j in s.jobs)
-    assert labels == sorted(["mlp1", "mlp1-bn", "mlp3", "mlp3-bn", "resnet8"] * 2)
-    assert all(j.options["contrast"] and j.options["dataset"] == "digits" for j in s.jobs)
+    # Per model and shift: 2 batch orders × 2 batch sizes and the init-different contrast row.
+    assert labels == sorted(["mlp1", "mlp1-bn", "mlp3", "mlp3-bn", "resnet8"] * 10)
+    assert all(j.options["dataset"] == "digits" for j in s.jobs)
+    assert sum(j.options["init"] == ["different"] for j in s.jobs) == 10

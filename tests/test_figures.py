@@ -7,15 +7,16 @@ import math
 
 import matplotlib
 import pytest
-import torch
 
 from modeconn import jobs, plots
 from modeconn.cli import main
-from modeconn.experiments.lmc import LMCStudy, run_study
 from modeconn.plots import bar_figure, display_names, path_figure
-from modeconn.train import TrainConfig
 
 TINY = ["--width", "16", "--depth", "1", "--quiet", "--device", "cpu"]
+# One tiny LMC configuration (its lr given by each test).
+LMC = dict(dataset="digits", model="mlp", width=16, depth=1, shift="iid:50,50", init=["same"],
+           batch_order=["same"], batch_sizes=[32], seeds=[0, 1], points=3, ensemble_size=2,
+           epochs=1, quiet=True, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,9 @@ def saved(monkeypatch):
     got = {}
     save = plots.save
 
-    def keep(fig, path, pdf=False):
+    def keep(fig, path, *args, **kw):
         got[str(path).rsplit("/", 1)[-1]] = fig
-        return save(fig, path, pdf)
+        return save(fig, path, *args, **kw)
 
     monkeypatch.setattr(plots, "save", keep)
     return got
@@ -124,11 +125,7 @@ def test_path_figure_without_rows_says_so():
 
 
 def test_study_in_which_every_run_diverged_says_so(tmp_path, saved):
-    study = LMCStudy(dataset="digits", model="mlp", model_options={"width": 16, "depth": 1},
-                     shift="iid:50,50", inits=("same",), batch_orders=("same",),
-                     batch_sizes=(32,), lrs=(1e5,), seeds=(0, 1), points=3, ensemble_size=2,
-                     train=TrainConfig(epochs=1, batch_size=32, lr=1e5))
-    summary = run_study(study, tmp_path / "s", torch.device("cpu"), quiet=True)
+    summary = jobs.run("lmc", out=tmp_path / "s", **LMC, lrs=[1e5], jobs=1).summary
     assert all(r["seeds_ok"] == 0 for r in summary)
     for name in ("barriers.png", "delta.png"):
         fig = saved[name]
@@ -223,11 +220,8 @@ def test_polar_points_on_top_of_each_other_share_one_label():
 
 
 def test_lmc_polar_title_is_words_not_the_run_id(tmp_path, saved):
-    study = LMCStudy(dataset="digits", model="mlp", model_options={"width": 16, "depth": 1},
-                     shift="iid:50,50", inits=("same",), batch_orders=("same",),
-                     batch_sizes=(32,), lrs=(0.05,), seeds=(0, 1), points=3, ensemble_size=2,
-                     train=TrainConfig(epochs=1, batch_size=32, lr=0.05))
-    run_study(study, tmp_path / "s", torch.device("cpu"), quiet=True)
+    job = jobs.get("lmc")  # the job draws it (run here, not in a study's worker)
+    job.run(job.config.from_dict({**LMC, "lrs": [0.05]}), tmp_path / "s")
     (name,) = [n for n in saved if n.startswith("polar_")]
     title = saved[name].axes[0].get_title()
     assert title.split("\n")[0] == ("mlp, iid:50,50: init same, batch order same, batch size 32, "

@@ -1,37 +1,52 @@
-"""The LMC-under-shift study (`run_study`, `modeconn lmc`): outputs, consistency between its
-tables, reproducibility by seed, and diverged configurations."""
+"""The LMC-under-shift study (`modeconn lmc`: one lmc job per configuration, run as a study):
+outputs, consistency between its tables, reproducibility by seed, diverged configurations,
+resume, and directories written by modeconn 0.1."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 import pytest
 import torch
 
-from modeconn import jobs
+from modeconn import artefacts, jobs
 from modeconn.data import DataSpec, prepare_subsets
 from modeconn.errors import UsageError
-from modeconn.experiments.lmc import LMCStudy, run_study
 from modeconn.io import read_csv
 from modeconn.options import ConfigError
 from modeconn.paths.barrier import barrier
-from modeconn.train import TrainConfig
+from modeconn.studies.protocols import lmc as protocol
 
 CPU = torch.device("cpu")
 OK_LR, BAD_LR = 0.05, 1e5
 TABLES = ("summary.csv", "paths.csv", "barriers.csv", "ensembles.csv", "similarity.csv",
           "learning_curves.csv", "paths_mean.csv")
+FIXTURE = Path(__file__).parent / "data" / "lmc-0.1"
+# The options modeconn 0.1 wrote tests/data/lmc-0.1 with (its study.json records them).
+FIXTURE_OPTIONS = dict(model="mlp", width=8, depth=1, shift="label-skew:0-4=80,5-9=20",
+                       batch_order=["same", "independent"], batch_sizes=[64], lrs=[0.05],
+                       seeds=[0, 1], epochs=1, points=3, ensemble_size=2, contrast=True)
 
 
-def _study(**kw) -> LMCStudy:
-    base = dict(dataset="digits", model="mlp", model_options={"width": 16, "depth": 1},
-                shift="iid:50,50", inits=("same",), batch_orders=("same",), batch_sizes=(32,),
-                lrs=(OK_LR,), seeds=(0, 1), points=5, ensemble_size=2,
-                train=TrainConfig(epochs=2, batch_size=32, lr=OK_LR))
+def _options(**kw) -> dict:
+    base = dict(dataset="digits", model="mlp", width=16, depth=1, shift="iid:50,50",
+                init=["same"], batch_order=["same"], batch_sizes=[32], lrs=[OK_LR],
+                seeds=[0, 1], points=5, ensemble_size=2, epochs=2, quiet=True, device="cpu",
+                jobs=1)
     base.update(kw)
-    return LMCStudy(**base)
+    return base
+
+
+def _job_options(**kw) -> dict:
+    """Options of the lmc job itself (the command's, less its worker count)."""
+    return {k: v for k, v in _options(**kw).items() if k != "jobs"}
+
+
+def _run(out: Path, **kw):
+    return jobs.run("lmc", out=out, **_options(**kw))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +55,9 @@ def study_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmc")
     summaries = []
     for name in ("first", "second"):
-        summaries.append(run_study(_study(lrs=(OK_LR, BAD_LR)), root / name, CPU, quiet=True))
+        result = _run(root / name, lrs=[OK_LR, BAD_LR], jobs=2)
+        assert result.exit_code == 0
+        summaries.append(result.summary)
     return root / "first", root / "second", summaries
 
 
@@ -50,15 +67,18 @@ def _ok(rows):
 
 def test_study_writes_tables_and_figures(study_dirs):
     out, _, (summary, _) = study_dirs
-    for name in TABLES + ("study.json", "env.json"):
+    for name in TABLES + ("study.toml", "results.csv"):
         assert (out / name).is_file(), name
     figs = out / "figures"
     for name in ("barriers.png", "delta.png", "interpolation_mlp_init-same.png",
                  "learning_curves_mlp_init-same.png"):
         assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert len(list(figs.glob("polar_*.png"))) == 1  # one for the configuration that trained
-    study = json.loads((out / "study.json").read_text())
-    assert study["seeds"] == [0, 1] and study["model_config"]["widths"] == [16]
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("jobs/*/out/config.json"))]
+    assert len(records) == 2  # one job per configuration, each with its record
+    for r in records:
+        assert r["config"]["seeds"] == [0, 1] and r["model_config"]["widths"] == [16]
+    assert sorted(r["config"]["lrs"][0] for r in records) == [OK_LR, BAD_LR]
     assert len(summary) == 2
     assert len(read_csv(out / "summary.csv")) == 2
 
@@ -138,7 +158,7 @@ def test_one_independent_ensemble_reports_n_1_not_a_zero_spread(study_dirs):
 
 
 def test_summary_table_prints_n_1_for_a_single_value():
-    from modeconn.experiments.lmc import summary_table
+    from modeconn.jobs.lmc import summary_table
 
     nan = float("nan")
     row = {"model": "mlp", "shift": "iid:50,50", "init": "same", "batch_order": "same",
@@ -173,7 +193,7 @@ def test_diverged_configuration_is_counted_not_averaged(study_dirs):
     for name in ("paths.csv", "barriers.csv", "ensembles.csv", "similarity.csv"):
         assert not [r for r in read_csv(out / name) if float(r["lr"]) == BAD_LR], name
     statuses = [json.loads(p.read_text())["status"]
-                for p in (out / "runs").glob("*lr100000/seed*/*/status.json")]
+                for p in out.glob("jobs/*/out/runs/*lr100000/seed*/*/status.json")]
     assert statuses and set(statuses) == {"diverged"}
     # The good configuration next to it is unaffected.
     (good,) = [r for r in summary if r["lr"] == OK_LR]
@@ -183,16 +203,16 @@ def test_diverged_configuration_is_counted_not_averaged(study_dirs):
 def test_study_refuses_a_non_empty_output_directory(study_dirs):
     out, _, _ = study_dirs
     with pytest.raises(UsageError, match="--resume"):
-        run_study(_study(), out, CPU, quiet=True)
+        _run(out)
 
 
 @pytest.mark.parametrize("kw", [
-    {"seeds": ()}, {"seeds": (1, 1)}, {"lrs": (0.0,)}, {"batch_sizes": (0,)},
+    {"seeds": []}, {"seeds": [1, 1]}, {"lrs": [0.0]}, {"batch_sizes": [0]},
     {"ensemble_size": 1}, {"shift": "none"}, {"points": 1},
 ])
 def test_impossible_studies_raise_usage_error(kw, tmp_path):
     with pytest.raises(UsageError):
-        run_study(_study(**kw), tmp_path / "out", CPU, quiet=True)
+        _run(tmp_path / "out", **kw)
     assert not (tmp_path / "out").exists()
 
 
@@ -224,75 +244,82 @@ def test_lmc_bad_options_exit_2_with_one_line(cli, tmp_path, args, word):
     assert not out.exists()
 
 
-def _fake_summary(study):
-    return [{"model": study.name, "shift": study.shift, "init": i, "batch_order": "same",
-             "batch_size": 16, "lr": 0.1, "noise_scale_g": 2.5, "seeds_ok": 3, "diverged": 0,
-             **{f"{k}{s}": v for k in ("train_loss_barrier", "test_loss_barrier",
-                                       "test_delta_acc", "lmc_ens_gain_acc", "ind_ens_gain_acc")
-                for s, v in (("", 0.0123), ("_std", 0.001))}}
-            for i in study.inits]
+def _study_of(**given):
+    return protocol.study(protocol.LMCCommand.from_dict(given))
 
 
-@pytest.fixture
-def fake_study(monkeypatch):
-    """run_study replaced (it is tested above): records the study it is given."""
-    seen = {}
-
-    def fake_run_study(study, out, device, resume, quiet):
-        seen.update(study=study, out=Path(out), resume=resume, quiet=quiet)
-        return _fake_summary(study)
-
-    import modeconn.experiments.lmc as lmc
-    monkeypatch.setattr(lmc, "run_study", fake_run_study)
-    return seen
-
-
-def test_lmc_job_wires_its_options_into_the_study(tmp_path, fake_study):
-    out = tmp_path / "lmc"
-    result = jobs.run("lmc", width=16, depth=1, init=["same", "different"], batch_order=["same"],
+def test_the_grid_is_one_job_per_configuration_with_its_options():
+    study = _study_of(width=16, depth=1, init=["same", "different"], batch_order=["same"],
                       batch_sizes=[16, 64], lrs=[0.1], seeds=[3, 4, 5], points=7,
-                      ensemble_size=2, shift="label-skew:0-4=80,5-9=20", quiet=True,
-                      device="cpu", epochs=4, out=out)
-    st = fake_study["study"]
-    assert st.inits == ("same", "different") and st.batch_orders == ("same",)
-    assert st.batch_sizes == (16, 64) and st.lrs == (0.1,) and st.seeds == (3, 4, 5)
-    assert st.points == 7 and st.ensemble_size == 2 and st.shift == "label-skew:0-4=80,5-9=20"
-    assert st.model_options == {"depth": 1, "width": 16, "norm": None, "bias": None,
-                                "dropout": None}
-    assert st.train.epochs == 4 and st.train.batch_size == 16 and st.train.lr == 0.1
-    assert fake_study["out"] == out and fake_study["quiet"] and not fake_study["resume"]
-    assert result.out == out and result.summary == _fake_summary(st) and result.exit_code == 0
+                      ensemble_size=2, shift="label-skew:0-4=80,5-9=20", epochs=4)
+    assert len(study.jobs) == 4 and {j.stage for j in study.jobs} == {"lmc"}
+    points = [(j.options["init"], j.options["batch_sizes"], j.options["lrs"]) for j in study.jobs]
+    assert points == [(["same"], [16], [0.1]), (["same"], [64], [0.1]),
+                      (["different"], [16], [0.1]), (["different"], [64], [0.1])]
+    for j in study.jobs:
+        o = j.options
+        assert o["seeds"] == [3, 4, 5] and o["points"] == 7 and o["ensemble_size"] == 2
+        assert o["width"] == 16 and o["epochs"] == 4 and o["batch_order"] == ["same"]
+        assert o["shift"] == "label-skew:0-4=80,5-9=20"
+        assert j.labels["lmc.batch_size"] == o["batch_sizes"][0]
+        config = jobs.get("lmc").config.from_dict(o)
+        assert len(config.configurations()) == 1
 
 
-@pytest.mark.parametrize("given, sizes, lrs", [({}, (32,), (0.05,)),
-                                               ({"batch_size": 64, "lr": 0.03}, (64,), (0.03,))])
-def test_lmc_one_value_options_are_a_one_value_grid(tmp_path, fake_study, given, sizes, lrs):
-    jobs.run("lmc", **given, device="cpu", out=tmp_path / "lmc")
-    st = fake_study["study"]
-    assert st.batch_sizes == sizes and st.lrs == lrs
+def test_linear_lr_scaling_and_the_contrast_row_become_jobs_of_their_own():
+    study = _study_of(batch_order=["same", "independent"], batch_sizes=[32, 128], lrs=[0.05],
+                      lr_scaling="linear", contrast=True)
+    got = [(j.options["init"][0], j.options["batch_order"][0], j.options["batch_sizes"][0],
+            j.options["lrs"][0], j.options["lr_scaling"], j.options["contrast"])
+           for j in study.jobs]
+    assert got == [("same", "same", 32, 0.05, "none", False),
+                   ("same", "same", 128, 0.2, "none", False),
+                   ("same", "independent", 32, 0.05, "none", False),
+                   ("same", "independent", 128, 0.2, "none", False),
+                   ("different", "same", 32, 0.05, "none", False)]
+    # The ids of the configurations, as modeconn 0.1 named their run folders.
+    ids = [jobs.get("lmc").config.from_dict(j.options).configurations()[0]["id"]
+           for j in study.jobs]
+    assert ids[1] == "mlp_iid-50_50_init-same_order-same_bs128_lr0.2"
+
+
+@pytest.mark.parametrize("given, sizes, lrs", [({}, [32], [0.05]),
+                                               ({"batch_size": 64, "lr": 0.03}, [64], [0.03])])
+def test_lmc_one_value_options_are_a_one_value_grid(given, sizes, lrs):
+    (job,) = _study_of(batch_order=["same"], **given).jobs
+    assert job.options["batch_sizes"] == sizes and job.options["lrs"] == lrs
 
 
 @pytest.mark.parametrize("given, field", [({"batch_size": 16, "batch_sizes": [32]}, "batch_size"),
                                           ({"lr": 0.1, "lrs": [0.2]}, "lr"),
-                                          ({"seeds": [0, 0]}, "seeds")])
+                                          ({"seeds": [0, 0]}, "seeds"),
+                                          ({"shift": "none"}, "shift")])
 def test_lmc_config_refuses_by_field(given, field):
     with pytest.raises(ConfigError) as e:
         jobs.get("lmc").config.from_dict(given)
     assert e.value.name == field and str(e.value).startswith(f"'{field}' of lmc ")
 
 
-def test_lmc_command_prints_the_summary_table(cli, tmp_path, fake_study):
+def test_an_lmc_job_given_a_grid_says_how_to_run_it(tmp_path):
+    job = jobs.get("lmc")
+    config = job.config.from_dict(_job_options(batch_sizes=[32, 64]))
+    with pytest.raises(UsageError, match="one configuration.*modeconn lmc"):
+        job.run(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_lmc_command_prints_the_summary_table(cli, tmp_path):
     out = tmp_path / "lmc"
-    rc, stdout, err = cli("lmc", "--width", "16", "--depth", "1", "--init", "same,different",
-                          "--batch-order", "same", "--batch-sizes", "16,64", "--lrs", "0.1",
-                          "--seeds", "3,4,5", "--quiet", "--device", "cpu", "--out", out)
+    rc, stdout, err = cli("lmc", "--width", "8", "--depth", "1", "--init", "same,different",
+                          "--batch-order", "same", "--batch-size", "64", "--seeds", "3,4",
+                          "--epochs", "1", "--points", "3", "--ensemble-size", "2", "--quiet",
+                          "--device", "cpu", "--jobs", "2", "--out", out)
     assert rc == 0, err
-    assert fake_study["study"].batch_sizes == (16, 64)
     lines = stdout.splitlines()
     assert "train barrier" in lines[0]
     body = [ln for ln in lines[2:] if ln.startswith("mlp")]
-    assert len(body) == 2
-    assert "0.012±0.001" in body[0] and "3/3" in body[0]
+    assert len(body) == 2 and all("2/2" in ln for ln in body)
+    assert lines[-2].startswith("study lmc: 2 jobs, one per configuration; ran 2, found 0 done")
     assert lines[-1] == f"wrote {out}"
 
 
@@ -317,29 +344,31 @@ def _same(a, b) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def test_study_resumed_after_a_kill_at_a_final_state_write_matches_the_uninterrupted_one(
+def test_a_job_resumed_after_a_kill_at_a_final_state_write_matches_the_uninterrupted_one(
         tmp_path, monkeypatch):
-    """Killed the moment the first pair's last resume state is written, the resumed study keeps
+    """Killed the moment the first pair's last resume state is written, the resumed job keeps
     that pair's trained models (not the initialisation) and reports the same summary."""
     import modeconn.train.runs as train
 
-    study = _study(batch_orders=("same", "independent"))
-    full = run_study(study, tmp_path / "A", CPU, quiet=True)
+    job = jobs.get("lmc")
+    config = job.config.from_dict(_job_options())
+    full = job.run(config, tmp_path / "A").summary
     real, calls = train._save_state, []
 
     def kill_after_first_final_state(path, model, opt, epoch, *args, **kw):
         real(path, model, opt, epoch, *args, **kw)
         calls.append(epoch)
-        if epoch == study.train.epochs and calls.count(epoch) == 1:
+        if epoch == config.epochs and calls.count(epoch) == 1:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "_save_state", kill_after_first_final_state)
     with pytest.raises(KeyboardInterrupt):
-        run_study(study, tmp_path / "B", CPU, quiet=True)
+        job.run(config, tmp_path / "B")
     monkeypatch.setattr(train, "_save_state", real)
-    assert _same(run_study(study, tmp_path / "B", CPU, resume=True, quiet=True), full)
+    resumed = job.config.from_dict({**_job_options(), "resume": True})
+    assert _same(job.run(resumed, tmp_path / "B").summary, full)
     a, b = _models(tmp_path / "A"), _models(tmp_path / "B")
-    assert len(a) == 8 and list(a) == list(b)
+    assert len(a) == 4 and list(a) == list(b)
     for name in a:
         for k in a[name]:
             assert torch.equal(a[name][k], b[name][k]), f"{name}/{k}"
@@ -347,29 +376,97 @@ def test_study_resumed_after_a_kill_at_a_final_state_write_matches_the_uninterru
         assert (tmp_path / "A" / name).read_bytes() == (tmp_path / "B" / name).read_bytes(), name
 
 
-def test_resuming_a_complete_study_changes_no_file(tmp_path):
-    study = _study()
-    summary = run_study(study, tmp_path / "s", CPU, quiet=True)
+def test_a_job_resumed_with_other_settings_is_refused(tmp_path):
+    job = jobs.get("lmc")
+    job.run(job.config.from_dict(_job_options()), tmp_path / "s")
     before = _files(tmp_path / "s")
-    lines: list[str] = []
-    assert _same(run_study(study, tmp_path / "s", CPU, resume=True, quiet=True,
-                           log=lines.append), summary)
-    assert _files(tmp_path / "s") == before  # same bytes, not even rewritten
-    assert lines and "complete" in lines[0]
-
-
-def test_resuming_a_study_with_other_settings_is_refused(tmp_path):
-    run_study(_study(), tmp_path / "s", CPU, quiet=True)
-    before = _files(tmp_path / "s")
-    with pytest.raises(UsageError, match="different study settings"):
-        run_study(_study(points=7), tmp_path / "s", CPU, resume=True, quiet=True)
+    with pytest.raises(UsageError, match="different settings"):
+        job.run(job.config.from_dict({**_job_options(points=7), "resume": True}), tmp_path / "s")
     assert _files(tmp_path / "s") == before
 
 
-def test_study_reports_progress_per_configuration(tmp_path):
-    lines: list[str] = []
-    run_study(_study(batch_orders=("same", "independent")), tmp_path / "s", CPU, quiet=True,
-              log=lines.append)
-    assert len(lines) == 2
-    assert lines[0].startswith("[1/2] ") and "order same" in lines[0] and "2/2 seeds" in lines[0]
-    assert lines[1].startswith("[2/2] ") and "order independent" in lines[1]
+def test_resuming_a_complete_study_changes_no_file(tmp_path):
+    first = _run(tmp_path / "s")
+    before = _files(tmp_path / "s")
+    again = _run(tmp_path / "s", resume=True)
+    assert again.run.ran == 0 and _same(again.summary, first.summary)
+    assert _files(tmp_path / "s") == before  # same bytes, not even rewritten
+
+
+def test_resuming_a_study_with_other_settings_is_refused(tmp_path):
+    _run(tmp_path / "s")
+    before = _files(tmp_path / "s")
+    with pytest.raises(UsageError, match="different study settings"):
+        _run(tmp_path / "s", points=7, resume=True)
+    assert _files(tmp_path / "s") == before
+
+
+# ---------------------------------------------------------------- written by modeconn 0.1
+
+
+def _rows(folder: Path, name: str) -> list[dict]:
+    return artefacts.Table(name).read(folder)
+
+
+def _close(a: list[dict], b: list[dict]) -> bool:
+    """Equal tables, numbers to 1e-6 (the same weights evaluated on another CPU)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x.keys() != y.keys():
+            return False
+        for k in x:
+            u, v = x[k], y[k]
+            if isinstance(u, float) or isinstance(v, float):
+                if not (u == pytest.approx(v, abs=1e-6, nan_ok=True)):
+                    return False
+            elif u != v:
+                return False
+    return True
+
+
+def test_a_complete_directory_of_modeconn_0_1_resumes_unchanged(tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(FIXTURE, old)
+    before = _files(old)
+    result = _run(old, **FIXTURE_OPTIONS, resume=True)
+    assert result.exit_code == 0 and len(result.summary) == 3
+    assert result.summary == artefacts.LMC_STATUS.read(old)["summary"]
+    assert "written by modeconn 0.1" in "\n".join(result.lines())
+    assert _files(old) == before
+
+
+def test_a_directory_of_modeconn_0_1_is_refused_with_other_settings_or_without_resume(tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(FIXTURE, old)
+    before = _files(old)
+    with pytest.raises(UsageError, match="different study settings.*study.json"):
+        _run(old, **{**FIXTURE_OPTIONS, "points": 5}, resume=True)
+    with pytest.raises(UsageError, match="--resume"):
+        _run(old, **FIXTURE_OPTIONS)
+    assert _files(old) == before
+
+
+def test_an_unfinished_directory_of_modeconn_0_1_goes_on_from_its_runs(tmp_path):
+    """Killed before its last configuration trained: the finished runs move into the jobs
+    that continue them (not trained again), the rest trains, and the tables are the ones the
+    uninterrupted run of 0.1 wrote."""
+    old = tmp_path / "old"
+    shutil.copytree(FIXTURE, old)
+    for name in ("status.json", *TABLES):
+        (old / name).unlink()
+    last = "mlp_label-skew-0-4=80_5-9=20_init-different_order-same_bs64_lr0.05"
+    shutil.rmtree(old / "runs" / last)
+    kept = {p.relative_to(old / "runs"): p.read_bytes()
+            for p in (old / "runs").rglob("model.safetensors")}
+    assert len(kept) == 8
+    result = _run(old, **FIXTURE_OPTIONS, resume=True)
+    assert result.exit_code == 0 and result.run.ran == 3
+    moved = {p.relative_to(p.parents[3]): p.read_bytes()
+             for p in old.glob("jobs/*/out/runs/*/seed*/*/model.safetensors")}
+    assert len(moved) == 12 and all(moved[k] == v for k, v in kept.items())
+    assert not (old / "runs").exists() or not any((old / "runs").iterdir())
+    for name in TABLES:
+        assert _close(_rows(old, name), _rows(FIXTURE, name)), name
+    again = _run(old, **FIXTURE_OPTIONS, resume=True)
+    assert again.run.ran == 0 and _same(again.summary, result.summary)

@@ -182,22 +182,9 @@ def run_lmc(config: LMCConfig, out: Path) -> LMCResult:
     (cfg,) = configurations
     device = resolve_device(config.device)
     out = output_dir(out, allowed=config.resume, way="resume")
-    subsets = {s: prepare_subsets(config.seed_spec(s), config.data_dir) for s in config.seeds}
+    subsets, model_cfg = prepare(config, cfg["batch_size"])
     first_seed = config.seeds[0]
-    if len(subsets[first_seed]) != 2:
-        raise UsageError(f"the LMC study compares pairs, but shift {config.shift!r} makes "
-                         f"{len(subsets[first_seed])} subsets; use a shift with 2 subsets "
-                         "(e.g. iid:50,50, or 2 subsets)")
     first = subsets[first_seed][0]
-    shapes = {tuple(p.input_shape) for subs in subsets.values() for p in subs}
-    if len(shapes) > 1:
-        raise UsageError(f"the LMC study interpolates each pair, but its subsets' inputs have "
-                         f"{' and '.join(str(s[0]) for s in sorted(shapes))} channels; give "
-                         "both subsets band sets of one size (e.g. bands:B04,B03,B02|B08,B11,B12)")
-    model_cfg = model_config(config.model, first.input_shape, first.num_classes,
-                             **config.overrides())
-    smallest = min(len(p.train_y) for subs in subsets.values() for p in subs)
-    check_trainable(init_model(model_cfg, 0), cfg["batch_size"], smallest)
     if config.resume and artefacts.CONFIG.path(out).is_file():
         _check_record(out, config)
         if artefacts.LMC_STATUS.path(out).is_file():
@@ -220,6 +207,29 @@ def run_lmc(config: LMCConfig, out: Path) -> LMCResult:
     # Written last: a job with this file is complete, and a resume returns it as it is.
     artefacts.LMC_STATUS.write(out, {"status": "complete", "summary": [row]})
     return LMCResult(out, [row])
+
+
+def prepare(config: LMCConfig, batch_size: int) -> tuple[dict[int, list], dict[str, Any]]:
+    """(each seed's two subsets, the model config), refused in one line where the study cannot
+    run: a shift that does not make two subsets, subsets of different input shapes, a batch
+    size the smallest subset or the model cannot train with."""
+    subsets = {s: prepare_subsets(config.seed_spec(s), config.data_dir) for s in config.seeds}
+    made = len(subsets[config.seeds[0]])
+    if made != 2:
+        raise UsageError(f"the LMC study compares pairs, but shift {config.shift!r} makes "
+                         f"{made} subsets; use a shift with 2 subsets (e.g. iid:50,50, or 2 "
+                         "subsets)")
+    shapes = {tuple(p.input_shape) for subs in subsets.values() for p in subs}
+    if len(shapes) > 1:
+        raise UsageError(f"the LMC study interpolates each pair, but its subsets' inputs have "
+                         f"{' and '.join(str(s[0]) for s in sorted(shapes))} channels; give "
+                         "both subsets band sets of one size (e.g. bands:B04,B03,B02|B08,B11,B12)")
+    first = subsets[config.seeds[0]][0]
+    model_cfg = model_config(config.model, first.input_shape, first.num_classes,
+                             **config.overrides())
+    smallest = min(len(p.train_y) for subs in subsets.values() for p in subs)
+    check_trainable(init_model(model_cfg, 0), batch_size, smallest)
+    return subsets, model_cfg
 
 
 def _check_record(out: Path, config: LMCConfig) -> None:

@@ -375,29 +375,34 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
         "LMC = points on "
         "the path, independent = members of different seeds; g = ε(N/B − 1), the SGD noise "
         "scale; ok = seeds trained and evaluated")]
-    for it in done:
-        summary = artefacts.STATUS.read(it.out)["summary"]
-        name = summary[0]["model"] if summary else it.id
-        shift = summary[0]["shift"] if summary else ""
-        shift += f" ({it.options.get('dataset', '')}, {it.options.get('epochs', '?')} epochs)"
-        paths = artefacts.LMC_PATHS_MEAN.read(it.out)
+    # One group per model and shift: a study's lmc jobs (one configuration each, since 0.2)
+    # are drawn together, as one job of modeconn 0.1 held them.
+    groups: dict[tuple, list[Item]] = defaultdict(list)
+    for it, summary in zip(done, summaries):
+        head = summary[0] if summary else {"model": it.id, "shift": ""}
+        groups[(head["model"], head["shift"], it.options.get("dataset", ""),
+                it.options.get("epochs", "?"))].append(it)
+    for (name, shift, dataset, epochs), its in groups.items():
+        summary = [r for it in its for r in artefacts.STATUS.read(it.out)["summary"]]
+        shift += f" ({dataset}, {epochs} epochs)"
+        paths = [r for it in its for r in artefacts.LMC_PATHS_MEAN.read(it.out)]
         by_cfg: dict[str, list] = defaultdict(list)
         for r in paths:
             by_cfg[r["id"]].append(r)
         labels = {r["id"]: f"{r['init']} init, {r['batch_order']} order, bs {r['batch_size']}, "
                             f"lr {r['lr']:g}" for r in summary}
         marks = {}
-        bars = artefacts.LMC_BARRIERS.read(it.out)
+        bars = [r for it in its for r in artefacts.LMC_BARRIERS.read(it.out)]
         for cfg in by_cfg:
             marks[labels.get(cfg, cfg)] = mean_lambda([
                 (b["barrier"], b["lambda"]) for b in bars if b["id"] == cfg
                 and b["split"] == "test" and b["metric"] == "loss" and b["definition"] == "linear"])
-        seeds = it.options.get("seeds", [])
+        seeds = its[0].options.get("seeds", [])
         title = (f"{name}, {shift}: linear interpolation (mean ± std over {len(seeds)} seeds)")
         blocks.append(ctx.figure(plots.path_figure(
             {labels.get(k, k): v for k, v in by_cfg.items()}, title=title, marks=marks), title,
             LAMBDA_CAPTION))
-        lc = artefacts.LMC_LEARNING_CURVES.read(it.out)
+        lc = [r for it in its for r in artefacts.LMC_LEARNING_CURVES.read(it.out)]
         runs: dict[str, list] = defaultdict(list)
         for r in lc:
             runs[r["id"]].append(r)
@@ -405,7 +410,7 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
                                            key=lambda r: r["epoch"]) for k, v in runs.items()}
         title = f"{name}, {shift}: learning curves (mean ± std over seeds and members)"
         blocks.append(ctx.figure(plots.learning_curves_figure(curves, title), title))
-        ens = artefacts.LMC_ENSEMBLES.read(it.out)
+        ens = [r for it in its for r in artefacts.LMC_ENSEMBLES.read(it.out)]
         rows = []
         for cfg in dict.fromkeys(r["id"] for r in ens):
             for kind in dict.fromkeys(r["ensemble"] for r in ens if r["id"] == cfg):
@@ -422,7 +427,7 @@ def lmc_section(items: list[Item], ctx: Context) -> list[Block]:
                             "seeds; mean ± std over seeds"))
         if _grid_axes_rows(summary):
             blocks += _lmc_heatmaps(summary, name, shift, ctx)
-        polar = sorted((it.out / "figures").glob("polar_*.png"))
+        polar = sorted(p for it in its for p in (it.out / "figures").glob("polar_*.png"))
         if polar:  # drawn by the job from its probabilities: embedded as it is (PNG)
             title = f"{name}, {shift}: similarity of the pair, its midpoint and another seed"
             blocks.append(ctx.embed(polar[0], title, "angle: cosine similarity of the "

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ... import artefacts, plots
-from ...data import prepare_subsets
 from ...errors import UsageError
 from ...io import output_dir, write_bytes, write_text
 from ...jobs import Output, Result, register
-from ...jobs.lmc import LMCConfig, summary_score, summary_table, write_tables
-from ...models import model_config
+from ...jobs.lmc import LMCConfig, prepare, summary_score, summary_table, write_tables
 from ...options import option
 from ...train import TrainConfig
 from ..runner import StudyRun, run_study
@@ -40,7 +38,7 @@ def study(config: LMCConfig) -> Study:
     text = to_toml({"study": {"name": "lmc", "description": f"LMC under data shift: "
                               f"{config.name} on {config.dataset}, {config.shift}"},
                     STAGE: {"job": "lmc", **settings}})
-    return parse(text, "lmc.toml")
+    return parse(text, "modeconn lmc")  # how its messages name it
 
 
 @dataclass
@@ -73,12 +71,19 @@ def run_lmc_study(config: LMCCommand, out: Path) -> LMCStudyResult:
     (summary.csv, paths.csv, barriers.csv, ensembles.csv, similarity.csv, learning_curves.csv,
     paths_mean.csv) and figures beside the study's own files."""
     the_study = study(config)
+    # What every job would refuse, refused here, before anything is written.
+    model_cfg = prepare(config, min(config.batch_size_grid))[1]
     if artefacts.LMC_STUDY.path(out).is_file() and not artefacts.STUDY_FILE.path(out).is_file():
-        done = _earlier_version(config, out, the_study)
+        done = _earlier_version(config, out, the_study, model_cfg)
         if done is not None:
             return done
     else:
         output_dir(out, allowed=config.resume, way="resume")
+        held = artefacts.STUDY_FILE.path(out)
+        if config.resume and held.is_file() and held.read_text() != the_study.text:
+            raise UsageError(f"{out}: resumed with different study settings than the original "
+                             f"run ({held.name} differs); repeat the original settings or use a "
+                             "new output directory")
     overrides = {"device": config.device}
     if config.data_dir is not None:
         overrides["data_dir"] = config.data_dir
@@ -168,13 +173,14 @@ def _mean(values: list[float]) -> float:
 # ---------------------------------------------------------------- directories of modeconn 0.1
 
 
-def _earlier_version(config: LMCConfig, out: Path, the_study: Study) -> LMCStudyResult | None:
+def _earlier_version(config: LMCConfig, out: Path, the_study: Study, model_cfg: dict[str, Any]
+                     ) -> LMCStudyResult | None:
     """An LMC directory written by modeconn 0.1 (one process, its settings in study.json):
     complete, it is returned as it is; otherwise each configuration's training runs move into
     the job that continues them, and the study goes on from there (None)."""
     if not config.resume:
         output_dir(out, allowed=False, way="resume")
-    if not artefacts.LMC_STUDY.holds(out, earlier_record(config)):
+    if not artefacts.LMC_STUDY.holds(out, earlier_record(config, model_cfg)):
         raise UsageError(f"{out}: resumed with different study settings than the original run "
                          "(study.json differs); repeat the original settings or use a new "
                          "output directory")
@@ -194,7 +200,7 @@ def _earlier_version(config: LMCConfig, out: Path, the_study: Study) -> LMCStudy
         (job_out / "runs").mkdir(parents=True, exist_ok=True)
         # The job's record first: a job found with runs but no record would start again.
         artefacts.CONFIG.write(job_out, {"job": "lmc", "config": point.to_dict(),
-                                         "model_config": _model_config(config)},
+                                         "model_config": model_cfg},
                                changed_only=True)
         artefacts.ENV.write(job_out, env, changed_only=True)
         os.replace(runs, job_out / "runs" / cfg["id"])
@@ -203,12 +209,7 @@ def _earlier_version(config: LMCConfig, out: Path, the_study: Study) -> LMCStudy
     return None
 
 
-def _model_config(config: LMCConfig) -> dict[str, Any]:
-    first = prepare_subsets(config.seed_spec(config.seeds[0]), config.data_dir)[0]
-    return model_config(config.model, first.input_shape, first.num_classes, **config.overrides())
-
-
-def earlier_record(config: LMCConfig) -> dict[str, Any]:
+def earlier_record(config: LMCConfig, model_cfg: dict[str, Any]) -> dict[str, Any]:
     """The study.json modeconn 0.1 wrote for these options (its settings, field by field)."""
     train = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
     train.update(batch_size=config.batch_size_grid[0], lr=config.lr_grid[0], save_epochs=())
@@ -228,5 +229,5 @@ def earlier_record(config: LMCConfig) -> dict[str, Any]:
         "train": train, "points": config.points,
         "ensemble_size": config.ensemble_size, "bn_reset": config.bn_reset,
         "tolerance": config.tolerance, "contrast": config.contrast,
-        "lr_scaling": config.lr_scaling, "model_config": _model_config(config)})
+        "lr_scaling": config.lr_scaling, "model_config": model_cfg})
     return record
