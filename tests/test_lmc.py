@@ -470,3 +470,30 @@ def test_an_unfinished_directory_of_modeconn_0_1_goes_on_from_its_runs(tmp_path)
         assert _close(_rows(old, name), _rows(FIXTURE, name)), name
     again = _run(old, **FIXTURE_OPTIONS, resume=True)
     assert again.run.ran == 0 and _same(again.summary, result.summary)
+
+
+def test_a_study_of_modeconn_0_1_with_lmc_stages_goes_on_from_its_runs(tmp_path):
+    """Its lmc jobs held a grid each (one per model and shift); run again, each configuration's
+    job takes that configuration's runs over (not trained again) and measures them as 0.1 did."""
+    from modeconn.studies import load_study, run_study
+
+    old = tmp_path / "study"
+    shutil.copytree(FIXTURE.parent / "study-0.1", old)
+    before = {r["id"]: r for p in old.glob("jobs/*/out/status.json")
+              for r in artefacts.LMC_STATUS.read(p.parent)["summary"]}
+    kept = {p.relative_to(p.parents[3]): p.stat().st_mtime_ns
+            for p in old.glob("jobs/*/out/runs/*/seed*/*/model.safetensors")}
+    assert len(before) == 4 and len(kept) == 16
+    run = run_study(load_study(old), old, workers=2, quiet=True)
+    assert run.complete and run.ran == 4 and len(run.study.jobs) == 4
+    moved = {p.relative_to(p.parents[3]): p.stat().st_mtime_ns
+             for spec in run.study.jobs
+             for p in (old / "jobs" / spec.id).glob("out/runs/*/seed*/*/model.safetensors")}
+    assert moved == kept  # every model where its configuration's job reads it, untouched
+    after = {r["id"]: r for spec in run.study.jobs
+             for r in artefacts.LMC_STATUS.read(old / "jobs" / spec.id / "out")["summary"]}
+    assert after.keys() == before.keys()
+    for cfg_id, row in after.items():
+        assert _close([row], [before[cfg_id]]), cfg_id
+    again = run_study(load_study(old), old, workers=2, quiet=True)
+    assert again.ran == 0 and again.reused == 4

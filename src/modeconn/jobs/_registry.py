@@ -100,6 +100,12 @@ class JobConfig(Options):
         shift, model and (`here`: on this machine) device, each through the validator the run
         uses; raises OptionRefused naming the option. Mixins extend it (cooperatively)."""
 
+    def adopt(self, out: Path, earlier: Iterable[Path]) -> bool:
+        """Take this job's finished work over into `out` from what an earlier version of
+        modeconn wrote (`earlier`: outputs of jobs no longer in the study), so that the job
+        continues it; whether it did. Most jobs have nothing to take over."""
+        return False
+
     def expand(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """The jobs these options stand for in a study, as (labels, option updates) pairs: one
         job with no updates, unless the job measures a grid one point per job (lmc)."""

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import os
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +151,29 @@ class LMCConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
     def seed_spec(self, seed: int) -> DataSpec:
         """The split of seed `seed` (split seed `split_seed + seed`)."""
         return self.data_spec(self.split_seed + seed)
+
+    def adopt(self, out: Path, earlier: Iterable[Path]) -> bool:
+        """Move this configuration's training runs out of a directory modeconn 0.1 wrote with
+        the same settings (a `modeconn lmc` output, or an lmc job's of a study, which then held
+        the whole grid) into `out`, recorded so that this job continues them. Whether it did."""
+        (cfg,) = self.configurations()
+        found = [d for d in earlier if (d / "runs" / cfg["id"]).is_dir()
+                 and artefacts.LMC_STUDY.path(d).is_file()]
+        if not found:
+            return False
+        model_cfg = prepare(self, cfg["batch_size"])[1]
+        want = _without_grid(earlier_record(self, model_cfg))
+        for d in found:
+            if _without_grid(artefacts.LMC_STUDY.read(d)) != want:
+                continue
+            (out / "runs").mkdir(parents=True, exist_ok=True)
+            # The record first: a job found with runs but no record would start again.
+            artefacts.CONFIG.write(out, {"job": self.job, "config": self.to_dict(),
+                                         "model_config": model_cfg}, changed_only=True)
+            artefacts.ENV.write(out, artefacts.ENV.read(d), changed_only=True)
+            os.replace(d / "runs" / cfg["id"], out / "runs" / cfg["id"])
+            return True
+        return False
 
 
 @dataclass
@@ -435,3 +461,37 @@ def write_summary(out: Path, summary: list[dict], changed_only: bool = False,
     `seeds_ok`, `lmc_ens_n`, `ind_ens_n`), so a spread that was never measured does not read 0."""
     return table.write(out, [{k: "" if k.endswith("_std") and v != v else v for k, v in r.items()}
                              for r in summary], changed_only=changed_only)
+
+
+# The grid's settings in modeconn 0.1's study.json (one job held the whole grid then), and where
+# the data was read from (not what it is).
+GRID = ("inits", "batch_orders", "batch_sizes", "lrs", "contrast", "lr_scaling", "data_dir")
+
+
+def _without_grid(record: dict[str, Any]) -> dict[str, Any]:
+    """A study.json record as JSON values, less the grid's settings and the data's folder."""
+    return {k: v for k, v in json.loads(json.dumps(record)).items() if k not in GRID}
+
+
+def earlier_record(config: LMCConfig, model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The study.json modeconn 0.1 wrote for these options (its settings, field by field)."""
+    train = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    train.update(batch_size=config.batch_size_grid[0], lr=config.lr_grid[0], save_epochs=())
+    train = {**dataclasses.asdict(TrainConfig(**train)), "batch_size": None, "lr": None}
+    record: dict[str, Any] = {
+        "dataset": config.dataset, "data_dir": config.data_dir, "model": config.model,
+        "model_options": config.overrides(), "label": config.label, "shift": config.shift,
+        "num_subsets": config.subsets, "split_seed": config.split_seed,
+        "normalise": config.normalise}
+    if config.bands is not None:
+        record["bands"] = config.bands
+    if config.on_bad_patch != "fail":
+        record["on_bad_patch"] = config.on_bad_patch
+    record.update({
+        "inits": config.init, "batch_orders": config.batch_order,
+        "batch_sizes": config.batch_size_grid, "lrs": config.lr_grid, "seeds": config.seeds,
+        "train": train, "points": config.points,
+        "ensemble_size": config.ensemble_size, "bn_reset": config.bn_reset,
+        "tolerance": config.tolerance, "contrast": config.contrast,
+        "lr_scaling": config.lr_scaling, "model_config": model_cfg})
+    return record

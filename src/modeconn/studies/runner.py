@@ -26,7 +26,7 @@ from . import results as tables
 from .executors import EXECUTORS, SlurmOptions
 from .spec import MAX_JOBS, Study, preflight
 from .spec import parse as parse_study
-from .worker import DONE, job_dir, read_result
+from .worker import DONE, OUT, job_dir, read_result
 
 STUDY_FILE = artefacts.STUDY_FILE.name
 SLURM_PING_S = 15  # how long `scontrol ping` may take to say whether the controller answers
@@ -102,6 +102,7 @@ def run_study(study: Study, out: str | Path, executor: str = "local", workers: i
     for spec in specs:
         artefacts.JOB.write(job_dir(root, spec["id"]), spec, changed_only=True)
     status = {j.id: _status(root, j.id) for j in study.jobs}
+    _adopt(root, specs, status)
     run = StudyRun(root, study)
     run.reused = sum(s in DONE or s == "skipped" for s in status.values())
     if retry_failed:
@@ -191,6 +192,23 @@ def check_slurm() -> None:
         raise UsageError(f"--executor slurm: no SLURM controller answers (scontrol ping: "
                          f"{said[:200] or 'no output'}); start it (a local test cluster: "
                          "scripts/slurm.sh start) or use --executor local")
+
+
+def _adopt(root: Path, specs: list[dict[str, Any]], status: dict[str, str]) -> None:
+    """Let each job not yet done take its work over from the jobs of an earlier version of the
+    study (job directories no longer in it: modeconn 0.1's lmc jobs held a whole grid each)."""
+    from ..jobs import JobConfig, get
+
+    earlier = [d / OUT for d in sorted((root / "jobs").iterdir())
+               if d.name not in status and (d / OUT).is_dir()]
+    if not earlier:
+        return
+    for spec in specs:
+        job = get(spec["job"])
+        if job.config.adopt is JobConfig.adopt or status[spec["id"]] in (*DONE, "skipped"):
+            continue
+        if not (job_dir(root, spec["id"]) / OUT).exists():
+            job.config.from_dict(spec["options"]).adopt(job_dir(root, spec["id"]) / OUT, earlier)
 
 
 def _status(root: Path, job_id: str) -> str:

@@ -4,8 +4,6 @@ combined tables and figures, as the command wrote them when it ran its grid in o
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +13,15 @@ from ... import artefacts, plots
 from ...errors import UsageError
 from ...io import output_dir, write_bytes, write_text
 from ...jobs import Output, Result, register
-from ...jobs.lmc import LMCConfig, prepare, summary_score, summary_table, write_tables
+from ...jobs.lmc import (
+    LMCConfig,
+    earlier_record,
+    prepare,
+    summary_score,
+    summary_table,
+    write_tables,
+)
 from ...options import option
-from ...train import TrainConfig
 from ..runner import StudyRun, run_study
 from ..spec import Study, parse, to_toml
 from ..worker import OUT, job_dir
@@ -177,7 +181,7 @@ def _earlier_version(config: LMCConfig, out: Path, the_study: Study, model_cfg: 
                      ) -> LMCStudyResult | None:
     """An LMC directory written by modeconn 0.1 (one process, its settings in study.json):
     complete, it is returned as it is; otherwise each configuration's training runs move into
-    the job that continues them, and the study goes on from there (None)."""
+    the job that continues them (`LMCConfig.adopt`), and the study goes on from there (None)."""
     if not config.resume:
         output_dir(out, allowed=False, way="resume")
     if not artefacts.LMC_STUDY.holds(out, earlier_record(config, model_cfg)):
@@ -189,45 +193,8 @@ def _earlier_version(config: LMCConfig, out: Path, the_study: Study, model_cfg: 
         if status.get("status") == "complete":
             return LMCStudyResult(out, summary=status["summary"],
                                   note="complete (written by modeconn 0.1), reused as it is")
-    env = artefacts.ENV.read(out)
     for spec in the_study.jobs:
-        point = LMCConfig.from_dict(spec.options)
-        (cfg,) = point.configurations()
-        runs = out / "runs" / cfg["id"]
-        job_out = job_dir(out, spec.id) / OUT
-        if not runs.is_dir():
-            continue
-        (job_out / "runs").mkdir(parents=True, exist_ok=True)
-        # The job's record first: a job found with runs but no record would start again.
-        artefacts.CONFIG.write(job_out, {"job": "lmc", "config": point.to_dict(),
-                                         "model_config": model_cfg},
-                               changed_only=True)
-        artefacts.ENV.write(job_out, env, changed_only=True)
-        os.replace(runs, job_out / "runs" / cfg["id"])
+        LMCConfig.from_dict(spec.options).adopt(job_dir(out, spec.id) / OUT, [out])
     # Last: from here on the directory is a study directory, continued as one.
     write_text(artefacts.STUDY_FILE.path(out), the_study.text)
     return None
-
-
-def earlier_record(config: LMCConfig, model_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The study.json modeconn 0.1 wrote for these options (its settings, field by field)."""
-    train = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
-    train.update(batch_size=config.batch_size_grid[0], lr=config.lr_grid[0], save_epochs=())
-    train = {**dataclasses.asdict(TrainConfig(**train)), "batch_size": None, "lr": None}
-    record: dict[str, Any] = {
-        "dataset": config.dataset, "data_dir": config.data_dir, "model": config.model,
-        "model_options": config.overrides(), "label": config.label, "shift": config.shift,
-        "num_subsets": config.subsets, "split_seed": config.split_seed,
-        "normalise": config.normalise}
-    if config.bands is not None:
-        record["bands"] = config.bands
-    if config.on_bad_patch != "fail":
-        record["on_bad_patch"] = config.on_bad_patch
-    record.update({
-        "inits": config.init, "batch_orders": config.batch_order,
-        "batch_sizes": config.batch_size_grid, "lrs": config.lr_grid, "seeds": config.seeds,
-        "train": train, "points": config.points,
-        "ensemble_size": config.ensemble_size, "bn_reset": config.bn_reset,
-        "tolerance": config.tolerance, "contrast": config.contrast,
-        "lr_scaling": config.lr_scaling, "model_config": model_cfg})
-    return record
