@@ -37,20 +37,22 @@ def test_demo_quick_writes_summary_and_figures(tmp_path):
         max(float(r["train_loss_barrier"]) for r in same)
     for name in ("barriers.png", "delta.png", "summary.txt"):
         assert (out / name).stat().st_size > 0
-    jobs = {json.loads(p.read_text())["options"]["label"]: p.parent
-            for p in out.glob("jobs/*/job.json")}
-    study = jobs["mlp1"] / "out"
-    for name in ("paths.csv", "barriers.csv", "ensembles.csv", "similarity.csv",
-                 "learning_curves.csv", "study.json"):
-        assert (study / name).exists(), name
-    assert list((study / "figures").glob("interpolation_*.png"))
-    assert "ran 2, found 0 done" in r.stdout
+    # One job per configuration: mlp1's three (two batch orders, the contrast row).
+    outs = [p.parent / "out" for p in out.glob("jobs/*/job.json")
+            if json.loads(p.read_text())["options"]["label"] == "mlp1"]
+    assert len(outs) == 3
+    for job in outs:
+        for name in ("paths.csv", "barriers.csv", "ensembles.csv", "similarity.csv",
+                     "learning_curves.csv", "paths_mean.csv", "config.json", "status.json"):
+            assert (job / name).exists(), name
+        assert len(list((job / "figures").glob("polar_*.png"))) == 1
+    assert "ran 6, found 0 done" in r.stdout
 
     # `make demo` twice: the second run reuses the first, reprints the summary, rewrites nothing.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = run("demo", "--quick", "--out", str(out), "--jobs", "1")
     assert again.returncode == 0, again.stderr
-    assert "ran 0, found 2 done" in again.stdout
+    assert "ran 0, found 6 done" in again.stdout
     assert again.stdout.splitlines()[:-3] == r.stdout.splitlines()[:-3]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
