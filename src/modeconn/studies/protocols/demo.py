@@ -32,7 +32,7 @@ class DemoResult(Result):
         out.append(f"study {r.study.name}: {len(r.study.jobs)} jobs; ran {r.ran}, found "
                    f"{r.reused} done, in {r.seconds:.0f} s")
         out.append(f"wrote {self.out} (summary.csv, summary.txt, barriers.png, delta.png, "
-                   "results.csv, results.sqlite, one job directory per model and shift)")
+                   "results.csv, results.sqlite, one job directory per configuration)")
         out.append(f"report: {artefacts.REPORT.path(self.out)}")
         return out
 
