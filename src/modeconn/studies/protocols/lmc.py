@@ -4,6 +4,7 @@ combined tables and figures, as the command wrote them when it ran its grid in o
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,8 +144,8 @@ def draw(figures: Path, tables: dict[str, list[dict]], means: dict[str, list[dic
         for ep, split in dict.fromkeys((r["epoch"], r["split"]) for r in sel):
             pts = [r for r in sel if r["epoch"] == ep and r["split"] == split]
             rows.append({"epoch": ep, "split": split,
-                         "loss": _mean([float(r["loss"]) for r in pts]),
-                         score: _mean([float(r[score]) for r in pts])})
+                         "loss": statistics.fmean(float(r["loss"]) for r in pts),
+                         score: statistics.fmean(float(r[score]) for r in pts)})
         c = by_id[cfg_id]
         lc[(c["model"], c["init"])][label(c)] = rows
     for (model, init), runs in lc.items():
@@ -170,10 +171,6 @@ def draw(figures: Path, tables: dict[str, list[dict]], means: dict[str, list[dic
         hline=-5.0, missing="diverged", empty=none_ok), figures / "delta.png", changed_only=True)
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 # ---------------------------------------------------------------- directories of modeconn 0.1
 
 
@@ -193,8 +190,9 @@ def _earlier_version(config: LMCConfig, out: Path, the_study: Study, model_cfg: 
         if status.get("status") == "complete":
             return LMCStudyResult(out, summary=status["summary"],
                                   note="complete (written by modeconn 0.1), reused as it is")
-    for spec in the_study.jobs:
-        LMCConfig.from_dict(spec.options).adopt(job_dir(out, spec.id) / OUT, [out])
+    for spec in the_study.jobs:  # (the data's folder is where the study reads it, not a setting)
+        point = LMCConfig.from_dict({**spec.options, "data_dir": config.data_dir})
+        point.adopt(job_dir(out, spec.id) / OUT, [out])
     # Last: from here on the directory is a study directory, continued as one.
     write_text(artefacts.STUDY_FILE.path(out), the_study.text)
     return None
