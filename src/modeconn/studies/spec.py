@@ -488,9 +488,10 @@ def _expand(where: str, stage: Stage, by_stage: dict[str, list[JobSpec]],
             deps: list[str] = []
             options = {k: _resolve(at, k, v, stage, picked, deps, configs)
                        for k, v in options.items()}
-            for point, updates in _build(at, job, options).expand():
+            built = _build(at, job, options)
+            for point, updates in built.expand():
                 point_options = {**options, **updates}
-                config = _build(at, job, point_options)
+                config = _build(at, job, point_options) if updates else built
                 settings = config.to_dict(settings_only=True)
                 digest = hashlib.sha256(json.dumps({"job": stage.job, "settings": settings},
                                                    sort_keys=True).encode()).hexdigest()
