@@ -147,3 +147,36 @@ class WarmLAP:
         """Forget all previous solutions."""
         self._state.clear()
         self.solved = self.certified = self.attempts = 0
+
+
+def head_assignment(head_score: np.ndarray | None, member_scores: list[np.ndarray], heads: int
+                    ) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """Two-level assignment of attention heads (Verma & Elbayad 2024): a LAP on each pair of
+    heads' block of every member's score gives that pair's best within-head matching and its
+    value; a LAP over heads on the summed values (plus `head_score`, for tensors the head
+    permutation moves directly) picks the heads. This maximises the total exactly, since the
+    within-head matchings of different head pairs are independent.
+
+    Returns the head assignment, each member's flat assignment ``σ[h]·b + τ_h(i)``, and the
+    total score."""
+    total = np.zeros((heads, heads)) if head_score is None else np.array(head_score, dtype=float)
+    within: list[np.ndarray] = []
+    for score in member_scores:
+        score = np.asarray(score, dtype=np.float64)
+        b = score.shape[0] // heads
+        blocks = score.reshape(heads, b, heads, b)
+        best = np.empty((heads, heads, b), dtype=np.int64)
+        for h in range(heads):
+            for g in range(heads):
+                block = blocks[h, :, g, :]
+                cols = linear_assignment(block)
+                best[h, g] = cols
+                total[h, g] += block[np.arange(b), cols].sum()
+        within.append(best)
+    sigma = linear_assignment(total)
+    flat = []
+    for score, best in zip(member_scores, within, strict=True):
+        b = np.asarray(score).shape[0] // heads
+        flat.append(np.concatenate([sigma[h] * b + best[h, sigma[h]] for h in range(heads)])
+                    if heads else np.zeros(0, dtype=np.int64))
+    return sigma, flat, float(total[np.arange(heads), sigma].sum())

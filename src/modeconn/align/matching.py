@@ -23,8 +23,15 @@ from ..params import mean as mean_params
 from ..task import CLASSIFICATION
 from ..train.loop import Epoch, EpochDriver
 from .activations import Moments, batches, collector, units
-from .lap import WarmLAP, linear_assignment
-from .spec import Permutation, PermutationSpec, axis_index, check_spec, units_first
+from .lap import WarmLAP, head_assignment, linear_assignment
+from .spec import (
+    Permutation,
+    PermutationSpec,
+    check_spec,
+    segment,
+    slots_index,
+    units_first,
+)
 from .trace import auto_spec, trace
 
 Params = Mapping[str, Tensor]
@@ -144,7 +151,11 @@ class WeightMatcher:
         self.perm: Permutation | None = None
         self.passes = 0
         self._rng = np.random.default_rng(seed)
-        self._terms = {key: _Term() for axes in spec.perm_to_axes.values() for key in axes}
+        self._keys: dict[str, list[tuple[str, int, int]]] = {
+            p: [(name, axis, k) for name, axis in spec.perm_to_axes[p]
+                for k, slot in enumerate(spec.slots[name][axis]) if slot.perm == p]
+            for p in spec.sizes}
+        self._terms = {key: _Term() for keys in self._keys.values() for key in keys}
 
     def _solve(self, name: str, cost: np.ndarray, first: bool) -> np.ndarray:
         # Only a group's first solve in a call can expect the last call's answer to hold; later
@@ -153,32 +164,42 @@ class WeightMatcher:
             return linear_assignment(cost)
         return self.lap.solve(name, cost, certify_first=first)
 
-    def _term(self, name: str, axis: int, ta: Tensor, tb: Tensor,
+    def _term(self, key: tuple[str, int, int], ta: Tensor, tb: Tensor,
               perms: dict[str, Tensor]) -> np.ndarray:
-        """Σ over the other axes of A·B (B permuted by `perms`) for the units of `axis`."""
+        """Σ over the other axes of A·B (B permuted by `perms`) for the units of one slot."""
         spec = self.spec
-        n = spec.sizes[spec.axes[name][axis]]
-        layout = spec.layout(name, axis)
-        others = [(ax, q) for ax, q in enumerate(spec.axes[name]) if q is not None and ax != axis]
-        used = [perms[q] for _, q in others]
-        t = self._terms[(name, axis)]
+        name, axis, k = key
+        slot = spec.slots[name][axis][k]
+        n = spec.sizes[slot.perm]
+        others = [(ax, slots) for ax, slots in spec.slots[name].items() if ax != axis]
+        used = [perms[s.perm] for _, slots in others for s in slots]
+        t = self._terms[key]
         if not _same(t.a_ref, ta):
             t.a_ref, t.value = _Seen(ta), None
-            t.a_rows = units_first(ta, axis, n, layout)[0].reshape(n, -1)
+            t.a_rows = units_first(segment(ta, axis, slot, n), axis, n,
+                                   slot.layout)[0].reshape(n, -1)
         if not _same(t.b_ref, tb):
             t.b_ref, t.b_rows, t.value = _Seen(tb), None, None
-            t.b_front, t.b_pos = units_first(tb, axis, n, layout)
+            t.b_front, t.b_pos = units_first(segment(tb, axis, slot, n), axis, n, slot.layout)
         if t.value is not None and _equal(t.value_perms, used):
             return t.value
         if t.b_rows is None or not _equal(t.rows_perms, used):
             rows = t.b_front
-            for (ax, _), perm in zip(others, used, strict=True):
-                rows = rows.index_select(t.b_pos[ax], axis_index(perm.to(rows.device),
-                                                                 spec.layout(name, ax)))
+            for ax, slots in others:
+                dim = t.b_pos[ax]
+                rows = rows.index_select(dim, slots_index(slots, perms, rows.shape[dim],
+                                                          rows.device))
             t.b_rows, t.rows_perms = rows.reshape(n, -1), used
         t.value = (t.a_rows @ t.b_rows.T).cpu().numpy()
         t.value_perms = used
         return t.value
+
+    def _cost(self, p: str, pa: Params, pb: Params, perms: dict[str, Tensor]) -> np.ndarray:
+        n = self.spec.sizes[p]
+        cost = np.zeros((n, n))
+        for key in self._keys[p]:
+            cost += self._term(key, pa[key[0]], pb[key[0]], perms)
+        return cost
 
     def __call__(self, a: ModelOrParams, b: ModelOrParams,
                  init: Permutation | None = None) -> Permutation:
@@ -192,28 +213,34 @@ class WeightMatcher:
         start = init if init is not None else (self.perm if self.warm else None)
         perms = dict(start if start is not None else Permutation.identity(spec))
         solved_with: dict[str, list[Tensor]] = {}
-        names = spec.names
+        # A head permutation is solved together with its members (two-level assignment).
+        groups = [[p, *spec.members(p)] for p in spec.names if p not in spec.heads]
         self.passes = 0
         for _ in range(self.max_iter):
             self.passes += 1
             progress = False
-            for idx in self._rng.permutation(len(names)):
-                p = names[idx]
-                n = spec.sizes[p]
-                used = [perms[q] for name, axis in spec.perm_to_axes[p]
-                        for ax, q in enumerate(spec.axes[name]) if q is not None and ax != axis]
+            for idx in self._rng.permutation(len(groups)):
+                group = groups[idx]
+                p = group[0]
+                used = [perms[s.perm] for q in group for name, axis in spec.perm_to_axes[q]
+                        for ax, slots in spec.slots[name].items() if ax != axis for s in slots]
                 if _equal(solved_with.get(p), used):
                     continue  # same cost as when last solved: same answer
-                cost = np.zeros((n, n))
-                for name, axis in spec.perm_to_axes[p]:
-                    cost += self._term(name, axis, pa[name], pb[name], perms)
-                cur = perms[p].numpy()
-                new = self._solve(p, cost, first=p not in solved_with)
+                costs = [self._cost(q, pa, pb, perms) for q in group]
+                current = [perms[q].numpy() for q in group]
+                if len(group) == 1:
+                    new = [self._solve(p, costs[0], first=p not in solved_with)]
+                else:
+                    sigma, flat, _ = head_assignment(costs[0], costs[1:], spec.sizes[p])
+                    new = [sigma, *flat]
                 solved_with[p] = used
-                rows = np.arange(n)
-                old_score, new_score = cost[rows, cur].sum(), cost[rows, new].sum()
+                old_score = sum(c[np.arange(len(c)), cur].sum() for c, cur in zip(
+                    costs, current, strict=True))
+                new_score = sum(c[np.arange(len(c)), nw].sum() for c, nw in zip(
+                    costs, new, strict=True))
                 if new_score > old_score + 1e-12 * max(abs(old_score), 1.0):
-                    perms[p] = torch.from_numpy(new)
+                    for q, nw in zip(group, new, strict=True):
+                        perms[q] = torch.from_numpy(np.asarray(nw, dtype=np.int64))
                     progress = True
             if not progress:
                 break
@@ -261,9 +288,10 @@ def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
     spec = resolve_spec(ma, traced.spec if spec is None else spec, x[:2])
     # Map the traced groups onto the spec's names through the tensors they act on.
     names: dict[str, str] = {}
-    for p, axes in traced.spec.perm_to_axes.items():
-        for tensor, axis in axes:
-            q = spec.axes.get(tensor, (None,) * (axis + 1))[axis]
+    for p in traced.spec.sizes:
+        for tensor, axis, slot in traced.spec.slots_of(p):
+            q = next((s.perm for s in spec.slots.get(tensor, {}).get(axis, ())
+                      if s.start == slot.start), None)
             if q is not None:
                 names[p] = q
                 break
@@ -288,13 +316,31 @@ def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
     finally:
         for m, was, _ in runs:
             m.train(was)
-    perms = {}
+    scores = {}
     for name, n in spec.sizes.items():
-        score = sum((moments[i].score(statistic).cpu() for i, (q, _) in enumerate(points)
-                     if q == name),
-                    torch.zeros(n, n, dtype=torch.float64))
-        perms[name] = torch.from_numpy(linear_assignment(score.numpy()))
-    return Permutation(spec, perms)
+        scores[name] = sum((moments[i].score(statistic).cpu() for i, (q, _) in enumerate(points)
+                            if q == name),
+                           torch.zeros(n, n, dtype=torch.float64)).numpy()
+    return assign(spec, scores)
+
+
+def assign(spec: PermutationSpec, scores: Mapping[str, np.ndarray]) -> Permutation:
+    """The permutation maximising each group's score (n × n, A's units by B's): one LAP per
+    permutation, the two-level assignment for a head permutation and its members."""
+    perms: dict[str, np.ndarray] = {}
+    for name in spec.names:
+        if name in spec.heads:
+            continue
+        members = spec.members(name)
+        if not members:
+            perms[name] = linear_assignment(scores[name])
+            continue
+        sigma, flat, _ = head_assignment(scores[name], [scores[m] for m in members],
+                                         spec.sizes[name])
+        perms[name] = sigma
+        perms.update(zip(members, flat, strict=True))
+    return Permutation(spec, {k: torch.from_numpy(np.asarray(v, dtype=np.int64))
+                              for k, v in perms.items()})
 
 
 # --- straight-through estimator -------------------------------------------------------------

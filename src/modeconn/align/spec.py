@@ -6,6 +6,16 @@ has one entry per unit; after a flatten it holds ``outer × n × inner`` entries
 (its *layout*), and the permutation moves the blocks of ``inner`` consecutive entries, e.g. the
 ``c·S + s`` inputs of a linear layer that follows a flattened C×S feature map.
 
+An axis may also be a concatenation of *segments*, each permuted by its own permutation (the
+input axis of a layer after ``torch.cat``, the output axis of a fused q/k/v projection): a
+:class:`Slot` says where one permutation acts, ``[start, start + outer·n·inner)`` in the
+``(outer, n, inner)`` layout. Entries no slot covers stay where they are.
+
+Attention heads form a structured group: a *head* permutation σ of H heads, and *member*
+permutations of H·b units each (the rows shared by Q and K, those shared by V and O's columns)
+that move whole head blocks as σ does and permute within each head freely:
+``member[h·b + i] = σ[h]·b + τ_h(i)``. ``heads`` maps each member to its head permutation.
+
 Convention: applying permutation p to an axis selects ``tensor.index_select(axis, p)``, so unit
 i of the result is unit ``p[i]`` of the input.
 """
@@ -15,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 import torch
@@ -28,30 +39,77 @@ Layout = tuple[int, int]
 M = TypeVar("M", bound=nn.Module)
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Where one permutation acts on one axis: the entries ``[start, start + outer·n·inner)``,
+    read in the ``(outer, n, inner)`` row-major layout, whose ``n`` units it moves."""
+
+    perm: str
+    start: int = 0
+    outer: int = 1
+    inner: int = 1
+
+    @property
+    def layout(self) -> Layout:
+        return self.outer, self.inner
+
+    def length(self, n: int) -> int:
+        return self.outer * n * self.inner
+
+
 class PermutationSpec:
-    """Which permutation acts on each axis of each tensor of a parameter dict."""
+    """Which permutation acts on each axis (or each segment of an axis) of each tensor of a
+    parameter dict, and which permutations are attention heads' members."""
 
     def __init__(self, axes: Mapping[str, Sequence[str | None]], sizes: Mapping[str, int],
-                 layouts: Mapping[tuple[str, int], Layout] | None = None):
+                 layouts: Mapping[tuple[str, int], Layout] | None = None, *,
+                 segments: Mapping[tuple[str, int], Sequence[Sequence[Any]]] | None = None,
+                 heads: Mapping[str, str] | None = None):
         self.axes: dict[str, tuple[str | None, ...]] = {k: tuple(v) for k, v in axes.items()}
         self.sizes: dict[str, int] = {k: int(v) for k, v in sizes.items()}
         self.layouts: dict[tuple[str, int], Layout] = {
             (k, int(a)): (int(o), int(i)) for (k, a), (o, i) in (layouts or {}).items()
             if (int(o), int(i)) != (1, 1)}
+        self.segments: dict[tuple[str, int], tuple[Slot, ...]] = {
+            (k, int(a)): tuple(sorted((Slot(str(p), int(s), int(o), int(i)) for p, s, o, i in v),
+                                      key=lambda slot: slot.start))
+            for (k, a), v in (segments or {}).items() if v}
+        self.heads: dict[str, str] = dict(heads or {})
+        self.slots: dict[str, dict[int, tuple[Slot, ...]]] = {}
         self.perm_to_axes: dict[str, list[tuple[str, int]]] = {p: [] for p in self.sizes}
         for name, perms in self.axes.items():
             for axis, p in enumerate(perms):
                 if p is None:
                     continue
-                if p not in self.perm_to_axes:
-                    raise UsageError(f"spec: {name!r} axis {axis} uses permutation {p!r}, "
-                                     "which has no size")
-                self.perm_to_axes[p].append((name, axis))
+                self._place(name, axis, (Slot(p, 0, *self.layout(name, axis)),))
+        for (name, axis), slots in self.segments.items():
+            if axis < len(self.axes.get(name, ())) and self.axes[name][axis] is not None:
+                raise UsageError(f"spec: {name!r} axis {axis} has both a permutation and "
+                                 "segments; give one of them")
+            self._place(name, axis, slots)
         for (name, axis) in self.layouts:
             entry = self.axes.get(name, ())
             if axis >= len(entry) or entry[axis] is None:
                 raise UsageError(f"spec: layout given for {name!r} axis {axis}, "
                                  "which no permutation acts on")
+        for member, head in self.heads.items():
+            if member not in self.sizes or head not in self.sizes:
+                raise UsageError(f"spec: heads pairs {member!r} with {head!r}, which are not both "
+                                 "permutations of the spec")
+            if head in self.heads or member == head:
+                raise UsageError(f"spec: {head!r} is a head permutation and cannot be a member")
+            if self.sizes[member] % self.sizes[head]:
+                raise UsageError(f"spec: {member!r} has {self.sizes[member]} units, not a whole "
+                                 f"number per head of {head!r} ({self.sizes[head]} heads)")
+
+    def _place(self, name: str, axis: int, slots: Sequence[Slot]) -> None:
+        for slot in slots:
+            if slot.perm not in self.perm_to_axes:
+                raise UsageError(f"spec: {name!r} axis {axis} uses permutation {slot.perm!r}, "
+                                 "which has no size")
+            if (name, axis) not in self.perm_to_axes[slot.perm]:
+                self.perm_to_axes[slot.perm].append((name, axis))
+        self.slots.setdefault(name, {})[axis] = tuple(slots)
 
     @classmethod
     def from_axes(cls, axes: Mapping[str, Sequence[str | None]], state: Mapping[str, Tensor],
@@ -75,38 +133,66 @@ class PermutationSpec:
         """Permutation names, in the order they were declared."""
         return list(self.sizes)
 
+    def members(self, head: str) -> list[str]:
+        """The member permutations of a head permutation (none for other permutations)."""
+        return [m for m, h in self.heads.items() if h == head]
+
     def layout(self, name: str, axis: int) -> Layout:
         """(outer, inner) block layout of a permuted axis; (1, 1) for one entry per unit."""
         return self.layouts.get((name, axis), (1, 1))
 
+    def slots_of(self, perm: str) -> list[tuple[str, int, Slot]]:
+        """Every (tensor, axis, slot) a permutation acts on."""
+        return [(name, axis, slot) for name, axis in self.perm_to_axes[perm]
+                for slot in self.slots[name][axis] if slot.perm == perm]
+
     def validate(self, state: Mapping[str, Tensor]) -> None:
         """Raise UsageError unless every tensor the spec names exists with matching sizes."""
-        for name, perms in self.axes.items():
+        for name in set(self.axes) | set(self.slots):
             if name not in state:
                 raise UsageError(f"spec names {name!r}, which the parameter dict does not have")
             shape = tuple(state[name].shape)
-            if len(perms) != len(shape):
-                raise UsageError(f"spec gives {len(perms)} axes for {name!r}, "
+            if name in self.axes and len(self.axes[name]) != len(shape):
+                raise UsageError(f"spec gives {len(self.axes[name])} axes for {name!r}, "
                                  f"which has shape {shape}")
-            for axis, p in enumerate(perms):
-                if p is None:
-                    continue
-                outer, inner = self.layout(name, axis)
-                if shape[axis] != outer * self.sizes[p] * inner:
-                    raise UsageError(f"permutation {p!r} has size {self.sizes[p]} but acts on "
-                                     f"{name!r} axis {axis} of length {shape[axis]}")
+            for axis, slots in self.slots.get(name, {}).items():
+                if axis >= len(shape):
+                    raise UsageError(f"spec permutes axis {axis} of {name!r}, which has shape "
+                                     f"{shape}")
+                end = 0
+                for slot in slots:
+                    n = self.sizes[slot.perm]
+                    whole = (name, axis) not in self.segments
+                    if whole and shape[axis] != slot.length(n):
+                        raise UsageError(f"permutation {slot.perm!r} has size {n} but acts on "
+                                         f"{name!r} axis {axis} of length {shape[axis]}")
+                    if slot.start < end or slot.start + slot.length(n) > shape[axis]:
+                        raise UsageError(f"permutation {slot.perm!r} acts on entries "
+                                         f"{slot.start}..{slot.start + slot.length(n) - 1} of "
+                                         f"{name!r} axis {axis}, which overlap another segment "
+                                         f"or pass its length {shape[axis]}")
+                    end = slot.start + slot.length(n)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form."""
-        return {"sizes": self.sizes,
-                "axes": {k: list(v) for k, v in self.axes.items() if any(p for p in v)},
-                "layouts": [[k, a, o, i] for (k, a), (o, i) in self.layouts.items()]}
+        out: dict[str, Any] = {
+            "sizes": self.sizes,
+            "axes": {k: list(v) for k, v in self.axes.items() if any(p for p in v)},
+            "layouts": [[k, a, o, i] for (k, a), (o, i) in self.layouts.items()]}
+        if self.segments:
+            out["segments"] = [[k, a, [[s.perm, s.start, s.outer, s.inner] for s in slots]]
+                               for (k, a), slots in self.segments.items()]
+        if self.heads:
+            out["heads"] = self.heads
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PermutationSpec:
         """Inverse of to_dict."""
         layouts = {(k, a): (o, i) for k, a, o, i in data.get("layouts", [])}
-        return cls(data["axes"], data["sizes"], layouts)
+        segments = {(k, a): slots for k, a, slots in data.get("segments", [])}
+        return cls(data["axes"], data["sizes"], layouts, segments=segments,
+                   heads=data.get("heads"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PermutationSpec) and self.to_dict() == other.to_dict()
@@ -127,6 +213,27 @@ def axis_index(perm: Tensor, layout: Layout = (1, 1)) -> Tensor:
     return idx.reshape(-1)
 
 
+def slots_index(slots: Sequence[Slot], perms: Mapping[str, Tensor], length: int,
+                device: torch.device | None = None) -> Tensor:
+    """Indices along a whole axis of `length` entries that realise each slot's permutation."""
+    first = perms[slots[0].perm].to(device)
+    if len(slots) == 1 and slots[0].start == 0 and slots[0].length(len(first)) == length:
+        return axis_index(first, slots[0].layout)
+    idx = torch.arange(length, device=device)
+    for slot in slots:
+        p = perms[slot.perm].to(device)
+        idx[slot.start:slot.start + slot.length(len(p))] = (
+            slot.start + axis_index(p, slot.layout))
+    return idx
+
+
+def segment(t: Tensor, axis: int, slot: Slot, n: int) -> Tensor:
+    """The entries of `t` along `axis` that `slot` covers."""
+    if slot.start == 0 and slot.length(n) == t.shape[axis]:
+        return t
+    return t.narrow(axis, slot.start, slot.length(n))
+
+
 def units_first(t: Tensor, axis: int, n: int,
                 layout: Layout = (1, 1)) -> tuple[Tensor, list[int | None]]:
     """`t` made contiguous with the units of `axis` as dim 0, and where each other axis went."""
@@ -144,12 +251,28 @@ def units_first(t: Tensor, axis: int, n: int,
 def permute_tensor(t: Tensor, spec: PermutationSpec, name: str, perms: Mapping[str, Tensor],
                    skip_axis: int | None = None) -> Tensor:
     """One tensor of a parameter dict with every permuted axis (but `skip_axis`) permuted."""
-    for axis, p in enumerate(spec.axes.get(name, ())):
-        if p is None or axis == skip_axis:
+    for axis, slots in spec.slots.get(name, {}).items():
+        if axis == skip_axis:
             continue
-        idx = axis_index(perms[p].to(t.device), spec.layout(name, axis))
-        t = t.index_select(axis, idx)
+        t = t.index_select(axis, slots_index(slots, perms, t.shape[axis], t.device))
     return t
+
+
+def head_blocks(member: Tensor, heads: int) -> Tensor | None:
+    """The head permutation a member permutation moves whole blocks by (None: it does not)."""
+    b = len(member) // heads
+    blocks = member.view(heads, b) // b
+    if not bool((blocks == blocks[:, :1]).all()):
+        return None
+    return blocks[:, 0]
+
+
+def structured(head: Tensor, b: int, within: Sequence[Tensor] | None = None) -> Tensor:
+    """The member permutation that moves head h's block to where `head` says, permuting each
+    head's b units by `within[h]` (identity when None): member[h·b + i] = head[h]·b + within[h][i]."""
+    rows = [head[h] * b + (within[h] if within is not None else torch.arange(b))
+            for h in range(len(head))]
+    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
 
 
 class Permutation(Mapping[str, Tensor]):
@@ -169,6 +292,12 @@ class Permutation(Mapping[str, Tensor]):
             if p.shape != (n,) or not torch.equal(torch.sort(p).values, torch.arange(n)):
                 raise UsageError(f"{name!r} is not a permutation of {n} units")
             self._perms[name] = p
+        for member, head in spec.heads.items():
+            moved = head_blocks(self._perms[member], spec.sizes[head])
+            if moved is None or not torch.equal(moved, self._perms[head]):
+                raise UsageError(f"{member!r} does not move whole heads as {head!r} does (an "
+                                 "attention member permutes within heads and moves head blocks "
+                                 "with its head permutation)")
 
     @classmethod
     def identity(cls, spec: PermutationSpec) -> Permutation:
@@ -178,9 +307,14 @@ class Permutation(Mapping[str, Tensor]):
     @classmethod
     def random(cls, spec: PermutationSpec,
                generator: torch.Generator | None = None) -> Permutation:
-        """A uniformly random permutation of every group."""
-        return cls(spec, {p: torch.randperm(n, generator=generator)
-                          for p, n in spec.sizes.items()})
+        """A uniformly random permutation of every group (members: random within each head)."""
+        perms = {p: torch.randperm(n, generator=generator) for p, n in spec.sizes.items()
+                 if p not in spec.heads}
+        for member, head in spec.heads.items():
+            b = spec.sizes[member] // spec.sizes[head]
+            perms[member] = structured(perms[head], b, [torch.randperm(b, generator=generator)
+                                                        for _ in range(spec.sizes[head])])
+        return cls(spec, perms)
 
     def __getitem__(self, name: str) -> Tensor:
         return self._perms[name]
@@ -270,8 +404,11 @@ def check_spec(model: nn.Module, spec: PermutationSpec, example_input: Any, tria
                 continue
             culprits = []
             for name in spec.sizes:
+                if name in spec.heads:
+                    continue  # moves with its head permutation
                 single = dict(Permutation.identity(spec))
-                single[name] = perm[name]
+                for q in [name, *spec.members(name)]:
+                    single[q] = perm[q]
                 one = Permutation(spec, single).apply(state)
                 change = _max_change(ref, _outputs(model, one, example_input))
                 if change > rtol:
