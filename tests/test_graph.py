@@ -98,7 +98,7 @@ def test_functional_activations_count_for_repair():
 
 
 class Dense(nn.Module):
-    """A linear layer that keeps its kernel as (in, out) and applies it with einsum."""
+    """A linear layer that keeps its kernel as (in, out) and applies it with tensordot."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
@@ -106,7 +106,7 @@ class Dense(nn.Module):
         self.offset = nn.Parameter(torch.randn(n_out) * 0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bi,io->bo", x, self.kernel) + self.offset
+        return torch.tensordot(x, self.kernel, dims=([1], [0])) + self.offset
 
 
 class Gate(nn.Module):
@@ -156,8 +156,8 @@ def test_a_registered_layer_makes_auto_spec_work(registry):
     torch.manual_seed(0)
     model, x = Custom(), torch.randn(64, 6)
     registry(Gate, kind="activation")  # its per-channel `scale` is found by its length
-    with pytest.raises(UsageError, match=r"einsum in Dense.forward .*register_layer"):
-        auto_spec(model, x)  # Dense is traced through, and einsum is not followed
+    with pytest.raises(UsageError, match=r"tensordot in Dense.forward .*register_layer"):
+        auto_spec(model, x)  # Dense is traced through, and tensordot is not followed
     registry(Dense, kind="producer", weight="kernel", bias="offset", in_axis=0, out_axis=1,
              channel_dim=-1)
     spec = auto_spec(model, x)  # checked inside: permuting by the spec keeps the function

@@ -20,7 +20,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None
 
 def units(value: Tensor, point: Point, n: int) -> Tensor:
     """A value's entries at a point as (samples, units)."""
-    t = value.movedim(point.dim, -1)
+    t = value.narrow(point.dim, point.start, point.outer * n * point.inner).movedim(point.dim, -1)
     t = t.reshape(*t.shape[:-1], point.outer, n, point.inner).movedim(-2, -1)
     return t.reshape(-1, n)
 

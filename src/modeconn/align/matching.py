@@ -295,7 +295,7 @@ def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
             if q is not None:
                 names[p] = q
                 break
-    missing = [q for q in spec.sizes if q not in names.values()]
+    missing = [q for q in spec.sizes if q not in names.values() and not spec.members(q)]
     if missing:
         raise UsageError(f"activation matching found no activations for {missing}: the traced "
                          "graph and the given spec disagree")

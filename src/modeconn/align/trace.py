@@ -36,34 +36,52 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
 
 def _build(gm: fx.GraphModule, prop: Propagation, state: dict[str, Tensor]) -> Traced:
     uf = prop.uf
-    names: dict[int, str] = {}
+    resolved = {key: prop.slots(b.perm, 0, b.outer, b.inner, b.part)
+                for key, b in prop.binds.items() if key[0] in state}
+    names: dict[tuple[str, int], str] = {}
     sizes: dict[str, int] = {}
-    for (_, _), b in sorted(prop.binds.items(), key=lambda kv: uf.find(kv[1].perm)):
-        root = uf.find(b.perm)
-        if uf.fixed[root] or root in names:
-            continue
-        name = uf.label[root]
-        while name in sizes:
-            name += "'"
-        names[root] = name
-        sizes[name] = uf.size[root]
-    axes = {k: [None] * v.dim() for k, v in state.items()}
-    layouts = {}
-    for (tensor, axis), b in prop.binds.items():
-        root = uf.find(b.perm)
-        if root in names:
-            axes[tensor][axis] = names[root]
-            layouts[(tensor, axis)] = b.layout
-    spec = PermutationSpec(axes, sizes, layouts)
+    groups = sorted({(kind, g) for slots in resolved.values() for kind, g, *_ in slots},
+                    key=lambda kg: (kg[0] == "head", kg[1]))
+    for kind, g in groups:  # the permutations, oldest group first, heads last
+        label = uf.label[g] if kind == "perm" else uf.hu.label[g]
+        while label in sizes:
+            label += "'"
+        names[(kind, g)] = label
+        sizes[label] = uf.size[g] if kind == "perm" else uf.hu.size[g]
+    heads: dict[str, str] = {}
+    for kind, g in groups:
+        h = uf.head_of(g) if kind == "perm" else None
+        if h is not None:
+            if ("head", h) not in names:
+                label = uf.hu.label[h]
+                while label in sizes:
+                    label += "'"
+                names[("head", h)] = label
+                sizes[label] = uf.hu.size[h]
+            heads[names[(kind, g)]] = names[("head", h)]
+    axes: dict[str, list[str | None]] = {k: [None] * v.dim() for k, v in state.items()}
+    layouts: dict[tuple[str, int], tuple[int, int]] = {}
+    segments: dict[tuple[str, int], list[tuple[str, int, int, int]]] = {}
+    for (tensor, axis), slots in resolved.items():
+        named = [(names[(kind, g)], start, o, i) for kind, g, start, o, i in slots]
+        if len(named) == 1 and named[0][1] == 0 and \
+                named[0][2] * sizes[named[0][0]] * named[0][3] == state[tensor].shape[axis]:
+            axes[tensor][axis] = named[0][0]
+            layouts[(tensor, axis)] = (named[0][2], named[0][3])
+        elif named:
+            segments[(tensor, axis)] = named
+    spec = PermutationSpec(axes, sizes, layouts, segments=segments, heads=heads)
     # Where a layer takes a permutation's units in (after the non-linearity, and before any
     # pooling on the way, as the references read them) is preferred; where a layer creates
     # them serves for the rest.
     found: tuple[dict[str, list[Point]], dict[str, list[Point]]] = ({}, {})
     for collection, into in zip((prop.inputs, prop.outputs), found, strict=True):
         for point, perm in collection:
-            name = names.get(uf.find(perm))
-            if name is not None and point not in into.setdefault(name, []):
-                into[name].append(point)
+            for kind, g, start, o, i in prop.slots(perm, point.start, point.outer, point.inner):
+                name = names.get((kind, g))
+                seen = Point(point.node, point.dim, o, i, start)
+                if name is not None and seen not in into.setdefault(name, []):
+                    into[name].append(seen)
     points = {name: found[0].get(name) or found[1].get(name, []) for name in sizes}
     return Traced(gm, spec, points)
 

@@ -27,15 +27,23 @@ from ._ops import CONV_FUNCTIONS, LINEAR, Layer, Role
 
 @dataclass(frozen=True)
 class Bind:
-    """A permutation acting on one dimension of a value, in an (outer, inner) block layout."""
+    """A permutation acting on one dimension of a value, in an (outer, inner) block layout.
+
+    ``part``: None for the whole permutation; after a reshape splits a group's units into
+    (heads, per-head units), ``"heads"`` on the dim of heads (the group's head permutation) and
+    ``"within"`` on the dim of each head's units (the within-head permutations)."""
 
     perm: int
     outer: int = 1
     inner: int = 1
+    part: str | None = None
 
     @property
     def layout(self) -> tuple[int, int]:
         return self.outer, self.inner
+
+    def moved(self, outer: int, inner: int) -> Bind:
+        return Bind(self.perm, outer, inner, self.part)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Point:
     dim: int
     outer: int
     inner: int
+    start: int = 0
 
 
 @dataclass
@@ -63,18 +72,81 @@ class Value:
 
 
 class _UnionFind:
-    def __init__(self) -> None:
+    """Channel groups and their structure: a group may be split into consecutive parts (a
+    concatenation, a fused projection split in pieces) or into heads (``heads[root]`` heads of
+    equal size, whose head permutation is a group of the head union-find ``hu``; with
+    ``within_fixed`` the units inside each head may not move)."""
+
+    def __init__(self, heads: bool = True) -> None:
         self.parent: list[int] = []
         self.size: list[int] = []
         self.fixed: list[bool] = []
         self.label: list[str] = []
+        self.heads: list[int | None] = []
+        self.hid: list[int | None] = []
+        self.within_fixed: list[bool] = []
+        self.parts: list[list[tuple[int, int, int]] | None] = []
+        self.hu = _UnionFind(heads=False) if heads else None
 
     def new(self, size: int, label: str) -> int:
         self.parent.append(len(self.parent))
         self.size.append(size)
         self.fixed.append(size <= 1)
         self.label.append(label)
+        self.heads.append(None)
+        self.hid.append(None)
+        self.within_fixed.append(False)
+        self.parts.append(None)
         return len(self.parent) - 1
+
+    def split(self, i: int, sizes: Sequence[int]) -> list[int] | None:
+        """The groups of consecutive parts of `sizes` units each (None: the group cannot split
+        so, and is fixed)."""
+        r = self.find(i)
+        parts = self.parts[r]
+        if parts is not None:
+            if [s for _, s, _ in parts] == list(sizes):
+                return [c for _, _, c in parts]
+            self.fix(r)
+            return None
+        if self.heads[r] is not None:
+            self.fix(r)
+            return None
+        out = []
+        for k, s in enumerate(sizes):
+            c = self.new(s, f"{self.label[r]}[{k}]")
+            self.fixed[c] = self.fixed[c] or self.fixed[r]
+            out.append(c)
+        self.parts[r] = [(sum(sizes[:k]), s, c) for k, (s, c) in enumerate(zip(sizes, out))]
+        return out
+
+    def composite(self, children: Sequence[tuple[int, int]], label: str) -> int:
+        """A new group made of the given (size, group) parts, in order."""
+        r = self.new(sum(s for s, _ in children), label)
+        off = 0
+        self.parts[r] = []
+        for s, c in children:
+            self.parts[r].append((off, s, c))
+            off += s
+        return r
+
+    def set_heads(self, i: int, heads: int) -> bool:
+        """Give the group a head structure of `heads` heads (False: it cannot have one)."""
+        r = self.find(i)
+        if self.parts[r] is not None or self.size[r] % heads:
+            self.fix(r)
+            return False
+        if self.heads[r] is None:
+            self.heads[r] = heads
+            self.hid[r] = self.hu.new(heads, f"{self.label[r]}.heads")
+        elif self.heads[r] != heads:
+            self.fix(r)
+            return False
+        return True
+
+    def head_of(self, i: int) -> int | None:
+        r = self.find(i)
+        return None if self.hid[r] is None else self.hu.find(self.hid[r])
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -90,10 +162,52 @@ class _UnionFind:
             i, j = j, i  # the older group names the union
         self.parent[j] = i
         self.fixed[i] = self.fixed[i] or self.fixed[j] or self.size[i] != self.size[j]
+        if self.hu is None:
+            return i
+        self.within_fixed[i] = self.within_fixed[i] or self.within_fixed[j]
+        if self.heads[i] is None:
+            self.heads[i], self.hid[i] = self.heads[j], self.hid[j]
+        elif self.heads[j] is not None:
+            if self.heads[i] != self.heads[j]:
+                self.fixed[i] = True
+            else:
+                self.hu.union(self.hid[i], self.hid[j])
+        pi, pj = self.parts[i], self.parts[j]
+        if pi is None:
+            self.parts[i] = pj
+        elif pj is not None:
+            if [s for _, s, _ in pi] == [s for _, s, _ in pj]:
+                for (_, _, a), (_, _, b) in zip(pi, pj, strict=True):
+                    self.union(a, b)
+            else:
+                self.fixed[i] = True
+        if self.parts[i] is not None and self.heads[i] is not None:
+            self.fixed[i] = True
         return i
 
     def fix(self, i: int) -> None:
         self.fixed[self.find(i)] = True
+
+    def settle(self) -> None:
+        """Spread fixedness until it is consistent: a fixed group's parts are fixed; a group
+        whose heads are fixed is fixed; a fixed member fixes its heads (they move its blocks)."""
+        changed = True
+        while changed:
+            changed = False
+            for r in range(len(self.parent)):
+                if self.find(r) != r:
+                    continue
+                h = self.head_of(r)
+                want = self.fixed[r] or (h is not None and self.hu.fixed[h])
+                if want and not self.fixed[r]:
+                    self.fixed[r] = changed = True
+                if self.fixed[r] and h is not None and not self.hu.fixed[h]:
+                    self.hu.fixed[h] = changed = True
+                if self.fixed[r] and self.parts[r]:
+                    for _, _, c in self.parts[r]:
+                        if not self.fixed[self.find(c)]:
+                            self.fix(c)
+                            changed = True
 
 
 def _op_name(node: fx.Node, root: nn.Module) -> str:
@@ -179,6 +293,8 @@ class Propagation:
 
     def observe(self, arg: Any, x: Value, dim: int) -> None:
         """Record that a layer takes in the units on `dim` of `x` (node `arg`'s value)."""
+        if x.dims[dim].part is not None:
+            return  # a head's units are read where their projection makes them
         point = self.seen_at(arg, x, dim)
         if point is not None:
             self.inputs.append((point, x.dims[dim].perm))
@@ -187,30 +303,47 @@ class Propagation:
         """Record that permutation `b` acts on `axis` of state tensor `name`."""
         if name is None or b is None or name not in self.state:
             return
+        if b.part == "within":  # one tensor axis cannot follow a different order per head
+            self.pin(b)
+            return
         prev = self.binds.get((name, axis))
         if prev is None:
             self.binds[(name, axis)] = b
-        elif prev.layout == b.layout:
-            self.uf.union(prev.perm, b.perm)
         else:
-            self.uf.fix(prev.perm)
-            self.uf.fix(b.perm)
+            self.tie(prev, b)
 
     def tie(self, a: Bind | None, b: Bind | None) -> Bind | None:
         """Make two permutations one; different layouts cannot be tied, so both stay fixed."""
         if a is None or b is None:
             return a or b
-        if a.layout != b.layout:
-            self.uf.fix(a.perm)
-            self.uf.fix(b.perm)
+        if a.layout != b.layout or a.part != b.part:
+            self.pin(a)
+            self.pin(b)
+            return a
+        if a.part == "heads":
+            ha, hb = self.uf.head_of(a.perm), self.uf.head_of(b.perm)
+            if ha is None or hb is None:
+                self.pin(a)
+                self.pin(b)
+            else:
+                self.uf.hu.union(ha, hb)
             return a
         self.uf.union(a.perm, b.perm)
         return a
 
+    def pin(self, b: Bind) -> None:
+        """No permutation may act on what `b` binds (for a head split: on that part of it)."""
+        if b.part == "within":
+            self.uf.within_fixed[self.uf.find(b.perm)] = True
+        elif b.part == "heads" and self.uf.head_of(b.perm) is not None:
+            self.uf.hu.fix(self.uf.head_of(b.perm))
+        else:
+            self.uf.fix(b.perm)
+
     def fix_value(self, v: Any) -> None:
         for leaf in self.leaves(v):
             for b in leaf.dims.values():
-                self.uf.fix(b.perm)
+                self.pin(b)
 
     def leaves(self, v: Any) -> list[Value]:
         if isinstance(v, Value):
@@ -251,6 +384,30 @@ class Propagation:
         return UsageError(f"{self.who} cannot follow permuted channels through {what}{why}"
                           f"{_where(node, self.model_name)}; {self.hint}")
 
+    # -- what the pass found -------------------------------------------------------------------
+
+    def slots(self, perm: int, start: int = 0, outer: int = 1, inner: int = 1,
+              part: str | None = None) -> list[tuple[str, int, int, int, int]]:
+        """Where a group acts, resolved through its structure: ("perm", group, start, outer,
+        inner) for a permutation, ("head", head group, …) for a head permutation moving blocks;
+        nothing for fixed groups."""
+        uf = self.uf
+        r = uf.find(perm)
+        h = uf.head_of(r)
+        if part == "heads":
+            return [] if h is None or uf.hu.fixed[h] else [("head", h, start, outer, inner)]
+        if part == "within" or uf.fixed[r]:
+            return []
+        if uf.parts[r] is not None:
+            if outer != 1:
+                return []
+            return [s for off, _, c in uf.parts[r] for s in self.slots(c, start + off * inner, 1,
+                                                                       inner)]
+        if h is not None and uf.within_fixed[r]:
+            b = uf.size[r] // uf.heads[r]
+            return [("head", h, start, outer, inner * b)]
+        return [("perm", r, start, outer, inner)]
+
     # -- the pass ------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -266,7 +423,10 @@ class Propagation:
                 self.values[node] = self.call(node)
         for (name, _axis), b in self.binds.items():
             if name in self.opaque:  # also used in a way the propagation does not model
-                self.uf.fix(b.perm)
+                self.pin(b)
+            elif b.outer != 1 and self.uf.parts[self.uf.find(b.perm)] is not None:
+                self.pin(b)  # a split group's parts are not contiguous in this layout
+        self.uf.settle()
 
     def get_attr(self, node: fx.Node) -> Value | None:
         target = str(node.target)
@@ -318,7 +478,8 @@ class Propagation:
     @property
     def any_args(self) -> tuple[Callable[..., Any], ...]:
         """Handlers that do not need a tensor as the first argument."""
-        return (self.elementwise, self.shape_query, self.getitem, self.cat, self.stack)
+        return (self.elementwise, self.shape_query, self.getitem, self.cat, self.stack,
+                self.einsum, self.sdpa)
 
     def elementwise(self, node: fx.Node, args: list, kwargs: dict) -> Value:
         """Broadcasting element-wise ops: permutations on the same output dim are tied."""
@@ -356,7 +517,7 @@ class Propagation:
             for v, dv in free:
                 axis = v.param[1][dv] if v.param is not None else None
                 if axis is None:
-                    self.uf.fix(b.perm)  # meets an unpermuted tensor: this permutation is pinned
+                    self.pin(b)  # meets an unpermuted tensor: this permutation is pinned
                 else:
                     self.bind(v.param[0], axis, b)
             out.dims[d] = b
@@ -422,10 +583,10 @@ class Propagation:
         out = Value(shape)
         for d, b in x.dims.items():
             if d != ch:
-                self.uf.fix(b.perm)
+                self.pin(b)
         b_in = x.dims.get(ch)
         if b_in is not None and b_in.layout != (1, 1):
-            self.uf.fix(b_in.perm)
+            self.pin(b_in)
             b_in = None
         cin, cout = x.shape[ch], shape[ch]
         if groups == 1:
@@ -437,7 +598,7 @@ class Propagation:
             q = b_in if b_in is not None else self.new_perm(cout, label, node, ch)
         else:  # grouped: inputs may only move within groups, so they stay fixed
             if b_in is not None:
-                self.uf.fix(b_in.perm)
+                self.pin(b_in)
             q = self.new_perm(cout, label, node, ch)
         self.bind(weight, ax_out, q)
         self.bind(bias, 0, q)
@@ -466,7 +627,7 @@ class Propagation:
         ch = layer.channel_dim % len(x.shape)
         b = x.dims.get(ch)
         if b is not None and b.layout != (1, 1):
-            self.uf.fix(b.perm)
+            self.pin(b)
         prefix = str(node.target)
         names = layer.params
         if names is None:
@@ -481,7 +642,7 @@ class Propagation:
         ch = 1 if len(x.shape) > 1 else 0
         b = x.dims.get(ch)
         if b is not None and b.layout != (1, 1):
-            self.uf.fix(b.perm)
+            self.pin(b)
         self.channel_params(str(node.target), ("weight", "bias", "running_mean", "running_var"),
                             b)
         return Value(self.out_shape(node), dict(x.dims))
@@ -492,7 +653,7 @@ class Propagation:
         x = args[0]
         b = x.dims.get(1)
         if b is not None and (mod.num_groups not in (1, mod.num_channels) or b.layout != (1, 1)):
-            self.uf.fix(b.perm)
+            self.pin(b)
         self.channel_params(str(node.target), ("weight", "bias"), b)
         return Value(self.out_shape(node), dict(x.dims))
 
@@ -514,7 +675,7 @@ class Propagation:
         if mod.num_parameters > 1:
             b = x.dims.get(1)
             if b is not None and b.layout != (1, 1):
-                self.uf.fix(b.perm)
+                self.pin(b)
             self.bind(f"{node.target}.weight", 0, b)
         return Value(self.out_shape(node), dict(x.dims))
 
@@ -542,7 +703,7 @@ class Propagation:
         out = Value(shape)
         for d, b in x.dims.items():
             if d >= len(x.shape) - nsp:
-                self.uf.fix(b.perm)
+                self.pin(b)
             else:
                 out.dims[d] = b
                 seen = self.seen_at(node.args[0], x, d)
@@ -566,31 +727,62 @@ class Propagation:
             bound = [d for d in ins if d in x.dims]
             if not bound:
                 continue
+            big_outs = [k for k in outs if shape[k] > 1]
+            if len(bound) == 2 and self.merge_heads(x, ins, outs, shape, out):
+                continue
             if len(bound) > 1:
                 for d in bound:
-                    self.uf.fix(x.dims[d].perm)
+                    self.pin(x.dims[d])
                 continue
             d = bound[0]
             b = x.dims[d]
             n = x.shape[d] // (b.outer * b.inner)
+            if (len(big_outs) == 2 and b.part is None and b.layout == (1, 1)
+                    and [x.shape[e] for e in ins if x.shape[e] > 1] == [n]
+                    and shape[big_outs[0]] * shape[big_outs[1]] == n):
+                # (…, H·b) → (…, H, b): the group's units split into heads
+                if self.uf.set_heads(b.perm, shape[big_outs[0]]):
+                    out.dims[big_outs[0]] = Bind(b.perm, part="heads")
+                    out.dims[big_outs[1]] = Bind(b.perm, part="within")
+                continue
             outer = b.outer * math.prod(x.shape[e] for e in ins if e < d)
             inner = b.inner * math.prod(x.shape[e] for e in ins if e > d)
-            placed = False
-            for k in outs:
-                before = math.prod(shape[e] for e in outs if e < k)
-                after = math.prod(shape[e] for e in outs if e > k)
-                if outer % before or inner % after:
-                    continue
-                o, i = outer // before, inner // after
-                if shape[k] == o * n * i:
-                    out.dims[k] = Bind(b.perm, o, i)
-                    if d in x.seen:
-                        out.seen[k] = x.seen[d]
-                    placed = True
-                    break
-            if not placed:
-                self.uf.fix(b.perm)
+            if not self.place(b, n, outer, inner, outs, shape, out, x.seen.get(d)):
+                self.pin(b)
         return out
+
+    @staticmethod
+    def place(b: Bind, n: int, outer: int, inner: int, outs: list[int], shape: tuple[int, ...],
+              out: Value, seen: Point | None) -> bool:
+        """Put `b`'s n units, in an (outer, inner) layout over the output dims `outs`, on the one
+        output dim that holds them whole."""
+        for k in outs:
+            before = math.prod(shape[e] for e in outs if e < k)
+            after = math.prod(shape[e] for e in outs if e > k)
+            if outer % before or inner % after:
+                continue
+            o, i = outer // before, inner // after
+            if shape[k] == o * n * i:
+                out.dims[k] = b.moved(o, i)
+                if seen is not None:
+                    out.seen[k] = seen
+                return True
+        return False
+
+    def merge_heads(self, x: Value, ins: list[int], outs: list[int], shape: tuple[int, ...],
+                    out: Value) -> bool:
+        """(…, H, b) → (…, H·b): a group's heads and within-head units merge back into it."""
+        dh, dw = (d for d in ins if d in x.dims)
+        bh, bw = x.dims[dh], x.dims[dw]
+        # The heads may be another group's that were tied to these (attention weights @ v).
+        if (bh.part, bw.part) != ("heads", "within") or dw != dh + 1 \
+                or self.uf.head_of(bh.perm) != self.uf.head_of(bw.perm) or bh.inner != 1 \
+                or bw.outer != 1:
+            return False
+        n = self.uf.size[self.uf.find(bw.perm)]
+        outer = bh.outer * math.prod(x.shape[e] for e in ins if e < dh)
+        inner = bw.inner * math.prod(x.shape[e] for e in ins if e > dw)
+        return self.place(Bind(bw.perm), n, outer, inner, outs, shape, out, None)
 
     def transpose(self, node: fx.Node, args: list, kwargs: dict) -> Value:
         x = args[0]
@@ -636,17 +828,67 @@ class Propagation:
         return out
 
     def cat(self, node: fx.Node, args: list, kwargs: dict) -> Value:
-        """Concatenation ties the other dims; a permuted concatenation dim is pinned."""
+        """Concatenation ties the other dims; along the concatenated dim the result's units are
+        the direct sum of the parts' groups (a composite group; unpermuted parts stay put)."""
         parts = self.leaves(args[0])
         dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
         shape = self.out_shape(node)
         dim %= len(shape)
+        children = []
         for v in parts:
-            if dim in v.dims:
-                self.uf.fix(v.dims[dim].perm)
+            b = v.dims.get(dim)
+            if b is not None and (b.part is not None or b.layout != (1, 1)):
+                self.pin(b)
+                b = None
+            if b is None:
+                c = self.uf.new(v.shape[dim], f"{node.name}[{len(children)}]")
+                self.uf.fix(c)
+            else:
+                c = b.perm
+            children.append((v.shape[dim], c))
         trimmed = [Value(v.shape[:dim] + (1,) + v.shape[dim + 1:],
                          {d: b for d, b in v.dims.items() if d != dim}) for v in parts]
-        return Value(shape, self.broadcast(trimmed, shape[:dim] + (1,) + shape[dim + 1:]).dims)
+        out = Value(shape, self.broadcast(trimmed, shape[:dim] + (1,) + shape[dim + 1:]).dims)
+        if any(not self.uf.fixed[self.uf.find(c)] for _, c in children):
+            out.dims[dim] = Bind(self.uf.composite(children, node.name))
+        return out
+
+    def split(self, node: fx.Node, args: list, kwargs: dict) -> Any:
+        """chunk / split / unbind: the pieces of a permuted dim are the parts of its group."""
+        x = args[0]
+        meta = node.meta.get("tensor_meta")
+        if not isinstance(meta, (list, tuple)):
+            return self.pinned(node, [x])
+        shapes = [tuple(m.shape) for m in meta]
+        rank = len(x.shape)
+        unbind = node.target in ("unbind", torch.unbind)
+        default = 0
+        dim = kwargs.get("dim", args[1] if unbind and len(args) > 1 else
+                         args[2] if not unbind and len(args) > 2 else default) % rank
+        b = x.dims.get(dim)
+        if b is not None and (unbind or b.part is not None or b.outer != 1):
+            self.pin(b)
+            b = None
+        children = None
+        if b is not None:
+            sizes = [s[dim] for s in shapes]
+            if any(s % b.inner for s in sizes):
+                self.pin(b)
+            else:
+                children = self.uf.split(b.perm, [s // b.inner for s in sizes])
+        pieces = []
+        for k, s in enumerate(shapes):
+            dims = {}
+            for d, bd in x.dims.items():
+                if d == dim:
+                    if children is not None:
+                        dims[d] = Bind(children[k], 1, b.inner)
+                elif unbind:
+                    dims[d if d < dim else d - 1] = bd
+                else:
+                    dims[d] = bd
+            pieces.append(Value(s, dims))
+        return pieces
 
     def stack(self, node: fx.Node, args: list, kwargs: dict) -> Value:
         parts = self.leaves(args[0])
@@ -693,6 +935,81 @@ class Propagation:
         for k in range(len(x.shape) - d_in):
             if d_in + k in x.dims:
                 out.dims[d_out + k] = x.dims[d_in + k]
+        return out
+
+    @staticmethod
+    def sub(v: Value, dims: Sequence[int]) -> Value:
+        """The dims `dims` of `v` (in that order) as a value of their own."""
+        rank = len(v.shape)
+        dims = [d % rank for d in dims]
+        return Value(tuple(v.shape[d] for d in dims),
+                     {i: v.dims[d] for i, d in enumerate(dims) if d in v.dims},
+                     (v.param[0], tuple(v.param[1][d] for d in dims)) if v.param else None)
+
+    def sdpa(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """F.scaled_dot_product_attention(q, k, v, attn_mask, …): q·kᵀ over the last dim, the
+        key dim of k and v, the batch (head) dims of all, and v's units in the result."""
+        names = ("query", "key", "value", "attn_mask")
+        q, k, v, mask = (args[i] if len(args) > i else kwargs.get(n)
+                         for i, n in enumerate(names))
+        shape = self.out_shape(node)
+        if not all(isinstance(t, Value) for t in (q, k, v)) or kwargs.get("enable_gqa"):
+            return self.pinned(node, [q, k, v, mask])
+        self.broadcast([self.sub(q, [-1]), self.sub(k, [-1])], (q.shape[-1],))
+        self.broadcast([self.sub(k, [-2]), self.sub(v, [-2])], (k.shape[-2],))
+        rank = len(shape)
+        lead = list(range(rank - 2))
+        batch = [self.sub(t, [d - rank + len(t.shape) for d in lead if d - rank + len(t.shape)
+                              >= 0]) for t in (q, k, v)]
+        if isinstance(mask, Value):
+            self.fix_value(self.sub(mask, list(range(len(mask.shape)))[-2:]))
+            batch.append(self.sub(mask, list(range(len(mask.shape) - 2))))
+        out = Value(shape, dict(self.broadcast(batch, tuple(shape[:-2])).dims))
+        if len(q.shape) - 2 in q.dims:
+            out.dims[rank - 2] = q.dims[len(q.shape) - 2]
+        if len(v.shape) - 1 in v.dims:
+            out.dims[rank - 1] = v.dims[len(v.shape) - 1]
+        return out
+
+    def einsum(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """torch.einsum: the dims sharing a letter are tied; a parameter's dim whose letter only
+        it and the result have makes new units (as a linear layer's weight does)."""
+        eq = args[0]
+        listed = len(args) == 2 and isinstance(args[1], (list, tuple))
+        ops = list(args[1]) if listed else args[1:]
+        arg_nodes = list(node.args[1]) if listed else list(node.args[1:])
+        shape = self.out_shape(node)
+        if not isinstance(eq, str) or "..." in eq or \
+                not all(isinstance(v, Value) for v in ops):
+            return self.pinned(node, ops)
+        lhs, _, rhs = eq.replace(" ", "").partition("->")
+        terms = lhs.split(",")
+        if not rhs and "->" not in eq:
+            rhs = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+        if len(terms) != len(ops) or any(len(t) != len(v.shape) for t, v in zip(
+                terms, ops, strict=False)):
+            return self.pinned(node, ops)
+        out = Value(shape)
+        for letter in dict.fromkeys(c for t in terms for c in t):
+            uses = [(v, t.index(letter)) for t, v in zip(terms, ops, strict=True)
+                    if letter in t]
+            size = max(v.shape[d] for v, d in uses)
+            b = self.broadcast([self.sub(v, [d]) for v, d in uses], (size,)).dims.get(0)
+            where = rhs.find(letter)
+            if b is None and where >= 0 and size > 1:
+                params = [(v, d) for v, d in uses if v.param is not None
+                          and v.param[1][d] is not None and v.shape[d] > 1]
+                if params and len(params) == len(uses):
+                    b = self.new_perm(size, params[0][0].param[0], node, where)
+                    for v, d in params:
+                        self.bind(v.param[0], v.param[1][d], b)
+            if b is not None and where >= 0:
+                out.dims[where] = b
+            elif b is not None and b.part is None:
+                for (v, d) in uses:
+                    if d in v.dims and v.param is None:
+                        self.observe(arg_nodes[next(i for i, o in enumerate(ops) if o is v)], v, d)
+                        break
         return out
 
     def matmul(self, node: fx.Node, args: list, kwargs: dict) -> Value:

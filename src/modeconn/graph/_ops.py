@@ -142,13 +142,13 @@ ELEMENTWISE_FUNCTIONS = {
     torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where,
     torch.exp, torch.log, torch.abs, torch.neg,
     torch.sqrt, torch.rsqrt, torch.square, torch.erf, torch.sin, torch.cos, torch.clamp,
-    torch.clip, torch.pow,
+    torch.clip, torch.pow, torch.masked_fill,
 }
 ELEMENTWISE_METHODS = {
     "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_",
     "exp", "log", "abs", "neg", "sqrt", "rsqrt", "square", "clamp", "clamp_", "clip",
     "pow", "float", "double", "half", "bfloat16", "to", "type_as", "requires_grad_", "expand",
-    "expand_as",
+    "expand_as", "masked_fill", "masked_fill_",
 }
 ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
 EQUIVARIANT_FUNCTIONS = {F.softmax, F.log_softmax, F.softmin, torch.softmax,
@@ -237,6 +237,7 @@ _METHOD_ROLES: list[tuple[set[str], Role]] = [
     ({"transpose", "permute", "t"}, Role("transpose", "transpose")),
     ({"size", "dim", "numel"}, Role("shape", "shape_query")),
     ({"matmul"}, Role("matmul", "matmul")),
+    ({"chunk", "split", "unbind"}, Role("split", "split")),
 ]
 
 _FUNCTION_ROLES: list[tuple[Any, Role]] = [
@@ -248,6 +249,9 @@ _FUNCTION_ROLES: list[tuple[Any, Role]] = [
     (CONV_FUNCTIONS, Role("producer", "conv_function")),
     (MATMUL, Role("matmul", "matmul")),
     ({F.linear}, Role("producer", "linear_function", layer=LINEAR)),
+    ({F.scaled_dot_product_attention}, Role("attention", "sdpa")),
+    ({torch.einsum}, Role("matmul", "einsum")),
+    ({torch.chunk, torch.split, torch.unbind}, Role("split", "split")),
     ({torch.cat, torch.concat}, Role("concat", "cat")),
     ({torch.stack}, Role("concat", "stack")),
     ({torch.transpose, torch.permute, torch.t}, Role("transpose", "transpose")),
