@@ -85,7 +85,8 @@ class _UnionFind:
         self.heads: list[int | None] = []
         self.hid: list[int | None] = []
         self.within_fixed: list[bool] = []
-        self.parts: list[list[tuple[int, int, int]] | None] = []
+        # (offset, entries, group, inner): a part's units, `inner` entries each
+        self.parts: list[list[tuple[int, int, int, int]] | None] = []
         self.hu = _UnionFind(heads=False) if heads else None
 
     def new(self, size: int, label: str) -> int:
@@ -105,8 +106,8 @@ class _UnionFind:
         r = self.find(i)
         parts = self.parts[r]
         if parts is not None:
-            if [s for _, s, _ in parts] == list(sizes):
-                return [c for _, _, c in parts]
+            if [(s, i) for _, s, _, i in parts] == [(s, 1) for s in sizes]:
+                return [c for _, _, c, _ in parts]
             self.fix(r)
             return None
         if self.heads[r] is not None:
@@ -117,16 +118,16 @@ class _UnionFind:
             c = self.new(s, f"{self.label[r]}[{k}]")
             self.fixed[c] = self.fixed[c] or self.fixed[r]
             out.append(c)
-        self.parts[r] = [(sum(sizes[:k]), s, c) for k, (s, c) in enumerate(zip(sizes, out))]
+        self.parts[r] = [(sum(sizes[:k]), s, c, 1) for k, (s, c) in enumerate(zip(sizes, out))]
         return out
 
-    def composite(self, children: Sequence[tuple[int, int]], label: str) -> int:
-        """A new group made of the given (size, group) parts, in order."""
-        r = self.new(sum(s for s, _ in children), label)
+    def composite(self, children: Sequence[tuple[int, int, int]], label: str) -> int:
+        """A new group made of the given (entries, group, inner) parts, in order."""
+        r = self.new(sum(s for s, _, _ in children), label)
         off = 0
         self.parts[r] = []
-        for s, c in children:
-            self.parts[r].append((off, s, c))
+        for s, c, inner in children:
+            self.parts[r].append((off, s, c, inner))
             off += s
         return r
 
@@ -176,8 +177,8 @@ class _UnionFind:
         if pi is None:
             self.parts[i] = pj
         elif pj is not None:
-            if [s for _, s, _ in pi] == [s for _, s, _ in pj]:
-                for (_, _, a), (_, _, b) in zip(pi, pj, strict=True):
+            if [(s, n) for _, s, _, n in pi] == [(s, n) for _, s, _, n in pj]:
+                for (_, _, a, _), (_, _, b, _) in zip(pi, pj, strict=True):
                     self.union(a, b)
             else:
                 self.fixed[i] = True
@@ -204,7 +205,7 @@ class _UnionFind:
                 if self.fixed[r] and h is not None and not self.hu.fixed[h]:
                     self.hu.fixed[h] = changed = True
                 if self.fixed[r] and self.parts[r]:
-                    for _, _, c in self.parts[r]:
+                    for _, _, c, _ in self.parts[r]:
                         if not self.fixed[self.find(c)]:
                             self.fix(c)
                             changed = True
@@ -401,8 +402,8 @@ class Propagation:
         if uf.parts[r] is not None:
             if outer != 1:
                 return []
-            return [s for off, _, c in uf.parts[r] for s in self.slots(c, start + off * inner, 1,
-                                                                       inner)]
+            return [s for off, _, c, n in uf.parts[r]
+                    for s in self.slots(c, start + off * inner, 1, inner * n)]
         if h is not None and uf.within_fixed[r]:
             b = uf.size[r] // uf.heads[r]
             return [("head", h, start, outer, inner * b)]
@@ -837,19 +838,19 @@ class Propagation:
         children = []
         for v in parts:
             b = v.dims.get(dim)
-            if b is not None and (b.part is not None or b.layout != (1, 1)):
+            if b is not None and (b.part is not None or b.outer != 1):
                 self.pin(b)
                 b = None
             if b is None:
                 c = self.uf.new(v.shape[dim], f"{node.name}[{len(children)}]")
                 self.uf.fix(c)
+                children.append((v.shape[dim], c, 1))
             else:
-                c = b.perm
-            children.append((v.shape[dim], c))
+                children.append((v.shape[dim], b.perm, b.inner))
         trimmed = [Value(v.shape[:dim] + (1,) + v.shape[dim + 1:],
                          {d: b for d, b in v.dims.items() if d != dim}) for v in parts]
         out = Value(shape, self.broadcast(trimmed, shape[:dim] + (1,) + shape[dim + 1:]).dims)
-        if any(not self.uf.fixed[self.uf.find(c)] for _, c in children):
+        if any(not self.uf.fixed[self.uf.find(c)] for _, c, _ in children):
             out.dims[dim] = Bind(self.uf.composite(children, node.name))
         return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import UsageError
 from ._channels import Propagation
 from ._ops import Layer, Role, is_add, is_registered, producer_layer, role_of
+from ._shadows import shadow_of
 
 #: What to do about a graph the reader cannot follow (the end of its error messages).
 HINT = ("register the layer it cannot follow (modeconn.graph.register_layer) or write the spec "
@@ -22,10 +24,20 @@ HINT = ("register the layer it cannot follow (modeconn.graph.register_layer) or 
 
 
 class _Tracer(fx.Tracer):
-    """fx's tracer, with registered layer classes kept whole (not traced into)."""
+    """fx's tracer, with registered layer classes kept whole (not traced into), and torch's
+    attention modules traced through their stand-ins (``_shadows``)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return is_registered(m) or super().is_leaf_module(m, module_qualified_name)
+        if is_registered(m):
+            return True
+        return shadow_of(m) is None and super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+        shadow = None if is_registered(m) else shadow_of(m)
+        if shadow is not None:  # torch's attention modules, traced through their stand-ins
+            forward = functools.partial(shadow, m)
+        return super().call_module(m, forward, args, kwargs)
 
 
 def _user_frame(exc: BaseException) -> str:
