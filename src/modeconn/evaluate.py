@@ -161,7 +161,7 @@ class Evaluator:
         """Logits (P, N, C) of every point on x."""
         if use_vmap:
             def f(p):
-                return functional_call(self.model, (p, shared), (x,), strict=True)
+                return functional_call(self.model, (p, shared), (x,), strict=True, tie_weights=False)
             with warnings.catch_warnings():  # ops without a batching rule still work, slower
                 warnings.filterwarnings("ignore", message=".*performance drop.*")
                 return vmap(f, randomness="different")(batched)
@@ -173,7 +173,7 @@ class Evaluator:
             # Every point counts the same batches: BatchNorm's momentum=None average divides by
             # num_batches_tracked, so the points must not share (and advance) one counter.
             own = shared if j == p_count - 1 else {k: v.clone() for k, v in shared.items()}
-            outs.append(functional_call(self.model, (point, own), (x,), strict=True))
+            outs.append(functional_call(self.model, (point, own), (x,), strict=True, tie_weights=False))
         return torch.stack(outs)
 
     def _chunks(self, points: Sequence[Point] | Iterable[Point]) -> Iterable[list[Point]]:

@@ -365,7 +365,7 @@ def _forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
     # Buffers are cloned: BatchNorm's in-place running-stat updates must not reach the caller.
     buffers = {k for k, _ in model.named_buffers()}
     return functional_call(model, {k: v.clone() if k in buffers else v
-                                   for k, v in params.items()}, (x,))
+                                   for k, v in params.items()}, (x,), tie_weights=False)
 
 
 @torch.no_grad()

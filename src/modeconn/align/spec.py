@@ -373,7 +373,7 @@ class Permutation(Mapping[str, Tensor]):
 
 def _outputs(model: nn.Module, state: Mapping[str, Tensor], example_input: Any) -> list[Tensor]:
     args = example_input if isinstance(example_input, tuple) else (example_input,)
-    out = functional_call(model, dict(state), args)
+    out = functional_call(model, dict(state), args, tie_weights=False)
     return [t for t in tree_leaves(out) if isinstance(t, Tensor)]
 
 

@@ -27,6 +27,9 @@ class _Tracer(fx.Tracer):
     """fx's tracer, with registered layer classes kept whole (not traced into), and torch's
     attention modules traced through their stand-ins (``_shadows``)."""
 
+    # A buffer sliced by a traced length (a causal mask's [:t, :t]) must be a graph value.
+    proxy_buffer_attributes = True
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if is_registered(m):
             return True

@@ -60,7 +60,7 @@ def channel_stats(model: nn.Module, params: Params, x: Tensor, layers: Sequence[
     model.eval()
     try:
         for i in range(0, len(x), batch_size):
-            functional_call(model, dict(params), (x[i:i + batch_size],))
+            functional_call(model, dict(params), (x[i:i + batch_size],), tie_weights=False)
     finally:
         model.train(was)
         for h in handles:

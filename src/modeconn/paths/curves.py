@@ -200,7 +200,8 @@ class CurveTrainer:
                 if ck:
                     self.theta.add_(dk, alpha=ck)
         state = {**self.leaves, **curve.buffers(t)}
-        out = functional_call(self.model, state, (self.x.index_select(0, idx),))
+        out = functional_call(self.model, state, (self.x.index_select(0, idx),),
+                              tie_weights=False)
         loss = self.task.loss(out, self.y.index_select(0, idx))
         scale = mid[0] if len(mid) == 1 else 1.0
         loss.backward(torch.tensor(scale, dtype=loss.dtype, device=loss.device))

@@ -159,7 +159,7 @@ def hessian_trace(model: nn.Module, params: Point, x: Tensor, y: Tensor, probes:
 
     def loss_fn(p: dict[str, Tensor], b: int) -> Tensor:
         sl = slice(b * batch_size, (b + 1) * batch_size)
-        return task.loss(functional_call(net, p, (x[sl],)), y[sl])
+        return task.loss(functional_call(net, p, (x[sl],), tie_weights=False), y[sl])
 
     return hutchinson(loss_fn, params, nb, probes, seed, statistic_keys(net))
 

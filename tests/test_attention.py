@@ -1,0 +1,318 @@
+"""Attention heads and concatenations: the specs the graph reader derives, and exact recovery.
+
+Every model here is permuted by a random element of its derived spec's group; activation
+matching (one assignment per group, two levels for heads) must find the permutation back
+exactly, and weight matching must too where its coordinate descent reaches the optimum.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeconn.align import Permutation, PermutationSpec, activation_matching, auto_spec, \
+    check_spec, weight_matching
+from modeconn.errors import UsageError
+
+# --- models -------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written by hand, in the ways public code writes it."""
+
+    def __init__(self, width: int, heads: int, style: str):
+        super().__init__()
+        self.heads, self.style = heads, style
+        if style.startswith("fused"):
+            self.qkv = nn.Linear(width, 3 * width)
+        else:
+            self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
+        self.o = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        if self.style == "fused-chunk":
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        elif self.style == "fused-split":
+            q, k, v = self.qkv(x).split(c, dim=2)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        if self.style == "einsum":
+            s = torch.einsum("bhqd,bhkd->bhqk", q, k) * (c // self.heads) ** -0.5
+            y = torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v)
+        elif self.style == "matmul":
+            s = (q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5
+            y = s.softmax(dim=-1) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, t, c))
+
+
+class Encoder(nn.Module):
+    """Pre-norm transformer blocks over a sequence of 5-d tokens, mean-pooled to 3 classes."""
+
+    def __init__(self, style: str, width: int = 16, heads: int = 4, depth: int = 2):
+        super().__init__()
+        self.inp = nn.Linear(5, width)
+        self.pos = nn.Parameter(torch.randn(1, 6, width) * 0.1)
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            self.blocks.append(nn.ModuleDict({
+                "ln1": nn.LayerNorm(width), "attn": Attention(width, heads, style),
+                "ln2": nn.LayerNorm(width), "fc1": nn.Linear(width, 2 * width),
+                "fc2": nn.Linear(2 * width, width)}))
+        self.ln = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x) + self.pos
+        for blk in self.blocks:
+            x = x + blk["attn"](blk["ln1"](x))
+            x = x + blk["fc2"](F.gelu(blk["fc1"](blk["ln2"](x))))
+        return self.head(self.ln(x).mean(1))
+
+
+class TorchEncoder(nn.Module):
+    """torch's own nn.TransformerEncoder (post- or pre-norm, with or without a causal mask)."""
+
+    def __init__(self, norm_first: bool, batch_first: bool = True, causal: bool = False):
+        super().__init__()
+        self.inp = nn.Linear(5, 16)
+        layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=batch_first,
+                                           norm_first=norm_first, activation="gelu")
+        self.enc = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16),
+                                         enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+        self.batch_first, self.causal = batch_first, causal
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(6),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        if not self.batch_first:
+            h = h.transpose(0, 1)
+        h = self.enc(h, mask=self.mask) if self.causal else self.enc(h)
+        if not self.batch_first:
+            h = h.transpose(0, 1)
+        return self.head(h.mean(1))
+
+
+class TorchMHA(nn.Module):
+    """nn.MultiheadAttention called with its weights returned (averaged over heads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(5, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        a, w = self.attn(h, h, h)
+        return self.head((h + a).mean(1)) + w.sum()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class TinyGPT(nn.Module):
+    """A decoder with tied embeddings, RMSNorm, a SwiGLU MLP and (optionally) rotary q/k."""
+
+    def __init__(self, rotary: bool, vocab: int = 11, width: int = 16, heads: int = 4):
+        super().__init__()
+        self.heads, self.rotary = heads, rotary
+        self.tok = nn.Embedding(vocab, width)
+        self.pos = nn.Embedding(8, width)
+        self.norm1, self.norm2, self.norm = (nn.RMSNorm(width) for _ in range(3))
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width, bias=False) for _ in range(4))
+        self.gate, self.up = nn.Linear(width, 24, bias=False), nn.Linear(width, 24, bias=False)
+        self.down = nn.Linear(24, width, bias=False)
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+        self.lm_head.weight = self.tok.weight
+        d = width // heads
+        freq = 1.0 / 10000 ** (torch.arange(0, d, 2) / d)
+        angles = torch.outer(torch.arange(8.0), freq)
+        self.register_buffer("cos", torch.cat([angles.cos()] * 2, -1), persistent=False)
+        self.register_buffer("sin", torch.cat([angles.sin()] * 2, -1), persistent=False)
+        self.register_buffer("causal", torch.ones(8, 8, dtype=torch.bool).tril(), persistent=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        b, t = idx.shape
+        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
+        h = self.norm1(x)
+        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2)
+                   for z in (self.q(h), self.k(h), self.v(h)))
+        if self.rotary:
+            cos, sin = self.cos[:t], self.sin[:t]
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        s = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        s = s.masked_fill(~self.causal[:t, :t], float("-inf"))
+        y = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1)
+        x = x + self.o(y)
+        h = self.norm2(x)
+        x = x + self.down(F.silu(self.gate(h)) * self.up(h))
+        return self.lm_head(self.norm(x))
+
+
+class Branches(nn.Module):
+    """Inception/DenseNet-like: branches of different widths concatenated with their input,
+    a flattened map concatenated with unpermuted features."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1, self.b2 = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 6, 3, padding=1)
+        self.mix = nn.Conv2d(18, 10, 1)
+        self.fc = nn.Linear(10 * 4 * 4 + 3, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.relu(self.stem(x))
+        y = torch.cat([s, F.relu(self.b1(s)), F.relu(self.b2(s))], dim=1)
+        z = F.adaptive_avg_pool2d(F.relu(self.mix(y)), 4).flatten(1)
+        return self.fc(torch.cat([z, x.mean((2, 3))], dim=1))
+
+
+def _case(name: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    seq = torch.randn(96, 6, 5)
+    if name.startswith("hand-"):
+        return Encoder(name.removeprefix("hand-")), seq
+    if name == "torch-mha":
+        return TorchMHA(), seq
+    if name.startswith("torch-encoder"):
+        return TorchEncoder(norm_first="pre" in name, batch_first="seq" not in name,
+                            causal="causal" in name), seq
+    if name.startswith("gpt"):
+        return TinyGPT(rotary="rotary" in name), torch.randint(0, 11, (96, 8))
+    return Branches(), torch.randn(96, 3, 8, 8)
+
+
+CASES = ["hand-fused-chunk", "hand-fused-split", "hand-separate", "hand-matmul", "hand-einsum",
+         "torch-mha", "torch-encoder-pre", "torch-encoder-post", "torch-encoder-seq-causal",
+         "gpt", "gpt-rotary", "branches"]
+
+
+# --- specs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_random_permutation_is_recovered_exactly(name):
+    model, x = _case(name)
+    model.eval()
+    spec = auto_spec(model, x[:4])  # checked inside: the outputs do not change
+    perm = Permutation.random(spec, torch.Generator().manual_seed(1))
+    assert not perm.is_identity()
+    state = model.state_dict()
+    permuted = copy.deepcopy(model)
+    permuted.load_state_dict(perm.apply(state))
+    assert activation_matching(model, permuted, x) == perm.inverse()
+    found = weight_matching(state, permuted.state_dict(), spec=spec, seed=1)
+    back = found.apply(permuted.state_dict())
+    for k, v in state.items():
+        assert torch.equal(back[k], v), k
+
+
+@pytest.mark.parametrize("name", ["hand-fused-chunk", "hand-separate", "torch-mha",
+                                  "torch-encoder-pre"])
+def test_heads_form_one_group_with_a_member_for_qk_and_one_for_vo(name):
+    model, x = _case(name)
+    spec = auto_spec(model, x[:4])
+    heads = sorted(set(spec.heads.values()))
+    assert len(heads) == (1 if name == "torch-mha" else 2)  # one head group per layer
+    for h in heads:
+        assert spec.sizes[h] == 4 and len(spec.members(h)) == 2  # QK and VO
+        for m in spec.members(h):
+            assert spec.sizes[m] == 16
+    # Q and K share one member, V and O's columns the other; the residual stream is one group
+    if name == "hand-separate":
+        assert spec.axes["blocks.0.attn.q.weight"][0] == spec.axes["blocks.0.attn.k.weight"][0]
+        assert spec.axes["blocks.0.attn.v.weight"][0] == spec.axes["blocks.0.attn.o.weight"][1]
+        stream = spec.axes["inp.weight"][0]
+        for key in ("pos", "blocks.0.ln1.weight", "blocks.1.ln2.bias", "ln.weight",
+                    "blocks.1.fc2.weight", "blocks.0.attn.o.bias"):
+            assert stream in spec.axes[key], key
+        assert spec.axes["head.weight"] == (None, stream)
+
+
+def test_a_fused_projection_is_indexed_by_segments():
+    model, x = _case("hand-fused-chunk")
+    spec = auto_spec(model, x[:4])
+    slots = spec.segments[("blocks.0.attn.qkv.weight", 0)]
+    assert [s.start for s in slots] == [0, 16, 32]
+    qk, vo = spec.heads and (slots[0].perm, slots[2].perm)
+    assert slots[1].perm == qk != vo  # Q and K rows move together, V rows with O's columns
+    assert spec.axes["blocks.0.attn.o.weight"][1] == vo
+
+
+def test_rotary_embeddings_leave_only_whole_heads_to_move():
+    plain = auto_spec(*(lambda m, x: (m, x[:4]))(*_case("gpt")))
+    rotary = auto_spec(*(lambda m, x: (m, x[:4]))(*_case("gpt-rotary")))
+    assert len(plain.heads) == 2
+    # with RoPE, q and k rows may not move within a head (each position's angle is fixed):
+    # they move as whole head blocks of the head permutation
+    assert len(rotary.heads) == 1
+    (vo, head), = rotary.heads.items()
+    assert rotary.axes["q.weight"][0] == head and rotary.layout("q.weight", 0) == (1, 4)
+    assert rotary.axes["k.weight"][0] == head
+    assert rotary.axes["v.weight"][0] == vo
+
+
+def test_gated_mlp_and_tied_embeddings_share_their_groups():
+    model, x = _case("gpt")
+    spec = auto_spec(model, x[:4])
+    assert spec.axes["gate.weight"][0] == spec.axes["up.weight"][0] == spec.axes["down.weight"][1]
+    stream = spec.axes["tok.weight"][1]
+    assert spec.axes["lm_head.weight"] == (None, stream)
+    assert spec.axes["pos.weight"][1] == stream and spec.axes["norm.weight"] == (stream,)
+
+
+def test_concatenated_branches_of_different_widths_index_the_consumer_by_offsets():
+    model, x = _case("branches")
+    spec = auto_spec(model, x[:4])
+    slots = spec.segments[("mix.weight", 1)]
+    assert [(s.perm, s.start) for s in slots] == [("stem", 0), ("b1", 8), ("b2", 12)]
+    # a flattened map followed by unpermuted features: one slot, its entries in blocks of 16
+    (fc,) = spec.segments[("fc.weight", 1)]
+    assert (fc.perm, fc.start, fc.inner) == ("mix", 0, 16)
+
+
+def test_specs_with_segments_and_heads_round_trip_through_json():
+    model, x = _case("hand-fused-chunk")
+    spec = auto_spec(model, x[:4])
+    perm = Permutation.random(spec, torch.Generator().manual_seed(2))
+    again = Permutation.from_json(perm.to_json())
+    assert again == perm and again.spec == spec
+    assert json.loads(perm.to_json())["spec"]["heads"]
+
+
+def test_a_member_that_breaks_its_heads_is_refused():
+    model, x = _case("hand-separate")
+    spec = auto_spec(model, x[:4])
+    perms = dict(Permutation.identity(spec))
+    member = next(iter(spec.heads))
+    perms[member] = torch.arange(16).roll(1)  # moves units across head boundaries
+    with pytest.raises(UsageError, match="does not move whole heads"):
+        Permutation(spec, perms)
+
+
+def test_check_spec_refuses_heads_treated_as_free_units():
+    model, x = _case("hand-separate")
+    spec = auto_spec(model, x[:4])
+    free = PermutationSpec(spec.axes, spec.sizes, spec.layouts)  # heads structure dropped
+    with pytest.raises(UsageError, match="does not fit Encoder.*blocks.0.attn.q"):
+        check_spec(model, free, x[:4])
+
+
+def test_a_spec_segment_out_of_range_is_refused():
+    state = {"w": torch.zeros(5, 3)}
+    spec = PermutationSpec({}, {"p": 4}, segments={("w", 0): [("p", 2, 1, 1)]})
+    with pytest.raises(UsageError, match="entries 2..5 of 'w' axis 0"):
+        spec.validate(state)
