@@ -55,6 +55,11 @@ class HFLogits(nn.Module):
     checkpoint maps 1:1. The HF model itself is `.hf` (not a submodule; it shares every
     parameter), e.g. `model.hf.save_pretrained(dir)` saves what this module holds.
 
+    These are the names the transformers model has in memory, which its files use too for BERT
+    and GPT-2; transformers 5 saves some models under their 4.x names (ViT:
+    `vit.encoder.layer.0.attention.attention.query` for `vit.layers.0.attention.q_proj`) and
+    renames them when loading, so read HF directories with :func:`load_hf`.
+
     Tied weights (GPT-2's `lm_head.weight` is `transformer.wte.weight`) appear once in
     `state_dict`, under the first name, as in HF's own files: `functional_call` then sets both
     and safetensors can save it; `load_state_dict` fills the tied name from the first.
