@@ -10,7 +10,7 @@ STAMP := $(VENV)/.modeconn-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,ot,cluster,mnist5k]"
+	$(PY) -m pip install --quiet -e ".[dev,ot,cluster,mnist5k,hf]"
 	touch $(STAMP)
 
 demo: $(STAMP)

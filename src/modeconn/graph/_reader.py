@@ -15,6 +15,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UsageError
 from ._channels import Propagation
+from ._hf import hf_graph, is_hf
 from ._ops import Layer, Role, is_add, is_registered, producer_layer, role_of
 from ._shadows import shadow_of
 
@@ -66,7 +67,7 @@ def trace_module(model: nn.Module, who: str = "the graph reader", hint: str = HI
                  ) -> fx.GraphModule:
     """`model`'s fx graph; a model fx cannot trace is one line of UsageError naming the place."""
     try:
-        graph = _Tracer().trace(model)
+        graph = hf_graph(model) if is_hf(model) else _Tracer().trace(model)
     except Exception as e:  # fx raises many types; all mean "not traceable"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"{who} cannot trace {type(model).__name__}: {msg}"
