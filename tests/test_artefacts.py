@@ -47,6 +47,9 @@ NOT_CONTRACT = {
     "data/bigearthnet.py": {"train.csv", "val.csv", "test.csv", "_labels_metadata.json",
                             "meta.json", "names.txt", "skipped.csv", "unlisted.txt"},
     "studies/protocols/demo.py": {"demo.toml", "demo-quick.toml"},
+    # Hugging Face's save_pretrained layout (its files, read by load_hf), not modeconn's
+    "models/hf.py": {"config.json", "model.safetensors", "model.safetensors.index.json",
+                     "pytorch_model.bin.index.json"},
     "studies/protocols/fusion.py": {"fusion.toml"},
     "studies/spec.py": {"lmc.toml"},  # "e.g. examples/lmc.toml" in a refusal
 }

@@ -15,8 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeconn.align import Permutation, PermutationSpec, activation_matching, auto_spec, \
-    check_spec, weight_matching
+from modeconn.align import (
+    Permutation,
+    PermutationSpec,
+    activation_matching,
+    auto_spec,
+    check_spec,
+    weight_matching,
+)
 from modeconn.errors import UsageError
 
 # --- models -------------------------------------------------------------------------------------

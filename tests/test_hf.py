@@ -53,11 +53,12 @@ def test_builds_from_a_config(built):
     assert tuple(tree_leaves(out)[0].shape) == SHAPES[kind]
     if kind == "bert-model":  # last hidden state and pooler output: every parameter is used
         assert tuple(out[1].shape) == (3, 32)
-    # the HF keys, unprefixed; tied weights once, as HF's files hold them
+    # the HF keys, unprefixed; tied weights under both names
     keys = set(model.state_dict())
-    assert keys == set(model.hf.state_dict()) - set(model.tied)
+    assert keys == set(model.hf.state_dict()) | set(model.tied)
     x = _input(kind)
-    assert _same(functional_call(model, dict(model.state_dict()), (x,)), model(x))
+    assert _same(functional_call(model, dict(model.state_dict()), (x,), tie_weights=False),
+                 model(x))
 
 
 def test_save_pretrained_round_trip(built, tmp_path):
@@ -70,7 +71,8 @@ def test_save_pretrained_round_trip(built, tmp_path):
         assert "vit.encoder.layer.0.attention.attention.query.weight" in saved
         assert "vit.layers.0.attention.q_proj.weight" in model.state_dict()
     else:
-        assert saved == set(model.state_dict())  # HF's file layout: keys map 1:1
+        # HF's file layout: keys map 1:1 (a tied weight is saved once, under its first name)
+        assert saved == set(model.state_dict()) - set(model.tied)
     loaded = load_hf(tmp_path)
     assert type(loaded.hf) is type(model.hf) and loaded.kind == kind
     x = _input(kind)
@@ -87,7 +89,7 @@ def test_gpt2_tied_weights_stay_tied():
     x = _input("gpt2")
     model.load_state_dict(params)
     assert model.lm_head.weight is model.transformer.wte.weight
-    assert torch.equal(functional_call(model, params, (x,)), model(x))
+    assert torch.equal(functional_call(model, params, (x,), tie_weights=False), model(x))
 
 
 def test_load_refuses_what_it_cannot_read(tmp_path):
@@ -157,3 +159,27 @@ def test_a_bare_transformers_model_asks_for_the_wrapper():
     model = hf_model("vit", **TINY["vit"])
     with pytest.raises(UsageError, match=r"cannot trace ViTForImageClassification: .*HFLogits"):
         trace_module(model.hf)
+
+
+def test_the_spec_covers_stream_heads_and_mlp_and_a_permutation_is_recovered(built):
+    """auto_spec derives the residual stream, each layer's heads (QK and VO members) and MLP;
+    activation matching finds a random permutation of the spec's group back exactly."""
+    import copy
+
+    from modeconn.align import Permutation, activation_matching, auto_spec
+
+    kind, model = built
+    model.eval()
+    spec = auto_spec(model, _input(kind)[:2])  # checked: permuting keeps the outputs
+    assert len(set(spec.heads.values())) == 2 and len(spec.heads) == 4  # 2 layers, QK + VO
+    stream = max(spec.sizes, key=lambda p: len(spec.perm_to_axes[p]))
+    if kind != "bert-model":  # BertModel returns the stream itself: its order is the output's
+        assert spec.sizes[stream] == 32 and len(spec.perm_to_axes[stream]) > 20
+    assert sum(n == 64 or n == 128 for n in spec.sizes.values()) == 2  # each layer's MLP
+    perm = Permutation.random(spec, torch.Generator().manual_seed(5))
+    permuted = copy.deepcopy(model)
+    permuted.load_state_dict(perm.apply(model.state_dict()))
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(64, 3, 16, 16, generator=g) if kind == "vit"
+         else torch.randint(0, 100, (64, 11), generator=g))
+    assert activation_matching(model, permuted, x) == perm.inverse()

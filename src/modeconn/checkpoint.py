@@ -50,7 +50,14 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     path = Path(path)
     header = {"modeconn_version": __version__, **meta}
     encoded = {k: json.dumps(v) for k, v in header.items()}
-    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    data: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, v in tensors.items():  # tied weights share memory, which safetensors refuses
+        t = v.detach().to("cpu").contiguous()
+        if t.numel() and t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        data[k] = t
     raw = memoryview(save(data, metadata=encoded))
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(_canonical_header(raw))

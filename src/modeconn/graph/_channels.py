@@ -522,8 +522,12 @@ class Propagation:
                 else:
                     self.bind(v.param[0], axis, b)
             out.dims[d] = b
-        if len(operands) == 1 and operands[0].shape == shape:
-            out.param = operands[0].param
+        if len(operands) == 1 and operands[0].param is not None and len(operands[0].shape) == rank:
+            # one operand (a parameter expanded, negated, cast): its axes stay where they were,
+            # but for dims broadcast from size 1
+            name, dmap = operands[0].param
+            out.param = (name, tuple(a if operands[0].shape[d] == shape[d] else None
+                                     for d, a in enumerate(dmap)))
         return out
 
     def linear_module(self, node: fx.Node, args: list, kwargs: dict) -> Value:
@@ -848,7 +852,10 @@ class Propagation:
             else:
                 children.append((v.shape[dim], b.perm, b.inner))
         trimmed = [Value(v.shape[:dim] + (1,) + v.shape[dim + 1:],
-                         {d: b for d, b in v.dims.items() if d != dim}) for v in parts]
+                         {d: b for d, b in v.dims.items() if d != dim},
+                         None if v.param is None else
+                         (v.param[0], v.param[1][:dim] + (None,) + v.param[1][dim + 1:]))
+                   for v in parts]
         out = Value(shape, self.broadcast(trimmed, shape[:dim] + (1,) + shape[dim + 1:]).dims)
         if any(not self.uf.fixed[self.uf.find(c)] for _, c, _ in children):
             out.dims[dim] = Bind(self.uf.composite(children, node.name))

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..graph import register_layer
 
 _MISSING = "Hugging Face models need the transformers package: pip install 'modeconn[hf]'"
 
@@ -42,9 +43,13 @@ ATTENTION = ("sdpa", "eager")
 
 def _transformers():
     try:
-        return importlib.import_module("transformers")
+        module = importlib.import_module("transformers")
     except ImportError:
         raise UsageError(_MISSING) from None
+    # GPT-2's Conv1D is a linear layer whose weight is (in, out): the graph reader is told so.
+    from transformers.pytorch_utils import Conv1D
+    register_layer(Conv1D, "producer", channel_dim=-1, in_axis=0, out_axis=1)
+    return module
 
 
 class HFLogits(nn.Module):
@@ -60,9 +65,10 @@ class HFLogits(nn.Module):
     `vit.encoder.layer.0.attention.attention.query` for `vit.layers.0.attention.q_proj`) and
     renames them when loading, so read HF directories with :func:`load_hf`.
 
-    Tied weights (GPT-2's `lm_head.weight` is `transformer.wte.weight`) appear once in
-    `state_dict`, under the first name, as in HF's own files: `functional_call` then sets both
-    and safetensors can save it; `load_state_dict` fills the tied name from the first.
+    Tied weights (GPT-2's `lm_head.weight` is `transformer.wte.weight`) appear under both names
+    in `state_dict`, as in any PyTorch module (the project evaluates with
+    `functional_call(..., tie_weights=False)` and its checkpoints store each name);
+    `load_state_dict` fills a tied name missing from a file (HF's files hold it once).
     """
 
     def __init__(self, hf: nn.Module, kind: str):
@@ -83,7 +89,6 @@ class HFLogits(nn.Module):
             if id(p) in first:
                 self.tied[name] = first[id(p)]
             first.setdefault(id(p), name)
-        self.register_state_dict_post_hook(_drop_tied)
         self.register_load_state_dict_pre_hook(_fill_tied)
         _, _, self.input_name, self.outputs, self.extra = KINDS[kind]
 
@@ -110,11 +115,6 @@ class HFLogits(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, input={self.input_name!r}"
-
-
-def _drop_tied(module: HFLogits, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    for name in module.tied:
-        state.pop(prefix + name, None)
 
 
 def _fill_tied(module: HFLogits, state: dict[str, Any], prefix: str, *_: Any) -> None:
