@@ -185,14 +185,15 @@ def test_help_and_messages_are_generated_from_the_registries(registries):
     assert registries.model_help() == (
         "mlp, mlpnet, mlplarge, mlphuge, vgg11/13/16/19, vgglike (VGG-like for multispectral "
         "patches), resnet (resnet20; resnetN for any depth N = 6n+2), resnet8/14/20/32/44/56/110, "
-        "convnet")
+        "convnet, vit (Vision Transformer)")
     registries.register("tiny", _Tiny, note="a one-layer test net", hidden=4)
-    assert registries.model_help().endswith(", convnet, tiny (a one-layer test net)")
+    assert registries.model_help().endswith(", vit (Vision Transformer), tiny (a one-layer "
+                                               "test net)")
     with pytest.raises(UsageError, match=r"^unknown model 'nope'; choose one of mlp, mlpnet, .*, "
-                                         r"convnet, tiny \(or resnetN"):
+                                         r"convnet, vit, tiny \(or resnetN"):
         model_config("nope", (1, 8, 8), 10)
     with pytest.raises(UsageError, match="unknown architecture 'transformer'; expected one of "
-                                         "mlp, vgg, resnet, convnet, tiny$"):
+                                         "mlp, vgg, resnet, convnet, vit, tiny$"):
         build_model({"arch": "transformer", "input_shape": [1, 8, 8], "num_classes": 10})
 
 

@@ -47,20 +47,24 @@ class Meta:
     flag: str | None = None
     setting: bool = True  # part of what the job computes (False: where and how it runs)
     metavar: str | None = None
+    # Added after configs were first recorded: left out of `to_dict` while at its default, so the
+    # records and ids of what earlier versions wrote (which lack it) stay the same.
+    later: bool = False
 
 
 def option(default: Any = MISSING, help: str = "", *, choices=None, low=None, high=None,
            low_open: bool = False, high_open: bool = False, finite: bool = True,
            nonempty: bool = False, positional: bool = False, flag: str | None = None,
-           setting: bool = True, metavar: str | None = None) -> Any:
+           setting: bool = True, metavar: str | None = None, later: bool = False) -> Any:
     """A config field with its help and constraints (`low`/`high` bound numbers and every
-    element of a tuple of numbers; `choices` the values of a string or of its elements)."""
+    element of a tuple of numbers; `choices` the values of a string or of its elements;
+    `later`: an option added after configs were recorded, recorded only when not its default)."""
     if isinstance(default, list):
         default = tuple(default)
     meta = Meta(help=help, choices=None if choices is None else tuple(choices), low=low,
                 high=high, low_open=low_open, high_open=high_open, finite=finite,
                 nonempty=nonempty, positional=positional, flag=flag, setting=setting,
-                metavar=metavar)
+                metavar=metavar, later=later)
     return dataclasses.field(default=default, metadata={"modeconn": meta})
 
 
@@ -157,9 +161,15 @@ class Options:
         return ConfigError(self.job, name, requirement, _plain(getattr(self, name)))
 
     def to_dict(self, settings_only: bool = False) -> dict[str, Any]:
-        """Every field (or only those that are settings of the computation) as plain JSON data."""
-        return {i.name: _plain(getattr(self, i.name)) for i in config_fields(type(self))
-                if i.meta.setting or not settings_only}
+        """Every field (or only those that are settings of the computation) as plain JSON data;
+        a field added `later` only when it is not its default."""
+        out = {}
+        for i in config_fields(type(self)):
+            value = _plain(getattr(self, i.name))
+            if (i.meta.setting or not settings_only) and not (
+                    i.meta.later and value == _plain(i.default)):
+                out[i.name] = value
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]):

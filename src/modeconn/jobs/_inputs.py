@@ -26,7 +26,7 @@ from ..data import (
 from ..errors import UsageError
 from ..evaluate import BN_RESET
 from ..io import check_output_file
-from ..models import arch_of, load_same_architecture, model_config, model_help
+from ..models import WIDTH_IN_UNITS, arch_of, load_same_architecture, model_config, model_help
 from ..options import option
 from ..paths import ParamPath
 from ..paths.curves import load_curve
@@ -218,18 +218,25 @@ class ModelOptions:
     """A model of the zoo and the options that override its preset."""
 
     model: str = option("mlp", model_help())
-    depth: int | None = option(None, "MLP hidden layers / VGG or ResNet depth", low=1)
-    width: float | None = option(None, "MLP units per hidden layer, or width multiplier", low=0,
-                                 low_open=True)
+    depth: int | None = option(None, "MLP hidden layers / VGG or ResNet depth / ViT blocks", low=1)
+    width: float | None = option(None, "MLP units per hidden layer or ViT embedding width (whole "
+                                        "numbers), or width multiplier (VGG, ResNet, ConvNet)",
+                                 low=0, low_open=True)
     norm: str | None = option(None, "bn or none (MLP, VGG); bn, gn, ln or none (ResNet)")
     bias: bool | None = option(None, "MLP biases")
     dropout: float | None = option(None, "ConvNet dropout", low=0, high=1, high_open=True)
+    heads: int | None = option(None, "ViT attention heads (must divide --width; default: the "
+                                     "preset's 4)", low=1, later=True)
+    patch: int | None = option(None, "ViT patch side in pixels (must divide the image's sides; "
+                                     "default: the preset's 7, or the largest patch below it "
+                                     "that divides them)", low=1, later=True)
 
     def check(self) -> None:
         super().check()  # type: ignore[misc]
-        if self.width is not None and arch_of(self.model) == "mlp" \
+        if self.width is not None and arch_of(self.model) in WIDTH_IN_UNITS \
                 and self.width != int(self.width):
-            raise self.invalid("width", "must be a whole number of units for an MLP")  # type: ignore[attr-defined]
+            what = {"mlp": "an MLP", "vit": "a ViT"}.get(arch_of(self.model) or "", "this model")
+            raise self.invalid("width", f"must be a whole number of units for {what}")  # type: ignore[attr-defined]
 
     def preflight(self, here: bool = False) -> None:
         super().preflight(here)  # type: ignore[misc]
@@ -241,12 +248,14 @@ class ModelOptions:
 
     def overrides(self) -> dict:
         """The options that override the model's preset, every one named (None: the preset's),
-        an MLP's width as a whole number of units."""
+        an MLP's or ViT's width as a whole number of units. Options added later are named only
+        when given (records of earlier versions, such as 0.1's study.json, hold these dicts)."""
         width = self.width
-        if width is not None and arch_of(self.model) == "mlp":
+        if width is not None and arch_of(self.model) in WIDTH_IN_UNITS:
             width = int(width)
+        later = {k: v for k, v in (("heads", self.heads), ("patch", self.patch)) if v is not None}
         return {"depth": self.depth, "width": width, "norm": self.norm, "bias": self.bias,
-                "dropout": self.dropout}
+                "dropout": self.dropout, **later}
 
     def model_config(self, input_shape, num_classes: int) -> dict:
         """The model's config (architecture JSON) for data of this shape and class count."""

@@ -35,7 +35,7 @@ RECORDED_OPTIONS = (
     "order_seed", "save_epochs")
 # Options added later, recorded only where they differ from their defaults (so the runs of
 # earlier versions keep their recorded options and resume).
-LATER_OPTIONS = ("bands", "on_bad_patch")
+LATER_OPTIONS = ("bands", "on_bad_patch", "heads", "patch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +61,7 @@ class TrainJobConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig)
         """The run's options as its config.json records them."""
         values = self.to_dict()
         later = {k: values[k] for k in LATER_OPTIONS
-                 if values[k] != type(self).__dataclass_fields__[k].default}
+                 if values.get(k) != type(self).__dataclass_fields__[k].default}
         return {**{k: values[k] for k in RECORDED_OPTIONS}, **later}
 
 

@@ -18,11 +18,14 @@ from torch import nn
 from ..errors import UsageError
 from ..params import has_batchnorm
 from .convnet import ConvNet
+from .gpt import GPT
 from .mlp import MLP
 from .resnet import NORMS as RESNET_NORMS
 from .resnet import ResNet
 from .vgg import CONFIGS as VGG_CONFIGS
 from .vgg import VGG
+from .vit import POOLS as VIT_POOLS
+from .vit import ViT
 
 # Named presets; any key can be overridden (e.g. width, depth, bn).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -38,10 +41,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     **{f"resnet{d}": {"arch": "resnet", "depth": d, "width": 1.0, "norm": "bn"}
        for d in (8, 14, 20, 32, 44, 56, 110)},
     "convnet": {"arch": "convnet", "width": 1.0, "dropout": 0.5},
+    # patch 7: 16 patches of a 28×28 image; on data whose sides 7 does not divide, the largest
+    # patch below it that divides both (4 on 8×8 digits and 32×32 CIFAR).
+    "vit": {"arch": "vit", "width": 128, "depth": 4, "heads": 4, "patch": 7, "mlp_ratio": 2.0,
+            "pool": "cls"},
 }
 # What the `--model` help says after a preset's name.
 NOTES: dict[str, str] = {"vgglike": "VGG-like for multispectral patches",
-                         "resnet": "resnet20; resnetN for any depth N = 6n+2"}
+                         "resnet": "resnet20; resnetN for any depth N = 6n+2",
+                         "vit": "Vision Transformer"}
+# Architectures whose `width` counts units (an MLP's per hidden layer, a ViT's embedding), not a
+# multiplier of the preset's channels.
+WIDTH_IN_UNITS = frozenset({"mlp", "vit"})
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,7 @@ ARCHS: dict[str, Architecture] = {
     "vgg": Architecture(VGG, frozenset({"depth", "width", "bn", "pool", "hidden"})),
     "resnet": Architecture(ResNet, frozenset({"depth", "width", "norm"})),
     "convnet": Architecture(ConvNet, frozenset({"width", "dropout", "hidden"})),
+    "vit": Architecture(ViT, frozenset({"width", "depth", "heads", "patch", "mlp_ratio", "pool"})),
 }
 
 
@@ -117,10 +129,21 @@ def model_config(name: str, input_shape: Sequence[int], num_classes: int,
         else:
             raise UsageError(f"model {name!r} has no option {key!r}; "
                              f"it takes {', '.join(sorted(ARCHS[cfg['arch']].options)) or 'none'}")
+    if cfg["arch"] == "vit" and overrides.get("patch") is None:
+        cfg["patch"] = _fitting_patch(cfg["patch"], input_shape)
     cfg["input_shape"] = [int(s) for s in input_shape]
     cfg["num_classes"] = int(num_classes)
     validate_config(cfg)
     return cfg
+
+
+def _fitting_patch(patch: Any, input_shape: Sequence[int]) -> Any:
+    """A preset's ViT patch where it divides the image's sides, else the largest patch below it
+    that does (1 at worst); a value that is not a positive whole number is left to validation."""
+    if len(input_shape) != 3 or not isinstance(patch, int) or patch < 1 or min(input_shape) < 1:
+        return patch
+    side = math.gcd(int(input_shape[1]), int(input_shape[2]))
+    return max(p for p in range(1, patch + 1) if side % p == 0)
 
 
 def arch_of(name: str) -> str | None:
@@ -174,10 +197,43 @@ def validate_config(cfg: dict[str, Any]) -> None:
         if cfg["norm"] not in RESNET_NORMS:
             raise UsageError(f"ResNet norm must be one of {', '.join(RESNET_NORMS)}, "
                              f"got {cfg['norm']!r}")
+    if arch == "vit":
+        _validate_vit(cfg)
     if arch != "mlp" and not 0 < cfg.get("width", 1.0) < math.inf:
         raise UsageError(f"width multiplier must be positive, got {cfg.get('width')}")
     if arch == "convnet" and not 0 <= cfg.get("dropout", 0.0) < 1:
         raise UsageError(f"dropout must be in [0, 1), got {cfg['dropout']}")
+
+
+def _validate_vit(cfg: dict[str, Any]) -> None:
+    sizes = {k: cfg.get(k) for k in ("width", "depth", "heads", "patch")}
+    bad = {k: v for k, v in sizes.items()
+           if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+    if bad:
+        raise UsageError("ViT " + ", ".join(f"{k} {v}" for k, v in bad.items()) + ": "
+                         "width, depth, heads and patch must be whole numbers ≥ 1")
+    if cfg["width"] % cfg["heads"]:
+        raise UsageError(f"ViT width {cfg['width']} is not divisible by heads {cfg['heads']}; "
+                         "choose heads that divide the width (e.g. --heads "
+                         f"{_divisor_near(cfg['width'], cfg['heads'])}) or a width that is a "
+                         f"multiple of {cfg['heads']}")
+    _, h, w = cfg["input_shape"]
+    if h % cfg["patch"] or w % cfg["patch"]:
+        raise UsageError(f"ViT patch {cfg['patch']} does not divide the {h}×{w} input; choose a "
+                         f"patch that divides both sides (e.g. --patch "
+                         f"{_divisor_near(math.gcd(h, w), cfg['patch'])})")
+    ratio = cfg.get("mlp_ratio", 2.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) \
+            or not 0 < ratio < math.inf or round(cfg["width"] * ratio) < 1:
+        raise UsageError(f"ViT mlp_ratio must be a positive number (hidden units = width × "
+                         f"ratio ≥ 1), got {ratio!r}")
+    if cfg.get("pool", "cls") not in VIT_POOLS:
+        raise UsageError(f"ViT pool must be one of {', '.join(VIT_POOLS)}, got {cfg['pool']!r}")
+
+
+def _divisor_near(n: int, k: int) -> int:
+    """The divisor of n nearest to k (the smaller on a tie)."""
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
 
 
 def build_model(cfg: dict[str, Any] | str) -> nn.Module:
@@ -196,6 +252,7 @@ def build_model(cfg: dict[str, Any] | str) -> nn.Module:
 # Below build_model, which loading builds with.
 from .loading import load_model, load_same_architecture, rebuild  # noqa: E402
 
-__all__ = ["ARCHS", "PRESETS", "Architecture", "arch_of", "ConvNet", "MLP", "ResNet", "VGG", "build_model",
-           "has_batchnorm", "load_model", "load_same_architecture", "model_config", "model_help",
-           "rebuild", "register", "validate_config"]
+__all__ = ["ARCHS", "PRESETS", "WIDTH_IN_UNITS", "Architecture", "arch_of", "ConvNet", "GPT", "MLP",
+           "ResNet", "VGG", "ViT", "build_model", "has_batchnorm", "load_model",
+           "load_same_architecture", "model_config", "model_help", "rebuild", "register",
+           "validate_config"]
