@@ -322,3 +322,13 @@ def test_a_spec_segment_out_of_range_is_refused():
     spec = PermutationSpec({}, {"p": 4}, segments={("w", 0): [("p", 2, 1, 1)]})
     with pytest.raises(UsageError, match="entries 2..5 of 'w' axis 0"):
         spec.validate(state)
+
+
+def test_ot_fusion_refuses_attention_in_one_line_naming_the_alternative():
+    from modeconn.merge.ot import ot_fusion
+
+    model, x = _case("hand-separate")
+    other, _ = _case("hand-separate")
+    with pytest.raises(UsageError, match=r"OT fusion does not yet follow attention heads .*"
+                                         r"weight or activation matching"):
+        ot_fusion(model, model.state_dict(), other, other.state_dict(), x[:8])

@@ -82,6 +82,12 @@ def _specs(model_a: nn.Module, model_b: nn.Module, example: Any
         == {k: v.shape for k, v in model_b.state_dict().items()}
     tb = ta if same else trace(model_b, example)  # one architecture: one trace
     sa, sb = ta.spec, tb.spec
+    if sa.heads or sa.segments:
+        what = "attention heads" if sa.heads else "concatenated or split channels"
+        raise UsageError(f"OT fusion does not yet follow {what} "
+                         f"({next(iter(sa.heads or dict.fromkeys(map(str, sa.segments))))}); "
+                         "align the models with weight or activation matching and average "
+                         "them instead (--method wm or am)")
     if sa.axes != sb.axes or set(sa.sizes) != set(sb.sizes):
         raise UsageError("OT fusion needs two models of one architecture (widths may differ): "
                          "their channel groups differ")
