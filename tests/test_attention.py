@@ -332,3 +332,80 @@ def test_ot_fusion_refuses_attention_in_one_line_naming_the_alternative():
     with pytest.raises(UsageError, match=r"OT fusion does not yet follow attention heads .*"
                                          r"weight or activation matching"):
         ot_fusion(model, model.state_dict(), other, other.state_dict(), x[:8])
+
+
+# --- nothing is left unaligned silently --------------------------------------------------------
+
+
+class Offset(nn.Module):
+    """An MLP whose first hidden layer adds an unsaved buffer: its units cannot be permuted
+    (the buffer is not in the state dict, so it cannot move with them)."""
+
+    def __init__(self, input_shape=(4,), num_classes=3):
+        super().__init__()
+        d = 1
+        for s in input_shape:
+            d *= s
+        self.fc1, self.fc2, self.fc3 = nn.Linear(d, 8), nn.Linear(8, 6), nn.Linear(6, num_classes)
+        self.register_buffer("offset", torch.linspace(-1, 1, 8), persistent=False)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x) + self.offset))))
+
+
+def test_a_layer_the_spec_cannot_cover_is_named_in_one_line():
+    model, x = Offset(), torch.randn(4, 4)
+    with pytest.raises(UsageError) as err:
+        auto_spec(model, x)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for part in ("auto_spec cannot align all of Offset: 'fc1' (fc1.weight[0], fc1.bias[0], "
+                 "fc2.weight[1]) meets a tensor that is not in the state dict",
+                 "at operator.add in Offset.forward", "allow_partial=True (--allow-partial)"):
+        assert part in msg
+    spec = auto_spec(model, x, allow_partial=True)  # the rest, checked
+    assert spec.sizes == {"fc2": 6}
+    with pytest.raises(UsageError, match="cannot align all of Offset"):
+        activation_matching(model, copy.deepcopy(model), x)  # no spec given: traced, refused
+    perm = activation_matching(model, copy.deepcopy(model), torch.randn(64, 4), spec=spec)
+    assert perm.is_identity()
+
+
+def test_the_model_output_and_grouped_layers_are_not_reported():
+    class Grouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.gconv = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+            self.gn = nn.GroupNorm(2, 8)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            y = F.relu(self.gn(self.gconv(F.relu(self.conv1(x)))))
+            return self.fc(y.mean((2, 3))), y  # a feature map is returned too
+
+    spec = auto_spec(Grouped(), torch.randn(2, 3, 8, 8))  # nothing to refuse
+    assert spec.sizes == {}
+
+
+def test_align_allow_partial_from_the_cli(cli, tmp_path, monkeypatch):
+    from modeconn import models
+
+    for name in ("ARCHS", "PRESETS", "NOTES"):
+        monkeypatch.setattr(models, name, dict(getattr(models, name)))
+    models.register("offset", Offset)
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        assert cli("train", "--model", "offset", "--epochs", "1", "--init-seed", seed, "--quiet",
+                   "--device", "cpu", "--out", out)[0] == 0
+        runs.append(out / "all" / "model.safetensors")
+    rc, _, err = cli("align", *runs, "--out", tmp_path / "a", "--quiet")
+    assert rc == 2 and err.count("\n") == 1
+    assert "cannot align all of Offset: 'fc1'" in err and "--allow-partial" in err
+    assert not (tmp_path / "a").exists()  # refused before anything is written
+    rc, out, _ = cli("align", *runs, "--out", tmp_path / "b", "--allow-partial", "--quiet")
+    assert rc == 0 and (tmp_path / "b" / "permutation.json").exists()
+    saved = json.loads((tmp_path / "b" / "permutation.json").read_text())
+    assert set(saved["permutation"]) == {"fc2"}

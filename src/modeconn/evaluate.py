@@ -74,6 +74,10 @@ class Evaluator:
         for _, m in self._bns:
             m.momentum = None  # cumulative average over the re-estimation batches
         self._nbt = {f"{n}.num_batches_tracked" for n, _ in self._bns}
+        # Unsaved buffers (a causal mask, rotary tables) are no point's: every point uses the
+        # model's own (functional_call with strict=True needs them too).
+        saved = set(self.model.state_dict())
+        self._unsaved = {k: b for k, b in self.model.named_buffers() if k not in saved}
         if method not in ("auto", "vmap", "loop"):
             raise UsageError(f"evaluation method must be auto, vmap or loop, got {method!r}")
         self.method = method
@@ -137,6 +141,8 @@ class Evaluator:
         if self._channels_last:  # every point's 2-D convolution kernels in channels-last layout
             batched = {k: _stacked_nhwc(v) if v.dim() == 5 else v for k, v in batched.items()}
         shared = {k: stacked[k][0].clone() for k in self._nbt}
+        device = next(iter(stacked.values())).device
+        shared.update({k: b.to(device) for k, b in self._unsaved.items()})
         return batched, shared
 
     @torch.no_grad()

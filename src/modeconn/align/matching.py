@@ -284,7 +284,7 @@ def activation_matching(a: ModelOrParams, b: ModelOrParams, x: Tensor,
         raise UsageError(f"statistic must be 'pearson' or 'cross', not {statistic!r}")
     _check_options(batch_size=batch_size)
     ma, mb = _as_module(a, model), _as_module(b, model)
-    traced = trace(ma, x[:2])
+    traced = trace(ma, x[:2], allow_partial=spec is not None)  # a given spec is the user's
     spec = resolve_spec(ma, traced.spec if spec is None else spec, x[:2])
     # Map the traced groups onto the spec's names through the tensors they act on.
     names: dict[str, str] = {}

@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import Tensor, fx, nn
 
-from ..graph import Point, Propagation, read
+from ..errors import UsageError
+from ..graph import HINT, Point, Propagation, read
 from .spec import PermutationSpec, check_spec
 
 __all__ = ["Point", "Traced", "auto_spec", "trace"]
@@ -28,10 +29,31 @@ class Traced:
     points: dict[str, list[Point]]
 
 
-def trace(model: nn.Module, example_input: Any) -> Traced:
-    """Trace a model with an example input and derive its permutation spec."""
+def trace(model: nn.Module, example_input: Any, allow_partial: bool = False) -> Traced:
+    """Trace a model with an example input and derive its permutation spec.
+
+    A layer whose channels the spec must leave in place for a reason other than the model's own
+    constraints (its output, grouped layers) is refused in one line naming it and why, unless
+    `allow_partial`: nothing is left unaligned silently."""
     graph = read(model, example_input, who="auto_spec")
-    return _build(graph.graph_module, graph.propagation, dict(model.state_dict()))
+    prop = graph.propagation
+    if not allow_partial:
+        refuse_partial(type(model).__name__, prop.uncovered())
+    return _build(graph.graph_module, prop, dict(model.state_dict()))
+
+
+def refuse_partial(model_name: str, uncovered: list[tuple[str, list[str], str]]) -> None:
+    """One line naming the groups a spec cannot cover, why, and how to go on without them."""
+    if not uncovered:
+        return
+    parts = []
+    for label, tensors, why in uncovered[:3]:
+        shown = ", ".join(tensors[:3]) + (", …" if len(tensors) > 3 else "")
+        parts.append(f"{label!r} ({shown}) {why}")
+    more = f"; and {len(uncovered) - 3} more" if len(uncovered) > 3 else ""
+    raise UsageError(f"auto_spec cannot align all of {model_name}: {'; '.join(parts)}{more}; "
+                     "pass allow_partial=True (--allow-partial) to align the rest and leave "
+                     f"these in place, or {HINT}")
 
 
 def _build(gm: fx.GraphModule, prop: Propagation, state: dict[str, Tensor]) -> Traced:
@@ -86,9 +108,13 @@ def _build(gm: fx.GraphModule, prop: Propagation, state: dict[str, Tensor]) -> T
     return Traced(gm, spec, points)
 
 
-def auto_spec(model: nn.Module, example_input: Any, check: bool = True) -> PermutationSpec:
-    """The permutation spec of any traceable model, derived from its graph (and checked)."""
-    spec = trace(model, example_input).spec
+def auto_spec(model: nn.Module, example_input: Any, check: bool = True,
+              allow_partial: bool = False) -> PermutationSpec:
+    """The permutation spec of any traceable model, derived from its graph (and checked).
+
+    `allow_partial`: leave in place the layers the graph reader cannot let a permutation move
+    (otherwise they are refused in one line naming them)."""
+    spec = trace(model, example_input, allow_partial).spec
     if check:
         check_spec(model, spec, example_input, trials=2)
     return spec

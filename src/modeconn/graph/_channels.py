@@ -87,6 +87,9 @@ class _UnionFind:
         self.within_fixed: list[bool] = []
         # (offset, entries, group, inner): a part's units, `inner` entries each
         self.parts: list[list[tuple[int, int, int, int]] | None] = []
+        # Why each fixed group is fixed: (kind, text) pairs; LEGITIMATE kinds are the model's
+        # own constraints (its output, grouped layers), the others leave a layer unaligned.
+        self.why: list[list[tuple[str, str]]] = []
         self.hu = _UnionFind(heads=False) if heads else None
 
     def new(self, size: int, label: str) -> int:
@@ -98,6 +101,7 @@ class _UnionFind:
         self.hid.append(None)
         self.within_fixed.append(False)
         self.parts.append(None)
+        self.why.append([("structure", "has a single unit")] if size <= 1 else [])
         return len(self.parent) - 1
 
     def split(self, i: int, sizes: Sequence[int]) -> list[int] | None:
@@ -108,10 +112,10 @@ class _UnionFind:
         if parts is not None:
             if [(s, i) for _, s, _, i in parts] == [(s, 1) for s in sizes]:
                 return [c for _, _, c, _ in parts]
-            self.fix(r)
+            self.fix(r, ("split", "is split in two different ways"))
             return None
         if self.heads[r] is not None:
-            self.fix(r)
+            self.fix(r, ("split", "is split into pieces after being split into heads"))
             return None
         out = []
         for k, s in enumerate(sizes):
@@ -135,13 +139,13 @@ class _UnionFind:
         """Give the group a head structure of `heads` heads (False: it cannot have one)."""
         r = self.find(i)
         if self.parts[r] is not None or self.size[r] % heads:
-            self.fix(r)
+            self.fix(r, ("split", "is split into heads after being split into pieces"))
             return False
         if self.heads[r] is None:
             self.heads[r] = heads
             self.hid[r] = self.hu.new(heads, f"{self.label[r]}.heads")
         elif self.heads[r] != heads:
-            self.fix(r)
+            self.fix(r, ("split", f"is split into {heads} and into {self.heads[r]} heads"))
             return False
         return True
 
@@ -163,6 +167,10 @@ class _UnionFind:
             i, j = j, i  # the older group names the union
         self.parent[j] = i
         self.fixed[i] = self.fixed[i] or self.fixed[j] or self.size[i] != self.size[j]
+        self.why[i] = self.why[i] + self.why[j]
+        if self.size[i] != self.size[j]:
+            self.why[i].append(("size", f"is tied to a group of {self.size[j]} units, not "
+                                        f"{self.size[i]}"))
         if self.hu is None:
             return i
         self.within_fixed[i] = self.within_fixed[i] or self.within_fixed[j]
@@ -170,7 +178,7 @@ class _UnionFind:
             self.heads[i], self.hid[i] = self.heads[j], self.hid[j]
         elif self.heads[j] is not None:
             if self.heads[i] != self.heads[j]:
-                self.fixed[i] = True
+                self.fix(i, ("split", "is split into different numbers of heads"))
             else:
                 self.hu.union(self.hid[i], self.hid[j])
         pi, pj = self.parts[i], self.parts[j]
@@ -181,13 +189,16 @@ class _UnionFind:
                 for (_, _, a, _), (_, _, b, _) in zip(pi, pj, strict=True):
                     self.union(a, b)
             else:
-                self.fixed[i] = True
+                self.fix(i, ("split", "is tied to a group split into other pieces"))
         if self.parts[i] is not None and self.heads[i] is not None:
-            self.fixed[i] = True
+            self.fix(i, ("split", "is split both into pieces and into heads"))
         return i
 
-    def fix(self, i: int) -> None:
-        self.fixed[self.find(i)] = True
+    def fix(self, i: int, why: tuple[str, str] | None = None) -> None:
+        r = self.find(i)
+        self.fixed[r] = True
+        if why is not None and len(self.why[r]) < 8 and why not in self.why[r]:
+            self.why[r].append(why)
 
     def settle(self) -> None:
         """Spread fixedness until it is consistent: a fixed group's parts are fixed; a group
@@ -199,14 +210,21 @@ class _UnionFind:
                 if self.find(r) != r:
                     continue
                 h = self.head_of(r)
-                want = self.fixed[r] or (h is not None and self.hu.fixed[h])
-                if want and not self.fixed[r]:
-                    self.fixed[r] = changed = True
+                if h is not None and self.hu.fixed[h] and not self.fixed[r]:
+                    for why in self.hu.why[h]:
+                        self.fix(r, why)
+                    self.fix(r)
+                    changed = True
                 if self.fixed[r] and h is not None and not self.hu.fixed[h]:
-                    self.hu.fixed[h] = changed = True
+                    for why in self.why[r]:
+                        self.hu.fix(h, why)
+                    self.hu.fix(h)
+                    changed = True
                 if self.fixed[r] and self.parts[r]:
                     for _, _, c, _ in self.parts[r]:
                         if not self.fixed[self.find(c)]:
+                            for why in self.why[r]:
+                                self.fix(c, why)
                             self.fix(c)
                             changed = True
 
@@ -275,6 +293,7 @@ class Propagation:
         self.binds: dict[tuple[str, int], Bind] = {}
         self.opaque: set[str] = set()
         self.values: dict[fx.Node, Any] = {}
+        self.node: fx.Node | None = None  # the node being followed
         self.inputs: list[tuple[Point, int]] = []   # values entering a layer that contracts them
         self.outputs: list[tuple[Point, int]] = []  # values a layer creates
 
@@ -332,19 +351,27 @@ class Propagation:
         self.uf.union(a.perm, b.perm)
         return a
 
-    def pin(self, b: Bind) -> None:
+    def here(self, text: str) -> str:
+        """`text` and where the pass is: the operation and the module that runs it."""
+        node = self.node
+        if node is None:
+            return text
+        return f"{text} at {_op_name(node, self.gm)}{_where(node, self.model_name)}"
+
+    def pin(self, b: Bind, why: tuple[str, str] | None = None) -> None:
         """No permutation may act on what `b` binds (for a head split: on that part of it)."""
+        why = why or ("op", self.here("is pinned"))
         if b.part == "within":
             self.uf.within_fixed[self.uf.find(b.perm)] = True
         elif b.part == "heads" and self.uf.head_of(b.perm) is not None:
-            self.uf.hu.fix(self.uf.head_of(b.perm))
+            self.uf.hu.fix(self.uf.head_of(b.perm), why)
         else:
-            self.uf.fix(b.perm)
+            self.uf.fix(b.perm, why)
 
-    def fix_value(self, v: Any) -> None:
+    def fix_value(self, v: Any, why: tuple[str, str] | None = None) -> None:
         for leaf in self.leaves(v):
             for b in leaf.dims.values():
-                self.pin(b)
+                self.pin(b, why)
 
     def leaves(self, v: Any) -> list[Value]:
         if isinstance(v, Value):
@@ -419,15 +446,53 @@ class Propagation:
             elif node.op == "get_attr":
                 self.values[node] = self.get_attr(node)
             elif node.op == "output":
-                self.fix_value(self.val(node.args))
+                self.node = node
+                self.fix_value(self.val(node.args), ("output", "reaches the model's output"))
             else:
+                self.node = node
                 self.values[node] = self.call(node)
+        self.node = None
         for (name, _axis), b in self.binds.items():
             if name in self.opaque:  # also used in a way the propagation does not model
-                self.pin(b)
+                self.pin(b, ("opaque", f"indexes {name!r}, which an operation the reader does "
+                                       "not follow also uses"))
             elif b.outer != 1 and self.uf.parts[self.uf.find(b.perm)] is not None:
-                self.pin(b)  # a split group's parts are not contiguous in this layout
+                # a split group's parts are not contiguous in this layout
+                self.pin(b, ("layout", f"is split into pieces but indexes {name!r} in blocks"))
         self.uf.settle()
+
+    LEGITIMATE = ("output", "structure")
+
+    def uncovered(self) -> list[tuple[str, list[str], str]]:
+        """The groups no permutation may move for a reason other than the model's own
+        constraints (its output, grouped layers): (group, the tensor axes it indexes, why)."""
+        found: dict[tuple[str, int], tuple[str, list[str], str]] = {}
+        for (name, axis), b in self.binds.items():
+            if name not in self.state:
+                continue
+            for kind, g in self.dropped(b.perm, b.part):
+                uf = self.uf if kind == "perm" else self.uf.hu
+                if any(k in self.LEGITIMATE for k, _ in uf.why[g]):
+                    continue
+                why = next((t for _, t in uf.why[g]), "is pinned")
+                entry = found.setdefault((kind, g), (uf.label[g], [], why))
+                entry[1].append(f"{name}[{axis}]")
+        return list(found.values())
+
+    def dropped(self, perm: int, part: str | None) -> list[tuple[str, int]]:
+        """The fixed groups (or head groups) behind a binding."""
+        uf = self.uf
+        r = uf.find(perm)
+        h = uf.head_of(r)
+        if part == "within":
+            return []
+        if part == "heads":
+            return [("head", h)] if h is not None and uf.hu.fixed[h] else []
+        if uf.fixed[r]:
+            return [("perm", r)]
+        if uf.parts[r] is not None:
+            return [d for _, _, c, _ in uf.parts[r] for d in self.dropped(c, None)]
+        return []
 
     def get_attr(self, node: fx.Node) -> Value | None:
         target = str(node.target)
@@ -517,8 +582,9 @@ class Propagation:
                 continue
             for v, dv in free:
                 axis = v.param[1][dv] if v.param is not None else None
-                if axis is None:
-                    self.pin(b)  # meets an unpermuted tensor: this permutation is pinned
+                if axis is None:  # meets an unpermuted tensor: this permutation is pinned
+                    self.pin(b, ("constant", self.here("meets a tensor that is not in the state "
+                                                       "dict (a constant or unsaved buffer)")))
                 else:
                     self.bind(v.param[0], axis, b)
             out.dims[d] = b
@@ -603,7 +669,7 @@ class Propagation:
             q = b_in if b_in is not None else self.new_perm(cout, label, node, ch)
         else:  # grouped: inputs may only move within groups, so they stay fixed
             if b_in is not None:
-                self.pin(b_in)
+                self.pin(b_in, ("structure", self.here("enters a grouped convolution")))
             q = self.new_perm(cout, label, node, ch)
         self.bind(weight, ax_out, q)
         self.bind(bias, 0, q)
@@ -612,7 +678,8 @@ class Propagation:
 
     def pinned(self, node: fx.Node, operands: list) -> Any:
         """A known operation used in a way the propagation does not model: pin what reaches it."""
-        self.fix_value(operands)
+        self.fix_value(operands, ("op", self.here("reaches an operation used in a way the reader "
+                                                  "does not follow")))
         for v in self.leaves(operands):
             if v.param is not None:
                 self.opaque.add(v.param[0])
@@ -657,7 +724,9 @@ class Propagation:
         mod = self.gm.get_submodule(str(node.target))
         x = args[0]
         b = x.dims.get(1)
-        if b is not None and (mod.num_groups not in (1, mod.num_channels) or b.layout != (1, 1)):
+        if b is not None and mod.num_groups not in (1, mod.num_channels):
+            self.pin(b, ("structure", self.here("enters a GroupNorm with several groups")))
+        elif b is not None and b.layout != (1, 1):
             self.pin(b)
         self.channel_params(str(node.target), ("weight", "bias"), b)
         return Value(self.out_shape(node), dict(x.dims))
@@ -847,7 +916,7 @@ class Propagation:
                 b = None
             if b is None:
                 c = self.uf.new(v.shape[dim], f"{node.name}[{len(children)}]")
-                self.uf.fix(c)
+                self.uf.fix(c, ("structure", "is an unpermuted part of a concatenation"))
                 children.append((v.shape[dim], c, 1))
             else:
                 children.append((v.shape[dim], b.perm, b.inner))

@@ -37,6 +37,9 @@ class Alignment(Combine):
                                     "permutation.json also works)", metavar="JSON")
     seed: int = option(0, "layer order of weight matching; batches and probes of STE, STE-MM and "
                           "the Hessian trace", low=0)
+    allow_partial: bool = option(False, "align what the traced spec can cover and leave in place "
+                                        "the layers it names as not coverable (otherwise they are "
+                                        "refused)", later=True)
     quiet: bool = quiet_option()
 
 
@@ -91,7 +94,7 @@ def align_setup(paths, config: Alignment) -> tuple[Models, Prepared, Permutation
         check_spec(models.module, spec, example)  # validates names and sizes, then invariance
         return models, data, spec
     try:
-        spec = auto_spec(models.module, example)  # check_spec runs inside
+        spec = auto_spec(models.module, example, allow_partial=config.allow_partial)
     except UsageError:
         raise
     except Exception as e:  # noqa: BLE001 — a tracer failure becomes one line
