@@ -34,7 +34,7 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int, style: str):
         super().__init__()
         self.heads, self.style = heads, style
-        if style.startswith("fused"):
+        if style.startswith(("fused", "timm")):
             self.qkv = nn.Linear(width, 3 * width)
         else:
             self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
@@ -46,9 +46,14 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).chunk(3, dim=-1)
         elif self.style == "fused-split":
             q, k, v = self.qkv(x).split(c, dim=2)
+        elif self.style.startswith("timm"):  # timm's Attention: (3, B, heads, N, head_dim)
+            qkv = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0) if self.style == "timm-unbind" else (qkv[0], qkv[1], qkv[2])
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
-        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        if not self.style.startswith("timm"):
+            q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+                       for z in (q, k, v))
         if self.style == "einsum":
             s = torch.einsum("bhqd,bhkd->bhqk", q, k) * (c // self.heads) ** -0.5
             y = torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v)
@@ -201,7 +206,8 @@ def _case(name: str) -> tuple[nn.Module, torch.Tensor]:
     return Branches(), torch.randn(96, 3, 8, 8)
 
 
-CASES = ["hand-fused-chunk", "hand-fused-split", "hand-separate", "hand-matmul", "hand-einsum",
+CASES = ["hand-fused-chunk", "hand-fused-split", "hand-timm-unbind", "hand-timm-index",
+         "hand-separate", "hand-matmul", "hand-einsum",
          "torch-mha", "torch-encoder-pre", "torch-encoder-post", "torch-encoder-seq-causal",
          "gpt", "gpt-rotary", "branches"]
 

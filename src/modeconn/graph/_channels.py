@@ -31,7 +31,10 @@ class Bind:
 
     ``part``: None for the whole permutation; after a reshape splits a group's units into
     (heads, per-head units), ``"heads"`` on the dim of heads (the group's head permutation) and
-    ``"within"`` on the dim of each head's units (the within-head permutations)."""
+    ``"within"`` on the dim of each head's units (the within-head permutations). After a reshape
+    splits a fused projection into (pieces, heads, per-head units) — timm's
+    ``qkv.reshape(B, N, 3, H, d)`` — ``"pieces"``, ``"pieces.heads"`` and ``"pieces.within"``:
+    selecting a piece (``unbind``, ``[k]``) gives that part's ``"heads"`` and ``"within"``."""
 
     perm: int
     outer: int = 1
@@ -323,8 +326,8 @@ class Propagation:
         """Record that permutation `b` acts on `axis` of state tensor `name`."""
         if name is None or b is None or name not in self.state:
             return
-        if b.part == "within":  # one tensor axis cannot follow a different order per head
-            self.pin(b)
+        if b.part is not None and b.part != "heads":
+            self.pin(b)  # one tensor axis cannot follow a different order per head or piece
             return
         prev = self.binds.get((name, axis))
         if prev is None:
@@ -361,7 +364,9 @@ class Propagation:
     def pin(self, b: Bind, why: tuple[str, str] | None = None) -> None:
         """No permutation may act on what `b` binds (for a head split: on that part of it)."""
         why = why or ("op", self.here("is pinned"))
-        if b.part == "within":
+        if b.part is not None and b.part.startswith("pieces"):
+            self.uf.fix(b.perm, why)
+        elif b.part == "within":
             self.uf.within_fixed[self.uf.find(b.perm)] = True
         elif b.part == "heads" and self.uf.head_of(b.perm) is not None:
             self.uf.hu.fix(self.uf.head_of(b.perm), why)
@@ -819,6 +824,19 @@ class Propagation:
                     out.dims[big_outs[0]] = Bind(b.perm, part="heads")
                     out.dims[big_outs[1]] = Bind(b.perm, part="within")
                 continue
+            if (len(big_outs) == 3 and b.part is None and b.layout == (1, 1)
+                    and [x.shape[e] for e in ins if x.shape[e] > 1] == [n]
+                    and math.prod(shape[k] for k in big_outs) == n):
+                # (…, k·H·b) → (…, k, H, b): a fused projection's pieces, each split into heads
+                k, h = shape[big_outs[0]], shape[big_outs[1]]
+                children = self.uf.split(b.perm, [n // k] * k)
+                if children is not None and all(self.uf.set_heads(c, h) for c in children):
+                    for dim, part in zip(big_outs, ("pieces", "pieces.heads", "pieces.within"),
+                                         strict=True):
+                        out.dims[dim] = Bind(b.perm, part=part)
+                else:
+                    self.pin(b)
+                continue
             outer = b.outer * math.prod(x.shape[e] for e in ins if e < d)
             inner = b.inner * math.prod(x.shape[e] for e in ins if e > d)
             if not self.place(b, n, outer, inner, outs, shape, out, x.seen.get(d)):
@@ -943,6 +961,13 @@ class Propagation:
         dim = kwargs.get("dim", args[1] if unbind and len(args) > 1 else
                          args[2] if not unbind and len(args) > 2 else default) % rank
         b = x.dims.get(dim)
+        if b is not None and unbind and b.part == "pieces" and len(shapes) == x.shape[dim]:
+            pieces = []
+            for k, s in enumerate(shapes):
+                picked = self.piece(b, k)
+                pieces.append(Value(s, {(d if d < dim else d - 1): picked(bd)
+                                        for d, bd in x.dims.items() if d != dim}))
+            return pieces
         if b is not None and (unbind or b.part is not None or b.outer != 1):
             self.pin(b)
             b = None
@@ -987,6 +1012,7 @@ class Propagation:
             return self.opaque_result(node)
         out = Value(self.out_shape(node))
         d_in = d_out = 0
+        picked = None
         n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
         for i in idx:
             if i is Ellipsis:
@@ -1006,13 +1032,29 @@ class Propagation:
                 d_in += 1
                 d_out += 1
             else:
-                if d_in in x.dims:
+                if d_in in x.dims and x.dims[d_in].part == "pieces" and isinstance(i, int):
+                    picked = self.piece(x.dims[d_in], i % x.shape[d_in])
+                elif d_in in x.dims:
                     raise self.unsupported(node, "indexing a permuted dimension")
                 d_in += 1
         for k in range(len(x.shape) - d_in):
             if d_in + k in x.dims:
                 out.dims[d_out + k] = x.dims[d_in + k]
+        if picked is not None:
+            out.dims = {d: picked(b) for d, b in out.dims.items()}
         return out
+
+    def piece(self, b: Bind, k: int) -> Callable[[Bind], Bind]:
+        """What the bindings of a value split into pieces become once piece `k` is selected."""
+        parts = self.uf.parts[self.uf.find(b.perm)]
+        child = parts[k][2] if parts is not None else None
+
+        def picked(other: Bind) -> Bind:
+            if other.part in ("pieces.heads", "pieces.within") and child is not None \
+                    and self.uf.find(other.perm) == self.uf.find(b.perm):
+                return Bind(child, other.outer, other.inner, other.part.removeprefix("pieces."))
+            return other
+        return picked
 
     @staticmethod
     def sub(v: Value, dims: Sequence[int]) -> Value:
