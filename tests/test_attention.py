@@ -173,6 +173,37 @@ class TinyGPT(nn.Module):
         return self.lm_head(self.norm(x))
 
 
+class GroupedQuery(nn.Module):
+    """Grouped-query attention as Llama writes it (keys and values repeated by expand + reshape)
+    or through scaled_dot_product_attention's enable_gqa: 8 query heads share 2 key/value heads."""
+
+    def __init__(self, style: str, width: int = 32, heads: int = 8, kv: int = 2):
+        super().__init__()
+        self.style, self.h, self.kv, self.d = style, heads, kv, width // heads
+        self.emb = nn.Embedding(11, width)
+        self.q, self.o = nn.Linear(width, width, bias=False), nn.Linear(width, width, bias=False)
+        self.k = nn.Linear(width, kv * self.d, bias=False)
+        self.v = nn.Linear(width, kv * self.d, bias=False)
+        self.norm = nn.RMSNorm(width)
+        self.head = nn.Linear(width, 11, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.emb(idx)
+        b, t, c = x.shape
+        h = self.norm(x)
+        q = self.q(h).view(b, t, self.h, self.d).transpose(1, 2)
+        k = self.k(h).view(b, t, self.kv, self.d).transpose(1, 2)
+        v = self.v(h).view(b, t, self.kv, self.d).transpose(1, 2)
+        if self.style == "expand":
+            g = self.h // self.kv
+            k = k[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
+            v = v[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.head(x + self.o(y.transpose(1, 2).reshape(b, t, c)))
+
+
 class Branches(nn.Module):
     """Inception/DenseNet-like: branches of different widths concatenated with their input,
     a flattened map concatenated with unpermuted features."""
@@ -203,13 +234,23 @@ def _case(name: str) -> tuple[nn.Module, torch.Tensor]:
                             causal="causal" in name), seq
     if name.startswith("gpt"):
         return TinyGPT(rotary="rotary" in name), torch.randint(0, 11, (96, 8))
+    if name.startswith("gqa"):
+        return GroupedQuery(name.removeprefix("gqa-")), torch.randint(0, 11, (96, 8))
+    if name.startswith("zoo-gpt"):
+        from modeconn.models import GPT
+
+        options = {"zoo-gpt-gqa": dict(kv_heads=2), "zoo-gpt-gqa-rotary-swiglu": dict(
+            kv_heads=2, rotary=True, mlp="swiglu", norm="rms")}[name]
+        return GPT(11, context=8, width=32, depth=2, heads=4, **options), \
+            torch.randint(0, 11, (96, 8))
     return Branches(), torch.randn(96, 3, 8, 8)
 
 
 CASES = ["hand-fused-chunk", "hand-fused-split", "hand-timm-unbind", "hand-timm-index",
          "hand-separate", "hand-matmul", "hand-einsum",
          "torch-mha", "torch-encoder-pre", "torch-encoder-post", "torch-encoder-seq-causal",
-         "gpt", "gpt-rotary", "branches"]
+         "gpt", "gpt-rotary", "gqa-expand", "gqa-sdpa", "zoo-gpt-gqa",
+         "zoo-gpt-gqa-rotary-swiglu", "branches"]
 
 
 # --- specs --------------------------------------------------------------------------------------
@@ -415,3 +456,16 @@ def test_align_allow_partial_from_the_cli(cli, tmp_path, monkeypatch):
     assert rc == 0 and (tmp_path / "b" / "permutation.json").exists()
     saved = json.loads((tmp_path / "b" / "permutation.json").read_text())
     assert set(saved["permutation"]) == {"fc2"}
+
+
+def test_grouped_query_heads_move_with_their_key_value_head():
+    model, x = _case("gqa-expand")
+    spec = auto_spec(model, x[:4])
+    # the query rows are the key rows' permutation, each key head's block repeated 4 times
+    (q,) = spec.segments[("q.weight", 0)]
+    assert (q.perm, q.repeat, q.block) == (spec.axes["k.weight"][0], 4, 4)
+    (o,) = spec.segments[("o.weight", 1)]
+    assert (o.perm, o.repeat, o.block) == (spec.axes["v.weight"][0], 4, 4)
+    assert spec.sizes[spec.heads[q.perm]] == 2
+    perm = Permutation.random(spec, torch.Generator().manual_seed(4))
+    assert Permutation.from_json(perm.to_json()) == perm

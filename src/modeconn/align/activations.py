@@ -20,7 +20,13 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None
 
 def units(value: Tensor, point: Point, n: int) -> Tensor:
     """A value's entries at a point as (samples, units)."""
-    t = value.narrow(point.dim, point.start, point.outer * n * point.inner).movedim(point.dim, -1)
+    length = point.outer * n * point.repeat * point.inner
+    t = value.narrow(point.dim, point.start, length).movedim(point.dim, -1)
+    if point.repeat > 1:  # head blocks repeated: each copy is one more sample of its units
+        b = point.block
+        t = t.reshape(*t.shape[:-1], point.outer, n // b, point.repeat, b, point.inner)
+        t = t.movedim(-4, -1).movedim(-3, -1)  # (..., outer, repeat, inner, heads, block)
+        return t.reshape(-1, n)
     t = t.reshape(*t.shape[:-1], point.outer, n, point.inner).movedim(-2, -1)
     return t.reshape(-1, n)
 

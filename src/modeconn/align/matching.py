@@ -176,11 +176,12 @@ class WeightMatcher:
         t = self._terms[key]
         if not _same(t.a_ref, ta):
             t.a_ref, t.value = _Seen(ta), None
-            t.a_rows = units_first(segment(ta, axis, slot, n), axis, n,
-                                   slot.layout)[0].reshape(n, -1)
+            t.a_rows = units_first(segment(ta, axis, slot, n), axis, n, slot.layout, slot.repeat,
+                                   slot.block)[0].reshape(n, -1)
         if not _same(t.b_ref, tb):
             t.b_ref, t.b_rows, t.value = _Seen(tb), None, None
-            t.b_front, t.b_pos = units_first(segment(tb, axis, slot, n), axis, n, slot.layout)
+            t.b_front, t.b_pos = units_first(segment(tb, axis, slot, n), axis, n, slot.layout,
+                                             slot.repeat, slot.block)
         if t.value is not None and _equal(t.value_perms, used):
             return t.value
         if t.b_rows is None or not _equal(t.rows_perms, used):

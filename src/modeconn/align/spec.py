@@ -42,19 +42,25 @@ M = TypeVar("M", bound=nn.Module)
 @dataclass(frozen=True)
 class Slot:
     """Where one permutation acts on one axis: the entries ``[start, start + outer·n·inner)``,
-    read in the ``(outer, n, inner)`` row-major layout, whose ``n`` units it moves."""
+    read in the ``(outer, n, inner)`` row-major layout, whose ``n`` units it moves.
+
+    ``repeat`` > 1: every block of ``block`` consecutive units appears ``repeat`` times in a row
+    (``(outer, n/block, repeat, block, inner)``), each copy moved alike — the query heads that
+    share one key/value head in grouped-query attention."""
 
     perm: str
     start: int = 0
     outer: int = 1
     inner: int = 1
+    repeat: int = 1
+    block: int = 1
 
     @property
     def layout(self) -> Layout:
         return self.outer, self.inner
 
     def length(self, n: int) -> int:
-        return self.outer * n * self.inner
+        return self.outer * n * self.repeat * self.inner
 
 
 class PermutationSpec:
@@ -71,7 +77,7 @@ class PermutationSpec:
             (k, int(a)): (int(o), int(i)) for (k, a), (o, i) in (layouts or {}).items()
             if (int(o), int(i)) != (1, 1)}
         self.segments: dict[tuple[str, int], tuple[Slot, ...]] = {
-            (k, int(a)): tuple(sorted((Slot(str(p), int(s), int(o), int(i)) for p, s, o, i in v),
+            (k, int(a)): tuple(sorted((Slot(str(p), *map(int, rest)) for p, *rest in v),
                                       key=lambda slot: slot.start))
             for (k, a), v in (segments or {}).items() if v}
         self.heads: dict[str, str] = dict(heads or {})
@@ -180,7 +186,9 @@ class PermutationSpec:
             "axes": {k: list(v) for k, v in self.axes.items() if any(p for p in v)},
             "layouts": [[k, a, o, i] for (k, a), (o, i) in self.layouts.items()]}
         if self.segments:
-            out["segments"] = [[k, a, [[s.perm, s.start, s.outer, s.inner] for s in slots]]
+            out["segments"] = [[k, a, [[s.perm, s.start, s.outer, s.inner]
+                                       + ([s.repeat, s.block] if s.repeat > 1 else [])
+                                       for s in slots]]
                                for (k, a), slots in self.segments.items()]
         if self.heads:
             out["heads"] = self.heads
@@ -213,17 +221,32 @@ def axis_index(perm: Tensor, layout: Layout = (1, 1)) -> Tensor:
     return idx.reshape(-1)
 
 
+def slot_index(perm: Tensor, slot: Slot) -> Tensor:
+    """Indices along a slot's entries (from its start) that realise a permutation of its units."""
+    if slot.repeat == 1:
+        return axis_index(perm, slot.layout)
+    n, b, r, inner = perm.numel(), slot.block, slot.repeat, slot.inner
+    src = perm.view(n // b, 1, b)
+    heads, within = src // b, src % b
+    dev = perm.device
+    o = torch.arange(slot.outer, device=dev)[:, None, None, None, None]
+    rr = torch.arange(r, device=dev)[None, None, :, None, None]
+    i = torch.arange(inner, device=dev)[None, None, None, None, :]
+    idx = (o * (n * r * inner) + heads[None, :, :, :, None] * (r * b * inner)
+           + rr * (b * inner) + within[None, :, :, :, None] * inner + i)
+    return idx.reshape(-1)
+
+
 def slots_index(slots: Sequence[Slot], perms: Mapping[str, Tensor], length: int,
                 device: torch.device | None = None) -> Tensor:
     """Indices along a whole axis of `length` entries that realise each slot's permutation."""
     first = perms[slots[0].perm].to(device)
     if len(slots) == 1 and slots[0].start == 0 and slots[0].length(len(first)) == length:
-        return axis_index(first, slots[0].layout)
+        return slot_index(first, slots[0])
     idx = torch.arange(length, device=device)
     for slot in slots:
         p = perms[slot.perm].to(device)
-        idx[slot.start:slot.start + slot.length(len(p))] = (
-            slot.start + axis_index(p, slot.layout))
+        idx[slot.start:slot.start + slot.length(len(p))] = slot.start + slot_index(p, slot)
     return idx
 
 
@@ -234,13 +257,19 @@ def segment(t: Tensor, axis: int, slot: Slot, n: int) -> Tensor:
     return t.narrow(axis, slot.start, slot.length(n))
 
 
-def units_first(t: Tensor, axis: int, n: int,
-                layout: Layout = (1, 1)) -> tuple[Tensor, list[int | None]]:
-    """`t` made contiguous with the units of `axis` as dim 0, and where each other axis went."""
+def units_first(t: Tensor, axis: int, n: int, layout: Layout = (1, 1), repeat: int = 1,
+                block: int = 1) -> tuple[Tensor, list[int | None]]:
+    """`t` made contiguous with the units of `axis` as dim 0, and where each other axis went
+    (a slot's repeated copies of a unit become more entries of its row)."""
     outer, inner = layout
     t = t.movedim(axis, 0)
     extra = 0
-    if layout != (1, 1):
+    if repeat > 1:
+        rest = t.shape[1:]
+        t = t.reshape(outer, n // block, repeat, block, inner, *rest)
+        t = t.permute(1, 3, 0, 2, 4, *range(5, t.dim())).reshape(n, outer, repeat, inner, *rest)
+        extra = 3
+    elif layout != (1, 1):
         t = t.reshape(outer, n, inner, *t.shape[1:]).movedim(1, 0)
         extra = 2
     pos = [None if ax == axis else 1 + extra + (ax if ax < axis else ax - 1)

@@ -58,7 +58,7 @@ def refuse_partial(model_name: str, uncovered: list[tuple[str, list[str], str]])
 
 def _build(gm: fx.GraphModule, prop: Propagation, state: dict[str, Tensor]) -> Traced:
     uf = prop.uf
-    resolved = {key: prop.slots(b.perm, 0, b.outer, b.inner, b.part)
+    resolved = {key: prop.slots(b.perm, 0, b.outer, b.inner, b.part, b.repeat)
                 for key, b in prop.binds.items() if key[0] in state}
     names: dict[tuple[str, int], str] = {}
     sizes: dict[str, int] = {}
@@ -83,10 +83,10 @@ def _build(gm: fx.GraphModule, prop: Propagation, state: dict[str, Tensor]) -> T
             heads[names[(kind, g)]] = names[("head", h)]
     axes: dict[str, list[str | None]] = {k: [None] * v.dim() for k, v in state.items()}
     layouts: dict[tuple[str, int], tuple[int, int]] = {}
-    segments: dict[tuple[str, int], list[tuple[str, int, int, int]]] = {}
+    segments: dict[tuple[str, int], list[tuple[str, int, int, int, int, int]]] = {}
     for (tensor, axis), slots in resolved.items():
-        named = [(names[(kind, g)], start, o, i) for kind, g, start, o, i in slots]
-        if len(named) == 1 and named[0][1] == 0 and \
+        named = [(names[(kind, g)], start, o, i, r, blk) for kind, g, start, o, i, r, blk in slots]
+        if len(named) == 1 and named[0][1] == 0 and named[0][4] == 1 and \
                 named[0][2] * sizes[named[0][0]] * named[0][3] == state[tensor].shape[axis]:
             axes[tensor][axis] = named[0][0]
             layouts[(tensor, axis)] = (named[0][2], named[0][3])
@@ -99,9 +99,10 @@ def _build(gm: fx.GraphModule, prop: Propagation, state: dict[str, Tensor]) -> T
     found: tuple[dict[str, list[Point]], dict[str, list[Point]]] = ({}, {})
     for collection, into in zip((prop.inputs, prop.outputs), found, strict=True):
         for point, perm in collection:
-            for kind, g, start, o, i in prop.slots(perm, point.start, point.outer, point.inner):
+            for kind, g, start, o, i, r, blk in prop.slots(perm, point.start, point.outer,
+                                                             point.inner, None, point.repeat):
                 name = names.get((kind, g))
-                seen = Point(point.node, point.dim, o, i, start)
+                seen = Point(point.node, point.dim, o, i, start, r, blk)
                 if name is not None and seen not in into.setdefault(name, []):
                     into[name].append(seen)
     points = {name: found[0].get(name) or found[1].get(name, []) for name in sizes}

@@ -40,13 +40,14 @@ class Bind:
     outer: int = 1
     inner: int = 1
     part: str | None = None
+    repeat: int = 1  # each head block repeated (grouped-query attention's shared heads)
 
     @property
     def layout(self) -> tuple[int, int]:
         return self.outer, self.inner
 
     def moved(self, outer: int, inner: int) -> Bind:
-        return Bind(self.perm, outer, inner, self.part)
+        return Bind(self.perm, outer, inner, self.part, self.repeat)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Point:
     outer: int
     inner: int
     start: int = 0
+    repeat: int = 1
+    block: int = 1
 
 
 @dataclass
@@ -93,6 +96,9 @@ class _UnionFind:
         # Why each fixed group is fixed: (kind, text) pairs; LEGITIMATE kinds are the model's
         # own constraints (its output, grouped layers), the others leave a layer unaligned.
         self.why: list[list[tuple[str, str]]] = []
+        # A group that is another's with each head repeated (grouped-query attention's queries
+        # follow their key/value head): (that group, repeats).
+        self.alias: list[tuple[int, int] | None] = []
         self.hu = _UnionFind(heads=False) if heads else None
 
     def new(self, size: int, label: str) -> int:
@@ -105,7 +111,16 @@ class _UnionFind:
         self.within_fixed.append(False)
         self.parts.append(None)
         self.why.append([("structure", "has a single unit")] if size <= 1 else [])
+        self.alias.append(None)
         return len(self.parent) - 1
+
+    def resolve(self, perm: int, repeat: int = 1) -> tuple[int, int]:
+        """The group a group stands for, and how often each head block repeats there."""
+        r = self.find(perm)
+        while self.alias[r] is not None:
+            target, g = self.alias[r]
+            r, repeat = self.find(target), repeat * g
+        return r, repeat
 
     def split(self, i: int, sizes: Sequence[int]) -> list[int] | None:
         """The groups of consecutive parts of `sizes` units each (None: the group cannot split
@@ -311,7 +326,7 @@ class Propagation:
         """Where the units on `dim` of `x` (node `arg`'s value) were seen before any pooling."""
         point = x.seen.get(dim)
         if point is None and isinstance(arg, fx.Node):
-            point = Point(arg.name, dim, *x.dims[dim].layout)
+            point = Point(arg.name, dim, *x.dims[dim].layout, repeat=x.dims[dim].repeat)
         return point
 
     def observe(self, arg: Any, x: Value, dim: int) -> None:
@@ -329,6 +344,7 @@ class Propagation:
         if b.part is not None and b.part != "heads":
             self.pin(b)  # one tensor axis cannot follow a different order per head or piece
             return
+        b = self.resolved(b)
         prev = self.binds.get((name, axis))
         if prev is None:
             self.binds[(name, axis)] = b
@@ -339,7 +355,19 @@ class Propagation:
         """Make two permutations one; different layouts cannot be tied, so both stay fixed."""
         if a is None or b is None:
             return a or b
-        if a.layout != b.layout or a.part != b.part:
+        a, b = self.resolved(a), self.resolved(b)
+        if a.part == b.part == "heads" and self.alias_heads(a, b):
+            return a if a.repeat > 1 else b
+        if a.part == b.part == "within":
+            ra, rb = self.uf.find(a.perm), self.uf.find(b.perm)
+            if ra != rb:
+                if self.uf.size[ra] == self.uf.size[rb]:
+                    self.uf.union(ra, rb)
+                else:
+                    self.pin(a)
+                    self.pin(b)
+            return a
+        if a.layout != b.layout or a.part != b.part or a.repeat != b.repeat:
             self.pin(a)
             self.pin(b)
             return a
@@ -354,6 +382,62 @@ class Propagation:
         self.uf.union(a.perm, b.perm)
         return a
 
+    def resolved(self, b: Bind) -> Bind:
+        """`b` on the group it stands for (an alias's target, with its repeats)."""
+        r, repeat = self.uf.resolve(b.perm, b.repeat)
+        if b.part == "heads" and b.inner > 1:  # each head's entries side by side: a repeat
+            return Bind(r, b.outer, 1, "heads", repeat * b.inner)
+        return b if r == b.perm and repeat == b.repeat else Bind(r, b.outer, b.inner, b.part,
+                                                                  repeat)
+
+    def alias_heads(self, a: Bind, b: Bind) -> bool:
+        """Heads seen once tied to heads repeated g times (each key/value head shared by g query
+        heads): the once-seen group becomes the other's, repeated. False: not that case."""
+        ga, gb = a.repeat * a.inner, b.repeat * b.inner
+        if a.outer != 1 or b.outer != 1 or ga == gb or min(ga, gb) != 1:
+            return False
+        one, many, g = (a, b, gb) if ga == 1 else (b, a, ga)
+        uf = self.uf
+        r, target = uf.find(one.perm), uf.find(many.perm)
+        h = uf.head_of(r)
+        alone = h is not None and all(uf.head_of(i) != h for i in range(len(uf.parent))
+                                      if uf.find(i) == i and i != r)
+        if r == target or uf.parts[r] is not None or uf.fixed[r] or not alone \
+                or uf.heads[target] is None or uf.heads[r] != uf.heads[target] * g \
+                or uf.size[r] != uf.size[target] * g:
+            self.pin(a)
+            self.pin(b)
+            return True
+        uf.alias[r] = (target, g)
+        uf.within_fixed[target] = uf.within_fixed[target] or uf.within_fixed[r]
+        return True
+
+    def repeat_interleave(self, node: fx.Node, args: list, kwargs: dict) -> Value:
+        """Key/value heads repeated for the query heads that share them (grouped-query
+        attention): the heads dim and its within-head dim now stand for the repeated group."""
+        x = args[0]
+        g = args[1] if len(args) > 1 else kwargs.get("repeats")
+        dim = args[2] if len(args) > 2 else kwargs.get("dim")
+        if not isinstance(g, int) or dim is None:
+            return self.pinned(node, [x])
+        return self.repeated(x, dim, g, self.out_shape(node))
+
+    def repeated(self, x: Value, dim: int, g: int, shape: tuple[int, ...]) -> Value:
+        """`x` with each entry of `dim` repeated g times in a row."""
+        dim %= len(x.shape)
+        out = Value(shape)
+        b = x.dims.get(dim)
+        for d, bd in x.dims.items():
+            if d != dim:
+                out.dims[d] = bd
+        if b is None:
+            return out
+        if b.part != "heads" or b.layout != (1, 1):
+            self.pin(b)
+            return out
+        out.dims[dim] = Bind(b.perm, part="heads", repeat=b.repeat * g)
+        return out
+
     def here(self, text: str) -> str:
         """`text` and where the pass is: the operation and the module that runs it."""
         node = self.node
@@ -364,6 +448,7 @@ class Propagation:
     def pin(self, b: Bind, why: tuple[str, str] | None = None) -> None:
         """No permutation may act on what `b` binds (for a head split: on that part of it)."""
         why = why or ("op", self.here("is pinned"))
+        b = self.resolved(b)
         if b.part is not None and b.part.startswith("pieces"):
             self.uf.fix(b.perm, why)
         elif b.part == "within":
@@ -420,26 +505,30 @@ class Propagation:
     # -- what the pass found -------------------------------------------------------------------
 
     def slots(self, perm: int, start: int = 0, outer: int = 1, inner: int = 1,
-              part: str | None = None) -> list[tuple[str, int, int, int, int]]:
+              part: str | None = None, repeat: int = 1
+              ) -> list[tuple[str, int, int, int, int, int, int]]:
         """Where a group acts, resolved through its structure: ("perm", group, start, outer,
-        inner) for a permutation, ("head", head group, …) for a head permutation moving blocks;
-        nothing for fixed groups."""
+        inner, repeat, block) for a permutation, ("head", head group, …) for a head permutation
+        moving blocks; nothing for fixed groups."""
         uf = self.uf
-        r = uf.find(perm)
+        r, repeat = uf.resolve(perm, repeat)
         h = uf.head_of(r)
         if part == "heads":
-            return [] if h is None or uf.hu.fixed[h] else [("head", h, start, outer, inner)]
-        if part == "within" or uf.fixed[r]:
+            return [] if h is None or uf.hu.fixed[h] else [
+                ("head", h, start, outer, inner, repeat, 1)]
+        if part is not None or uf.fixed[r]:
             return []
+        b = uf.size[r] // uf.heads[r] if uf.heads[r] else 1
         if uf.parts[r] is not None:
-            if outer != 1:
+            if outer != 1 or repeat != 1:
                 return []
             return [s for off, _, c, n in uf.parts[r]
                     for s in self.slots(c, start + off * inner, 1, inner * n)]
         if h is not None and uf.within_fixed[r]:
-            b = uf.size[r] // uf.heads[r]
-            return [("head", h, start, outer, inner * b)]
-        return [("perm", r, start, outer, inner)]
+            return [("head", h, start, outer, inner * b, repeat, 1)]
+        if repeat > 1 and h is None:
+            return []
+        return [("perm", r, start, outer, inner, repeat, b)]
 
     # -- the pass ------------------------------------------------------------------------------
 
@@ -487,8 +576,10 @@ class Propagation:
     def dropped(self, perm: int, part: str | None) -> list[tuple[str, int]]:
         """The fixed groups (or head groups) behind a binding."""
         uf = self.uf
-        r = uf.find(perm)
+        r, _ = uf.resolve(perm)
         h = uf.head_of(r)
+        if part is not None and part.startswith("pieces"):
+            return [("perm", r)] if uf.fixed[r] else []
         if part == "within":
             return []
         if part == "heads":
@@ -867,14 +958,16 @@ class Propagation:
         dh, dw = (d for d in ins if d in x.dims)
         bh, bw = x.dims[dh], x.dims[dw]
         # The heads may be another group's that were tied to these (attention weights @ v).
+        bh, bw = self.resolved(bh), self.resolved(bw)
         if (bh.part, bw.part) != ("heads", "within") or dw != dh + 1 \
                 or self.uf.head_of(bh.perm) != self.uf.head_of(bw.perm) or bh.inner != 1 \
                 or bw.outer != 1:
             return False
-        n = self.uf.size[self.uf.find(bw.perm)]
+        n = self.uf.size[self.uf.find(bw.perm)] * bh.repeat
         outer = bh.outer * math.prod(x.shape[e] for e in ins if e < dh)
         inner = bw.inner * math.prod(x.shape[e] for e in ins if e > dw)
-        return self.place(Bind(bw.perm), n, outer, inner, outs, shape, out, None)
+        return self.place(Bind(bw.perm, repeat=bh.repeat), n, outer, inner, outs, shape, out,
+                          None)
 
     def transpose(self, node: fx.Node, args: list, kwargs: dict) -> Value:
         x = args[0]
@@ -1072,10 +1165,12 @@ class Propagation:
         q, k, v, mask = (args[i] if len(args) > i else kwargs.get(n)
                          for i, n in enumerate(names))
         shape = self.out_shape(node)
-        if not all(isinstance(t, Value) for t in (q, k, v)) or kwargs.get("enable_gqa"):
+        if not all(isinstance(t, Value) for t in (q, k, v)):
             return self.pinned(node, [q, k, v, mask])
-        self.broadcast([self.sub(q, [-1]), self.sub(k, [-1])], (q.shape[-1],))
-        self.broadcast([self.sub(k, [-2]), self.sub(v, [-2])], (k.shape[-2],))
+        if kwargs.get("enable_gqa") and len(q.shape) >= 3 and q.shape[-3] != k.shape[-3]:
+            g = q.shape[-3] // k.shape[-3]  # each key/value head serves g query heads
+            k, v = (self.repeated(t, -3, g, t.shape[:-3] + (q.shape[-3],) + t.shape[-2:])
+                    for t in (k, v))
         rank = len(shape)
         lead = list(range(rank - 2))
         batch = [self.sub(t, [d - rank + len(t.shape) for d in lead if d - rank + len(t.shape)
@@ -1084,6 +1179,8 @@ class Propagation:
             self.fix_value(self.sub(mask, list(range(len(mask.shape)))[-2:]))
             batch.append(self.sub(mask, list(range(len(mask.shape) - 2))))
         out = Value(shape, dict(self.broadcast(batch, tuple(shape[:-2])).dims))
+        self.broadcast([self.sub(q, [-1]), self.sub(k, [-1])], (q.shape[-1],))
+        self.broadcast([self.sub(k, [-2]), self.sub(v, [-2])], (k.shape[-2],))
         if len(q.shape) - 2 in q.dims:
             out.dims[rank - 2] = q.dims[len(q.shape) - 2]
         if len(v.shape) - 1 in v.dims:
@@ -1145,12 +1242,14 @@ class Propagation:
                    (a.param[0], (a.param[1][-1],)) if a.param else None)
         kb = Value((b.shape[-2],), {0: b.dims[rb - 2]} if rb - 2 in b.dims else {},
                    (b.param[0], (b.param[1][-2],)) if b.param else None)
-        self.broadcast([ka, kb], (a.shape[-1],))
         batch_a = Value(a.shape[:-2], {d: x for d, x in a.dims.items() if d < ra - 2},
                         (a.param[0], a.param[1][:-2]) if a.param else None)
         batch_b = Value(b.shape[:-2], {d: x for d, x in b.dims.items() if d < rb - 2},
                         (b.param[0], b.param[1][:-2]) if b.param else None)
+        # The batch (head) dims first: tying query heads to repeated key heads decides what the
+        # within-head dims are before they are contracted.
         batch = self.broadcast([batch_a, batch_b], tuple(shape[:-2]))
+        self.broadcast([ka, kb], (a.shape[-1],))
         out = Value(shape, dict(batch.dims))
         for v, vd, od in ((a, ra - 2, len(shape) - 2), (b, rb - 1, len(shape) - 1)):
             if vd in v.dims:

@@ -238,6 +238,7 @@ _METHOD_ROLES: list[tuple[set[str], Role]] = [
     ({"size", "dim", "numel"}, Role("shape", "shape_query")),
     ({"matmul"}, Role("matmul", "matmul")),
     ({"chunk", "split", "unbind"}, Role("split", "split")),
+    ({"repeat_interleave"}, Role("repeat", "repeat_interleave")),
 ]
 
 _FUNCTION_ROLES: list[tuple[Any, Role]] = [
@@ -252,6 +253,7 @@ _FUNCTION_ROLES: list[tuple[Any, Role]] = [
     ({F.scaled_dot_product_attention}, Role("attention", "sdpa")),
     ({torch.einsum}, Role("matmul", "einsum")),
     ({torch.chunk, torch.split, torch.unbind}, Role("split", "split")),
+    ({torch.repeat_interleave}, Role("repeat", "repeat_interleave")),
     ({torch.cat, torch.concat}, Role("concat", "cat")),
     ({torch.stack}, Role("concat", "stack")),
     ({torch.transpose, torch.permute, torch.t}, Role("transpose", "transpose")),
