@@ -469,3 +469,19 @@ def test_grouped_query_heads_move_with_their_key_value_head():
     assert spec.sizes[spec.heads[q.perm]] == 2
     perm = Permutation.random(spec, torch.Generator().manual_seed(4))
     assert Permutation.from_json(perm.to_json()) == perm
+
+
+def test_ot_fusion_follows_concatenations():
+    """OT fusion of a model with a permuted copy of itself, through concatenated branches of
+    different widths and a flattened map: the exact plan carries A onto B, unit for unit."""
+    from modeconn.merge.ot import ot_fusion
+
+    model, x = _case("branches")
+    spec = auto_spec(model, x[:4])
+    perm = Permutation.random(spec, torch.Generator().manual_seed(3))
+    a = model.state_dict()
+    b = perm.apply(a)
+    for cost in ("weights", "activations"):
+        fused = ot_fusion(model, a, model, b, x[:4], cost=cost, x=x)
+        for k in a:
+            torch.testing.assert_close(fused.aligned[k], b[k], rtol=0, atol=1e-6, msg=k)

@@ -14,7 +14,7 @@ channels, and a flatten after a convolution carries the plan over its spatial bl
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..align.activations import Moments, batches, collector, units
-from ..align.spec import PermutationSpec, units_first
+from ..align.spec import PermutationSpec, Slot, units_first
 from ..align.trace import trace
 from ..errors import UsageError
 from ..options import Options, option
@@ -75,6 +75,25 @@ def _along(t: Tensor, axis: int, m: _Map, layout: tuple[int, int]) -> Tensor:
     return out.movedim(0, axis)
 
 
+def _along_slots(t: Tensor, axis: int, slots: Sequence[Slot], maps: Mapping[str, _Map],
+                 sizes: Mapping[str, int]) -> Tensor:
+    """`t` with every slot of `axis` whose group has a map carried over by it; the entries
+    between slots (unpermuted parts of a concatenation) stay as they are."""
+    if len(slots) == 1 and slots[0].start == 0 \
+            and slots[0].length(sizes[slots[0].perm]) == t.shape[axis]:
+        s = slots[0]
+        return _along(t, axis, maps[s.perm], s.layout) if s.perm in maps else t
+    pieces, pos = [], 0
+    for s in slots:
+        n = sizes[s.perm]
+        pieces.append(t.narrow(axis, pos, s.start - pos))
+        region = t.narrow(axis, s.start, s.length(n))
+        pieces.append(_along(region, axis, maps[s.perm], s.layout) if s.perm in maps else region)
+        pos = s.start + s.length(n)
+    pieces.append(t.narrow(axis, pos, t.shape[axis] - pos))
+    return torch.cat(pieces, axis)
+
+
 def _specs(model_a: nn.Module, model_b: nn.Module, example: Any
            ) -> tuple[PermutationSpec, PermutationSpec, Any, Any]:
     ta = trace(model_a, example)
@@ -82,13 +101,13 @@ def _specs(model_a: nn.Module, model_b: nn.Module, example: Any
         == {k: v.shape for k, v in model_b.state_dict().items()}
     tb = ta if same else trace(model_b, example)  # one architecture: one trace
     sa, sb = ta.spec, tb.spec
-    if sa.heads or sa.segments:
-        what = "attention heads" if sa.heads else "concatenated or split channels"
-        raise UsageError(f"OT fusion does not yet follow {what} "
-                         f"({next(iter(sa.heads or dict.fromkeys(map(str, sa.segments))))}); "
-                         "align the models with weight or activation matching and average "
-                         "them instead (--method wm or am)")
-    if sa.axes != sb.axes or set(sa.sizes) != set(sb.sizes):
+    if sa.heads:
+        raise UsageError(f"OT fusion does not yet follow attention heads "
+                         f"({next(iter(sa.heads))}); align the models with weight or activation "
+                         "matching and average them instead (--method wm or am)")
+    shape = {k: [s.perm for s in v] for k, v in sa.segments.items()}
+    if sa.axes != sb.axes or set(sa.sizes) != set(sb.sizes) \
+            or shape != {k: [s.perm for s in v] for k, v in sb.segments.items()}:
         raise UsageError("OT fusion needs two models of one architecture (widths may differ): "
                          "their channel groups differ")
     for (name, axis), layout in sa.layouts.items():
@@ -160,19 +179,23 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
         for name, axis in sa.perm_to_axes[group]:
             if axis != 0 or a[name].dim() == 0:
                 continue  # incoming weights only: the rows this group produces
+            others = [(ax, slots) for ax, slots in sa.slots[name].items() if ax != 0]
+            if any(s.perm not in maps and sa.sizes[s.perm] != sb.sizes[s.perm]
+                   for _, slots in others for s in slots):
+                continue  # a later group of another width (a residual cycle)
             ta_ = a[name]
-            known = True
-            for ax, p in enumerate(sa.axes[name]):
-                if ax == 0 or p is None:
+            for ax, slots in others:
+                ta_ = _along_slots(ta_, ax, slots, maps, sa.sizes)
+            for k, slot in enumerate(sa.slots[name][0]):
+                if slot.perm != group:
                     continue
-                if p in maps:
-                    ta_ = _along(ta_, ax, maps[p], sa.layout(name, ax))
-                elif sa.sizes[p] != sb.sizes[p]:
-                    known = False  # a later group of another width (a residual cycle)
-            if not known:
-                continue
-            fa_parts.append(ta_.reshape(ta_.shape[0], -1))
-            fb_parts.append(b[name].reshape(b[name].shape[0], -1).to(ta_.dtype))
+                rows_a = ta_.narrow(0, slot.start, slot.length(sa.sizes[group]))
+                sb_slot = sb.slots[name][0][k]
+                rows_b = b[name].narrow(0, sb_slot.start, sb_slot.length(sb.sizes[group]))
+                fa_parts.append(units_first(rows_a, 0, sa.sizes[group], slot.layout)[0]
+                                .reshape(sa.sizes[group], -1))
+                fb_parts.append(units_first(rows_b, 0, sb.sizes[group], sb_slot.layout)[0]
+                                .reshape(sb.sizes[group], -1).to(ta_.dtype))
         n_a, n_b = sa.sizes[group], sb.sizes[group]
         fa = torch.cat(fa_parts, 1) if fa_parts else None
         fb = torch.cat(fb_parts, 1) if fb_parts else None
@@ -196,9 +219,8 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
             aligned[name] = b.get(name, t)
             continue
         out = t
-        for ax, p in enumerate(sa.axes.get(name, ())):
-            if p is not None:
-                out = _along(out, ax, maps[p], sa.layout(name, ax))
+        for ax, slots in sa.slots.get(name, {}).items():
+            out = _along_slots(out, ax, slots, maps, sa.sizes)
         aligned[name] = out
     for name in aligned:
         if tuple(aligned[name].shape) != tuple(b[name].shape):
