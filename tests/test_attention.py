@@ -377,7 +377,7 @@ def test_ot_fusion_refuses_attention_in_one_line_naming_the_alternative():
     model, x = _case("hand-separate")
     other, _ = _case("hand-separate")
     with pytest.raises(UsageError, match=r"OT fusion does not yet follow attention heads .*"
-                                         r"weight or activation matching"):
+                                         r"weight or activation matching \(methods wm, am\)"):
         ot_fusion(model, model.state_dict(), other, other.state_dict(), x[:8])
 
 
@@ -485,3 +485,14 @@ def test_ot_fusion_follows_concatenations():
         fused = ot_fusion(model, a, model, b, x[:4], cost=cost, x=x)
         for k in a:
             torch.testing.assert_close(fused.aligned[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_the_hessian_trace_goes_through_scaled_dot_product_attention():
+    """Double backprop through F.scaled_dot_product_attention (whose fused CPU kernel has no
+    second derivative) works: the Hutchinson trace runs the math kernel."""
+    from modeconn.paths.landscape import hessian_trace
+
+    model, x = _case("hand-fused-chunk")
+    y = torch.randint(0, 3, (len(x),))
+    out = hessian_trace(model, model.state_dict(), x, y, probes=2, batch_size=48)
+    assert out["samples"] == 4 and torch.isfinite(torch.tensor(out["trace"]))

@@ -103,8 +103,8 @@ def _specs(model_a: nn.Module, model_b: nn.Module, example: Any
     sa, sb = ta.spec, tb.spec
     if sa.heads:
         raise UsageError(f"OT fusion does not yet follow attention heads "
-                         f"({next(iter(sa.heads))}); align the models with weight or activation "
-                         "matching and average them instead (--method wm or am)")
+                         f"({next(iter(sa.heads))}); fuse attention models by weight or "
+                         "activation matching (methods wm, am) instead")
     shape = {k: [s.perm for s in v] for k, v in sa.segments.items()}
     if sa.axes != sb.axes or set(sa.sizes) != set(sb.sizes) \
             or shape != {k: [s.perm for s in v] for k, v in sb.segments.items()}:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import UsageError
 from ..params import check_module, check_params, combine, flatten, statistic_keys, weight_keys
@@ -123,8 +124,11 @@ def hutchinson(loss_fn: Callable[[dict[str, Tensor], int], Tensor], params: Poin
     gen = torch.Generator().manual_seed(seed)
     plain, weighted = [], []
     for b in range(batches):
-        loss = loss_fn({**rest, **theta}, b)
-        grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
+        # Double backprop: the fused attention kernels have no second derivative, the math one
+        # (the same function) has.
+        with sdpa_kernel(SDPBackend.MATH):
+            loss = loss_fn({**rest, **theta}, b)
+            grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
         for p in range(probes):
             vs = [(torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t) for t in theta.values()]
             hv = torch.autograd.grad(grads, list(theta.values()), grad_outputs=vs,
