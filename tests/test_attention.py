@@ -239,7 +239,8 @@ def _case(name: str) -> tuple[nn.Module, torch.Tensor]:
     if name.startswith("zoo-gpt"):
         from modeconn.models import GPT
 
-        options = {"zoo-gpt-gqa": dict(kv_heads=2), "zoo-gpt-gqa-rotary-swiglu": dict(
+        options = {"zoo-gpt-gqa": dict(kv_heads=2), "zoo-gpt-mqa": dict(kv_heads=1),
+                   "zoo-gpt-gqa-rotary-swiglu": dict(
             kv_heads=2, rotary=True, mlp="swiglu", norm="rms")}[name]
         return GPT(11, context=8, width=32, depth=2, heads=4, **options), \
             torch.randint(0, 11, (96, 8))
@@ -249,7 +250,7 @@ def _case(name: str) -> tuple[nn.Module, torch.Tensor]:
 CASES = ["hand-fused-chunk", "hand-fused-split", "hand-timm-unbind", "hand-timm-index",
          "hand-separate", "hand-matmul", "hand-einsum",
          "torch-mha", "torch-encoder-pre", "torch-encoder-post", "torch-encoder-seq-causal",
-         "gpt", "gpt-rotary", "gqa-expand", "gqa-sdpa", "zoo-gpt-gqa",
+         "gpt", "gpt-rotary", "gqa-expand", "gqa-sdpa", "zoo-gpt-gqa", "zoo-gpt-mqa",
          "zoo-gpt-gqa-rotary-swiglu", "branches"]
 
 

@@ -161,7 +161,8 @@ class _UnionFind:
             return False
         if self.heads[r] is None:
             self.heads[r] = heads
-            self.hid[r] = self.hu.new(heads, f"{self.label[r]}.heads")
+            h = self.hid[r] = self.hu.new(heads, f"{self.label[r]}.heads")
+            self.hu.fixed[h], self.hu.why[h] = False, []  # one head: its units still move
         elif self.heads[r] != heads:
             self.fix(r, ("split", f"is split into {heads} and into {self.heads[r]} heads"))
             return False
@@ -430,6 +431,16 @@ class Propagation:
         for d, bd in x.dims.items():
             if d != dim:
                 out.dims[d] = bd
+        if b is None and x.shape[dim] == 1:
+            # A single key/value head (multi-query attention): its units, on a later dim, are
+            # that one head's, shared by all g query heads.
+            found = [d for d, bd in x.dims.items() if d > dim and bd.part is None
+                     and bd.layout == (1, 1) and bd.repeat == 1]
+            if len(found) == 1 and self.uf.set_heads(x.dims[found[0]].perm, 1):
+                p = x.dims[found[0]].perm
+                out.dims[found[0]] = Bind(p, part="within")
+                out.dims[dim] = Bind(p, part="heads", repeat=g)
+            return out
         if b is None:
             return out
         if b.part != "heads" or b.layout != (1, 1):
