@@ -67,3 +67,15 @@ def test_each_example_states_the_job_count_it_expands_to():
             assert stated == counts[name], f"README says {name} makes {stated} jobs, not {counts[name]}"
             checked += 1
     assert checked >= 3  # lmc.toml twice (its comment, the README) and demo.toml's "ten jobs"
+
+
+def test_readme_transformers_example_runs(capsys):
+    import pytest
+
+    pytest.importorskip("transformers")
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if "GPT(vocab_size" in b]
+    namespace: dict = {}
+    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 — our own README
+    printed = capsys.readouterr().out
+    assert "blocks.0.attn.k.heads" in printed and "bert.embeddings.word_embeddings" in printed
