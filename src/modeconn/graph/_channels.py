@@ -138,7 +138,9 @@ class _UnionFind:
         out = []
         for k, s in enumerate(sizes):
             c = self.new(s, f"{self.label[r]}[{k}]")
-            self.fixed[c] = self.fixed[c] or self.fixed[r]
+            if self.fixed[r]:
+                for why in self.why[r] or [None]:
+                    self.fix(c, why)
             out.append(c)
         self.parts[r] = [(sum(sizes[:k]), s, c, 1) for k, (s, c) in enumerate(zip(sizes, out))]
         return out
@@ -156,8 +158,11 @@ class _UnionFind:
     def set_heads(self, i: int, heads: int) -> bool:
         """Give the group a head structure of `heads` heads (False: it cannot have one)."""
         r = self.find(i)
-        if self.parts[r] is not None or self.size[r] % heads:
+        if self.parts[r] is not None:
             self.fix(r, ("split", "is split into heads after being split into pieces"))
+            return False
+        if self.size[r] % heads:
+            self.fix(r, ("split", f"cannot be split into {heads} heads of equal size"))
             return False
         if self.heads[r] is None:
             self.heads[r] = heads
@@ -186,12 +191,14 @@ class _UnionFind:
             i, j = j, i  # the older group names the union
         self.parent[j] = i
         self.fixed[i] = self.fixed[i] or self.fixed[j] or self.size[i] != self.size[j]
-        self.why[i] = self.why[i] + self.why[j]
+        self.why[i] = (self.why[i] + [w for w in self.why[j] if w not in self.why[i]])[:8]
         if self.size[i] != self.size[j]:
             self.why[i].append(("size", f"is tied to a group of {self.size[j]} units, not "
                                         f"{self.size[i]}"))
         if self.hu is None:
             return i
+        if self.alias[i] is not None or self.alias[j] is not None:
+            self.fix(i, ("split", "is tied to query heads that follow another head"))
         self.within_fixed[i] = self.within_fixed[i] or self.within_fixed[j]
         if self.heads[i] is None:
             self.heads[i], self.hid[i] = self.heads[j], self.hid[j]
@@ -361,8 +368,8 @@ class Propagation:
             return a if a.repeat > 1 else b
         if a.part == b.part == "within":
             ra, rb = self.uf.find(a.perm), self.uf.find(b.perm)
-            if ra != rb:
-                if self.uf.size[ra] == self.uf.size[rb]:
+            if ra != rb or a.layout != b.layout:
+                if self.uf.size[ra] == self.uf.size[rb] and a.layout == b.layout:
                     self.uf.union(ra, rb)
                 else:
                     self.pin(a)
@@ -565,6 +572,14 @@ class Propagation:
                 # a split group's parts are not contiguous in this layout
                 self.pin(b, ("layout", f"is split into pieces but indexes {name!r} in blocks"))
         self.uf.settle()
+        # A binding no slot can express (a repeated or block-laid-out composite) pins its group,
+        # so that no permutation acts on some of its tensors and not on this one.
+        for (name, _axis), b in self.binds.items():
+            if name in self.state and b.part in (None, "heads") \
+                    and not self.slots(b.perm, 0, b.outer, b.inner, b.part, b.repeat) \
+                    and not self.dropped(b.perm, b.part):
+                self.pin(b, ("layout", f"indexes {name!r} in a layout a spec cannot express"))
+                self.uf.settle()
 
     LEGITIMATE = ("output", "structure")
 
