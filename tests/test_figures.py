@@ -52,6 +52,9 @@ def _texts(fig) -> list[str]:
     (["a.safetensors", "b.safetensors"], ["a", "b"]),
     (["r/a/model.safetensors", "r/align/aligned_b.safetensors"], ["r/a", "aligned_b"]),
     (["u/snap.safetensors", "v/snap.safetensors"], ["u", "v"]),
+    (["s/jobs/train-17e8/out/all/model.safetensors", "s/jobs/train-93b7/out/all/model.safetensors"],
+     ["train-17e8/all", "train-93b7/all"]),  # a study's jobs: out/ names nothing
+    (["runs/out/a/model.safetensors", "runs/out/b/model.safetensors"], ["out/a", "out/b"]),
 ])
 def test_display_names(paths, names):
     assert display_names(paths) == names

@@ -215,3 +215,20 @@ def test_wide_tables_stay_inside_the_page_in_chromium(tmp_path):
     assert first["page"] <= first["window"][0]  # the page itself never scrolls sideways
     assert first["table"] <= first["inner"], first  # the lmc table: every column in view
     assert second["scroll"] > second["inner"] and second["height"] <= second["window"][1], second
+
+
+def test_align_and_merge_titles_name_what_their_inputs_were_trained_on(tmp_path):
+    """Align and merge-many figures of one stage over two datasets do not share titles: each
+    names the upstream sweep values that differ (dataset, patch), not its own (method, a, b)."""
+    from modeconn.report.build import Item, upstream_text
+
+    def item(i: int, dataset: str, patch: int, method: str) -> Item:
+        return Item(f"align-{i}", "align", "align",
+                    {"train.dataset": dataset, "train.patch": patch, "align.method": method,
+                     "align.a": "@train[seed=0]/all/model.safetensors"}, tmp_path, None)
+
+    items = [item(i, d, p, m) for i, (d, p) in enumerate([("digits", 4), ("mnist-5k", 7)])
+             for m in ("wm", "am")]
+    assert upstream_text(items[0], items) == " — dataset digits, patch 4"
+    assert upstream_text(items[3], items) == " — dataset mnist-5k, patch 7"
+    assert upstream_text(items[0], items[:2]) == ""  # one dataset: nothing to tell apart

@@ -38,8 +38,14 @@ def display_names(paths: Sequence[str | os.PathLike]) -> list[str]:
     """Short readable names of checkpoint files for titles and legends: the file stems
     (a.safetensors, b.safetensors → a, b), or, for files all of one name or named `model` (as
     `modeconn train` writes them), the run and member directories (runs/iid/a/model.safetensors
-    → iid/a); longer when needed to tell them apart."""
-    parts = [Path(p).with_suffix("").parts or ("?",) for p in paths]
+    → iid/a); longer when needed to tell them apart. The `out` directory of a study's job
+    (jobs/<id>/out/all/model.safetensors → <id>/all) names nothing and is left out."""
+    def shown(path: str | os.PathLike) -> tuple[str, ...]:
+        q = Path(path).with_suffix("").parts
+        return tuple(c for i, c in enumerate(q)
+                     if not (c == "out" and i >= 2 and q[i - 2] == "jobs")) or ("?",)
+
+    parts = [shown(p) for p in paths]
     same = len(parts) > 1 and len({q[-1] for q in parts}) == 1
     bases = []
     for q in parts:
@@ -88,7 +94,7 @@ def path_figure(curves: dict[str, Sequence[dict]], title: str = "", xlabel: str 
     axes[0].set_ylabel(LOSS_LABEL[score])
     axes[1].set_ylabel(SCORE_LABEL[score])
     for ax in axes:
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(wrap(xlabel, 50))  # the two panels' labels must not run into each other
         ax.grid(alpha=0.3)
     legend(axes[1])
     fig.suptitle(wrap(title), fontsize=10)

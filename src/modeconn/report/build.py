@@ -212,6 +212,14 @@ def _upstream(item: Item, ctx: Context, kind: str = "train") -> Item | None:
     return None
 
 
+def upstream_text(item: Item, items: list[Item]) -> str:
+    """The text " — dataset digits, patch 4" of a job whose title names its own settings: the
+    sweep values it inherits from the jobs it read, where they differ within its stage (so that
+    the figures of two datasets do not carry the same title)."""
+    keys = [k for k in varying(items) if not k.startswith(f"{item.stage}.")]
+    return f" — {describe(item.labels, keys)}" if keys else ""
+
+
 def model_names(paths: list[str], item: Item, ctx: Context) -> list[str]:
     """Readable names of checkpoints a job read: the sweep values of the jobs that wrote them
     (e.g. "seed 0", "seed 1"), else the files' short names."""
@@ -502,7 +510,7 @@ def align_section(items: list[Item], ctx: Context) -> list[Block]:
         after = artefacts.aligned_path("after").read(it.out)
         a, b = model_names([it.options.get("a", "A"), it.options.get("b", "B")], it, ctx)
         title = (f"linear path from {a} to {b}, before and after aligning {b} to {a} "
-                 f"({it.options.get('method', '')})")
+                 f"({it.options.get('method', '')}){upstream_text(it, items)}")
         blocks.append(ctx.figure(plots.path_figure({f"{a} → {b}": before,
                                                     f"{a} → aligned {b}": after},
                                                    title=title), title))
@@ -529,7 +537,8 @@ def merge_section(items: list[Item], ctx: Context) -> list[Block]:
             i, j = names.index(p["a"]), names.index(p["b"])
             m[i, j] = m[j, i] = p["test_loss_barrier"]
         method = it.options.get("method", "wm")
-        title = f"test loss barrier between every pair of models {MERGE_PAIRS.get(method, method)}"
+        title = (f"test loss barrier between every pair of models "
+                 f"{MERGE_PAIRS.get(method, method)}{upstream_text(it, items)}")
         blocks.append(ctx.figure(plots.matrix_figure(short, m, title, "test loss barrier"),
                                  title, "the linear path between two models as the merge "
                                  "averaged them; REPAIR, when asked, applies to the merged "
