@@ -8,7 +8,11 @@ carried into B's basis along every grouped axis — new unit j = Σ_i n_B·T[i, 
 barycentric map, a permutation when the widths are equal and the plan exact — and averaged with
 B's. The fused model has B's widths. Groups come from the permutation spec (the graph reader):
 residual connections tie their producers to one group and so to one plan, norms follow their
-channels, and a flatten after a convolution carries the plan over its spatial blocks.
+channels, a flatten after a convolution carries the plan over its spatial blocks, and a
+concatenation carries each part by its own group's plan. Attention heads stay whole: a head
+permutation and its members (the units Q and K share, those V and O share) get one exact plan
+from the two-level assignment of Verma & Elbayad on the ground costs (a LAP per pair of heads,
+then one over heads), so heads need exact plans between equal widths (EMD, uniform marginals).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from ..align.activations import Moments, batches, collector, units
-from ..align.spec import PermutationSpec, Slot, units_first
+from ..align.lap import head_assignment
+from ..align.spec import PermutationSpec, Slot, slot_index, units_first
 from ..align.trace import trace
 from ..errors import UsageError
 from ..options import Options, option
@@ -75,20 +80,28 @@ def _along(t: Tensor, axis: int, m: _Map, layout: tuple[int, int]) -> Tensor:
     return out.movedim(0, axis)
 
 
+def _along_slot(t: Tensor, axis: int, s: Slot, maps: Mapping[str, _Map]) -> Tensor:
+    """`t` (the slot's entries along `axis`) carried by the slot's group's map, if it has one."""
+    if s.perm not in maps:
+        return t
+    m = maps[s.perm]
+    if s.repeat > 1:  # repeated head blocks (grouped-query attention): exact plans only
+        return t.index_select(axis, slot_index(m.index.to(t.device), s))
+    return _along(t, axis, m, s.layout)
+
+
 def _along_slots(t: Tensor, axis: int, slots: Sequence[Slot], maps: Mapping[str, _Map],
                  sizes: Mapping[str, int]) -> Tensor:
     """`t` with every slot of `axis` whose group has a map carried over by it; the entries
     between slots (unpermuted parts of a concatenation) stay as they are."""
     if len(slots) == 1 and slots[0].start == 0 \
             and slots[0].length(sizes[slots[0].perm]) == t.shape[axis]:
-        s = slots[0]
-        return _along(t, axis, maps[s.perm], s.layout) if s.perm in maps else t
+        return _along_slot(t, axis, slots[0], maps)
     pieces, pos = [], 0
     for s in slots:
         n = sizes[s.perm]
         pieces.append(t.narrow(axis, pos, s.start - pos))
-        region = t.narrow(axis, s.start, s.length(n))
-        pieces.append(_along(region, axis, maps[s.perm], s.layout) if s.perm in maps else region)
+        pieces.append(_along_slot(t.narrow(axis, s.start, s.length(n)), axis, s, maps))
         pos = s.start + s.length(n)
     pieces.append(t.narrow(axis, pos, t.shape[axis] - pos))
     return torch.cat(pieces, axis)
@@ -101,10 +114,6 @@ def _specs(model_a: nn.Module, model_b: nn.Module, example: Any
         == {k: v.shape for k, v in model_b.state_dict().items()}
     tb = ta if same else trace(model_b, example)  # one architecture: one trace
     sa, sb = ta.spec, tb.spec
-    if sa.heads:
-        raise UsageError(f"OT fusion does not yet follow attention heads "
-                         f"({next(iter(sa.heads))}); fuse attention models by weight or "
-                         "activation matching (methods wm, am) instead")
     shape = {k: [s.perm for s in v] for k, v in sa.segments.items()}
     if sa.axes != sb.axes or set(sa.sizes) != set(sb.sizes) \
             or shape != {k: [s.perm for s in v] for k, v in sb.segments.items()}:
@@ -168,13 +177,21 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
     if cost == "activations" and (x is None or len(x) == 0):
         raise UsageError("the activation cost needs samples (x)")
     sa, sb, ta, tb = _specs(model_a, model_b, example)
+    family = sorted(set(sa.heads) | set(sa.heads.values()))
+    if family and (solver != "emd" or marginals != "uniform"
+                   or any(sa.sizes[q] != sb.sizes[q] for q in family)):
+        raise UsageError(f"OT fusion keeps attention heads ({family[0]}) whole only with exact "
+                         "plans between equal widths: use --solver emd --marginals uniform and "
+                         "models of one width, or fuse by weight or activation matching (methods "
+                         "wm, am)")
     a = {k: v.detach() for k, v in a.items()}
     b = {k: v.detach() for k, v in b.items()}
     acts = _activation_moments(_holding(model_a, a), _holding(model_b, b), ta, tb, sa, sb, x,
                                batch_size) if cost == "activations" else {}
     maps: dict[str, _Map] = {}  # group → n_B·T (columns sum to 1): the barycentric map
     plans: dict[str, Tensor] = {}
-    for group in sa.names:
+    def incoming(group: str) -> tuple[Tensor | None, Tensor | None]:
+        """A's and B's incoming weights of a group's units (A's carried by the plans so far)."""
         fa_parts, fb_parts = [], []
         for name, axis in sa.perm_to_axes[group]:
             if axis != 0 or a[name].dim() == 0:
@@ -192,21 +209,46 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
                 rows_a = ta_.narrow(0, slot.start, slot.length(sa.sizes[group]))
                 sb_slot = sb.slots[name][0][k]
                 rows_b = b[name].narrow(0, sb_slot.start, sb_slot.length(sb.sizes[group]))
-                fa_parts.append(units_first(rows_a, 0, sa.sizes[group], slot.layout)[0]
-                                .reshape(sa.sizes[group], -1))
-                fb_parts.append(units_first(rows_b, 0, sb.sizes[group], sb_slot.layout)[0]
+                fa_parts.append(units_first(rows_a, 0, sa.sizes[group], slot.layout, slot.repeat,
+                                            slot.block)[0].reshape(sa.sizes[group], -1))
+                fb_parts.append(units_first(rows_b, 0, sb.sizes[group], sb_slot.layout,
+                                            sb_slot.repeat, sb_slot.block)[0]
                                 .reshape(sb.sizes[group], -1).to(ta_.dtype))
-        n_a, n_b = sa.sizes[group], sb.sizes[group]
-        fa = torch.cat(fa_parts, 1) if fa_parts else None
-        fb = torch.cat(fb_parts, 1) if fb_parts else None
-        if cost == "activations":
+        if not fa_parts:
+            return None, None
+        return torch.cat(fa_parts, 1), torch.cat(fb_parts, 1)
+
+    def ground_cost(group: str, fa: Tensor | None, fb: Tensor | None) -> Tensor | None:
+        if cost == "activations" and acts[group].count:
             m = acts[group]
-            c = (m.saa[:, None] + m.sbb[None, :] - 2 * m.sab).clamp_min(0) / max(m.count, 1)
-        elif fa is not None:
-            c = _sq_dist(fa, fb)
-        else:
+            return (m.saa[:, None] + m.sbb[None, :] - 2 * m.sab).clamp_min(0) / max(m.count, 1)
+        return None if fa is None else _sq_dist(fa, fb)
+
+    for group in sa.names:
+        if group in maps:
+            continue
+        head = sa.heads.get(group, group if sa.members(group) else None)
+        if head is not None:  # a head permutation and its members: one structured plan
+            family = [head, *sa.members(head)]
+            costs = [ground_cost(q, *incoming(q)) for q in family]
+            if any(c is None for c in costs[1:]):
+                raise UsageError(f"OT fusion: no incoming weights of {family[1]!r} can be "
+                                 "compared (use --cost activations)")
+            scores = [None if c is None else -c.double().cpu().numpy() for c in costs]
+            sigma, flat, _ = head_assignment(scores[0], scores[1:], sa.sizes[head])
+            for q, cols in zip(family, [sigma, *flat], strict=True):
+                n = sa.sizes[q]
+                plan = torch.zeros(n, n, dtype=torch.float64)
+                plan[torch.arange(n), torch.as_tensor(cols, dtype=torch.long)] = 1.0 / n
+                plans[q] = plan
+                maps[q] = _Map.of(plan)
+            continue
+        fa, fb = incoming(group)
+        c = ground_cost(group, fa, fb)
+        if c is None:
             raise UsageError(f"OT fusion: no incoming weights of group {group!r} can be "
                              "compared (use --cost activations)")
+        n_a, n_b = sa.sizes[group], sb.sizes[group]
         importance = marginals == "importance" and fa is not None
         mu = _marginal(marginals, fa) if importance else np.full(n_a, 1.0 / n_a)
         nu = _marginal(marginals, fb) if importance else np.full(n_b, 1.0 / n_b)
@@ -259,7 +301,7 @@ def _activation_moments(model_a, model_b, ta, tb, sa, sb, x, batch_size) -> dict
         for m, was, _, _ in runs:
             m.train(was)
     for g, mo in moments.items():
-        if mo.count == 0:
+        if mo.count == 0 and not sa.members(g):  # a head permutation: its members are read
             raise UsageError(f"OT fusion: no activations were read for group {g!r}; use "
                              "--cost weights")
     return moments
