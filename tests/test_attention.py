@@ -513,3 +513,14 @@ def test_the_hessian_trace_goes_through_scaled_dot_product_attention():
     y = torch.randint(0, 3, (len(x),))
     out = hessian_trace(model, model.state_dict(), x, y, probes=2, batch_size=48)
     assert out["samples"] == 4 and torch.isfinite(torch.tensor(out["trace"]))
+
+
+def test_ot_fusion_refuses_a_partial_spec_unless_allowed():
+    from modeconn.merge.ot import ot_fusion
+
+    model, x = Offset(), torch.randn(32, 4)
+    a = model.state_dict()
+    with pytest.raises(UsageError, match="cannot align all of Offset: 'fc1'"):
+        ot_fusion(model, a, model, a, x[:4])
+    fused = ot_fusion(model, a, model, a, x[:4], allow_partial=True)
+    assert set(fused.plans) == {"fc2"}

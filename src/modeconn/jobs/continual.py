@@ -61,13 +61,17 @@ class ContinualConfig(Runtime, ModelOptions, JobConfig):
     batch_size: int = option(64, "batch size", low=1)
     lr: float = option(0.05, "SGD learning rate", low=0, low_open=True)
     seed: int = option(0, "initialisation and batch order", low=0)
+    allow_partial: bool = option(False, "align and fuse what the traced spec can cover and leave "
+                                        "in place the layers it names as not coverable",
+                                 later=True)
     quiet: bool = quiet_option()
 
     def method_options(self, method: str) -> Options:
         """A fusion method's options in this protocol: the seed, and the epochs of the methods
         that train (STE, MPF); MPF's curve also trains with each task's learning rate and batch
         size. The rest are the method's defaults."""
-        given = {"seed": self.seed, "epochs": self.epochs, "quiet": True}  # (its own bar shows)
+        given = {"seed": self.seed, "epochs": self.epochs, "quiet": True,  # (its own bar shows)
+                 "allow_partial": self.allow_partial}
         if method == "mpf":
             given.update(lr=self.lr, batch_size=self.batch_size)
         cls = METHODS[method].options
@@ -117,7 +121,7 @@ def run_continual(config: ContinualConfig, out: Path) -> ContinualResult:
     test = {f"task{i + 1}": _split(data.test_x, data.test_y, t) for i, t in enumerate(tasks)}
     evaluator = Evaluator(module, test, bn_reset="off")
     # One architecture throughout: its permutation spec is traced once, for the merges that use it
-    traced = auto_spec(module, train[0][0][:2]) \
+    traced = auto_spec(module, train[0][0][:2], allow_partial=config.allow_partial) \
         if {"wm", "am", "ste"} & set(config.methods) else None
     init = {k: v.detach().clone() for k, v in module.state_dict().items()}
     running = {m: init for m in (*config.methods, *BASELINES)}

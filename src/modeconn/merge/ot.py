@@ -107,12 +107,12 @@ def _along_slots(t: Tensor, axis: int, slots: Sequence[Slot], maps: Mapping[str,
     return torch.cat(pieces, axis)
 
 
-def _specs(model_a: nn.Module, model_b: nn.Module, example: Any
+def _specs(model_a: nn.Module, model_b: nn.Module, example: Any, allow_partial: bool = False
            ) -> tuple[PermutationSpec, PermutationSpec, Any, Any]:
-    ta = trace(model_a, example)
+    ta = trace(model_a, example, allow_partial)
     same = type(model_a) is type(model_b) and {k: v.shape for k, v in model_a.state_dict().items()} \
         == {k: v.shape for k, v in model_b.state_dict().items()}
-    tb = ta if same else trace(model_b, example)  # one architecture: one trace
+    tb = ta if same else trace(model_b, example, allow_partial)  # one architecture: one trace
     sa, sb = ta.spec, tb.spec
     shape = {k: [s.perm for s in v] for k, v in sa.segments.items()}
     if sa.axes != sb.axes or set(sa.sizes) != set(sb.sizes) \
@@ -159,7 +159,7 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
               b: Mapping[str, Tensor], example: Tensor, *, cost: str = "weights",
               x: Tensor | None = None, solver: str = "emd", reg: float = 0.01,
               marginals: str = "uniform", weight: float = 0.5,
-              batch_size: int = 256) -> OTFusion:
+              batch_size: int = 256, allow_partial: bool = False) -> OTFusion:
     """Fuse A into B: A's units transported onto B's group by group, then (1 − weight)·A +
     weight·B. `model_a`/`model_b` are the two architectures (their widths may differ; the
     result has B's); `example` a batch of inputs for tracing; `x` the samples of the
@@ -176,7 +176,7 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
         raise UsageError(f"reg must be positive for Sinkhorn, got {reg}")
     if cost == "activations" and (x is None or len(x) == 0):
         raise UsageError("the activation cost needs samples (x)")
-    sa, sb, ta, tb = _specs(model_a, model_b, example)
+    sa, sb, ta, tb = _specs(model_a, model_b, example, allow_partial)
     family = sorted(set(sa.heads) | set(sa.heads.values()))
     if family and (solver != "emd" or marginals != "uniform"
                    or any(sa.sizes[q] != sb.sizes[q] for q in family)):
@@ -318,3 +318,6 @@ class OTOptions(Options):
     marginals: str = option("uniform", "uniform, or importance (L1 of incoming weights)",
                             choices=MARGINALS)
     samples: int = option(512, "training examples of the activation cost", low=1)
+    allow_partial: bool = option(False, "fuse what the traced groups cover and leave in place "
+                                        "the layers the graph reader names as not coverable",
+                                 later=True)
