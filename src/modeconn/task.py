@@ -4,7 +4,9 @@ Everything that turns outputs and targets into a number goes through a `Task`: t
 steps (`loss`), the evaluation engine (`totals`, `stacked_totals`, `metrics`), the Hessian
 (`loss`), ensembles (`probabilities`, `ensemble_scores`). Classification (cross-entropy,
 accuracy) is the default, `CLASSIFICATION`; multi-label (`MULTILABEL`: binary cross-entropy,
-micro/macro F1, mAP) is the other, and every operation that takes `task=` speaks both. A dataset
+micro/macro F1, mAP) and language modelling (`LANGUAGE_MODEL`: next-token cross-entropy and
+accuracy over every position of a sequence) are the others, and every operation that takes
+`task=` speaks all three. A dataset
 names its task (`TASKS`), so jobs take it from the data they evaluate.
 
 Each task has one *score*, the accuracy-like metric in [0, 1] that errors, barriers and ensemble
@@ -19,6 +21,7 @@ in its totals, which `accumulate` concatenates.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
@@ -245,6 +248,53 @@ class MultiLabel(Task):
         }
 
 
+class LanguageModel(Task):
+    """Next-token prediction: outputs are logits (B, T, V) over a vocabulary of V tokens at each
+    of T positions, targets token ids (B, T). A sequence's loss is the mean cross-entropy over its
+    tokens; its score, token accuracy ("acc"), the share of positions whose argmax is the next
+    token; "ppl" is the perplexity exp(mean loss). Every sequence of a dataset has the same
+    length, so means over sequences are means over tokens. Ensembles average the token
+    probabilities (B, T, V) and are scored like a classifier over all N·T positions."""
+
+    name = "language-model"
+    metric_names = ("loss", "acc", "ppl")
+
+    def losses(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(out.transpose(1, -1), y, reduction="none").mean(-1)
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(out.flatten(0, -2), y.flatten())
+
+    def predict(self, out: Tensor) -> Tensor:
+        return out.argmax(-1)
+
+    def probabilities(self, out: Tensor) -> Tensor:
+        return out.softmax(-1)
+
+    def totals(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
+        return {"loss": self.loss_sum(out, y).double(),
+                "acc": (self.predict(out) == y).double().mean(-1).sum()}
+
+    def stacked_totals(self, out: Tensor, y: Tensor) -> dict[str, Tensor]:
+        p = len(out)
+        loss = self.losses(out.flatten(0, 1), y.repeat(p, 1)).view(p, -1).double().sum(1)
+        return {"loss": loss, "acc": (self.predict(out) == y).double().mean(-1).sum(-1)}
+
+    def metrics(self, totals: Mapping[str, Tensor], n: int) -> dict[str, float]:
+        n = max(n, 1)
+        loss = totals["loss"].item() / n
+        return {"loss": loss, "acc": totals["acc"].item() / n,
+                "ppl": math.exp(loss) if loss < 700 else math.inf}
+
+    def decisions(self, probs: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
+        return probs.argmax(-1).flatten(), y.flatten(), probs.shape[-1]
+
+    def ensemble_scores(self, probs: Tensor, y: Tensor, bins: int = 15) -> dict[str, float]:
+        """Token accuracy, NLL, Brier score and ECE of token probabilities (N, T, V), over all
+        N·T positions."""
+        return CLASSIFICATION.ensemble_scores(probs.flatten(0, -2), y.flatten(), bins)
+
+
 def _f1(tp: int, fp: int, fn: int) -> float:
     """F1 = 2 TP / (2 TP + FP + FN), 0 when there is nothing to score (scikit-learn's
     zero_division=0)."""
@@ -278,7 +328,9 @@ def expected_calibration_error(conf: Tensor, correct: Tensor, bins: int = 15) ->
 
 CLASSIFICATION = Classification()
 MULTILABEL = MultiLabel()
-TASKS: dict[str, Task] = {"classification": CLASSIFICATION, "multilabel": MULTILABEL}
+LANGUAGE_MODEL = LanguageModel()
+TASKS: dict[str, Task] = {"classification": CLASSIFICATION, "multilabel": MULTILABEL,
+                          "language-model": LANGUAGE_MODEL}
 
 
 def score_of(metrics: Mapping[str, object]) -> str:
