@@ -315,7 +315,8 @@ def _blobs(data_dir):
 def test_help_and_messages_are_generated_from_the_registry(datasets):
     from modeconn.data import dataset_help, dataset_shape, dataset_task, register
 
-    names = "digits, mnist-5k, mnist, fashion-mnist, cifar10, cifar100, bigearthnet, synthetic"
+    names = ("digits, mnist-5k, mnist, fashion-mnist, cifar10, cifar100, bigearthnet, pydoc, "
+             "synthetic")
     with pytest.raises(UsageError, match=f"^unknown dataset 'imagenet'; choose one of {names}$"):
         load_dataset("imagenet")
     assert dataset_help().startswith("digits (embedded), mnist-5k (5,000 real MNIST digits from "

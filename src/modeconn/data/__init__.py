@@ -158,6 +158,28 @@ def _check_split(spec: DataSpec) -> None:
                          "without one the whole training set is one subset")
 
 
+TEXT_SHIFTS = ("iid",)  # the shifts a text corpus (language model) takes: no class, no image
+
+
+def _check_text(spec: DataSpec) -> bool:
+    """Whether `spec` reads a text corpus (a language-model dataset), refusing what cannot apply
+    to token ids: shifts by class or of images, per-subset normalisation, spectral bands."""
+    if dataset_task(spec.dataset) != "language-model":
+        return False
+    name = spec.dataset.partition(":")[0]
+    kind = spec.shift.partition(":")[0]
+    if spec.shift != "none" and kind not in TEXT_SHIFTS:
+        raise UsageError(f"shift {spec.shift!r} cannot apply to {name}, a text corpus (it splits "
+                         "by class or transforms images); use --shift none, or iid:50,50 for "
+                         "disjoint random subsets")
+    if spec.norm == "subset":
+        raise UsageError(f"{name} is a text corpus of token ids, which are not normalised; drop "
+                         "--normalise subset (global and none both leave the ids as they are)")
+    if spec.bands is not None:
+        raise UsageError(f"{name} is a text corpus, without spectral bands; drop --bands")
+    return True
+
+
 def check_spec(spec: DataSpec) -> tuple[tuple[int, int, int], int, list[str]]:
     """What `prepare_subsets` refuses in `spec` without reading data (the dataset's name and
     options, the shift against its class count, the band sets against the subsets), through
@@ -167,10 +189,14 @@ def check_spec(spec: DataSpec) -> tuple[tuple[int, int, int], int, list[str]]:
         raise UsageError(f"unknown bad-patch policy {spec.on_bad_patch!r}; use "
                          f"{' or '.join(BAD_PATCH)}")
     shape, classes = dataset_shape(spec.dataset)
+    if _check_text(spec):
+        classes_for_shift = 1  # text subsets are random, not by class
+    else:
+        classes_for_shift = classes
     if spec.shift == "none":
         count, domains, names = 1, ["none"], ["all"]
     else:
-        shift = parse_shift(spec.shift, classes, spec.num_subsets)
+        shift = parse_shift(spec.shift, classes_for_shift, spec.num_subsets)
         count = shift.num_subsets
         domains = list(shift.domains) or ["none"] * count
         names = [subset_name(i) for i in range(count)]
@@ -181,6 +207,8 @@ def check_spec(spec: DataSpec) -> tuple[tuple[int, int, int], int, list[str]]:
 def prepare_subsets(spec: DataSpec, data_dir: str | os.PathLike | None = None) -> list[Prepared]:
     """Prepared tensors for every subset of `spec.shift` (one entry when the shift is 'none')."""
     _check_split(spec)
+    if _check_text(spec):
+        return _prepare_text(spec, _data(spec, data_dir))
     data = _data(spec, data_dir)
     groups, domains = _groups(spec, data)
     gmean, gstd = _global_stats(spec, data)
@@ -209,6 +237,28 @@ def prepare_subsets(spec: DataSpec, data_dir: str | os.PathLike | None = None) -
             histogram=class_histogram(ty, data.num_classes), task_name=data.task,
             channels=names, skipped=list(data.skipped), label_names=data.label_names,
         ))
+    return out
+
+
+def _prepare_text(spec: DataSpec, data: ImageData) -> list[Prepared]:
+    """The subsets of a text corpus: token ids as they are (no normalisation, no transform),
+    split at random (iid) by windows; the histogram counts each token among the targets."""
+    if spec.shift == "none":
+        groups = [np.arange(len(data.train_y))]
+    else:  # one "class": the shares apply to all windows, drawn at random from the split seed
+        shift = parse_shift(spec.shift, 1, spec.num_subsets)
+        groups = split_indices(np.zeros(len(data.train_y), dtype=np.int64), shift, 1,
+                               spec.split_seed)
+    out = []
+    for i, idx in enumerate(groups):
+        ty = data.train_y[torch.from_numpy(idx)]
+        out.append(Prepared(
+            spec=replace(spec, subset=None if spec.shift == "none" else i),
+            train_x=data.train_x[torch.from_numpy(idx)], train_y=ty,
+            test_x=data.test_x.clone(), test_y=data.test_y.clone(),
+            num_classes=data.num_classes, mean=[], std=[], domain="none",
+            histogram=class_histogram(ty.flatten(), data.num_classes), task_name=data.task,
+            label_names=data.label_names))
     return out
 
 
@@ -266,7 +316,7 @@ def eval_data(spec: DataSpec, on: str = "full", data_dir: str | os.PathLike | No
 def own_bands(spec: DataSpec, data_dir=None) -> str | None:
     """The bands the model of `spec` sees ('B02,B03'; None: every channel): its whole-dataset
     evaluation keeps them, as a model cannot read inputs of other channels."""
-    if spec.bands is None and not spec.shift.startswith("bands:"):
+    if (spec.bands is None and not spec.shift.startswith("bands:")) or _check_text(spec):
         return None
     data = _data(spec, data_dir)
     _, domains = _groups(spec, data)

@@ -7,6 +7,7 @@ and shape for scale tests. Nothing is unpickled: CIFAR is read from its binary d
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from collections.abc import Callable
@@ -110,6 +111,11 @@ DATASETS: dict[str, Dataset] = {
         lambda opts, data_dir, bad: _bigearthnet(data_dir, bad, **_ben_options(opts)), _ben_shape,
         task=lambda opts: "multilabel",
         syntax="[:labels=19|43,size=S,resample=bilinear|nearest,limit=N,seed=S]"),
+    "pydoc": Dataset(
+        lambda opts, data_dir, bad: pydoc_corpus(**_pydoc_options(opts)),
+        lambda opts: _pydoc_shape(opts),  # defined below, with the corpus
+        task=lambda opts: "language-model", syntax="[:context=T,limit=N]",
+        note="characters of the Python reference manual, embedded; language model"),
     "synthetic": Dataset(
         lambda opts, data_dir, bad: synthetic(**_parse_synthetic(opts)), _synthetic_shape,
         # From the text alone, as before options are checked (require_classification asks).
@@ -179,7 +185,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
 
 
 def dataset_task(name: str) -> str:
-    """The task a dataset poses ('classification' or 'multilabel'), from its name alone."""
+    """The task a dataset poses ('classification', 'multilabel' or 'language-model'), from its
+    name alone."""
     base, _, opts = name.partition(":")
     entry = DATASETS.get(base)
     return entry.task(opts) if entry is not None else "classification"
@@ -194,9 +201,11 @@ def dataset_shape(name: str) -> Shape:
 
 def require_classification(name: str, what: str) -> None:
     """Refuse a multi-label dataset where a protocol is defined on single labels."""
-    if dataset_task(name) != "classification":
+    task = dataset_task(name)
+    if task != "classification":
+        kind = "a language-model corpus" if task == "language-model" else "multi-label"
         raise UsageError(f"{what} is defined for single-label classification (it splits the data "
-                         f"by class); {name} is multi-label — use train, interpolate, align, "
+                         f"by class); {name} is {kind} — use train, interpolate, align, "
                          "merge, ensemble, curve, landscape or lmc on it")
 
 
@@ -555,3 +564,58 @@ def synthetic(n_train: int = 2000, n_test: int = 500, shape: tuple[int, ...] = (
     trx, try_ = draw(n_train)
     tex, tey = draw(n_test)
     return ImageData("synthetic", trx, try_, tex, tey, classes, task=task)
+
+
+# ---------------------------------------------------------------- pydoc: a text corpus
+
+# pydoc options: name → (parse, check, what a good value is)
+PYDOC_OPTIONS = {
+    "context": (int, lambda v: v >= 1, "a window length ≥ 1, e.g. 64"),
+    "limit": (int, lambda v: v >= 1, "a number of training windows ≥ 1, e.g. 4000"),
+}
+PYDOC_CONTEXT = 64  # characters a model reads (each window holds context + 1)
+PYDOC_LIMIT = 4000  # training windows kept: a small GPT trains on them in seconds on a CPU
+PYDOC_TEST = 0.1  # the last 10% of the windows are the test set
+
+
+def _pydoc_options(opts: str) -> dict:
+    return _parse_options("pydoc", opts, PYDOC_OPTIONS, "pydoc:context=64,limit=4000")
+
+
+def pydoc_text() -> str:
+    """The corpus: CPython's `pydoc_data.topics.topics` (the reference manual's topics that
+    `help()` shows), concatenated in the order of their sorted keys."""
+    from pydoc_data.topics import topics
+
+    return "".join(topics[k] for k in sorted(topics))
+
+
+@functools.lru_cache(maxsize=1)
+def pydoc_vocabulary() -> str:
+    """The corpus's characters, sorted: token i is character `pydoc_vocabulary()[i]`."""
+    return "".join(sorted(set(pydoc_text())))
+
+
+def _pydoc_shape(opts: str) -> Shape:
+    o = _pydoc_options(opts)
+    return (o.get("context", PYDOC_CONTEXT),), len(pydoc_vocabulary())  # type: ignore[return-value]
+
+
+def pydoc_corpus(context: int = PYDOC_CONTEXT, limit: int = PYDOC_LIMIT) -> ImageData:
+    """The character-level language-modelling corpus `pydoc`: the text of `pydoc_text` as token
+    ids of `pydoc_vocabulary`, cut into non-overlapping windows of `context` + 1 characters
+    (inputs window[:-1], targets window[1:], both int64 (N, context)). The last 10% of the
+    windows are the test set, the first `limit` of the others the training set."""
+    text, vocab = pydoc_text(), pydoc_vocabulary()
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = torch.tensor([index[c] for c in text], dtype=torch.int64)
+    n = len(ids) // (context + 1)
+    test = max(1, round(n * PYDOC_TEST))
+    if n - test < 1:
+        raise UsageError(f"pydoc: context={context} leaves no training window in "
+                         f"{len(ids):,} characters; use a shorter context (e.g. 64)")
+    windows = ids[:n * (context + 1)].view(n, context + 1)
+    train, held = windows[:min(n - test, limit)], windows[n - test:]
+    return ImageData("pydoc", train[:, :-1].clone(), train[:, 1:].clone(), held[:, :-1].clone(),
+                     held[:, 1:].clone(), len(vocab), task="language-model",
+                     label_names=tuple(vocab))
