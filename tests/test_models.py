@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from modeconn.errors import UsageError
-from modeconn.models import PRESETS, build_model, has_batchnorm, model_config
+from modeconn.models import PRESETS, TEXT_ARCHS, build_model, has_batchnorm, model_config
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (5, 16, 16)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", [n for n in PRESETS if PRESETS[n]["arch"] not in TEXT_ARCHS])
 def test_every_preset_builds_for_any_input_shape(name, shape):
     classes = 7
     cfg = model_config(name, shape, classes)
@@ -185,15 +185,16 @@ def test_help_and_messages_are_generated_from_the_registries(registries):
     assert registries.model_help() == (
         "mlp, mlpnet, mlplarge, mlphuge, vgg11/13/16/19, vgglike (VGG-like for multispectral "
         "patches), resnet (resnet20; resnetN for any depth N = 6n+2), resnet8/14/20/32/44/56/110, "
-        "convnet, vit (Vision Transformer)")
+        "convnet, vit (Vision Transformer), gpt (character-level language model, text data "
+        "only)")
     registries.register("tiny", _Tiny, note="a one-layer test net", hidden=4)
-    assert registries.model_help().endswith(", vit (Vision Transformer), tiny (a one-layer "
-                                               "test net)")
+    assert registries.model_help().endswith(", gpt (character-level language model, text data "
+                                               "only), tiny (a one-layer test net)")
     with pytest.raises(UsageError, match=r"^unknown model 'nope'; choose one of mlp, mlpnet, .*, "
-                                         r"convnet, vit, tiny \(or resnetN"):
+                                         r"convnet, vit, gpt, tiny \(or resnetN"):
         model_config("nope", (1, 8, 8), 10)
     with pytest.raises(UsageError, match="unknown architecture 'transformer'; expected one of "
-                                         "mlp, vgg, resnet, convnet, vit, tiny$"):
+                                         "mlp, vgg, resnet, convnet, vit, gpt, tiny$"):
         build_model({"arch": "transformer", "input_shape": [1, 8, 8], "num_classes": 10})
 
 

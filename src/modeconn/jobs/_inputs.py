@@ -222,20 +222,29 @@ class ModelOptions:
     width: float | None = option(None, "MLP units per hidden layer or ViT embedding width (whole "
                                         "numbers), or width multiplier (VGG, ResNet, ConvNet)",
                                  low=0, low_open=True)
-    norm: str | None = option(None, "bn or none (MLP, VGG); bn, gn, ln or none (ResNet)")
+    norm: str | None = option(None, "bn or none (MLP, VGG); bn, gn, ln or none (ResNet); ln or "
+                                    "rms (GPT)")
     bias: bool | None = option(None, "MLP biases")
     dropout: float | None = option(None, "ConvNet dropout", low=0, high=1, high_open=True)
-    heads: int | None = option(None, "ViT attention heads (must divide --width; default: the "
-                                     "preset's 4)", low=1, later=True)
+    heads: int | None = option(None, "ViT or GPT attention heads (must divide --width; default: "
+                                     "the preset's 4)", low=1, later=True)
     patch: int | None = option(None, "ViT patch side in pixels (must divide the image's sides; "
                                      "default: the preset's 7, or the largest patch below it "
                                      "that divides them)", low=1, later=True)
+    kv_heads: int | None = option(None, "GPT key/value heads (grouped-query attention; must "
+                                        "divide --heads; default: as many as --heads)", low=1,
+                                  later=True)
+    rotary: bool | None = option(None, "GPT rotary position embeddings instead of learned ones",
+                                 later=True)
+    mlp: str | None = option(None, "GPT MLP: gelu or swiglu", choices=("gelu", "swiglu"),
+                             later=True)
 
     def check(self) -> None:
         super().check()  # type: ignore[misc]
         if self.width is not None and arch_of(self.model) in WIDTH_IN_UNITS \
                 and self.width != int(self.width):
-            what = {"mlp": "an MLP", "vit": "a ViT"}.get(arch_of(self.model) or "", "this model")
+            what = {"mlp": "an MLP", "vit": "a ViT", "gpt": "a GPT"}.get(arch_of(self.model) or "",
+                                                                      "this model")
             raise self.invalid("width", f"must be a whole number of units for {what}")  # type: ignore[attr-defined]
 
     def preflight(self, here: bool = False) -> None:
@@ -253,7 +262,9 @@ class ModelOptions:
         width = self.width
         if width is not None and arch_of(self.model) in WIDTH_IN_UNITS:
             width = int(width)
-        later = {k: v for k, v in (("heads", self.heads), ("patch", self.patch)) if v is not None}
+        later = {k: v for k, v in (("heads", self.heads), ("patch", self.patch),
+                                   ("kv_heads", self.kv_heads), ("rotary", self.rotary),
+                                   ("mlp", self.mlp)) if v is not None}
         return {"depth": self.depth, "width": width, "norm": self.norm, "bias": self.bias,
                 "dropout": self.dropout, **later}
 

@@ -45,14 +45,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     # patch below it that divides both (4 on 8×8 digits and 32×32 CIFAR).
     "vit": {"arch": "vit", "width": 128, "depth": 4, "heads": 4, "patch": 7, "mlp_ratio": 2.0,
             "pool": "cls"},
+    # A character-level language model for text corpora (pydoc): small enough to train in
+    # seconds on a CPU.
+    "gpt": {"arch": "gpt", "width": 64, "depth": 2, "heads": 4, "mlp": "gelu", "norm": "layer",
+            "rotary": False, "tied": True},
 }
 # What the `--model` help says after a preset's name.
 NOTES: dict[str, str] = {"vgglike": "VGG-like for multispectral patches",
                          "resnet": "resnet20; resnetN for any depth N = 6n+2",
-                         "vit": "Vision Transformer"}
+                         "vit": "Vision Transformer",
+                         "gpt": "character-level language model, text data only"}
 # Architectures whose `width` counts units (an MLP's per hidden layer, a ViT's embedding), not a
 # multiplier of the preset's channels.
-WIDTH_IN_UNITS = frozenset({"mlp", "vit"})
+WIDTH_IN_UNITS = frozenset({"mlp", "vit", "gpt"})
+# Architectures that read sequences of token ids (input shape (context,)), not images.
+TEXT_ARCHS = frozenset({"gpt"})
+
+
+def _gpt(input_shape: Sequence[int], num_classes: int, **options: Any) -> nn.Module:
+    """A GPT over a vocabulary of `num_classes` tokens reading `input_shape` = (context,)."""
+    return GPT(vocab_size=num_classes, context=int(input_shape[0]), **options)
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,8 @@ ARCHS: dict[str, Architecture] = {
     "resnet": Architecture(ResNet, frozenset({"depth", "width", "norm"})),
     "convnet": Architecture(ConvNet, frozenset({"width", "dropout", "hidden"})),
     "vit": Architecture(ViT, frozenset({"width", "depth", "heads", "patch", "mlp_ratio", "pool"})),
+    "gpt": Architecture(_gpt, frozenset({"width", "depth", "heads", "kv_heads", "mlp", "norm",
+                                         "rotary", "tied"})),
 }
 
 
@@ -120,6 +134,8 @@ def model_config(name: str, input_shape: Sequence[int], num_classes: int,
             cfg["widths"] = [cfg["widths"][0]] * int(val)
         elif key == "width" and cfg["arch"] == "mlp":  # MLP width = units per hidden layer
             cfg["widths"] = [int(val)] * len(cfg["widths"])
+        elif key == "norm" and cfg["arch"] == "gpt":
+            cfg["norm"] = {"ln": "layer", "rms": "rms"}.get(val, val)
         elif key == "norm" and cfg["arch"] in ("mlp", "vgg"):
             if val not in ("bn", "none"):
                 raise UsageError(f"{name} supports norm bn or none, not {val!r}")
@@ -176,7 +192,15 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if arch not in ARCHS:
         raise UsageError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
     shape = cfg.get("input_shape", [])
-    if len(shape) != 3 or min(shape) <= 0:
+    if arch in TEXT_ARCHS:
+        if len(shape) != 1 or min(shape) <= 0:
+            raise UsageError(f"{arch} reads token ids (a text dataset such as --dataset pydoc), "
+                             f"not images of shape {'×'.join(map(str, shape))}; use an image "
+                             "model (mlp, vgg11, resnet20, vit, ...) on this data")
+    elif len(shape) == 1:
+        raise UsageError(f"{arch} reads images, not sequences of {shape[0]} token ids (a text "
+                         "dataset); use --model gpt on text data")
+    elif len(shape) != 3 or min(shape) <= 0:
         raise UsageError(f"input shape must be C×H×W with positive sizes, got {shape}")
     if cfg.get("num_classes", 0) < 2:
         raise UsageError(f"need at least 2 classes, got {cfg.get('num_classes')}")
@@ -199,7 +223,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
                              f"got {cfg['norm']!r}")
     if arch == "vit":
         _validate_vit(cfg)
-    if arch != "mlp" and not 0 < cfg.get("width", 1.0) < math.inf:
+    if arch == "gpt":
+        _validate_gpt(cfg)
+    if arch not in ("mlp", "gpt") and not 0 < cfg.get("width", 1.0) < math.inf:
         raise UsageError(f"width multiplier must be positive, got {cfg.get('width')}")
     if arch == "convnet" and not 0 <= cfg.get("dropout", 0.0) < 1:
         raise UsageError(f"dropout must be in [0, 1), got {cfg['dropout']}")
@@ -231,6 +257,26 @@ def _validate_vit(cfg: dict[str, Any]) -> None:
         raise UsageError(f"ViT pool must be one of {', '.join(VIT_POOLS)}, got {cfg['pool']!r}")
 
 
+def _validate_gpt(cfg: dict[str, Any]) -> None:
+    sizes = {k: cfg.get(k) for k in ("width", "depth", "heads")}
+    if cfg.get("kv_heads") is not None:
+        sizes["kv_heads"] = cfg["kv_heads"]
+    bad = {k: v for k, v in sizes.items()
+           if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+    if bad:
+        raise UsageError("GPT " + ", ".join(f"{k} {v}" for k, v in bad.items()) + ": "
+                         "width, depth, heads and kv_heads must be whole numbers ≥ 1")
+    if cfg["width"] % cfg["heads"]:
+        raise UsageError(f"GPT width {cfg['width']} is not divisible by heads {cfg['heads']}; "
+                         f"choose heads that divide the width (e.g. --heads "
+                         f"{_divisor_near(cfg['width'], cfg['heads'])})")
+    try:  # the rest (mlp, norm, kv_heads, rotary) as the module checks it
+        GPT(2, 1, width=cfg["width"], depth=1, heads=cfg["heads"],
+            **{k: cfg[k] for k in ("mlp", "norm", "rotary", "kv_heads") if k in cfg})
+    except ValueError as e:
+        raise UsageError(f"GPT: {e}") from None
+
+
 def _divisor_near(n: int, k: int) -> int:
     """The divisor of n nearest to k (the smaller on a tie)."""
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
@@ -252,7 +298,7 @@ def build_model(cfg: dict[str, Any] | str) -> nn.Module:
 # Below build_model, which loading builds with.
 from .loading import load_model, load_same_architecture, rebuild  # noqa: E402
 
-__all__ = ["ARCHS", "PRESETS", "WIDTH_IN_UNITS", "Architecture", "arch_of", "ConvNet", "GPT", "MLP",
+__all__ = ["ARCHS", "PRESETS", "TEXT_ARCHS", "WIDTH_IN_UNITS", "Architecture", "arch_of", "ConvNet", "GPT", "MLP",
            "ResNet", "VGG", "ViT", "build_model", "has_batchnorm", "load_model",
            "load_same_architecture", "model_config", "model_help", "rebuild", "register",
            "validate_config"]
