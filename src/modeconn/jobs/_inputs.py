@@ -218,16 +218,17 @@ class ModelOptions:
     """A model of the zoo and the options that override its preset."""
 
     model: str = option("mlp", model_help())
-    depth: int | None = option(None, "MLP hidden layers / VGG or ResNet depth / ViT blocks", low=1)
-    width: float | None = option(None, "MLP units per hidden layer or ViT embedding width (whole "
-                                        "numbers), or width multiplier (VGG, ResNet, ConvNet)",
+    depth: int | None = option(None, "MLP hidden layers / VGG or ResNet depth / ViT "
+                                            "or GPT blocks", low=1)
+    width: float | None = option(None, "MLP units per hidden layer or ViT embedding width (or a "
+                                        "GPT's; whole numbers), or width multiplier (VGG, ResNet, ConvNet)",
                                  low=0, low_open=True)
     norm: str | None = option(None, "bn or none (MLP, VGG); bn, gn, ln or none (ResNet); ln or "
                                     "rms (GPT)")
     bias: bool | None = option(None, "MLP biases")
     dropout: float | None = option(None, "ConvNet dropout", low=0, high=1, high_open=True)
-    heads: int | None = option(None, "ViT or GPT attention heads (must divide --width; default: "
-                                     "the preset's 4)", low=1, later=True)
+    heads: int | None = option(None, "ViT attention heads, or a GPT's (must divide --width; "
+                                     "default: the preset's 4)", low=1, later=True)
     patch: int | None = option(None, "ViT patch side in pixels (must divide the image's sides; "
                                      "default: the preset's 7, or the largest patch below it "
                                      "that divides them)", low=1, later=True)

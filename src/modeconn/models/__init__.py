@@ -298,7 +298,8 @@ def build_model(cfg: dict[str, Any] | str) -> nn.Module:
 # Below build_model, which loading builds with.
 from .loading import load_model, load_same_architecture, rebuild  # noqa: E402
 
-__all__ = ["ARCHS", "PRESETS", "TEXT_ARCHS", "WIDTH_IN_UNITS", "Architecture", "arch_of", "ConvNet", "GPT", "MLP",
+__all__ = ["ARCHS", "PRESETS", "TEXT_ARCHS", "WIDTH_IN_UNITS", "Architecture", "arch_of",
+           "ConvNet", "GPT", "MLP",
            "ResNet", "VGG", "ViT", "build_model", "has_batchnorm", "load_model",
            "load_same_architecture", "model_config", "model_help", "rebuild", "register",
            "validate_config"]
