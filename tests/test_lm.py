@@ -115,8 +115,24 @@ def test_interpolate_align_and_ensemble(trained, tmp_path):
                  "--device", "cpu", "--out", str(tmp_path / "w")]) == 0
     after = json.loads((tmp_path / "w" / "barrier_after.json").read_text())
     assert math.isfinite(after["test"]["loss"]["linear"]["barrier"])
+    assert main(["align", str(a), str(b), "--method", "am", "--points", "3", "--device", "cpu",
+                 "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "aligned_b.safetensors").is_file()
     assert main(["ensemble", str(a), str(b), "--device", "cpu", "--out",
                  str(tmp_path / "e")]) == 0
+
+
+def test_hessian_trace_of_a_language_model(trained):
+    from modeconn.models import load_model
+    from modeconn.paths.landscape import hessian_trace
+
+    _, (a, _) = trained
+    model, _ = load_model(a)
+    d = load_dataset(DATA)
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    out = hessian_trace(model, params, d.test_x[:16], d.test_y[:16], probes=2, batch_size=8,
+                        task=LANGUAGE_MODEL)
+    assert all(math.isfinite(v) for v in out.values() if isinstance(v, float))
 
 
 @pytest.mark.parametrize("args, words", [
@@ -126,6 +142,7 @@ def test_interpolate_align_and_ensemble(trained, tmp_path):
      "use --shift none, or iid:50,50"),
     (["--model", "gpt", "--dataset", "pydoc", "--shift", "dirichlet:0.5"], "a text corpus"),
     (["--model", "gpt", "--dataset", "pydoc", "--normalise", "subset"], "--normalise subset"),
+    (["--model", "gpt", "--dataset", "pydoc", "--bands", "B02"], "drop --bands"),
     (["--model", "gpt", "--dataset", "digits"], "gpt reads token ids"),
     (["--model", "mlp", "--dataset", "pydoc"], "use --model gpt on text data"),
     (["--model", "gpt", "--dataset", "pydoc", "--width", "30"], "not divisible by heads"),
