@@ -119,8 +119,8 @@ class Evaluator:
         bs = batch_size or int(min(4096, max(64, budget // per_sample)))
         points = int(max(1, min(32, budget // (per_sample * bs))))
         if x.device.type == "cpu" and not x.is_floating_point() and batch_size is None:
-            # Token ids (a language model): batches past ~128 sequences leave the CPU's cache
-            # (2.5× slower at 671 for the zoo's gpt on pydoc, measured here).
+            # Token ids (a language model): each sequence makes (T, vocab) logits per point, so
+            # larger batches leave the CPU's cache.
             bs = min(bs, CPU_TOKEN_BATCH)
         if x.device.type == "cpu":  # a GPU wants its points batched: no CPU cache to fit
             row = max(1, widest // len(x)) * x.element_size()
