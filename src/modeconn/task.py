@@ -25,6 +25,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -301,18 +302,31 @@ def _f1(tp: int, fp: int, fn: int) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
 
 
-def mean_average_precision(probs: Tensor, targets: Tensor) -> float:
-    """Mean over labels with at least one positive of scikit-learn's average precision of
-    probabilities (N, L) against multi-hot targets (N, L); nan when no label has a positive."""
+def mean_average_precision(probs: Tensor, targets: Tensor, labels: str = "all") -> float:
+    """Macro mean of scikit-learn's average precision of probabilities (N, L) against multi-hot
+    targets (N, L).
+
+    ``labels="all"`` (the default, scikit-learn's and torchmetrics' definition): every label
+    counts, and one with no positive in the evaluated set has average precision 0.
+    ``labels="present"``: the mean over the labels with at least one positive only (what
+    modeconn reported before 0.2; nan when no label has one)."""
     from sklearn.metrics import average_precision_score
 
+    if labels not in ("all", "present"):
+        raise ValueError(f"labels must be 'all' or 'present', not {labels!r}")
     targets, probs = targets.detach().cpu(), probs.detach().cpu()  # scikit-learn: NumPy
     t = (targets > 0.5).numpy() if targets.dtype.is_floating_point else targets.bool().numpy()
+    p = probs.double().numpy()
     keep = t.any(0)
-    if not keep.any():
-        return float("nan")
-    return float(average_precision_score(t[:, keep], probs.double().numpy()[:, keep],
-                                         average="macro"))
+    if labels == "present":
+        if not keep.any():
+            return float("nan")
+        return float(average_precision_score(t[:, keep], p[:, keep], average="macro"))
+    # scikit-learn warns for each label without positives and scores it 0: the same, quietly
+    ap = np.zeros(t.shape[1])
+    if keep.any():
+        ap[keep] = average_precision_score(t[:, keep], p[:, keep], average=None)
+    return float(ap.mean()) if len(ap) else float("nan")
 
 
 def expected_calibration_error(conf: Tensor, correct: Tensor, bins: int = 15) -> float:
