@@ -446,3 +446,37 @@ def test_band_stats_stream_in_blocks_and_are_cached(tmp_path):
     assert np.array_equal(band_stats(ben, mask)[0], mean)
     with pytest.raises(UsageError, match="rows must lie in 0..9"):
         band_stats(ben, [10])
+
+
+@pytest.mark.parametrize("compression", ["lzw", "lzw+predictor", "zstd", "lerc", "deflate",
+                                         "packbits", "lzma"])
+def test_compressed_bands_read_bit_identically(tmp_path, compression):
+    """GeoTIFF bands compressed as GDAL and reBEN write them (LZW with or without the
+    horizontal predictor, ZSTD, LERC, …) are decoded through imagecodecs, pixel for pixel."""
+    n = ben_mod.BAND_SIZE["B02"]
+    rng = np.random.default_rng(0)
+    band = rng.integers(0, 10000, (n, n), dtype=np.uint16)
+    name = "S2A_MSIL2A_0_0_0"
+    (tmp_path / name).mkdir()
+    codec, _, predictor = compression.partition("+")
+    tifffile.imwrite(tmp_path / name / f"{name}_B02.tif", band, compression=codec,
+                     predictor=bool(predictor))
+    assert np.array_equal(ben_mod._read_band(str(tmp_path), name, "B02"), band)
+
+
+def test_a_missing_codec_names_the_package_not_a_bad_patch(tmp_path, monkeypatch):
+    n = ben_mod.BAND_SIZE["B02"]
+    name = "S2A_MSIL2A_0_0_0"
+    (tmp_path / name).mkdir()
+    tifffile.imwrite(tmp_path / name / f"{name}_B02.tif", np.zeros((n, n), np.uint16),
+                     compression="lzw")
+
+    def no_codec(self, *args, **kwargs):  # what tifffile raises without imagecodecs
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_codec)
+    monkeypatch.setattr(ben_mod.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UsageError, match=r"^BigEarthNet: S2A_MSIL2A_0_0_0_B02.tif is compressed "
+                                         r"with LZW, which needs the imagecodecs package to "
+                                         r"decode; install it: pip install imagecodecs"):
+        ben_mod._read_band(str(tmp_path), name, "B02")

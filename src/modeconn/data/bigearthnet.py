@@ -49,6 +49,7 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -356,18 +357,36 @@ def _read_labels(folder: str, name: str) -> np.ndarray:
     return hot
 
 
+def _refuse_missing_codec(fname: str, compression: Any, error: BaseException) -> None:
+    """A compressed band that cannot be decoded because a codec package is missing is not a bad
+    patch: one line naming the package to install (tifffile decodes LZW, ZSTD, LERC, … with
+    imagecodecs)."""
+    if compression is None or int(compression) == 1:  # uncompressed: a damaged file
+        return
+    text = str(error)
+    if importlib.util.find_spec("imagecodecs") is None or "imagecodecs" in text \
+            or "No module named" in text:
+        kind = getattr(compression, "name", str(compression))
+        raise UsageError(f"BigEarthNet: {fname} is compressed with {kind}, which needs the "
+                         "imagecodecs package to decode; install it: pip install imagecodecs "
+                         f"({_brief(error)})")
+
+
 def _read_band(folder: str, name: str, band: str) -> np.ndarray:
     """One band at native size, checked: a single 2-D uint16 image of the band's size."""
     import tifffile
 
     fname = f"{name}_{band}.tif"
+    compression = None
     try:
         with tifffile.TiffFile(os.path.join(folder, name, fname)) as tif:
             pages = len(tif.pages)
+            compression = tif.pages[0].compression if pages else None
             a = tif.pages[0].asarray(maxworkers=1) if pages == 1 else None
     except FileNotFoundError:
         raise _Bad(f"missing band file {fname}") from None
     except Exception as e:  # tifffile raises many kinds on a damaged file
+        _refuse_missing_codec(fname, compression, e)
         raise _Bad(f"unreadable TIFF {fname} ({_brief(e)})") from None
     n = BAND_SIZE[band]
     if pages == 0:
