@@ -189,10 +189,7 @@ def check_spec(spec: DataSpec) -> tuple[tuple[int, int, int], int, list[str]]:
         raise UsageError(f"unknown bad-patch policy {spec.on_bad_patch!r}; use "
                          f"{' or '.join(BAD_PATCH)}")
     shape, classes = dataset_shape(spec.dataset)
-    if _check_text(spec):
-        classes_for_shift = 1  # text subsets are random, not by class
-    else:
-        classes_for_shift = classes
+    classes_for_shift = 1 if _check_text(spec) else classes  # text subsets are random
     if spec.shift == "none":
         count, domains, names = 1, ["none"], ["all"]
     else:

@@ -231,18 +231,28 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise UsageError(f"dropout must be in [0, 1), got {cfg['dropout']}")
 
 
-def _validate_vit(cfg: dict[str, Any]) -> None:
-    sizes = {k: cfg.get(k) for k in ("width", "depth", "heads", "patch")}
+def _check_sizes(model: str, sizes: dict[str, Any], names: str) -> None:
+    """Refuse sizes that are not whole numbers ≥ 1, naming them."""
     bad = {k: v for k, v in sizes.items()
            if isinstance(v, bool) or not isinstance(v, int) or v < 1}
     if bad:
-        raise UsageError("ViT " + ", ".join(f"{k} {v}" for k, v in bad.items()) + ": "
-                         "width, depth, heads and patch must be whole numbers ≥ 1")
+        raise UsageError(f"{model} " + ", ".join(f"{k} {v}" for k, v in bad.items()) + ": "
+                         f"{names} must be whole numbers ≥ 1")
+
+
+def _check_heads(model: str, cfg: dict[str, Any], or_width: bool) -> None:
+    """Refuse a width the heads do not divide, suggesting heads that do."""
     if cfg["width"] % cfg["heads"]:
-        raise UsageError(f"ViT width {cfg['width']} is not divisible by heads {cfg['heads']}; "
-                         "choose heads that divide the width (e.g. --heads "
-                         f"{_divisor_near(cfg['width'], cfg['heads'])}) or a width that is a "
-                         f"multiple of {cfg['heads']}")
+        also = f" or a width that is a multiple of {cfg['heads']}" if or_width else ""
+        raise UsageError(f"{model} width {cfg['width']} is not divisible by heads "
+                         f"{cfg['heads']}; choose heads that divide the width (e.g. --heads "
+                         f"{_divisor_near(cfg['width'], cfg['heads'])}){also}")
+
+
+def _validate_vit(cfg: dict[str, Any]) -> None:
+    _check_sizes("ViT", {k: cfg.get(k) for k in ("width", "depth", "heads", "patch")},
+                 "width, depth, heads and patch")
+    _check_heads("ViT", cfg, or_width=True)
     _, h, w = cfg["input_shape"]
     if h % cfg["patch"] or w % cfg["patch"]:
         raise UsageError(f"ViT patch {cfg['patch']} does not divide the {h}×{w} input; choose a "
@@ -261,15 +271,8 @@ def _validate_gpt(cfg: dict[str, Any]) -> None:
     sizes = {k: cfg.get(k) for k in ("width", "depth", "heads")}
     if cfg.get("kv_heads") is not None:
         sizes["kv_heads"] = cfg["kv_heads"]
-    bad = {k: v for k, v in sizes.items()
-           if isinstance(v, bool) or not isinstance(v, int) or v < 1}
-    if bad:
-        raise UsageError("GPT " + ", ".join(f"{k} {v}" for k, v in bad.items()) + ": "
-                         "width, depth, heads and kv_heads must be whole numbers ≥ 1")
-    if cfg["width"] % cfg["heads"]:
-        raise UsageError(f"GPT width {cfg['width']} is not divisible by heads {cfg['heads']}; "
-                         f"choose heads that divide the width (e.g. --heads "
-                         f"{_divisor_near(cfg['width'], cfg['heads'])})")
+    _check_sizes("GPT", sizes, "width, depth, heads and kv_heads")
+    _check_heads("GPT", cfg, or_width=False)
     try:  # the rest (mlp, norm, kv_heads, rotary) as the module checks it
         GPT(2, 1, width=cfg["width"], depth=1, heads=cfg["heads"],
             **{k: cfg[k] for k in ("mlp", "norm", "rotary", "kv_heads") if k in cfg})
