@@ -81,11 +81,28 @@ def test_mpf_returns_the_curve_midpoint_fitted_on_the_union(pairs, tmp_path):
     (["--weights", "0,0"], "--weights must be two non-negative numbers"),
     (["--method", "fuse"], "--method must be one of"),
     (["--reg", "0", "--solver", "sinkhorn"], "--reg must be"),
+    (["--preset", "otfusion", "--method", "avg"], "--method must be 'ot' with preset otfusion"),
+    (["--preset", "sidak"], "--preset must be one of otfusion"),
+    (["--preset", "otfusion", "--marginals", "importance"], "--marginals other than uniform "
+                                                            "needs proper marginals"),
+    (["--normalize-cost", "sum"], "--normalize-cost must be one of max, median, mean, log"),
 ])
 def test_bad_merge_options_are_one_line(cli, pairs, tmp_path, argv, message):
     rc, _, err = cli("merge", pairs["a"], pairs["b"], *argv, "--out", tmp_path / "x")
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_a_preset_merge_records_the_references_options_not_the_name(pairs, tmp_path):
+    r = jobs.run("merge", a=pairs["a"], b=pairs["b"], preset="otfusion", out=tmp_path / "o")
+    cfg = json.loads((tmp_path / "o" / "config.json").read_text())["config"]
+    assert r.report["method"] == "ot" and "preset" not in cfg
+    assert (cfg["method"], cfg["solver"], cfg["squared"], cfg["normalize_cost"],
+            cfg["proper_marginals"]) == ("ot", "emd", False, "none", False)
+    same = jobs.run("merge", a=pairs["a"], b=pairs["b"], method="ot", squared=False,
+                    normalize_cost="none", proper_marginals=False, out=tmp_path / "s")
+    fused = [load_checkpoint(d / "merged.safetensors").tensors for d in (r.out, same.out)]
+    assert all(torch.equal(fused[0][k], fused[1][k]) for k in fused[0])
 
 
 def test_the_fine_tuning_baseline_gets_exactly_mpfs_gradient_steps(pairs, tmp_path):

@@ -5,6 +5,12 @@ A field is declared with `option(default, help, ...)`; its type comes from the a
 field once and names the field and its owner in the message (`'points' of interpolate must be an
 integer ≥ 2, got 1`); the CLI turns each field of a job config into a flag and adds its name. A
 config round-trips through `to_dict`/`from_dict` (what config.json holds, what a study file gives).
+
+A class may name presets (`presets`: name → the field values it sets, e.g. a reference
+implementation's defaults) and take them in a `preset` field (`preset_option`). A preset is a
+shorthand: the options given beside it win over its values, and the config built holds the values
+it set, not its name (so a record never depends on what a later version's preset means, and a
+preset spelled out is the same experiment, with the same job id).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from .errors import UsageError
@@ -50,6 +57,13 @@ class Meta:
     # Added after configs were first recorded: left out of `to_dict` while at its default, so the
     # records and ids of what earlier versions wrote (which lack it) stay the same.
     later: bool = False
+
+
+def preset_option(presets: Mapping[str, Any], what: str) -> Any:
+    """The `preset` field of a class with these presets (None: none; `what` says what a preset
+    sets, for the help)."""
+    return option(None, f"set the options to {what}; options given beside it win",
+                  choices=tuple(presets), later=True)
 
 
 def option(default: Any = MISSING, help: str = "", *, choices=None, low=None, high=None,
@@ -146,8 +160,20 @@ class Options:
 
     job: ClassVar[str] = "options"
     hidden: ClassVar[tuple[str, ...]] = ()  # inherited fields this class does not take
+    # Presets (taken by a `preset` field): name → the field values it sets. A field in
+    # `preset_fixed` cannot be given another value beside the preset (a method's preset and
+    # another method).
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = MappingProxyType({})
+    preset_fixed: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        if getattr(self, "preset", None) is not None:  # built directly: a field left at its
+            infos = config_fields(type(self))          # default takes the preset's value
+            given = {i.name: getattr(self, i.name) for i in infos
+                     if i.name != "preset" and _plain(getattr(self, i.name)) != _plain(i.default)}
+            for name, value in _with_preset(type(self), self.preset, given).items():
+                object.__setattr__(self, name, value)
+            object.__setattr__(self, "preset", None)
         for info in config_fields(type(self)):
             value = getattr(self, info.name)
             object.__setattr__(self, info.name, _coerce(self.job, info, value))
@@ -183,6 +209,9 @@ class Options:
                 raise UsageError(f"{cls.job} has no option {key!r}; it takes "
                                  f"{', '.join(sorted(infos))}")
             values[name] = value
+        preset = values.pop("preset", None)
+        if preset is not None:
+            values = _with_preset(cls, preset, values)
         for info in infos.values():
             if info.required and info.name not in values:
                 raise ConfigError(cls.job, info.name, "is required", MISSING)
@@ -208,6 +237,23 @@ def config_fields(cls: type) -> list[FieldInfo]:
         out.append(FieldInfo(f.name, base, optional, many, f.default, meta))
     cls._field_infos = out  # type: ignore[attr-defined]
     return out
+
+
+def _with_preset(cls: type, name: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The field values of preset `name` with the options given beside it on top (a field the
+    class fixes must then agree with the preset)."""
+    presets = getattr(cls, "presets", {})
+    if not isinstance(name, str) or name not in presets:
+        info = next(i for i in config_fields(cls) if i.name == "preset")
+        raise ConfigError(cls.job, "preset", requirement(info), _plain(name))
+    values = dict(presets[name])
+    for field in cls.preset_fixed:
+        if field in values and field in given and given[field] != values[field]:
+            raise ConfigError(cls.job, field, f"must be {values[field]!r} with preset {name} "
+                                              f"(leave it out, or drop the preset)",
+                              _plain(given[field]))
+    values.update(given)
+    return values
 
 
 def _plain(value: Any) -> Any:

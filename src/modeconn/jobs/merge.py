@@ -10,9 +10,18 @@ from .. import artefacts
 from ..checkpoint import save_checkpoint
 from ..evaluate import Evaluator
 from ..merge import METHODS, MPF_EPOCHS, fuse, normalise, pair_weights
-from ..merge.ot import COSTS, MARGINALS, SOLVERS
+from ..merge.ot import (
+    COSTS,
+    NEEDS_PROPER,
+    SOLVERS,
+    marginals_option,
+    normalize_cost_option,
+    proper_marginals_option,
+    reg_option,
+    squared_option,
+)
 from ..models import has_batchnorm
-from ..options import Options, option
+from ..options import Options, option, preset_option
 from ..task import score_of
 from ..train import TrainConfig, finetune
 from ._inputs import Models, load_models, output_dir, record, split_tensors
@@ -27,6 +36,14 @@ from .align import (
     ste_lr_option,
     ste_warm_option,
 )
+
+# The job's option of a method's option, where the names differ (MPF trains with the --curve-*
+# options; its --epochs is the job's).
+_JOB_NAMES = {"mpf": {"lr": "curve_lr", "batch_size": "curve_batch_size"}}
+# Every method's presets, as the job's options (with the method they are of).
+PRESETS = {name: {"method": method, **{_JOB_NAMES.get(method, {}).get(k, k): v
+                                        for k, v in values.items()}}
+           for method, m in METHODS.items() for name, values in m.options.presets.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,13 +61,11 @@ class MergeConfig(Alignment, JobConfig):
                                         nonempty=True)
     repair: bool = option(False, "REPAIR the fused model (models with BatchNorm always get BN "
                                  "reset)")
-    cost: str = option("weights", "OT ground cost: squared distance of incoming weights, or of "
+    cost: str = option("weights", "OT ground cost: the distance of incoming weights, or of "
                                   "activations on --samples training examples", choices=COSTS)
     solver: str = option("emd", "OT plan: exact EMD or Sinkhorn", choices=SOLVERS)
-    reg: float = option(0.01, "Sinkhorn regularisation (relative to the largest cost)", low=0,
-                        low_open=True, finite=True)
-    marginals: str = option("uniform", "OT marginals: uniform, or importance (L1 of incoming "
-                                       "weights)", choices=MARGINALS)
+    reg: float = reg_option()
+    marginals: str = marginals_option()
     samples: int = option(512, "training examples of the OT activation cost", low=1)
     epochs: int | None = ste_epochs_option("STE (or MPF: curve epochs, default 20)")
     lr: float = ste_lr_option("STE")
@@ -63,6 +78,15 @@ class MergeConfig(Alignment, JobConfig):
                                      "for this many epochs (SGD, --curve-lr, --curve-batch-size, "
                                      "the curve schedule): with MPF's --epochs, exactly MPF's "
                                      "gradient-step budget — the fair baseline", low=0)
+    squared: bool = squared_option()
+    normalize_cost: str = normalize_cost_option()
+    proper_marginals: bool = proper_marginals_option()
+    preset: str | None = preset_option(PRESETS, "a reference implementation's settings of a "
+                                                "method (it sets --method too): " + ", ".join(
+                                                    f"{k} ({v['method']})"
+                                                    for k, v in PRESETS.items()))
+    presets = PRESETS
+    preset_fixed = ("method",)
 
     def check(self) -> None:
         super().check()
@@ -71,6 +95,8 @@ class MergeConfig(Alignment, JobConfig):
         if self.method == "mpf" and self.weights[0] != self.weights[1]:
             raise self.invalid("weights", "do not apply to --method mpf, which returns the "
                                           "middle of its curve (θ(0.5)); leave them out")
+        if self.method == "ot" and not self.proper_marginals and self.marginals != "uniform":
+            raise self.invalid("marginals", NEEDS_PROPER)
         if self.method == "mpf" and self.finetune_epochs:
             raise self.invalid("finetune_epochs", "must be 0 with --method mpf (MPF trains "
                                                   "already; fine-tune the other methods)")

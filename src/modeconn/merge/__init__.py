@@ -77,6 +77,8 @@ def _permuting(name: str):
 def _ot(model_a, a, model_b, b, x, y, *, weights, options: OTOptions, task, spec):
     return ot_fusion(model_a, a, model_b, b, x[:2], cost=options.cost, x=x[:options.samples],
                      solver=options.solver, reg=options.reg, marginals=options.marginals,
+                     squared=options.squared, normalize_cost=options.normalize_cost,
+                     proper_marginals=options.proper_marginals,
                      weight=weights[1], allow_partial=options.allow_partial).params
 
 

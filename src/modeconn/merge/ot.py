@@ -13,6 +13,15 @@ concatenation carries each part by its own group's plan. Attention heads stay wh
 permutation and its members (the units Q and K share, those V and O share) get one exact plan
 from the two-level assignment of Verma & Elbayad on the ground costs (a LAP per pair of heads,
 then one over heads), so heads need exact plans between equal widths (EMD, uniform marginals).
+
+The ground cost and the marginals follow sidak/otfusion (`ground_metric.py`,
+`wasserstein_ensemble.py`) where it has options: the distance squared or not, then normalised
+(divided by its max, median or mean, log(1 + cost), or none) before the plan is solved — Sinkhorn's
+regularisation is relative to the normalised cost, as in the reference; EMD's plan does not change
+under a positive scale — and importance marginals from the L1 (or L2) norm of each unit's incoming
+weights as trained (not yet carried into B's basis, the reference's active code; `importance-
+aligned`: the L1 norm after carrying, a variant the reference left commented out and modeconn 0.2
+used). `PRESETS` holds the reference's settings by name.
 """
 
 from __future__ import annotations
@@ -31,12 +40,29 @@ from ..align.lap import head_assignment
 from ..align.spec import PermutationSpec, Slot, slot_index, units_first
 from ..align.trace import trace
 from ..errors import UsageError
-from ..options import Options, option
+from ..options import Options, option, preset_option
 from ..params import combine
 
 COSTS = ("weights", "activations")
 SOLVERS = ("emd", "sinkhorn")
-MARGINALS = ("uniform", "importance")
+MARGINALS = ("uniform", "importance", "importance-l2", "importance-aligned")
+# What importance marginals need (the requirement an options check names).
+NEEDS_PROPER = ("other than uniform needs proper marginals (sidak/otfusion asserts "
+                "--proper-marginals with --importance): add --proper-marginals")
+# The ground cost's normalisation: the statistic it is divided by, or log(1 + cost), or none.
+NORMALIZE = {"max": torch.amax, "median": torch.median, "mean": torch.mean, "log": torch.log1p,
+             "none": None}
+# sidak/otfusion's settings by name: "otfusion" as its README's commands run it (--exact
+# --not-squared --ground-metric-normalize none, with --correction --past-correction, which
+# modeconn always does), "otfusion-defaults" as its parser's defaults leave it (Sinkhorn with reg
+# 0.01 on log(1 + squared distance)). Uniform marginals in both (its --importance is unset).
+PRESETS = {
+    "otfusion": {"solver": "emd", "squared": False, "normalize_cost": "none",
+                 "marginals": "uniform", "proper_marginals": False},
+    "otfusion-defaults": {"solver": "sinkhorn", "reg": 0.01, "squared": True,
+                          "normalize_cost": "log", "marginals": "uniform",
+                          "proper_marginals": False},
+}
 
 
 @dataclass
@@ -57,8 +83,11 @@ class _Map:
     index: Tensor | None
 
     @classmethod
-    def of(cls, plan: Tensor) -> _Map:
-        w = plan / plan.sum(0, keepdim=True).clamp_min(1e-300)
+    def of(cls, plan: Tensor, proper: bool = True) -> _Map:
+        """The plan's columns divided by their sums (the reference's --proper-marginals), or
+        (`proper=False`, the reference without it) the plan times n_A: the same where the
+        columns hold their marginal, as EMD's do; not where Sinkhorn stopped short of it."""
+        w = plan / plan.sum(0, keepdim=True).clamp_min(1e-300) if proper else plan * plan.shape[0]
         square = w.shape[0] == w.shape[1]
         index = w.argmax(0) if square and bool((w.count_nonzero(0) == 1).all()) else None
         return cls(w, index)
@@ -126,11 +155,29 @@ def _specs(model_a: nn.Module, model_b: nn.Module, example: Any, allow_partial: 
 
 
 def _marginal(kind: str, feats: Tensor) -> np.ndarray:
+    """A group's marginal from its units' incoming weights (rows of `feats`): uniform, or their
+    L1 (L2) norms + 1e-9, normalised (the reference's `_get_neuron_importance_histogram`)."""
     n = feats.shape[0]
     if kind == "uniform":
         return np.full(n, 1.0 / n)
-    w = feats.abs().sum(1).double().cpu().numpy() + 1e-12  # importance: L1 of incoming weights
+    if kind == "importance-aligned":  # modeconn 0.2's (on carried weights), kept as it was
+        w = feats.abs().sum(1).double().cpu().numpy() + 1e-12
+    else:
+        w = torch.linalg.vector_norm(feats.double(), 2 if kind == "importance-l2" else 1,
+                                     dim=1).cpu().numpy() + 1e-9
     return w / w.sum()
+
+
+def _normalized(cost: Tensor, how: str) -> Tensor:
+    """The ground cost normalised as the reference's `--ground-metric-normalize` does (a
+    statistic of 0, two identical models, leaves it as it is)."""
+    f = NORMALIZE[how]
+    if f is None:
+        return cost
+    if how == "log":
+        return f(cost)
+    scale = f(cost)
+    return cost / scale if scale > 0 else cost
 
 
 def _plan(cost: Tensor, a: np.ndarray, b: np.ndarray, solver: str, reg: float) -> Tensor:
@@ -140,36 +187,42 @@ def _plan(cost: Tensor, a: np.ndarray, b: np.ndarray, solver: str, reg: float) -
     if solver == "emd":
         plan = ot.emd(a, b, c)
     else:
-        scale = c.max() if c.max() > 0 else 1.0  # reg is relative to the largest cost
-        plan = ot.sinkhorn(a, b, c / scale, reg)
+        plan = ot.sinkhorn(a, b, c, reg)
         if not np.isfinite(plan).all() or plan.sum() <= 0:
-            raise UsageError(f"Sinkhorn with reg {reg} did not converge; raise --reg or use "
-                             "--solver emd")
+            raise UsageError(f"Sinkhorn with reg {reg} did not converge; raise --reg, normalise "
+                             "the cost (--normalize-cost max) or use --solver emd")
     return torch.from_numpy(np.asarray(plan, dtype=np.float64))
 
 
-def _sq_dist(fa: Tensor, fb: Tensor) -> Tensor:
-    """Squared Euclidean distances between rows, in the weights' precision."""
-    return ((fa * fa).sum(1)[:, None] + (fb * fb).sum(1)[None, :]
-            - 2 * fa @ fb.T).clamp_min(0)
+def _sq_dist(fa: Tensor, fb: Tensor, squared: bool = True) -> Tensor:
+    """Squared (or plain) Euclidean distances between rows, in the weights' precision."""
+    d = ((fa * fa).sum(1)[:, None] + (fb * fb).sum(1)[None, :] - 2 * fa @ fb.T).clamp_min(0)
+    return d if squared else d.sqrt()
 
 
 @torch.no_grad()
 def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
               b: Mapping[str, Tensor], example: Tensor, *, cost: str = "weights",
               x: Tensor | None = None, solver: str = "emd", reg: float = 0.01,
-              marginals: str = "uniform", weight: float = 0.5,
-              batch_size: int = 256, allow_partial: bool = False) -> OTFusion:
+              marginals: str = "uniform", weight: float = 0.5, squared: bool = True,
+              normalize_cost: str = "max", proper_marginals: bool = True, batch_size: int = 256,
+              allow_partial: bool = False) -> OTFusion:
     """Fuse A into B: A's units transported onto B's group by group, then (1 − weight)·A +
     weight·B. `model_a`/`model_b` are the two architectures (their widths may differ; the
     result has B's); `example` a batch of inputs for tracing; `x` the samples of the
-    activation cost."""
+    activation cost. The ground cost is the squared (or, `squared=False`, plain) Euclidean
+    distance, then normalised by `normalize_cost` (a key of NORMALIZE) before the plan."""
     if cost not in COSTS:
         raise UsageError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
     if solver not in SOLVERS:
         raise UsageError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     if marginals not in MARGINALS:
         raise UsageError(f"marginals must be one of {', '.join(MARGINALS)}, got {marginals!r}")
+    if normalize_cost not in NORMALIZE:
+        raise UsageError(f"normalize_cost must be one of {', '.join(NORMALIZE)}, got "
+                         f"{normalize_cost!r}")
+    if not proper_marginals and marginals != "uniform":
+        raise UsageError(f"marginals {marginals} {NEEDS_PROPER.removeprefix('other than uniform ')}")
     if not 0 <= weight <= 1:
         raise UsageError(f"weight must be in [0, 1], got {weight}")
     if solver == "sinkhorn" and not reg > 0:
@@ -184,14 +237,19 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
                          "plans between equal widths: use --solver emd --marginals uniform and "
                          "models of one width, or fuse by weight or activation matching (methods "
                          "wm, am)")
+    if not proper_marginals and sa.sizes != sb.sizes:
+        raise UsageError("--no-proper-marginals scales each plan by A's width, which assumes the "
+                         "widths of A and B agree (sidak/otfusion's correction); keep proper "
+                         "marginals for models of different widths")
     a = {k: v.detach() for k, v in a.items()}
     b = {k: v.detach() for k, v in b.items()}
     acts = _activation_moments(_holding(model_a, a), _holding(model_b, b), ta, tb, sa, sb, x,
                                batch_size) if cost == "activations" else {}
     maps: dict[str, _Map] = {}  # group → n_B·T (columns sum to 1): the barycentric map
     plans: dict[str, Tensor] = {}
-    def incoming(group: str) -> tuple[Tensor | None, Tensor | None]:
-        """A's and B's incoming weights of a group's units (A's carried by the plans so far)."""
+    def incoming(group: str, carried: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """A's and B's incoming weights (and biases) of a group's units, one row per unit; A's
+        carried by the plans so far, or (`carried=False`) as trained."""
         fa_parts, fb_parts = [], []
         for name, axis in sa.perm_to_axes[group]:
             if axis != 0 or a[name].dim() == 0:
@@ -201,7 +259,7 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
                    for _, slots in others for s in slots):
                 continue  # a later group of another width (a residual cycle)
             ta_ = a[name]
-            for ax, slots in others:
+            for ax, slots in others if carried else ():
                 ta_ = _along_slots(ta_, ax, slots, maps, sa.sizes)
             for k, slot in enumerate(sa.slots[name][0]):
                 if slot.perm != group:
@@ -219,10 +277,16 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
         return torch.cat(fa_parts, 1), torch.cat(fb_parts, 1)
 
     def ground_cost(group: str, fa: Tensor | None, fb: Tensor | None) -> Tensor | None:
+        """The reference's ground metric: distance (squared or not), then normalised."""
         if cost == "activations" and acts[group].count:
             m = acts[group]
-            return (m.saa[:, None] + m.sbb[None, :] - 2 * m.sab).clamp_min(0) / max(m.count, 1)
-        return None if fa is None else _sq_dist(fa, fb)
+            d = (m.saa[:, None] + m.sbb[None, :] - 2 * m.sab).clamp_min(0) / max(m.count, 1)
+            d = d if squared else d.sqrt()
+        elif fa is None:
+            return None
+        else:
+            d = _sq_dist(fa, fb, squared)
+        return _normalized(d, normalize_cost)
 
     for group in sa.names:
         if group in maps:
@@ -241,7 +305,7 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
                 plan = torch.zeros(n, n, dtype=torch.float64)
                 plan[torch.arange(n), torch.as_tensor(cols, dtype=torch.long)] = 1.0 / n
                 plans[q] = plan
-                maps[q] = _Map.of(plan)
+                maps[q] = _Map.of(plan)  # a permutation: exact either way
             continue
         fa, fb = incoming(group)
         c = ground_cost(group, fa, fb)
@@ -249,12 +313,14 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
             raise UsageError(f"OT fusion: no incoming weights of group {group!r} can be "
                              "compared (use --cost activations)")
         n_a, n_b = sa.sizes[group], sb.sizes[group]
-        importance = marginals == "importance" and fa is not None
-        mu = _marginal(marginals, fa) if importance else np.full(n_a, 1.0 / n_a)
-        nu = _marginal(marginals, fb) if importance else np.full(n_b, 1.0 / n_b)
+        if marginals != "uniform" and fa is not None:  # importance: of A's weights as trained,
+            raw = fa if marginals == "importance-aligned" else incoming(group, False)[0]
+            mu, nu = _marginal(marginals, raw), _marginal(marginals, fb)  # or as carried
+        else:
+            mu, nu = np.full(n_a, 1.0 / n_a), np.full(n_b, 1.0 / n_b)
         plan = _plan(c, mu, nu, solver, reg)
         plans[group] = plan
-        maps[group] = _Map.of(plan)
+        maps[group] = _Map.of(plan, proper_marginals)
     aligned = {}
     for name, t in a.items():
         if not t.is_floating_point():  # integer buffers (counters) follow B
@@ -307,17 +373,62 @@ def _activation_moments(model_a, model_b, ta, tb, sa, sb, x, batch_size) -> dict
     return moments
 
 
+def reg_option():
+    """Sinkhorn's regularisation, of the normalised cost."""
+    return option(0.01, "Sinkhorn regularisation, of the normalised cost (with --normalize-cost "
+                        "max, the default: relative to the largest cost)", low=0, low_open=True)
+
+
+def marginals_option():
+    """The plans' marginals."""
+    return option("uniform", "uniform, or importance: the L1 norm (importance-l2: L2) of each "
+                             "unit's incoming weights as trained, as sidak/otfusion's --importance"
+                             " l1/l2; importance-aligned: the L1 norm after carrying (modeconn "
+                             "0.2's)", choices=MARGINALS)
+
+
+def squared_option():
+    """Whether the ground metric is the squared distance."""
+    return option(True, "ground metric: the squared Euclidean distance, or (--no-squared, "
+                        "sidak/otfusion's --not-squared) the distance", later=True)
+
+
+def normalize_cost_option():
+    """How the ground cost is normalised before the plan."""
+    return option("max", "normalise the ground cost before the plan: divide it by its max, "
+                         "median or mean, take log(1 + cost), or none (sidak/otfusion's "
+                         "--ground-metric-normalize); EMD's plan changes only with log",
+                  choices=tuple(NORMALIZE), later=True)
+
+
+def proper_marginals_option():
+    """How a plan becomes the map that carries A's units."""
+    return option(True, "carry A's units by the plan's columns divided by their sums (a "
+                        "barycentric map; sidak/otfusion's --proper-marginals), or "
+                        "(--no-proper-marginals, its default) by the plan times A's width: the "
+                        "same with EMD, not where Sinkhorn stops short of its marginals",
+                  later=True)
+
+
 @dataclass(frozen=True, kw_only=True)
 class OTOptions(Options):
     job = "OT fusion"
-    cost: str = option("weights", "ground cost: squared distance of incoming weights, or of "
+    cost: str = option("weights", "ground cost: the distance of incoming weights, or of "
                                   "activations on `samples` training examples", choices=COSTS)
     solver: str = option("emd", "transport plan: exact EMD or Sinkhorn", choices=SOLVERS)
-    reg: float = option(0.01, "Sinkhorn regularisation (relative to the largest cost)", low=0,
-                        low_open=True)
-    marginals: str = option("uniform", "uniform, or importance (L1 of incoming weights)",
-                            choices=MARGINALS)
+    reg: float = reg_option()
+    marginals: str = marginals_option()
     samples: int = option(512, "training examples of the activation cost", low=1)
     allow_partial: bool = option(False, "fuse what the traced groups cover and leave in place "
                                         "the layers the graph reader names as not coverable",
                                  later=True)
+    squared: bool = squared_option()
+    normalize_cost: str = normalize_cost_option()
+    proper_marginals: bool = proper_marginals_option()
+    preset: str | None = preset_option(PRESETS, "sidak/otfusion's: otfusion (its README's "
+                                                "commands) or otfusion-defaults (its parser's)")
+    presets = PRESETS
+
+    def check(self) -> None:
+        if not self.proper_marginals and self.marginals != "uniform":
+            raise self.invalid("marginals", NEEDS_PROPER)

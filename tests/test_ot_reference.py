@@ -1,0 +1,211 @@
+"""OT fusion against sidak/otfusion's own math (`wasserstein_ensemble.py`,
+`get_wassersteinized_layers_modularized`, and `ground_metric.py`), ported below in float64: the
+fused weights agree to 1e-9 under each of its ground-metric options, importance marginals and
+both solvers, and its settings are reachable by name (`--preset otfusion`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from modeconn.jobs.merge import MergeConfig
+from modeconn.merge.ot import OTOptions, ot_fusion
+from modeconn.options import ConfigError
+
+ot = pytest.importorskip("ot")
+
+
+# ------------------------------------------------------------------ the reference, ported
+
+def _ground_metric(x: torch.Tensor, y: torch.Tensor, squared: bool, normalize: str
+                   ) -> torch.Tensor:
+    """GroundMetric.process for 'euclidean' (its default `_cost_matrix_xy`), no clipping."""
+    c = ((x[:, None, :] - y[None, :, :]).abs() ** 2).sum(2)
+    if not squared:
+        c = c ** 0.5
+    if normalize == "log":
+        return torch.log1p(c)
+    stat = {"max": torch.max, "median": torch.median, "mean": torch.mean}.get(normalize)
+    return c if stat is None else c / stat(c)
+
+
+def _importance(w: torch.Tensor, kind: str, eps: float = 1e-9) -> np.ndarray:
+    """`_get_neuron_importance_histogram`: the L1 (L2) norm of each row, + eps, normalised."""
+    rows = w.reshape(w.shape[0], -1).numpy()
+    h = np.linalg.norm(rows, ord=1 if kind == "l1" else 2, axis=-1).astype(np.float64) + eps
+    return h / h.sum()
+
+
+def reference_fusion(wa: list[torch.Tensor], wb: list[torch.Tensor], *, exact: bool = True,
+                     reg: float = 0.01, squared: bool = True, normalize: str = "log",
+                     importance: str | None = None, step: float = 0.5, eps: float = 0.0,
+                     proper_marginals: bool = False, skip_last_layer: bool = True
+                     ) -> tuple[list[torch.Tensor], list]:
+    """The reference's weight-mode fusion of two bias-free networks, one weight per layer, with
+    --correction --past-correction (and --proper-marginals as given; it asserts it with
+    importance). `eps` is its 1e-7 in the correction's 1/(β + eps) (0 here: exactly the barycentric
+    map). Returns the fused weights and the plans."""
+    fused, plans, t_var = [], [], None
+    last = len(wa) - 1
+    for idx, (w0, w1) in enumerate(zip(wa, wb)):
+        conv = w0.dim() > 2
+        d0 = w0.reshape(w0.shape[0], w0.shape[1], -1) if conv else w0
+        d1 = w1.reshape(w1.shape[0], w1.shape[1], -1) if conv else w1
+        if idx == 0:
+            aligned = d0
+        elif conv:
+            aligned = torch.bmm(d0.permute(2, 0, 1),
+                                t_var.unsqueeze(0).repeat(d0.shape[2], 1, 1)).permute(1, 2, 0)
+        elif w0.shape[1] != t_var.shape[0]:  # a linear layer after a flattened conv
+            unflat = w0.reshape(w0.shape[0], t_var.shape[0], -1).permute(2, 0, 1)
+            aligned = torch.bmm(unflat, t_var.unsqueeze(0).repeat(unflat.shape[0], 1, 1))
+            aligned = aligned.permute(1, 2, 0).reshape(w0.shape[0], -1)
+        else:
+            aligned = w0 @ t_var
+        n0, n1 = d0.shape[0], d1.shape[0]
+        if idx == last and skip_last_layer:
+            fused.append((1 - step) * aligned.reshape(w0.shape) + step * w1)
+            break
+        m = _ground_metric(aligned.reshape(n0, -1), d1.reshape(n1, -1), squared, normalize)
+        if importance is None or idx == last:
+            mu, nu = np.ones(n0) / n0, np.ones(n1) / n1
+        else:  # its active line: the unaligned weights
+            mu, nu = _importance(d0, importance), _importance(d1, importance)
+        t = ot.emd(mu, nu, m.numpy()) if exact else ot.bregman.sinkhorn(mu, nu, m.numpy(), reg)
+        t = torch.from_numpy(np.asarray(t))
+        plans.append(t)
+        if not proper_marginals:  # --correction without --proper-marginals
+            t_var = t @ torch.diag(1.0 / (torch.ones(n0, dtype=t.dtype) / n0 + eps))
+        else:
+            t_var = t * (1 / (t.T @ torch.ones(n0, dtype=t.dtype) + eps))
+        moved = t_var.T @ aligned.reshape(n0, -1)  # --past-correction
+        fused.append(((1 - step) * moved + step * d1.reshape(n1, -1)).reshape(w1.shape))
+    return fused, plans
+
+
+# ------------------------------------------------------------------ models
+
+def mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 24, bias=False), nn.ReLU(), nn.Linear(24, 20, bias=False),
+                         nn.ReLU(), nn.Linear(20, 12, bias=False), nn.ReLU(),
+                         nn.Linear(12, 10, bias=False)).double()
+
+
+def convnet(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.ReLU(), nn.Conv2d(8, 6, 3, bias=False),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 10, bias=False)).double()
+
+
+INPUTS = {mlp: (16,), convnet: (3, 8, 8)}
+
+
+def fuse_both(build, b_params=None, **kw):
+    ma, mb = build(0), build(1)
+    a = ma.state_dict()
+    b = mb.state_dict() if b_params is None else b_params
+    x = torch.randn(2, *INPUTS[build], dtype=torch.float64)
+    ref_kw = {"exact": kw.get("solver", "emd") == "emd", "reg": kw.get("reg", 0.01),
+              "squared": kw.get("squared", True), "normalize": kw.get("normalize_cost", "max"),
+              "importance": {"uniform": None, "importance": "l1", "importance-l2": "l2"}[
+                  kw.get("marginals", "uniform")], "step": kw.get("weight", 0.5),
+              "proper_marginals": kw.get("proper_marginals", True)}
+    ref, plans = reference_fusion(list(a.values()), list(b.values()), **ref_kw)
+    ours = ot_fusion(ma, a, mb, b, x, **kw)
+    return ours, dict(zip(a, ref)), plans
+
+
+SETTINGS = [
+    {"squared": False, "normalize_cost": "none", "proper_marginals": False},  # its README's
+    {"squared": True, "normalize_cost": "log"},
+    {"solver": "sinkhorn", "reg": 0.01, "squared": True, "normalize_cost": "log",  # its parser's
+     "proper_marginals": False},  # (Sinkhorn stops short of its column marginals here)
+    {"solver": "sinkhorn", "reg": 0.01, "squared": True, "normalize_cost": "log"},
+    {"solver": "sinkhorn", "reg": 0.05, "squared": True, "normalize_cost": "max",
+     "marginals": "importance"},
+    {"solver": "sinkhorn", "reg": 0.1, "squared": False, "normalize_cost": "median",
+     "marginals": "importance-l2", "weight": 0.3},
+    {"solver": "sinkhorn", "reg": 0.02, "squared": True, "normalize_cost": "mean",
+     "marginals": "importance"},
+    {"squared": True, "normalize_cost": "none", "marginals": "importance"},
+]
+
+
+@pytest.mark.parametrize("build", [mlp, convnet], ids=["mlp", "conv"])
+@pytest.mark.parametrize("kw", SETTINGS, ids=lambda kw: "-".join(map(str, kw.values())))
+def test_fused_weights_agree_with_the_reference(build, kw):
+    ours, ref, plans = fuse_both(build, **kw)
+    for name, r in ref.items():
+        assert torch.allclose(ours.params[name], r, rtol=0, atol=1e-9), name
+    assert all(torch.allclose(p, r, rtol=0, atol=1e-12)
+               for p, r in zip(ours.plans.values(), plans))
+
+
+def test_the_reference_transports_the_output_layer_to_itself_where_classes_match():
+    """Ours never moves the output units (classes correspond); the reference, without
+    --skip-last-layer, solves a plan for them too: where B is a perturbed permuted copy of A that
+    plan is the identity, and the two agree."""
+    ma = mlp(0)
+    a = ma.state_dict()
+    g = torch.Generator().manual_seed(3)
+    perms = [torch.randperm(n, generator=g) for n in (24, 20, 12)]
+    keys = list(a)
+    b = {}
+    for i, k in enumerate(keys):
+        w = a[k]
+        if i < len(perms):
+            w = w[perms[i]]
+        if i > 0:
+            w = w[:, perms[i - 1]]
+        b[k] = w + 1e-3 * torch.randn(w.shape, generator=g, dtype=w.dtype)
+    ref, plans = reference_fusion(list(a.values()), list(b.values()), squared=False,
+                                  normalize="none", proper_marginals=False,
+                                  skip_last_layer=False)
+    assert torch.equal(plans[-1], torch.eye(10, dtype=torch.float64) / 10)
+    ours = ot_fusion(ma, a, mlp(1), b, torch.randn(2, 16, dtype=torch.float64), squared=False,
+                     normalize_cost="none", proper_marginals=False)
+    for name, r in zip(keys, ref):
+        assert torch.allclose(ours.params[name], r, rtol=0, atol=1e-9), name
+
+
+def test_importance_of_the_aligned_weights_is_the_earlier_variant_and_differs():
+    """`importance-aligned` (modeconn 0.2, the reference's commented-out line) weighs units by
+    their carried weights: with Sinkhorn's soft plans the later layers' marginals differ."""
+    kw = {"solver": "sinkhorn", "reg": 0.05}
+    ours, ref, _ = fuse_both(mlp, marginals="importance", **kw)
+    old = ot_fusion(mlp(0), mlp(0).state_dict(), mlp(1), mlp(1).state_dict(),
+                    torch.randn(2, 16, dtype=torch.float64), marginals="importance-aligned", **kw)
+    first = next(iter(ours.plans))
+    assert torch.allclose(ours.plans[first], old.plans[first])  # nothing carried yet
+    later = list(ours.plans)[1:]
+    assert all((ours.plans[g].sum(1) - old.plans[g].sum(1)).abs().max() > 1e-4 for g in later)
+
+
+def test_the_presets_set_the_references_options_and_given_options_win():
+    o = OTOptions.from_dict({"preset": "otfusion"})
+    assert (o.solver, o.squared, o.normalize_cost, o.marginals, o.proper_marginals) == (
+        "emd", False, "none", "uniform", False)
+    assert o.preset is None  # the values are recorded, not the name
+    d = OTOptions.from_dict({"preset": "otfusion-defaults", "reg": 0.5})
+    assert (d.solver, d.reg, d.normalize_cost, d.squared) == ("sinkhorn", 0.5, "log", True)
+    assert OTOptions(preset="otfusion").to_dict() == o.to_dict()
+    assert "preset" not in o.to_dict() and o.to_dict()["normalize_cost"] == "none"
+    with pytest.raises(ConfigError, match="'preset' of OT fusion must be one of otfusion, "
+                                          "otfusion-defaults.*got 'sidak'"):
+        OTOptions.from_dict({"preset": "sidak"})
+
+
+def test_a_merge_preset_sets_its_method_and_is_the_same_job_as_spelled_out():
+    base = {"a": "a.safetensors", "b": "b.safetensors"}
+    c = MergeConfig.from_dict({**base, "preset": "otfusion"})
+    spelled = MergeConfig.from_dict({**base, "method": "ot", "squared": False,
+                                     "normalize_cost": "none", "proper_marginals": False})
+    assert c == spelled and c.to_dict() == spelled.to_dict()
+    assert MergeConfig.from_dict({**base}).to_dict().keys() == \
+        MergeConfig.from_dict({**base, "preset": None}).to_dict().keys()
+    assert "squared" not in MergeConfig.from_dict(base).to_dict()  # earlier records unchanged
+    with pytest.raises(ConfigError, match="'method' of merge must be 'ot' with preset otfusion"):
+        MergeConfig.from_dict({**base, "preset": "otfusion", "method": "avg"})
