@@ -4,8 +4,8 @@ Layer by layer in forward order, A's units of each channel group are matched to 
 optimal transport plan T (n_A × n_B) between uniform (or importance) marginals, with the ground
 cost between A's and B's units taken from their incoming weights (A's already carried into B's
 basis by the earlier groups' plans) or from their activations on m samples. A's tensors are then
-carried into B's basis along every grouped axis — new unit j = Σ_i n_B·T[i, j] · unit i, the
-barycentric map, a permutation when the widths are equal and the plan exact — and averaged with
+carried into B's basis along every grouped axis — new unit j = Σ_i T[i, j] · unit i / Σ_i T[i, j],
+the barycentric map, a permutation when the widths are equal and the plan exact — and averaged with
 B's. The fused model has B's widths. Groups come from the permutation spec (the graph reader):
 residual connections tie their producers to one group and so to one plan, norms follow their
 channels, a flatten after a convolution carries the plan over its spatial blocks, and a
@@ -245,7 +245,7 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
     b = {k: v.detach() for k, v in b.items()}
     acts = _activation_moments(_holding(model_a, a), _holding(model_b, b), ta, tb, sa, sb, x,
                                batch_size) if cost == "activations" else {}
-    maps: dict[str, _Map] = {}  # group → n_B·T (columns sum to 1): the barycentric map
+    maps: dict[str, _Map] = {}  # group → T, columns divided by their sums: the barycentric map
     plans: dict[str, Tensor] = {}
     def incoming(group: str, carried: bool = True) -> tuple[Tensor | None, Tensor | None]:
         """A's and B's incoming weights (and biases) of a group's units, one row per unit; A's
