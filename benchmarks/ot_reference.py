@@ -5,9 +5,10 @@ Trains A and B (MLPNet 400-200-100, no biases, as the reference's mlpnet) on the
 protocol's heterogeneous split (A: class 4 and 10% of the rest; B: the other 90%; SGD lr 0.05, 10
 epochs), then fuses them as the reference would (float32, as it runs) and as modeconn does, and
 prints for each setting the largest difference of fused weights (with the reference's ε = 1e-7 in
-its correction 1/(β + ε), which shrinks A's carried weights by n·ε relatively, and without it), both fused models' test
-accuracy, and how far importance marginals of the carried weights (modeconn 0.2) are from the
-reference's (of the weights as trained), layer by layer.
+its correction 1/(β + ε), which shrinks A's carried weights by n·ε relatively, and without it),
+both fused models' test accuracy, and how far importance marginals of the carried weights
+(modeconn 0.2's `importance`) are from the reference's (of the weights as trained), layer by
+layer.
 
     PYTHONPATH=src python benchmarks/ot_reference.py [--dataset digits] [--out /tmp/otref]
 """
@@ -39,7 +40,8 @@ SETTINGS = {
     "--ground-metric-normalize max, Sinkhorn 0.05 (modeconn's --reg scale)":
         {"solver": "sinkhorn", "reg": 0.05, "normalize_cost": "max", "proper_marginals": False},
     "--importance l1 --proper-marginals, Sinkhorn 0.05, normalize max":
-        {"solver": "sinkhorn", "reg": 0.05, "normalize_cost": "max", "marginals": "importance"},
+        {"solver": "sinkhorn", "reg": 0.05, "normalize_cost": "max",
+         "marginals": "importance-l1"},
     "modeconn's defaults (EMD, d², proper marginals)": {},
 }
 
@@ -47,7 +49,7 @@ SETTINGS = {
 def as_reference(kw: dict) -> dict:
     return {"exact": kw.get("solver", "emd") == "emd", "reg": kw.get("reg", 0.01),
             "squared": kw.get("squared", True), "normalize": kw.get("normalize_cost", "max"),
-            "importance": {"uniform": None, "importance": "l1", "importance-l2": "l2"}[
+            "importance": {"uniform": None, "importance-l1": "l1", "importance-l2": "l2"}[
                 kw.get("marginals", "uniform")],
             "proper_marginals": kw.get("proper_marginals", True)}
 
@@ -90,8 +92,8 @@ def main() -> None:
               f"{acc(ours):.4f} |")
 
     kw = {"solver": "sinkhorn", "reg": 0.05}
-    new = ot_fusion(model, a, model, b, x, marginals="importance", **kw)
-    old = ot_fusion(model, a, model, b, x, marginals="importance-aligned", **kw)
+    new = ot_fusion(model, a, model, b, x, marginals="importance-l1", **kw)
+    old = ot_fusion(model, a, model, b, x, marginals="importance", **kw)
     print("\nimportance marginals (Sinkhorn 0.05, normalize max), per hidden layer: max |μ "
           "carried − μ as trained| / max μ, and the largest fused-weight difference")
     for (g, pn), po in zip(new.plans.items(), old.plans.values()):
@@ -100,7 +102,7 @@ def main() -> None:
         print(f"  {g}: {rel:.3f}")
     diff = {k: float((new.params[k] - old.params[k]).abs().max()) for k in new.params}
     print("  fused weights:", ", ".join(f"{k} {v:.3f}" for k, v in diff.items()))
-    print(f"  test acc: importance {acc(new.params):.4f}, importance-aligned "
+    print(f"  test acc: importance-l1 {acc(new.params):.4f}, importance "
           f"{acc(old.params):.4f}")
 
 

@@ -83,7 +83,7 @@ def test_mpf_returns_the_curve_midpoint_fitted_on_the_union(pairs, tmp_path):
     (["--reg", "0", "--solver", "sinkhorn"], "--reg must be"),
     (["--preset", "otfusion", "--method", "avg"], "--method must be 'ot' with preset otfusion"),
     (["--preset", "sidak"], "--preset must be one of otfusion"),
-    (["--preset", "otfusion", "--marginals", "importance"], "--marginals other than uniform "
+    (["--preset", "otfusion", "--marginals", "importance-l1"], "--marginals other than uniform "
                                                             "needs proper marginals"),
     (["--normalize-cost", "sum"], "--normalize-cost must be one of max, median, mean, log"),
 ])

@@ -41,7 +41,7 @@ def fuse_both(build, b_params=None, **kw):
     x = torch.randn(2, *INPUTS[build], dtype=torch.float64)
     ref_kw = {"exact": kw.get("solver", "emd") == "emd", "reg": kw.get("reg", 0.01),
               "squared": kw.get("squared", True), "normalize": kw.get("normalize_cost", "max"),
-              "importance": {"uniform": None, "importance": "l1", "importance-l2": "l2"}[
+              "importance": {"uniform": None, "importance-l1": "l1", "importance-l2": "l2"}[
                   kw.get("marginals", "uniform")], "step": kw.get("weight", 0.5),
               "proper_marginals": kw.get("proper_marginals", True)}
     ref, plans = reference_fusion(list(a.values()), list(b.values()), **ref_kw)
@@ -56,12 +56,12 @@ SETTINGS = [
      "proper_marginals": False},  # (Sinkhorn stops short of its column marginals here)
     {"solver": "sinkhorn", "reg": 0.01, "squared": True, "normalize_cost": "log"},
     {"solver": "sinkhorn", "reg": 0.05, "squared": True, "normalize_cost": "max",
-     "marginals": "importance"},
+     "marginals": "importance-l1"},
     {"solver": "sinkhorn", "reg": 0.1, "squared": False, "normalize_cost": "median",
      "marginals": "importance-l2", "weight": 0.3},
     {"solver": "sinkhorn", "reg": 0.02, "squared": True, "normalize_cost": "mean",
-     "marginals": "importance"},
-    {"squared": True, "normalize_cost": "none", "marginals": "importance"},
+     "marginals": "importance-l1"},
+    {"squared": True, "normalize_cost": "none", "marginals": "importance-l1"},
 ]
 
 
@@ -102,13 +102,13 @@ def test_the_reference_transports_the_output_layer_to_itself_where_classes_match
         assert torch.allclose(ours.params[name], r, rtol=0, atol=1e-9), name
 
 
-def test_importance_of_the_aligned_weights_is_the_earlier_variant_and_differs():
-    """`importance-aligned` (modeconn 0.2, the reference's commented-out line) weighs units by
-    their carried weights: with Sinkhorn's soft plans the later layers' marginals differ."""
+def test_importance_of_the_carried_weights_is_the_earlier_variant_and_differs():
+    """`importance` (modeconn 0.2, the reference's commented-out line) weighs units by their
+    carried weights: with Sinkhorn's soft plans the later layers' marginals differ."""
     kw = {"solver": "sinkhorn", "reg": 0.05}
-    ours, ref, _ = fuse_both(mlp, marginals="importance", **kw)
+    ours, ref, _ = fuse_both(mlp, marginals="importance-l1", **kw)
     old = ot_fusion(mlp(0), mlp(0).state_dict(), mlp(1), mlp(1).state_dict(),
-                    torch.randn(2, 16, dtype=torch.float64), marginals="importance-aligned", **kw)
+                    torch.randn(2, 16, dtype=torch.float64), marginals="importance", **kw)
     first = next(iter(ours.plans))
     assert torch.allclose(ours.plans[first], old.plans[first])  # nothing carried yet
     later = list(ours.plans)[1:]

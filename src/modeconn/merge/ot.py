@@ -19,9 +19,10 @@ The ground cost and the marginals follow sidak/otfusion (`ground_metric.py`,
 (divided by its max, median or mean, log(1 + cost), or none) before the plan is solved — Sinkhorn's
 regularisation is relative to the normalised cost, as in the reference; EMD's plan does not change
 under a positive scale — and importance marginals from the L1 (or L2) norm of each unit's incoming
-weights as trained (not yet carried into B's basis, the reference's active code; `importance-
-aligned`: the L1 norm after carrying, a variant the reference left commented out and modeconn 0.2
-used). `PRESETS` holds the reference's settings by name.
+weights as trained (`importance-l1`, `importance-l2`: not yet carried into B's basis, the
+reference's active code; `importance`: the L1 norm after carrying, the variant the reference left
+commented out, which modeconn 0.2 used and keeps under its name). `PRESETS` holds the
+reference's settings by name.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ..params import combine
 
 COSTS = ("weights", "activations")
 SOLVERS = ("emd", "sinkhorn")
-MARGINALS = ("uniform", "importance", "importance-l2", "importance-aligned")
+MARGINALS = ("uniform", "importance", "importance-l1", "importance-l2")
 # What importance marginals need (the requirement an options check names).
 NEEDS_PROPER = ("other than uniform needs proper marginals (sidak/otfusion asserts "
                 "--proper-marginals with --importance): add --proper-marginals")
@@ -160,7 +161,7 @@ def _marginal(kind: str, feats: Tensor) -> np.ndarray:
     n = feats.shape[0]
     if kind == "uniform":
         return np.full(n, 1.0 / n)
-    if kind == "importance-aligned":  # modeconn 0.2's (on carried weights), kept as it was
+    if kind == "importance":  # modeconn 0.2's (of the carried weights), kept as it was
         w = feats.abs().sum(1).double().cpu().numpy() + 1e-12
     else:
         w = torch.linalg.vector_norm(feats.double(), 2 if kind == "importance-l2" else 1,
@@ -314,7 +315,7 @@ def ot_fusion(model_a: nn.Module, a: Mapping[str, Tensor], model_b: nn.Module,
                              "compared (use --cost activations)")
         n_a, n_b = sa.sizes[group], sb.sizes[group]
         if marginals != "uniform" and fa is not None:  # importance: of A's weights as trained,
-            raw = fa if marginals == "importance-aligned" else incoming(group, False)[0]
+            raw = fa if marginals == "importance" else incoming(group, False)[0]
             mu, nu = _marginal(marginals, raw), _marginal(marginals, fb)  # or as carried
         else:
             mu, nu = np.full(n_a, 1.0 / n_a), np.full(n_b, 1.0 / n_b)
@@ -381,10 +382,10 @@ def reg_option():
 
 def marginals_option():
     """The plans' marginals."""
-    return option("uniform", "uniform, or importance: the L1 norm (importance-l2: L2) of each "
-                             "unit's incoming weights as trained, as sidak/otfusion's --importance"
-                             " l1/l2; importance-aligned: the L1 norm after carrying (modeconn "
-                             "0.2's)", choices=MARGINALS)
+    return option("uniform", "uniform, or a unit's importance: importance-l1 (-l2) the L1 (L2) "
+                             "norm of its incoming weights as trained, as sidak/otfusion's "
+                             "--importance l1 (l2); importance the L1 norm after A's are carried "
+                             "by the earlier plans (modeconn 0.2's)", choices=MARGINALS)
 
 
 def squared_option():
