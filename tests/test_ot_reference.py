@@ -140,3 +140,30 @@ def test_a_merge_preset_sets_its_method_and_is_the_same_job_as_spelled_out():
     assert "squared" not in MergeConfig.from_dict(base).to_dict()  # earlier records unchanged
     with pytest.raises(ConfigError, match="'method' of merge must be 'ot' with preset otfusion"):
         MergeConfig.from_dict({**base, "preset": "otfusion", "method": "avg"})
+
+
+def test_a_study_sweeps_presets_and_a_preset_is_the_job_spelled_out():
+    from modeconn.studies import parse
+
+    head = """
+[study]
+name = "s"
+
+[train]
+dataset = "digits"
+shift = "iid:50,50"
+width = 16
+depth = 1
+epochs = 2
+
+[fuse]
+job = "merge"
+a = "@train/a/model.safetensors"
+b = "@train/b/model.safetensors"
+"""
+    swept = parse(head + '[fuse.sweep]\ngrid = { preset = ["otfusion", "otfusion-defaults"] }\n')
+    spelled = parse(head + 'method = "ot"\nsquared = false\nnormalize_cost = "none"\n'
+                           'proper_marginals = false\n')
+    fuse = {j.labels["fuse.preset"]: j for j in swept.jobs if j.stage == "fuse"}
+    assert fuse["otfusion"].id == next(j.id for j in spelled.jobs if j.stage == "fuse")
+    assert fuse["otfusion-defaults"].id != fuse["otfusion"].id
