@@ -35,8 +35,9 @@ from modeconn.models import load_model  # noqa: E402
 
 # name → modeconn's options; the reference's flags follow from them
 SETTINGS = {
-    "otfusion (its README: --exact --not-squared, normalize none)": PRESETS["otfusion"],
-    "otfusion-defaults (its parser: Sinkhorn 0.01 on log(1 + d²))": PRESETS["otfusion-defaults"],
+    "otfusion (its defaults: Sinkhorn 0.01 on log(1 + d²))": PRESETS["otfusion"],
+    "otfusion-readme (its README: --exact --not-squared, normalize none)":
+        PRESETS["otfusion-readme"],
     "--ground-metric-normalize max, Sinkhorn 0.05 (modeconn's --reg scale)":
         {"solver": "sinkhorn", "reg": 0.05, "normalize_cost": "max", "proper_marginals": False},
     "--importance l1 --proper-marginals, Sinkhorn 0.05, normalize max":

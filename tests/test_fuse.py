@@ -94,7 +94,7 @@ def test_bad_merge_options_are_one_line(cli, pairs, tmp_path, argv, message):
 
 
 def test_a_preset_merge_records_the_references_options_not_the_name(pairs, tmp_path):
-    r = jobs.run("merge", a=pairs["a"], b=pairs["b"], preset="otfusion", out=tmp_path / "o")
+    r = jobs.run("merge", a=pairs["a"], b=pairs["b"], preset="otfusion-readme", out=tmp_path / "o")
     cfg = json.loads((tmp_path / "o" / "config.json").read_text())["config"]
     assert r.report["method"] == "ot" and "preset" not in cfg
     assert (cfg["method"], cfg["solver"], cfg["squared"], cfg["normalize_cost"],

@@ -1,7 +1,7 @@
 """OT fusion against sidak/otfusion's own math (`wasserstein_ensemble.py`,
 `get_wassersteinized_layers_modularized`, and `ground_metric.py`), ported below in float64: the
 fused weights agree to 1e-9 under each of its ground-metric options, importance marginals and
-both solvers, and its settings are reachable by name (`--preset otfusion`)."""
+both solvers, and its settings are reachable by name (`--preset otfusion`, `otfusion-readme`)."""
 
 from __future__ import annotations
 
@@ -116,22 +116,22 @@ def test_importance_of_the_carried_weights_is_the_earlier_variant_and_differs():
 
 
 def test_the_presets_set_the_references_options_and_given_options_win():
-    o = OTOptions.from_dict({"preset": "otfusion"})
+    o = OTOptions.from_dict({"preset": "otfusion-readme"})
     assert (o.solver, o.squared, o.normalize_cost, o.marginals, o.proper_marginals) == (
         "emd", False, "none", "uniform", False)
     assert o.preset is None  # the values are recorded, not the name
-    d = OTOptions.from_dict({"preset": "otfusion-defaults", "reg": 0.5})
+    d = OTOptions.from_dict({"preset": "otfusion", "reg": 0.5})
     assert (d.solver, d.reg, d.normalize_cost, d.squared) == ("sinkhorn", 0.5, "log", True)
-    assert OTOptions(preset="otfusion").to_dict() == o.to_dict()
+    assert OTOptions(preset="otfusion-readme").to_dict() == o.to_dict()
     assert "preset" not in o.to_dict() and o.to_dict()["normalize_cost"] == "none"
     with pytest.raises(ConfigError, match="'preset' of OT fusion must be one of otfusion, "
-                                          "otfusion-defaults.*got 'sidak'"):
+                                          "otfusion-readme.*got 'sidak'"):
         OTOptions.from_dict({"preset": "sidak"})
 
 
 def test_a_merge_preset_sets_its_method_and_is_the_same_job_as_spelled_out():
     base = {"a": "a.safetensors", "b": "b.safetensors"}
-    c = MergeConfig.from_dict({**base, "preset": "otfusion"})
+    c = MergeConfig.from_dict({**base, "preset": "otfusion-readme"})
     spelled = MergeConfig.from_dict({**base, "method": "ot", "squared": False,
                                      "normalize_cost": "none", "proper_marginals": False})
     assert c == spelled and c.to_dict() == spelled.to_dict()
@@ -161,9 +161,9 @@ job = "merge"
 a = "@train/a/model.safetensors"
 b = "@train/b/model.safetensors"
 """
-    swept = parse(head + '[fuse.sweep]\ngrid = { preset = ["otfusion", "otfusion-defaults"] }\n')
+    swept = parse(head + '[fuse.sweep]\ngrid = { preset = ["otfusion-readme", "otfusion"] }\n')
     spelled = parse(head + 'method = "ot"\nsquared = false\nnormalize_cost = "none"\n'
                            'proper_marginals = false\n')
     fuse = {j.labels["fuse.preset"]: j for j in swept.jobs if j.stage == "fuse"}
-    assert fuse["otfusion"].id == next(j.id for j in spelled.jobs if j.stage == "fuse")
-    assert fuse["otfusion-defaults"].id != fuse["otfusion"].id
+    assert fuse["otfusion-readme"].id == next(j.id for j in spelled.jobs if j.stage == "fuse")
+    assert fuse["otfusion"].id != fuse["otfusion-readme"].id

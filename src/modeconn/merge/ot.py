@@ -53,16 +53,16 @@ NEEDS_PROPER = ("other than uniform needs proper marginals (sidak/otfusion asser
 # The ground cost's normalisation: the statistic it is divided by, or log(1 + cost), or none.
 NORMALIZE = {"max": torch.amax, "median": torch.median, "mean": torch.mean, "log": torch.log1p,
              "none": None}
-# sidak/otfusion's settings by name: "otfusion" as its README's commands run it (--exact
-# --not-squared --ground-metric-normalize none, with --correction --past-correction, which
-# modeconn always does), "otfusion-defaults" as its parser's defaults leave it (Sinkhorn with reg
-# 0.01 on log(1 + squared distance)). Uniform marginals in both (its --importance is unset).
+# sidak/otfusion's settings by name: "otfusion" its options' defaults (Sinkhorn with reg 0.01 on
+# log(1 + squared distance), as `main.py` runs without --exact), "otfusion-readme" as its README's
+# commands run it (--exact --not-squared --ground-metric-normalize none). Both with --correction
+# --past-correction (which every command of its README passes and modeconn always does) and
+# uniform marginals (its --importance is unset).
 PRESETS = {
-    "otfusion": {"solver": "emd", "squared": False, "normalize_cost": "none",
+    "otfusion": {"solver": "sinkhorn", "reg": 0.01, "squared": True, "normalize_cost": "log",
                  "marginals": "uniform", "proper_marginals": False},
-    "otfusion-defaults": {"solver": "sinkhorn", "reg": 0.01, "squared": True,
-                          "normalize_cost": "log", "marginals": "uniform",
-                          "proper_marginals": False},
+    "otfusion-readme": {"solver": "emd", "squared": False, "normalize_cost": "none",
+                        "marginals": "uniform", "proper_marginals": False},
 }
 
 
@@ -426,8 +426,9 @@ class OTOptions(Options):
     squared: bool = squared_option()
     normalize_cost: str = normalize_cost_option()
     proper_marginals: bool = proper_marginals_option()
-    preset: str | None = preset_option(PRESETS, "sidak/otfusion's: otfusion (its README's "
-                                                "commands) or otfusion-defaults (its parser's)")
+    preset: str | None = preset_option(PRESETS, "sidak/otfusion's: otfusion (its options' "
+                                                "defaults) or otfusion-readme (its README's "
+                                                "commands)")
     presets = PRESETS
 
     def check(self) -> None:
