@@ -110,3 +110,22 @@ a = "@train/a/model.safetensors"
 b = "@train/b/model.safetensors"
 points = 5
 """
+
+
+@pytest.fixture(scope="session")
+def benv2(tmp_path_factory):
+    """BigEarthNet v2.0's real patches from configilm's wheel (`benv2_fixture`), written once
+    into <data dir>/bigearthnet-v2 in the distributed layout: (data dir, folder, the patches' bands
+    by name as stored, the two metadata tables as dicts of columns)."""
+    pytest.importorskip("lmdb", reason="the dev extra installs lmdb (make does)")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from benv2_fixture import EXCLUDED, METADATA, mock_dir, read_mock, write_benv2
+
+    mock = mock_dir()
+    if mock is None:
+        pytest.skip("configilm's mock data is missing: make installs configilm (--no-deps)")
+    patches = read_mock(mock)
+    data = tmp_path_factory.mktemp("benv2")
+    folder = write_benv2(data / "bigearthnet-v2", mock, patches)
+    tables = {f: pq.read_table(folder / f).to_pydict() for f in (METADATA, EXCLUDED)}
+    return data, folder, patches, tables
