@@ -130,8 +130,8 @@ DATASETS: dict[str, Dataset] = {
     "bigearthnet": Dataset(
         lambda opts, data_dir, bad: _bigearthnet(data_dir, bad, **_ben_options(opts)), _ben_shape,
         task=lambda opts: "multilabel", channels=_ben_channels,
-        syntax="[:version=1|2,sensors=S2|S1|S2+S1,labels=19|43,size=S,resample=bilinear|nearest,"
-               "limit=N,seed=S]"),
+        syntax="[:labels=19|43,size=S,resample=bilinear|nearest,limit=N,seed=S,version=1|2,"
+               "sensors=S2|S1|S2+S1]"),
     "pydoc": Dataset(
         lambda opts, data_dir, bad: pydoc_corpus(**_pydoc_options(opts)),
         lambda opts: _pydoc_shape(opts),  # defined below, with the corpus
