@@ -301,3 +301,29 @@ def test_sensor_shift_subsets_see_their_own_sensor_on_real_patches(benv2):
     for p in (a, b):
         x = p.train_x if torch.is_tensor(p.train_x) else p.train_x.materialise()
         assert torch.isfinite(x).all() and x.abs().max() < 20
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shift", ["bands:B04,B03,B02|B08,B11,B12", "sensors:S2|S1"])
+def test_an_lmc_study_runs_end_to_end_on_real_patches(benv2, tmp_path, capsys, shift):
+    """The band-shift and sensor-shift studies of examples/lmc-bigearthnet-v2.toml, shortened:
+    they run and measure (their numbers, at full length, are in benchmarks/RESULTS.md)."""
+    import csv
+    import math
+
+    data, _, _, _ = benv2
+    out = tmp_path / "lmc"
+    assert main(["lmc", "--dataset", "bigearthnet:version=2,sensors=S2+S1,size=20",
+                 "--data-dir", str(data), "--model", "vgglike", "--width", "0.125", "--norm",
+                 "none", "--shift", shift, "--optimizer", "adam", "--batch-sizes", "2", "--lrs",
+                 "1e-3", "--epochs", "2", "--seeds", "0", "--points", "3", "--batch-order", "same",
+                 "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    (row,) = list(csv.DictReader((out / "summary.csv").open()))
+    assert row["shift"] == shift and row["seeds_ok"] == "1"
+    for key in ("test_loss_barrier", "test_error_barrier", "lmc_ens_f1"):
+        assert math.isfinite(float(row[key])), key
+    assert any((out / "figures").glob("interpolation_*.png"))
