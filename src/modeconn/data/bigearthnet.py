@@ -249,14 +249,19 @@ class _Format:
         """The nomenclature the labels are stored in: v1.0's 43 classes, v2's 19."""
         return LABELS_43 if self.version == 1 else LABELS_19
 
-    @functools.cached_property
+    @property
     def groups(self) -> dict[tuple[int, str], list[int]]:
         """Band positions by native size and type: the bands of one size and type are resampled
         together (uint16 exactly, float32 apart)."""
-        out: dict[tuple[int, str], list[int]] = {}
-        for i, band in enumerate(self.bands):
-            out.setdefault((_NATIVE[band], _DTYPE[band].str), []).append(i)
-        return out
+        return _groups(self.bands)
+
+
+@functools.lru_cache(maxsize=8)
+def _groups(bands: tuple[str, ...]) -> dict[tuple[int, str], list[int]]:
+    out: dict[tuple[int, str], list[int]] = {}
+    for i, band in enumerate(bands):
+        out.setdefault((_NATIVE[band], _DTYPE[band].str), []).append(i)
+    return out
 
 
 def bands_of(version: int = 1, sensors: str = "S2") -> tuple[str, ...]:
