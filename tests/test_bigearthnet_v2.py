@@ -303,6 +303,28 @@ def test_sensor_shift_subsets_see_their_own_sensor_on_real_patches(benv2):
         assert torch.isfinite(x).all() and x.abs().max() < 20
 
 
+def test_sentinel2_is_read_as_reflectance_and_sentinel1_in_db_in_memory_or_streamed(
+        benv2, monkeypatch):
+    from modeconn.data import load_dataset
+
+    data, folder, _, _ = benv2
+    name = "bigearthnet:version=2,sensors=S2+S1,size=20"
+    mem = load_dataset(name, data)
+    assert torch.is_tensor(mem.train_x) and mem.channels == BANDS + S1_BANDS
+    assert mem.name == "bigearthnet-v2-S2+S1-19" and mem.num_classes == 19
+    ben = _open(folder, sensors="S2+S1", size=20)
+    rows = np.flatnonzero(ben.split == 0)
+    x = torch.from_numpy(np.asarray(ben.images[rows]))
+    assert torch.equal(mem.train_x[:, :12], x[:, :12] * 1e-4)  # reflectance
+    assert torch.equal(mem.train_x[:, 12:], x[:, 12:])  # dB as distributed
+    monkeypatch.setenv("MODECONN_IN_MEMORY_BYTES", "0")  # read batch by batch from the cache
+    streamed = load_dataset(name, data)
+    assert not torch.is_tensor(streamed.train_x)
+    assert torch.equal(streamed.train_x[0:len(rows)], mem.train_x)
+    assert torch.equal(streamed.train_x.select_channels([3, 12]).materialise(),
+                       mem.train_x[:, [3, 12]])
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 
