@@ -110,3 +110,29 @@ a = "@train/a/model.safetensors"
 b = "@train/b/model.safetensors"
 points = 5
 """
+
+
+@pytest.fixture(scope="session")
+def benv2(tmp_path_factory):
+    """BigEarthNet v2.0's real patches from configilm's wheel (`benv2_fixture`), written once
+    into <data dir>/bigearthnet-v2 in the distributed layout: (data dir, folder, the patches' bands
+    by name as stored, the two metadata tables as dicts of columns)."""
+    import importlib.util
+    import os
+
+    from benv2_fixture import EXCLUDED, METADATA, mock_dir, read_mock, write_benv2
+
+    mock = mock_dir()
+    missing = [m for m in ("lmdb", "pyarrow") if importlib.util.find_spec(m) is None]
+    if mock is None or missing:
+        why = (f"BigEarthNet v2's real patches need configilm's data and {', '.join(missing) or 'lmdb'}"
+               " (make installs them)")
+        if os.environ.get("MODECONN_REQUIRE_BENV2"):  # CI: these tests must run, not skip
+            pytest.fail(why)
+        pytest.skip(why)
+    import pyarrow.parquet as pq
+    patches = read_mock(mock)
+    data = tmp_path_factory.mktemp("benv2")
+    folder = write_benv2(data / "bigearthnet-v2", mock, patches)
+    tables = {f: pq.read_table(folder / f).to_pydict() for f in (METADATA, EXCLUDED)}
+    return data, folder, patches, tables

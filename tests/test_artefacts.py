@@ -45,7 +45,8 @@ def test_alignment_files_share_the_path_columns(label):
 # .pdf) are drawn where they are named and are not scanned.
 NOT_CONTRACT = {
     "data/bigearthnet.py": {"train.csv", "val.csv", "test.csv", "_labels_metadata.json",
-                            "meta.json", "names.txt", "skipped.csv", "unlisted.txt"},
+                            "meta.json", "names.txt", "skipped.csv", "unlisted.txt",
+                            "excluded.txt"},
     "studies/protocols/demo.py": {"demo.toml", "demo-quick.toml"},
     # Hugging Face's save_pretrained layout (its files, read by load_hf), not modeconn's
     "models/hf.py": {"config.json", "model.safetensors", "model.safetensors.index.json",

@@ -17,6 +17,7 @@ from .datasets import (
     DATASETS,
     Dataset,
     ImageData,
+    dataset_channels,
     dataset_help,
     dataset_shape,
     dataset_task,
@@ -27,6 +28,7 @@ from .datasets import (
     synthetic,
 )
 from .shifts import (
+    BAND_SHIFTS,
     SHIFT_KINDS,
     Shift,
     apply_transform,
@@ -46,7 +48,7 @@ BAD_PATCH = ("fail", "skip")
 __all__ = [
     "BAD_PATCH", "DATASETS", "NORMS", "SHIFT_KINDS", "DataSpec", "Dataset", "ImageData",
     "MappedImages", "Prepared", "Shift", "apply_transform", "as_tensor", "check_spec",
-    "class_histogram", "eval_data", "dataset_help", "dataset_shape", "dataset_task",
+    "class_histogram", "eval_data", "dataset_channels", "dataset_help", "dataset_shape", "dataset_task",
     "default_data_dir", "load_dataset", "parse_shift", "prepare", "prepare_subsets", "register",
     "require_classification",
     "split_indices", "strata", "subset_name", "synthetic",
@@ -135,8 +137,9 @@ def _domains(spec: DataSpec, data: ImageData | None, count: int, shift_domains: 
     """Each subset's domain: the shift's, with the band set of `spec.bands` added."""
     if spec.bands is None:
         return shift_domains
-    if spec.shift.startswith("bands:"):
-        raise UsageError("bands are given twice, by the bands: shift and by --bands; give them "
+    if _band_shift(spec):
+        kind = spec.shift.partition(":")[0]
+        raise UsageError(f"bands are given twice, by the {kind}: shift and by --bands; give them "
                          "once")
     sets = band_sets(spec.bands, spec.bands)
     if len(sets) not in (1, count):
@@ -145,6 +148,11 @@ def _domains(spec: DataSpec, data: ImageData | None, count: int, shift_domains: 
     sets = sets * count if len(sets) == 1 else sets
     return [("" if d == "none" else d + "+") + "bands=" + "/".join(b)
             for d, b in zip(shift_domains, sets)]
+
+
+def _band_shift(spec: DataSpec) -> bool:
+    """Whether the shift of `spec` chooses each subset's input channels (bands:, sensors:)."""
+    return spec.shift.partition(":")[0] in BAND_SHIFTS
 
 
 def _check_split(spec: DataSpec) -> None:
@@ -197,7 +205,10 @@ def check_spec(spec: DataSpec) -> tuple[tuple[int, int, int], int, list[str]]:
         count = shift.num_subsets
         domains = list(shift.domains) or ["none"] * count
         names = [subset_name(i) for i in range(count)]
-    _domains(spec, None, count, domains)
+    channels = dataset_channels(spec.dataset)
+    for domain in _domains(spec, None, count, domains):
+        if channels is not None:  # the bands each subset sees exist (a sensor's are loaded)
+            channel_index(domain, channels)
     return shape, classes, names
 
 
@@ -313,7 +324,7 @@ def eval_data(spec: DataSpec, on: str = "full", data_dir: str | os.PathLike | No
 def own_bands(spec: DataSpec, data_dir=None) -> str | None:
     """The bands the model of `spec` sees ('B02,B03'; None: every channel): its whole-dataset
     evaluation keeps them, as a model cannot read inputs of other channels."""
-    if (spec.bands is None and not spec.shift.startswith("bands:")) or _check_text(spec):
+    if (spec.bands is None and not _band_shift(spec)) or _check_text(spec):
         return None
     data = _data(spec, data_dir)
     _, domains = _groups(spec, data)

@@ -69,6 +69,7 @@ class Dataset:
     task: Callable[[str], str] = _classification
     syntax: str = ""
     note: str = ""
+    channels: Callable[[str], tuple[str, ...] | None] = lambda opts: None  # band names, if any
 
 
 def _fixed(shape: tuple[int, int, int], classes: int) -> Callable[[str], Shape]:
@@ -79,10 +80,29 @@ def _ben_options(opts: str) -> dict:
     return _parse_options("bigearthnet", opts, BEN_OPTIONS, "bigearthnet:labels=19,size=60,limit=2000")
 
 
+def _ben_format(o: dict) -> tuple[str, ...]:
+    """The channels of a bigearthnet dataset's options (version, sensors), refusing labels=43 on
+    v2 (labelled in the 19 classes only)."""
+    from .bigearthnet import bands_of
+
+    version = o.get("version", 1)
+    if version == 2 and o.get("labels", 19) == 43:
+        raise UsageError("bigearthnet: version=2 (BigEarthNet v2.0) is labelled in the 19-class "
+                         "nomenclature only; drop labels=43 or use version=1")
+    if o.get("sensors", "S2") != "S2" and version == 1:
+        raise UsageError("bigearthnet: sensors= reads Sentinel-1 bands of BigEarthNet v2.0; add "
+                         "version=2 (v1.0 holds Sentinel-2 bands only)")
+    return bands_of(version, o.get("sensors", "S2"))
+
+
 def _ben_shape(opts: str) -> Shape:
     o = _ben_options(opts)
     size = o.get("size", 120)
-    return (12, size, size), o.get("labels", 19)
+    return (len(_ben_format(o)), size, size), o.get("labels", 19)
+
+
+def _ben_channels(opts: str) -> tuple[str, ...]:
+    return _ben_format(_ben_options(opts))
 
 
 def _synthetic_shape(opts: str) -> Shape:
@@ -109,8 +129,9 @@ DATASETS: dict[str, Dataset] = {
                         _fixed((3, 32, 32), 100)),
     "bigearthnet": Dataset(
         lambda opts, data_dir, bad: _bigearthnet(data_dir, bad, **_ben_options(opts)), _ben_shape,
-        task=lambda opts: "multilabel",
-        syntax="[:labels=19|43,size=S,resample=bilinear|nearest,limit=N,seed=S]"),
+        task=lambda opts: "multilabel", channels=_ben_channels,
+        syntax="[:labels=19|43,size=S,resample=bilinear|nearest,limit=N,seed=S,version=1|2,"
+               "sensors=S2|S1|S2+S1]"),
     "pydoc": Dataset(
         lambda opts, data_dir, bad: pydoc_corpus(**_pydoc_options(opts)),
         lambda opts: _pydoc_shape(opts),  # defined below, with the corpus
@@ -190,6 +211,13 @@ def dataset_task(name: str) -> str:
     base, _, opts = name.partition(":")
     entry = DATASETS.get(base)
     return entry.task(opts) if entry is not None else "classification"
+
+
+def dataset_channels(name: str) -> tuple[str, ...] | None:
+    """The names of a dataset's input channels (spectral bands) from its name alone, or None
+    where they have none."""
+    entry, opts = _entry(name)
+    return entry.channels(opts)
 
 
 def dataset_shape(name: str) -> Shape:
@@ -357,9 +385,13 @@ BEN_OPTIONS = {
     "resample": (str, lambda v: v in ("bilinear", "nearest"), "bilinear or nearest"),
     "limit": (int, lambda v: v >= 1, "a number of patches ≥ 1"),
     "seed": (int, lambda v: v >= 0, "an integer ≥ 0"),
+    "version": (int, lambda v: v in (1, 2), "1 (BigEarthNet-S2 v1.0) or 2 (BigEarthNet v2.0, reBEN)"),
+    "sensors": (str, lambda v: v in ("S2", "S1", "S2+S1"), "S2, S1 or S2+S1"),
 }
 BEN_DIRS = ("bigearthnet", "BigEarthNet-v1.0", "BigEarthNet-S2")
+BEN2_DIRS = ("bigearthnet-v2", "BigEarthNet-v2.0", "BigEarthNet-V2")
 BEN_SCALE = 1e-4  # Sentinel-2 L2A surface reflectance is stored ×10,000
+# Sentinel-1 backscatter is read in dB as distributed (about −50 to +20): a scale of 1.
 # Images up to this size (float32 bytes, train + test) are read into memory; larger ones are
 # read batch by batch from the memory-mapped cache ($MODECONN_IN_MEMORY_BYTES overrides).
 IN_MEMORY_BYTES = 4 * 2**30
@@ -434,25 +466,45 @@ def _parse_options(dataset: str, opts: str, known: dict, example: str) -> dict:
     return out
 
 
+def _ben2_root(data_dir: Path) -> Path:
+    """The BigEarthNet v2.0 folder: data_dir/bigearthnet-v2 (or BigEarthNet-v2.0, BigEarthNet-V2),
+    or data_dir itself, holding metadata.parquet."""
+    for d in (*BEN2_DIRS, "."):
+        if (data_dir / d / "metadata.parquet").is_file():
+            return data_dir / d if d != "." else data_dir
+    raise UsageError(f"bigearthnet: no BigEarthNet v2.0 (metadata.parquet) in {data_dir} or "
+                     f"{data_dir / BEN2_DIRS[0]}; put metadata.parquet, "
+                     "metadata_for_patches_with_snow_cloud_or_shadow.parquet and the extracted "
+                     f"BigEarthNet-S2 (and BigEarthNet-S1) folders from bigearth.net in "
+                     f"{data_dir / BEN2_DIRS[0]}; set --data-dir or MODECONN_DATA to use another "
+                     "data directory")
+
+
 def _bigearthnet(data_dir: Path, on_bad_patch: str, labels: int = 19, size: int = 120,
-                 resample: str = "bilinear", limit: int | None = None, seed: int = 0
-                 ) -> ImageData:
-    """BigEarthNet-S2 from `data_dir/bigearthnet` (the extracted BigEarthNet-v1.0 folder): its
-    train and test splits, 12 bands scaled to reflectance, multi-hot labels of the 19- or
-    43-class nomenclature. Patches without a label in the nomenclature are left out and listed
-    with the skipped ones."""
-    from .bigearthnet import BANDS, LABELS_19, LABELS_43, open_bigearthnet
+                 resample: str = "bilinear", limit: int | None = None, seed: int = 0,
+                 version: int = 1, sensors: str = "S2") -> ImageData:
+    """BigEarthNet from `data_dir`: v1.0 from `data_dir/bigearthnet` (the extracted
+    BigEarthNet-v1.0 folder), v2.0 from `data_dir/bigearthnet-v2` (`_ben2_root`); its train and
+    test splits, bands scaled (Sentinel-2 to reflectance, Sentinel-1 in dB), multi-hot labels of
+    the 19- or (v1.0) 43-class nomenclature. Patches without a label in the nomenclature are left
+    out and listed with the skipped ones."""
+    from .bigearthnet import LABELS_19, LABELS_43, S1_BANDS, open_bigearthnet
     from .sources import MappedImages
 
-    root = next((data_dir / d for d in BEN_DIRS if (data_dir / d).is_dir()), None)
-    if root is None:
-        raise UsageError(f"bigearthnet: no dataset folder in {data_dir}; extract "
-                         f"BigEarthNet-v1.0.tar.gz there as {data_dir / 'bigearthnet'} (with the "
-                         "official train.csv, val.csv, test.csv beside its patch folders, or a "
-                         "seeded split is made); set --data-dir or MODECONN_DATA to use another "
-                         "data directory")
+    _ben_format({"version": version, "labels": labels, "sensors": sensors})
+    if version == 2:
+        root = _ben2_root(data_dir)
+    else:
+        root = next((data_dir / d for d in BEN_DIRS if (data_dir / d).is_dir()), None)
+        if root is None:
+            raise UsageError(f"bigearthnet: no dataset folder in {data_dir}; extract "
+                             f"BigEarthNet-v1.0.tar.gz there as {data_dir / 'bigearthnet'} (with "
+                             "the official train.csv, val.csv, test.csv beside its patch folders, "
+                             "or a seeded split is made); set --data-dir or MODECONN_DATA to use "
+                             "another data directory")
     ben = open_bigearthnet(root, size=size, resample=resample, on_bad_patch=on_bad_patch,
-                           limit=limit, seed=seed, quiet=not _tty())
+                           limit=limit, seed=seed, quiet=not _tty(), version=version,
+                           sensors=sensors)
     hot = ben.labels_for(labels)
     unlabelled = ~hot.any(1)
     skipped = [(b.patch, b.reason) for b in ben.skipped] + [
@@ -467,18 +519,21 @@ def _bigearthnet(data_dir: Path, on_bad_patch: str, labels: int = 19, size: int 
     budget = int(os.environ.get("MODECONN_IN_MEMORY_BYTES", IN_MEMORY_BYTES))
     available = available_memory()  # what does not fit is streamed from the cache instead
     n = len(rows["train"]) + len(rows["test"])
-    in_memory = n * len(BANDS) * size * size * 4 <= min(budget, available or budget)
+    in_memory = n * len(ben.bands) * size * size * 4 <= min(budget, available or budget)
+    scale = tuple(1.0 if b in S1_BANDS else BEN_SCALE for b in ben.bands)
+    scale = scale[0] if len(set(scale)) == 1 else scale  # one number where every band shares it
 
     def images(r: np.ndarray):
-        x = MappedImages.of(ben.images, r, scale=BEN_SCALE)
+        x = MappedImages.of(ben.images, r, scale=scale)
         return x.materialise() if in_memory else x
 
     def targets(r: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(hot[r].astype(np.float32))
 
-    return ImageData(f"bigearthnet-{labels}", images(rows["train"]), targets(rows["train"]),
+    name = f"bigearthnet-{labels}" if version == 1 else f"bigearthnet-v2-{sensors}-{labels}"
+    return ImageData(name, images(rows["train"]), targets(rows["train"]),
                      images(rows["test"]), targets(rows["test"]), labels, task="multilabel",
-                     channels=BANDS, skipped=skipped,
+                     channels=ben.bands, skipped=skipped,
                      label_names=LABELS_19 if labels == 19 else LABELS_43)
 
 

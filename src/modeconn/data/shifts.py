@@ -3,7 +3,11 @@
 A shift is written as a string, e.g. ``iid:50,50``, ``iid:20,80``, ``label-skew:0-4=80,5-9=20``,
 ``dirichlet:0.5``, ``domain:none|rotate=30+noise=0.1`` or, for multispectral data, the band shift
 ``bands:B02|B03,B04,B08`` (equal disjoint halves, each seen through its own bands: the domain
-``bands=B02|bands=B03/B04/B08``). Subsets are disjoint and reproducible from the split seed.
+``bands=B02|bands=B03/B04/B08``), and the sensor shift of BigEarthNet v2 ``sensors:S2|S1``: one
+half seen through Sentinel-2 bands, the other through Sentinel-1 backscatter, each sensor's bands
+fed to the same input channels one to one (default S2 = B04,B08, red and near-infrared; S1 =
+VV,VH; ``sensors:S2=B02,B03|S1=VV,VH`` chooses), so that the models share one input shape and
+interpolate. Subsets are disjoint and reproducible from the split seed.
 
 Multi-label data (multi-hot labels) is split by each sample's *dominant label* (`strata`): its
 rarest label in the training set, the most specific one it carries.
@@ -19,8 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .bigearthnet import SENSORS
 
-SHIFT_KINDS = ("iid", "label-skew", "dirichlet", "domain", "bands")
+SHIFT_KINDS = ("iid", "label-skew", "dirichlet", "domain", "bands", "sensors")
+BAND_SHIFTS = ("bands", "sensors")  # the shifts that choose each subset's input channels
+# A sensor shift's channels when its text names the sensor alone: Sentinel-2's red and
+# near-infrared (the NDVI pair, 10 m) against Sentinel-1's two polarisations.
+SENSOR_DEFAULT_BANDS = {"S2": ("B04", "B08"), "S1": ("VV", "VH")}
 TRANSFORMS = ("none", "rotate", "noise", "blur", "keep", "gray", "bands")
 
 
@@ -92,9 +101,42 @@ def _parse_shift(text: str, num_classes: int, num_subsets: int | None) -> Shift:
         n = len(sets)
         return Shift("bands", n, shares=tuple(1.0 / n for _ in range(n)),
                      domains=tuple("bands=" + "/".join(b) for b in sets), text=text)
+    if kind == "sensors":
+        sets = sensor_sets(arg or "S2|S1", text)
+        n = len(sets)
+        return Shift("sensors", n, shares=tuple(1.0 / n for _ in range(n)),
+                     domains=tuple("bands=" + "/".join(b) for b in sets), text=text)
     raise UsageError(f"unknown shift {text!r}; use one of {', '.join(SHIFT_KINDS)} "
                      "(e.g. iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:0.5, domain:none|rotate=30, "
-                     "bands:B02|B03,B04,B08)")
+                     "bands:B02|B03,B04,B08, sensors:S2|S1)")
+
+
+def sensor_sets(arg: str, text: str) -> list[list[str]]:
+    """'S2|S1' or 'S2=B04,B08|S1=VV,VH' → the bands of each subset's sensor, checked: known
+    sensors, their own bands, two different sensors at least, and as many bands on every side
+    (the sensors feed the same input channels)."""
+    example = "e.g. sensors:S2|S1 or sensors:S2=B04,B08|S1=VV,VH"
+    sets, sensors = [], []
+    for part in arg.split("|"):
+        sensor, eq, bands = part.partition("=")
+        sensor = sensor.strip()
+        if sensor not in SENSORS:
+            raise UsageError(f"shift {text!r}: unknown sensor {sensor!r}; use S2 or S1 ({example})")
+        chosen = band_sets(bands, text)[0] if eq else list(SENSOR_DEFAULT_BANDS[sensor])
+        foreign = [b for b in chosen if b not in SENSORS[sensor]]
+        if foreign:
+            raise UsageError(f"shift {text!r}: {foreign[0]} is not a band of {sensor} (its bands: "
+                             f"{', '.join(SENSORS[sensor])})")
+        sets.append(chosen)
+        sensors.append(sensor)
+    if len(sets) < 2 or len(set(sensors)) < 2:
+        raise UsageError(f"shift {text!r}: a sensor shift needs two different sensors, one per "
+                         f"subset ({example}); for bands of one sensor use bands:B02|B03")
+    if len({len(b) for b in sets}) > 1:
+        raise UsageError(f"shift {text!r}: the subsets see {'/'.join(str(len(b)) for b in sets)} "
+                         "bands; a sensor shift feeds each sensor's bands to the same input "
+                         f"channels, so give every sensor as many ({example})")
+    return sets
 
 
 def band_sets(text: str, what: str) -> list[list[str]]:
@@ -287,6 +329,11 @@ def channel_index(spec: str, channels: tuple[str, ...] | None) -> list[int] | No
                                  "band names; band selection needs a multispectral dataset such "
                                  "as bigearthnet")
             unknown = [b for b in wanted if b not in channels]
+            s1 = [b for b in unknown if b in SENSORS["S1"]]
+            if s1:
+                raise UsageError(f"Sentinel-1 band {s1[0]} is not among this dataset's channels; "
+                                 "read BigEarthNet v2.0 with its Sentinel-1 bands: --dataset "
+                                 "bigearthnet:version=2,sensors=S2+S1")
             if unknown:
                 raise UsageError(f"unknown band {unknown[0]!r}; the bands are "
                                  f"{', '.join(channels)}")

@@ -27,12 +27,13 @@ STAT_BLOCK = 256  # rows per block when statistics stream through a source
 @dataclass(frozen=True, eq=False)
 class MappedImages:
     """Rows `rows` of a memory-mapped (N, C, H, W) array `array` (uint16 or float), channels
-    `channels`, read as float32 `array · scale`, then `(value − mean) / std` per kept channel."""
+    `channels`, read as float32 `array · scale`, then `(value − mean) / std` per kept channel.
+    `scale` is one number, or one per channel of `array` (bands of different sensors)."""
 
     array: np.ndarray
     rows: np.ndarray
     channels: tuple[int, ...]
-    scale: float = 1.0
+    scale: float | tuple[float, ...] = 1.0
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     device: torch.device = torch.device("cpu")
@@ -40,7 +41,7 @@ class MappedImages:
 
     @classmethod
     def of(cls, array: np.ndarray, rows: Sequence[int] | np.ndarray | None = None,
-           scale: float = 1.0) -> MappedImages:
+           scale: float | tuple[float, ...] = 1.0) -> MappedImages:
         """Every channel of `rows` (default: all rows) of `array`."""
         idx = np.arange(len(array)) if rows is None else np.asarray(rows, dtype=np.int64)
         return cls(array, idx, tuple(range(array.shape[1])), scale)
@@ -126,7 +127,9 @@ class MappedImages:
             inverse = np.empty_like(order)
             inverse[order] = np.arange(len(order))
             x = x[torch.from_numpy(inverse)]
-        if self.scale != 1.0:
+        if isinstance(self.scale, tuple):
+            x = x * torch.tensor([self.scale[c] for c in self.channels]).view(1, -1, 1, 1)
+        elif self.scale != 1.0:
             x = x * self.scale
         if self.mean is not None:
             m = torch.tensor(self.mean).view(1, -1, 1, 1)

@@ -38,7 +38,8 @@ HELP_DATA_DIR = "where dataset files live (default: $MODECONN_DATA, else ~/.cach
 HELP_DEVICE = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 HELP_QUIET = "no progress bars"
 HELP_SHIFT = ("none, iid:50,50, label-skew:0-4=80,5-9=20, dirichlet:ALPHA, "
-              "domain:none|rotate=30+noise=0.1, bands:B02|B03,B04,B08 (multispectral data)")
+              "domain:none|rotate=30+noise=0.1, bands:B02|B03,B04,B08 (multispectral data), "
+              "sensors:S2|S1 (BigEarthNet v2 read with sensors=S2+S1)")
 HELP_BN_RESET = ("re-estimate BatchNorm statistics on the training data before evaluating "
                  "(auto: when the model has BN)")
 
