@@ -61,7 +61,7 @@ class CurveConfig(Combine, TrainConfig, JobConfig):
                        choices=CURVE_KINDS)
     bends: int = option(3, "bends including both endpoints")
     epochs: int = option(30, "passes over the training data", low=1)
-    schedule: str = option("curve", "constant, cosine, curve, step:M1,M2[@GAMMA], "
+    schedule: str = option("curve", "constant, cosine, curve[:0], step:M1,M2[@GAMMA], "
                                     "cyclic:EPOCHS[@LOW]")
     seed: int = option(0, "batch order and t samples", low=0)
     on: str = on_option("fit and evaluate on the whole training set (the union of the subsets) "
