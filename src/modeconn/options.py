@@ -146,12 +146,40 @@ class Options:
 
     job: ClassVar[str] = "options"
     hidden: ClassVar[tuple[str, ...]] = ()  # inherited fields this class does not take
+    # Named sets of values, chosen by a `preset` field: name → {field: value}. A preset fills the
+    # fields it names; a different value given for one of them as well is refused (not
+    # overridden), so a config that names a preset always holds the preset's values.
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def __post_init__(self) -> None:
         for info in config_fields(type(self)):
             value = getattr(self, info.name)
             object.__setattr__(self, info.name, _coerce(self.job, info, value))
+        self._apply_preset()
         self.check()
+
+    def _apply_preset(self) -> None:
+        """Fill the fields of the named preset; a field already holding another value than its
+        default or the preset's is refused."""
+        name = getattr(self, "preset", None)
+        if name is None:
+            return
+        infos = {i.name: i for i in config_fields(type(self))}
+        for key, value in self.presets.get(name, {}).items():  # (or one passed on: continual)
+            value = _coerce(self.job, infos[key], value)
+            current = getattr(self, key)
+            if _plain(current) == _plain(value):
+                continue
+            if _plain(current) != _plain(infos[key].default):
+                raise self.preset_conflict(key, value)
+            object.__setattr__(self, key, value)
+
+    def preset_conflict(self, key: str, value: Any, given: Any = MISSING) -> ConfigError:
+        """The error for field `key`, given a value other than the preset's `value`."""
+        return ConfigError(self.job, key, f"is set by preset {self.preset!r} to {_plain(value)!r}"
+                                          "; leave it out, or drop the preset and give each "
+                                          "option", _plain(getattr(self, key)) if given is MISSING
+                           else _plain(given))
 
     def check(self) -> None:
         """Constraints between fields (none by default)."""
@@ -186,7 +214,15 @@ class Options:
         for info in infos.values():
             if info.required and info.name not in values:
                 raise ConfigError(cls.job, info.name, "is required", MISSING)
-        return cls(**values)
+        config = cls(**values)
+        # A value given beside a preset, even one equal to the field's default, is refused
+        # unless it is the preset's own (the config alone cannot tell it from no value).
+        for key, value in cls.presets.get(getattr(config, "preset", None), {}).items():
+            given = _coerce(cls.job, infos[key], values[key]) if key in values else MISSING
+            if given is not MISSING and _plain(given) != _plain(
+                    _coerce(cls.job, infos[key], value)):
+                raise config.preset_conflict(key, value, given)
+        return config
 
     def replace(self, **changes: Any):
         """A copy with some fields changed (checked again)."""
