@@ -9,10 +9,11 @@ from pathlib import Path
 from .. import artefacts
 from ..checkpoint import save_checkpoint
 from ..evaluate import Evaluator
-from ..merge import METHODS, MPF_EPOCHS, fuse, normalise, pair_weights
+from ..merge import METHODS, MPF_EPOCHS, MPF_PRESETS, MPF_SCHEDULES, fuse, normalise, pair_weights
 from ..merge.ot import COSTS, MARGINALS, SOLVERS
 from ..models import has_batchnorm
 from ..options import Options, option
+from ..paths.curves import BEND_INITS
 from ..task import score_of
 from ..train import TrainConfig, finetune
 from ._inputs import Models, load_models, output_dir, record, split_tensors
@@ -28,10 +29,17 @@ from .align import (
     ste_warm_option,
 )
 
+# The merge job's fields that carry MPFOptions' (whose names they take in MPF's presets).
+MPF_FIELDS = {"epochs": "epochs", "lr": "curve_lr", "batch_size": "curve_batch_size",
+              "weight_decay": "curve_weight_decay", "schedule": "curve_schedule",
+              "bend_init": "bend_init"}
+
 
 @dataclass(frozen=True, kw_only=True)
 class MergeConfig(Alignment, JobConfig):
     job = "merge"
+    presets = {name: {MPF_FIELDS[k]: v for k, v in values.items()}
+               for name, values in MPF_PRESETS.items()}
     a: str = option(help="model checkpoint A (OT fusion carries it onto B)", positional=True)
     b: str = option(help="model checkpoint B (OT fusion's target: the fused model has its "
                          "widths)", positional=True)
@@ -63,6 +71,21 @@ class MergeConfig(Alignment, JobConfig):
                                      "for this many epochs (SGD, --curve-lr, --curve-batch-size, "
                                      "the curve schedule): with MPF's --epochs, exactly MPF's "
                                      "gradient-step budget — the fair baseline", low=0)
+    curve_weight_decay: float = option(5e-4, "MPF (and --finetune-epochs): L2 penalty (on the "
+                                             "curve's point θ(t))", low=0, later=True)
+    curve_schedule: str = option("curve", "MPF (and --finetune-epochs): the curve schedule, its "
+                                          "epochs counted from 1 (curve, Garipov et al.) or 0 "
+                                          "(curve:0, the MPF reference)", choices=MPF_SCHEDULES,
+                                 later=True)
+    bend_init: str = option("segment", "MPF: the middle bend starts on the segment between A and "
+                                       "B, or drawn by the layers' own random initialisation",
+                            choices=tuple(BEND_INITS), later=True)
+    preset: str | None = option(None, "mpf-reference: MPF as the reference repository runs it "
+                                      "(--bend-init random, --curve-weight-decay 0, "
+                                      "--curve-schedule curve:0, --epochs 10, --curve-lr 0.07, "
+                                      "--curve-batch-size 128); with --finetune-epochs, the "
+                                      "fine-tuning takes its optimiser settings",
+                                choices=tuple(MPF_PRESETS), later=True)
 
     def check(self) -> None:
         super().check()
@@ -74,11 +97,17 @@ class MergeConfig(Alignment, JobConfig):
         if self.method == "mpf" and self.finetune_epochs:
             raise self.invalid("finetune_epochs", "must be 0 with --method mpf (MPF trains "
                                                   "already; fine-tune the other methods)")
+        if self.preset is not None and self.method != "mpf" and not self.finetune_epochs:
+            raise self.invalid("preset", "applies to --method mpf, or to the fine-tuning of "
+                                         "--finetune-epochs; give one of them or leave it out")
+        if self.preset is not None and self.method == "ste":  # it would set STE's epochs
+            raise self.invalid("preset", "sets --epochs, which --method ste also reads; leave "
+                                         "it out with ste")
 
     def sgd(self, epochs: int) -> TrainConfig:
         """The training of MPF's curve and of the fine-tuning baseline (one budget)."""
         return TrainConfig(epochs=epochs, batch_size=self.curve_batch_size, lr=self.curve_lr,
-                           schedule="curve")
+                           schedule=self.curve_schedule, weight_decay=self.curve_weight_decay)
 
 
 @dataclass
@@ -113,8 +142,9 @@ def method_options(config: MergeConfig) -> Options:
     """The options of the config's fusion method, from the job's options."""
     method = METHODS[config.method]
     if config.method == "mpf":  # the curve trains with the --curve-* options
-        return method.options(epochs=config.epochs or MPF_EPOCHS, lr=config.curve_lr,
-                              batch_size=config.curve_batch_size, seed=config.seed)
+        return method.options(seed=config.seed, **{
+            k: getattr(config, name) for k, name in MPF_FIELDS.items()} | {
+            "epochs": config.epochs or MPF_EPOCHS})
     return options_for(method, config)
 
 
