@@ -279,3 +279,28 @@ def test_library_refusals_name_the_fix(setting):
     p = {k: v.detach() for k, v in m.state_dict().items()}
     with pytest.raises(UsageError, match=r"no layer draws scale; start the bends on the segment"):
         fit_curve(m, p, p, x, y, TrainConfig(epochs=1), bend_init="random")
+
+
+# ---------------------------------------------------------------- the other commands
+
+def test_the_curve_command_reaches_each_difference(cli, tmp_path):
+    common = dict(dataset="digits", depth=1, width=16, epochs=1, quiet=True, init="different")
+    jobs.run("train", out=tmp_path / "t", shift="iid:50,50", **common)
+    pa, pb = tmp_path / "t/a/model.safetensors", tmp_path / "t/b/model.safetensors"
+    runs = {}
+    for name, extra in (("ours", []), ("reference", ["--bend-init", "random", "--schedule",
+                                                     "curve:0", "--weight-decay", "0"])):
+        rc, _, err = cli("curve", pa, pb, "--epochs", "1", "--batch-size", "128", "--points", "3",
+                         "--quiet", *extra, "--out", tmp_path / name)
+        assert rc == 0, err
+        runs[name] = load_checkpoint(tmp_path / name / "curve.safetensors").tensors
+    middle = [k for k in runs["ours"] if k.startswith("bend1/")]
+    assert middle and all(not torch.allclose(runs["ours"][k], runs["reference"][k]) for k in middle)
+
+
+def test_continual_runs_mpf_by_the_preset(tmp_path):
+    r = jobs.run("continual", out=tmp_path / "c", tasks="0-4|5-9", epochs=1, width=16, depth=1,
+                 methods=["mpf"], preset="mpf-reference", quiet=True, device="cpu")
+    summary = {s["method"]: s for s in r.summary}
+    assert set(summary) == {"mpf", "sequential", "joint"}
+    assert 0.2 < summary["mpf"]["average_acc"] <= 1
