@@ -15,6 +15,7 @@ from ..data import DataSpec, prepare, require_classification
 from ..errors import UsageError
 from ..evaluate import Evaluator
 from ..merge import METHODS, MPF_PRESETS, fuse
+from ..merge.mpf import preset_help
 from ..options import Options, config_fields, option
 from ..runtime import progress, resolve_device
 from ..train import TrainConfig, finetune, init_model
@@ -64,11 +65,9 @@ class ContinualConfig(Runtime, ModelOptions, JobConfig):
     allow_partial: bool = option(False, "align and fuse what the traced spec can cover and leave "
                                         "in place the layers it names as not coverable",
                                  later=True)
-    preset: str | None = option(None, "mpf-reference: MPF's curve as the reference repository "
-                                      "trains it (bend random, no weight decay, schedule from "
-                                      "epoch 0, 10 epochs, lr 0.07, batch 128) instead of with "
-                                      "each task's epochs, lr and batch size",
-                                choices=tuple(MPF_PRESETS), later=True)
+    preset: str | None = option(None, "MPF's curve as the reference repository trains it, "
+                                      "instead of with each task's epochs, lr and batch size — "
+                                      + preset_help(), choices=tuple(MPF_PRESETS), later=True)
     quiet: bool = quiet_option()
 
     def check(self) -> None:

@@ -10,6 +10,7 @@ from .. import artefacts
 from ..checkpoint import save_checkpoint
 from ..evaluate import Evaluator
 from ..merge import METHODS, MPF_EPOCHS, MPF_PRESETS, MPF_SCHEDULES, fuse, normalise, pair_weights
+from ..merge.mpf import preset_help
 from ..merge.ot import COSTS, MARGINALS, SOLVERS
 from ..models import has_batchnorm
 from ..options import Options, option
@@ -69,8 +70,9 @@ class MergeConfig(Alignment, JobConfig):
     curve_batch_size: int = option(64, "MPF (and --finetune-epochs): batch size", low=1)
     finetune_epochs: int = option(0, "then fine-tune the fused model on the union of the data "
                                      "for this many epochs (SGD, --curve-lr, --curve-batch-size, "
-                                     "the curve schedule): with MPF's --epochs, exactly MPF's "
-                                     "gradient-step budget — the fair baseline", low=0)
+                                     "--curve-schedule, --curve-weight-decay): with MPF's "
+                                     "--epochs, exactly MPF's gradient-step budget — the fair "
+                                     "baseline", low=0)
     curve_weight_decay: float = option(5e-4, "MPF (and --finetune-epochs): L2 penalty (on the "
                                              "curve's point θ(t))", low=0, later=True)
     curve_schedule: str = option("curve", "MPF (and --finetune-epochs): the curve schedule, its "
@@ -80,12 +82,10 @@ class MergeConfig(Alignment, JobConfig):
     bend_init: str = option("segment", "MPF: the middle bend starts on the segment between A and "
                                        "B, or drawn by the layers' own random initialisation",
                             choices=tuple(BEND_INITS), later=True)
-    preset: str | None = option(None, "mpf-reference: MPF as the reference repository runs it "
-                                      "(--bend-init random, --curve-weight-decay 0, "
-                                      "--curve-schedule curve:0, --epochs 10, --curve-lr 0.07, "
-                                      "--curve-batch-size 128); with --finetune-epochs, the "
-                                      "fine-tuning takes its optimiser settings",
-                                choices=tuple(MPF_PRESETS), later=True)
+    preset: str | None = option(None, "MPF as the reference repository runs it — " + preset_help(
+        {k: "--" + v.replace("_", "-") for k, v in MPF_FIELDS.items()}) + "; with "
+        "--finetune-epochs, the fine-tuning takes its optimiser settings",
+        choices=tuple(MPF_PRESETS), later=True)
 
     def check(self) -> None:
         super().check()

@@ -29,6 +29,16 @@ MPF_PRESETS: dict[str, dict] = {
 }
 
 
+def preset_help(flags: dict[str, str] | None = None) -> str:
+    """The presets with their values, for an option's help: 'NAME (FLAG VALUE, …)' each, with
+    MPFOptions' names, or the flags of a job's fields (`flags`: option name → flag)."""
+    def value(v) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    return "; ".join(f"{name}: " + ", ".join(
+        f"{(flags or {}).get(k, k.replace('_', ' '))} {value(v)}" for k, v in values.items())
+        for name, values in MPF_PRESETS.items())
+
+
 def mpf(model: nn.Module, params_a: Params, params_b: Params, x: Tensor, y: Tensor, *,
         epochs: int = MPF_EPOCHS, lr: float = 0.05, batch_size: int = 64, seed: int = 0,
         weight_decay: float = 5e-4, schedule: str = "curve", bend_init: str = "segment",
@@ -57,7 +67,5 @@ class MPFOptions(Options):
     bend_init: str = option("segment", "where the middle bend starts: on the segment between A "
                                        "and B, or drawn by the layers' own random initialisation",
                             choices=tuple(BEND_INITS), later=True)
-    preset: str | None = option(None, "mpf-reference: the reference repository's procedure "
-                                      "(bend random, no weight decay, schedule from epoch 0, 10 "
-                                      "epochs, lr 0.07, batch 128)", choices=tuple(MPF_PRESETS),
-                                later=True)
+    preset: str | None = option(None, "the reference repository's procedure — "
+                                      + preset_help(), choices=tuple(MPF_PRESETS), later=True)
