@@ -30,8 +30,8 @@ MPF_PRESETS: dict[str, dict] = {
 
 
 def preset_help(flags: dict[str, str] | None = None) -> str:
-    """The presets with their values, for an option's help: 'NAME (FLAG VALUE, …)' each, with
-    MPFOptions' names, or the flags of a job's fields (`flags`: option name → flag)."""
+    """The presets with their values, for an option's help: 'NAME: FLAG VALUE, …' each, in
+    MPFOptions' names (as words), or as the flags of a job's fields (`flags`: name → flag)."""
     def value(v) -> str:
         return f"{v:g}" if isinstance(v, float) else str(v)
     return "; ".join(f"{name}: " + ", ".join(
