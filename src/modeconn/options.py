@@ -179,6 +179,12 @@ class Options:
             object.__setattr__(self, info.name, _coerce(self.job, info, value))
         self.check()
 
+    @classmethod
+    def check_preset(cls, name: str, values: Mapping[str, Any]) -> None:
+        """Refuse preset `name` where it does not apply to the options given beside it (their
+        values, the preset's under them); raise `ConfigError(cls.job, "preset", ...)`. Every
+        preset applies by default."""
+
     def check(self) -> None:
         """Constraints between fields (none by default)."""
 
@@ -253,6 +259,7 @@ def _with_preset(cls: type, name: Any, given: Mapping[str, Any]) -> dict[str, An
                                               f"(leave it out, or drop the preset)",
                               _plain(given[field]))
     values.update(given)
+    cls.check_preset(name, values)
     return values
 
 

@@ -14,7 +14,8 @@ from ..align import auto_spec
 from ..data import DataSpec, prepare, require_classification
 from ..errors import UsageError
 from ..evaluate import Evaluator
-from ..merge import METHODS, fuse
+from ..merge import METHODS, MPF_PRESETS, fuse
+from ..merge.mpf import preset_help
 from ..options import Options, config_fields, option
 from ..runtime import progress, resolve_device
 from ..train import TrainConfig, finetune, init_model
@@ -64,15 +65,26 @@ class ContinualConfig(Runtime, ModelOptions, JobConfig):
     allow_partial: bool = option(False, "align and fuse what the traced spec can cover and leave "
                                         "in place the layers it names as not coverable",
                                  later=True)
+    mpf_preset: str | None = option(None, "MPF's curve as the reference repository trains it, "
+                                      "instead of with each task's epochs, lr and batch size — "
+                                      + preset_help(), choices=tuple(MPF_PRESETS), later=True)
     quiet: bool = quiet_option()
+
+    def check(self) -> None:
+        super().check()
+        if self.mpf_preset is not None and "mpf" not in self.methods:
+            raise self.invalid("mpf_preset", "sets MPF's procedure; add mpf to --methods or "
+                                             "leave it out")
 
     def method_options(self, method: str) -> Options:
         """A fusion method's options in this protocol: the seed, and the epochs of the methods
         that train (STE, MPF); MPF's curve also trains with each task's learning rate and batch
-        size. The rest are the method's defaults."""
+        size, or with the preset's procedure. The rest are the method's defaults."""
         given = {"seed": self.seed, "epochs": self.epochs, "quiet": True,  # (its own bar shows)
                  "allow_partial": self.allow_partial}
-        if method == "mpf":
+        if method == "mpf" and self.mpf_preset is not None:
+            given = {"seed": self.seed, "quiet": True, "preset": self.mpf_preset}
+        elif method == "mpf":
             given.update(lr=self.lr, batch_size=self.batch_size)
         cls = METHODS[method].options
         return cls(**{i.name: given[i.name] for i in config_fields(cls) if i.name in given})

@@ -15,7 +15,15 @@ from ..fge import snapshot_paths
 from ..io import staged_dir
 from ..options import option
 from ..paths import linear_path
-from ..paths.curves import CURVE_KINDS, compare_with_linear, fit_curve, min_bends, path_ensemble, save_curve
+from ..paths.curves import (
+    BEND_INITS,
+    CURVE_KINDS,
+    compare_with_linear,
+    fit_curve,
+    min_bends,
+    path_ensemble,
+    save_curve,
+)
 from ..train import TrainConfig
 from ._inputs import (
     Combine,
@@ -61,7 +69,7 @@ class CurveConfig(Combine, TrainConfig, JobConfig):
                        choices=CURVE_KINDS)
     bends: int = option(3, "bends including both endpoints")
     epochs: int = option(30, "passes over the training data", low=1)
-    schedule: str = option("curve", "constant, cosine, curve, step:M1,M2[@GAMMA], "
+    schedule: str = option("curve", "constant, cosine, curve[:0], step:M1,M2[@GAMMA], "
                                     "cyclic:EPOCHS[@LOW]")
     seed: int = option(0, "batch order and t samples", low=0)
     on: str = on_option("fit and evaluate on the whole training set (the union of the subsets) "
@@ -72,6 +80,10 @@ class CurveConfig(Combine, TrainConfig, JobConfig):
     bn_reset: str = bn_reset_option(help="re-estimate BatchNorm statistics at every point "
                                          "(auto: when the model has BN)")
     tolerance: float = option(0.01, "loss barrier counted as connected", low=0)
+    bend_init: str = option("segment", "the middle bends start on the segment between A and B "
+                                       "(Garipov et al.), or drawn by the layers' own random "
+                                       "initialisation (the MPF reference)",
+                            choices=tuple(BEND_INITS), later=True)
     pdf: bool = option(False, "also write PDF figures", setting=False)
     quiet: bool = quiet_option()
 
@@ -121,7 +133,7 @@ def run_curve(config: CurveConfig, out: Path) -> CurveResult:
         record(staged, config, models.device, data={**data.spec.to_dict(), "on": config.on})
         curve = fit_curve(model, pa, pb, data.train_x, data.train_y, cfg, config.kind,
                           config.bends, seed=config.seed, quiet=config.quiet, task=data.task,
-                          on_epoch=lambda e, loss, lr: history.append(
+                          bend_init=config.bend_init, on_epoch=lambda e, loss, lr: history.append(
                               {"epoch": e, "loss": loss, "lr": lr}))
         path = curve.path()
         artefacts.CURVE_METRICS.write(staged, history)

@@ -9,7 +9,8 @@ from pathlib import Path
 from .. import artefacts
 from ..checkpoint import save_checkpoint
 from ..evaluate import Evaluator
-from ..merge import METHODS, MPF_EPOCHS, fuse, normalise, pair_weights
+from ..merge import METHODS, MPF_EPOCHS, MPF_PRESETS, MPF_SCHEDULES, fuse, normalise, pair_weights
+from ..merge.mpf import preset_help
 from ..merge.ot import (
     COSTS,
     NEEDS_PROPER,
@@ -20,8 +21,10 @@ from ..merge.ot import (
     reg_option,
     squared_option,
 )
+from ..merge.ot import PRESETS as OT_PRESETS
 from ..models import has_batchnorm
-from ..options import Options, option, preset_option
+from ..options import ConfigError, Options, option, preset_option
+from ..paths.curves import BEND_INITS
 from ..task import score_of
 from ..train import TrainConfig, finetune
 from ._inputs import Models, load_models, output_dir, record, split_tensors
@@ -37,13 +40,15 @@ from .align import (
     ste_warm_option,
 )
 
-# The job's option of a method's option, where the names differ (MPF trains with the --curve-*
-# options; its --epochs is the job's).
-_JOB_NAMES = {"mpf": {"lr": "curve_lr", "batch_size": "curve_batch_size"}}
-# Every method's presets, as the job's options (with the method they are of).
-PRESETS = {name: {"method": method, **{_JOB_NAMES.get(method, {}).get(k, k): v
-                                        for k, v in values.items()}}
-           for method, m in METHODS.items() for name, values in m.options.presets.items()}
+# The merge job's fields that carry MPFOptions' (whose names they take in MPF's presets).
+MPF_FIELDS = {"epochs": "epochs", "lr": "curve_lr", "batch_size": "curve_batch_size",
+              "weight_decay": "curve_weight_decay", "schedule": "curve_schedule",
+              "bend_init": "bend_init"}
+# The methods' presets as the job's options: OT's set --method ot; MPF's set the curve's
+# training, which --finetune-epochs shares (the fair baseline of that procedure).
+PRESETS = {**{name: {"method": "ot", **values} for name, values in OT_PRESETS.items()},
+           **{name: {MPF_FIELDS[k]: v for k, v in values.items()}
+              for name, values in MPF_PRESETS.items()}}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,17 +81,44 @@ class MergeConfig(Alignment, JobConfig):
     curve_batch_size: int = option(64, "MPF (and --finetune-epochs): batch size", low=1)
     finetune_epochs: int = option(0, "then fine-tune the fused model on the union of the data "
                                      "for this many epochs (SGD, --curve-lr, --curve-batch-size, "
-                                     "the curve schedule): with MPF's --epochs, exactly MPF's "
-                                     "gradient-step budget — the fair baseline", low=0)
+                                     "--curve-schedule, --curve-weight-decay): with MPF's "
+                                     "--epochs, exactly MPF's gradient-step budget — the fair "
+                                     "baseline", low=0)
+    curve_weight_decay: float = option(5e-4, "MPF (and --finetune-epochs): L2 penalty (on the "
+                                             "curve's point θ(t))", low=0, later=True)
+    curve_schedule: str = option("curve", "MPF (and --finetune-epochs): the curve schedule, its "
+                                          "epochs counted from 1 (curve, Garipov et al.) or 0 "
+                                          "(curve:0, the MPF reference)", choices=MPF_SCHEDULES,
+                                 later=True)
+    bend_init: str = option("segment", "MPF: the middle bend starts on the segment between A and "
+                                       "B, or drawn by the layers' own random initialisation",
+                            choices=tuple(BEND_INITS), later=True)
     squared: bool = squared_option()
     normalize_cost: str = normalize_cost_option()
     proper_marginals: bool = proper_marginals_option()
-    preset: str | None = preset_option(PRESETS, "a reference implementation's settings of a "
-                                                "method (it sets --method too): " + ", ".join(
-                                                    f"{k} ({v['method']})"
-                                                    for k, v in PRESETS.items()))
+    preset: str | None = preset_option(PRESETS, "a reference implementation's settings: "
+                                                + ", ".join(f"{k} (sidak/otfusion's; sets --method "
+                                                            "ot)" for k in OT_PRESETS)
+                                                + "; MPF as the reference repository runs it — "
+                                                + preset_help({k: "--" + v.replace("_", "-")
+                                                               for k, v in MPF_FIELDS.items()})
+                                                + " (with --method mpf, or for the fine-tuning "
+                                                  "of --finetune-epochs)")
     presets = PRESETS
     preset_fixed = ("method",)
+
+    @classmethod
+    def check_preset(cls, name: str, values) -> None:
+        if name not in MPF_PRESETS:
+            return
+        method = values.get("method", "avg")
+        if method != "mpf" and not values.get("finetune_epochs"):
+            raise ConfigError(cls.job, "preset", "applies to --method mpf, or to the fine-tuning "
+                                                 "of --finetune-epochs; give one of them or leave "
+                                                 "it out", name)
+        if method == "ste":  # its --epochs would be STE's
+            raise ConfigError(cls.job, "preset", "sets --epochs, which --method ste also reads; "
+                                                 "leave it out with ste", name)
 
     def check(self) -> None:
         super().check()
@@ -104,7 +136,7 @@ class MergeConfig(Alignment, JobConfig):
     def sgd(self, epochs: int) -> TrainConfig:
         """The training of MPF's curve and of the fine-tuning baseline (one budget)."""
         return TrainConfig(epochs=epochs, batch_size=self.curve_batch_size, lr=self.curve_lr,
-                           schedule="curve")
+                           schedule=self.curve_schedule, weight_decay=self.curve_weight_decay)
 
 
 @dataclass
@@ -139,8 +171,9 @@ def method_options(config: MergeConfig) -> Options:
     """The options of the config's fusion method, from the job's options."""
     method = METHODS[config.method]
     if config.method == "mpf":  # the curve trains with the --curve-* options
-        return method.options(epochs=config.epochs or MPF_EPOCHS, lr=config.curve_lr,
-                              batch_size=config.curve_batch_size, seed=config.seed)
+        return method.options(seed=config.seed, **{
+            k: getattr(config, name) for k, name in MPF_FIELDS.items()} | {
+            "epochs": config.epochs or MPF_EPOCHS})
     return options_for(method, config)
 
 

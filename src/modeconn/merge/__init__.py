@@ -28,13 +28,14 @@ from ..options import Options
 from ..params import Params
 from ..task import CLASSIFICATION, Task
 from .average import average, bn_reset
-from .mpf import MPF_EPOCHS, MPFOptions, mpf
+from .mpf import MPF_EPOCHS, MPF_PRESETS, MPF_SCHEDULES, MPFOptions, mpf
 from .ot import COSTS, MARGINALS, SOLVERS, OTFusion, OTOptions, ot_fusion
 from .repair import channel_stats, normalise, repair, repair_layers
 
-__all__ = ["COSTS", "MARGINALS", "METHODS", "MPF_EPOCHS", "SOLVERS", "AverageOptions", "MPFOptions",
-           "OTFusion", "OTOptions", "average", "bn_reset", "channel_stats", "fuse", "mpf", "normalise",
-           "ot_fusion", "pair_weights", "repair", "repair_layers"]
+__all__ = ["COSTS", "MARGINALS", "METHODS", "MPF_EPOCHS", "MPF_PRESETS", "MPF_SCHEDULES",
+           "SOLVERS", "AverageOptions", "MPFOptions", "OTFusion", "OTOptions", "average",
+           "bn_reset", "channel_stats", "fuse", "mpf", "normalise", "ot_fusion", "pair_weights",
+           "repair", "repair_layers"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +89,9 @@ def _mpf(model_a, a, model_b, b, x, y, *, weights, options: MPFOptions, task, sp
         raise UsageError(f"mpf returns the middle of its curve (θ(0.5)): fusion weights "
                          f"{list(weights)} do not apply to it; leave them out")
     return mpf(model_b, a, b, x, y, epochs=options.epochs, lr=options.lr,
-               batch_size=options.batch_size, seed=options.seed, task=task)
+               batch_size=options.batch_size, seed=options.seed,
+               weight_decay=options.weight_decay, schedule=options.schedule,
+               bend_init=options.bend_init, task=task)
 
 
 # How A and B are fused, by method: one callable each (B's architecture out), its options and

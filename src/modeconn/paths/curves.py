@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -45,6 +46,50 @@ from .path import (
 )
 
 CURVE_KINDS = ("bezier", "polychain")
+# Tags the random bends' stream apart from every member's init_model(cfg, seed) (torch's CPU
+# generator keeps 32 bits of a seed, so an offset would wrap), so that a bend drawn with the
+# members' seed is not member A's starting point.
+_BEND_STREAM = 0xBE4D
+
+
+def layer_inits(model: nn.Module, like: Mapping[str, Tensor], seed: int, count: int
+                ) -> list[dict[str, Tensor]]:
+    """`count` parameter dicts shaped like `like`, each drawn by the model's layers' own
+    `reset_parameters()` (torch's default initialisation of Linear, Conv, norms …: what the
+    reference's curve layers draw for a bend) from `seed`, on the CPU (the same on any device).
+    A parameter no layer's `reset_parameters()` draws (e.g. a ViT's position embedding) is
+    refused by name."""
+    fresh = copy.deepcopy(model).cpu()
+    resets = [(prefix, m) for prefix, m in fresh.named_modules()
+              if callable(getattr(m, "reset_parameters", None))]
+    drawn = {f"{prefix}.{k}" if prefix else k for prefix, m in resets
+             for k, _ in m.named_parameters(recurse=False)}
+    names = dict(fresh.named_parameters())
+    missed = [k for k in like if k in names and k not in drawn]
+    if missed:
+        raise UsageError(f"a random bend is drawn by the layers' reset_parameters(), and no layer "
+                         f"draws {', '.join(missed[:3])}{' …' if len(missed) > 3 else ''}; "
+                         "start the bends on the segment (bend init segment)")
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(
+            int(np.random.SeedSequence([seed, _BEND_STREAM]).generate_state(1)[0]))
+        for _ in range(count):
+            with torch.no_grad():
+                for _, m in resets:
+                    m.reset_parameters()
+            state = fresh.state_dict()
+            out.append({k: state[k].detach().clone().to(v.device, v.dtype) if k in names
+                        else v for k, v in like.items()})
+    return out
+
+
+# Where a curve's middle bends start (None: on the straight segment, offsets zero).
+BEND_INITS: dict[str, Callable[[nn.Module, Mapping[str, Tensor], int, int],
+                               list[dict[str, Tensor]] | None]] = {
+    "segment": lambda model, a, seed, count: None,  # Garipov et al.'s init_linear
+    "random": layer_inits,  # the MPF reference: the curve layers' own random initialisation
+}
 
 
 def _check_kind(kind: str) -> None:
@@ -66,10 +111,11 @@ class Curve:
     `ends` (2, P) and the middle bends are kept as offsets from the straight segment, the
     trainable leaf `offsets` (n−2, P): w_k = (1 − s_k)·w_0 + s_k·w_{n−1} + δ_k with s_k = k/(n−1).
     Bernstein and hat weights both reproduce straight lines (Σ_k c_k = 1, Σ_k c_k·s_k = t), so
-    θ(t) = (1 − t)·w_0 + t·w_{n−1} + Σ_k c_k(t)·δ_k. Offsets start at zero: the middle bends on the
-    straight segment, as in the reference. With `channels_last` the 4-D (convolution) kernels are
-    flattened in channels-last order, so that their views are channels-last tensors (`fit_curve`
-    asks for it where `Stepper` trains in that layout: `prefers_channels_last` with gradients).
+    θ(t) = (1 − t)·w_0 + t·w_{n−1} + Σ_k c_k(t)·δ_k. Offsets start at zero (the middle bends on the
+    straight segment, as in Garipov et al.'s reference) unless `middle` gives the bends. With
+    `channels_last` the 4-D (convolution) kernels are flattened in channels-last order, so that
+    their views are channels-last tensors (`fit_curve` asks for it where `Stepper` trains in that
+    layout: `prefers_channels_last` with gradients).
     """
 
     def __init__(self, model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor],
@@ -223,12 +269,18 @@ def fit_curve(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor]
               y: Tensor, cfg: TrainConfig, kind: str = "bezier", num_bends: int = 3,
               seed: int = 0, quiet: bool = True,
               on_epoch: Callable[[int, float, float], None] | None = None, *,
-              task: Task = CLASSIFICATION) -> Curve:
+              task: Task = CLASSIFICATION, bend_init: str = "segment") -> Curve:
     """Fit the middle bends of a curve between `a` and `b` on (x, y); endpoints stay fixed.
 
+    The middle bends start where `bend_init` (a key of BEND_INITS) puts them: on the straight
+    segment, or drawn at random by the layers' own initialisation (from `seed`).
     `on_epoch(epoch, mean loss of the task (cross-entropy), lr)` is called after each epoch
     (1-based); a non-finite batch loss raises DivergedError."""
-    curve = Curve(model, a, b, kind, num_bends,
+    if bend_init not in BEND_INITS:
+        raise UsageError(f"unknown bend init {bend_init!r}; use {' or '.join(BEND_INITS)}")
+    _check_kind(kind)
+    middle = BEND_INITS[bend_init](model, a, seed, max(num_bends - 2, 0))
+    curve = Curve(model, a, b, kind, num_bends, middle=middle,
                   channels_last=prefers_channels_last(model, x, gradients=True))
     net = _private(model, x.device)
     trainer = CurveTrainer(net, curve, x, y, cfg, seed, task=task)

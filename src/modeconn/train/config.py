@@ -31,7 +31,7 @@ class TrainConfig(Options):
     momentum: float = option(0.9, "SGD momentum", low=0, high=1, high_open=True)
     nesterov: bool = option(False, "Nesterov momentum (SGD only)")
     weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)", low=0)
-    schedule: str = option("constant", "constant, cosine, curve, step:M1,M2[@GAMMA], "
+    schedule: str = option("constant", "constant, cosine, curve[:0], step:M1,M2[@GAMMA], "
                                        "cyclic:EPOCHS[@LOW]")
     warmup: float = option(0.0, "epochs of linear warm-up", low=0)
     save_epochs: tuple[int, ...] = option((), "also save these epochs", low=1)

@@ -19,6 +19,7 @@ class Schedule:
     gamma: float = 0.1
     cycle: int = 1  # cyclic: epochs per cycle
     low: float = 0.01  # curve/cyclic: lowest factor
+    start: int = 1  # curve: the number the first epoch counts as
     warmup: float = 0.0  # epochs of linear warm-up
 
     def factor(self, epoch: int, frac: float, epochs: int) -> float:
@@ -31,7 +32,7 @@ class Schedule:
         elif self.kind == "cosine":
             f = 0.5 * (1 + math.cos(math.pi * t))
         elif self.kind == "curve":  # Garipov et al. 2018: once per epoch, epochs counted from 1
-            a = (epoch + 1) / epochs
+            a = (epoch + self.start) / epochs  # (from 0: the MPF reference's loop, `curve:0`)
             f = 1.0 if a <= 0.5 else 1.0 - (a - 0.5) / 0.4 * (1 - self.low) if a <= 0.9 else self.low
         else:  # cyclic (FGE): linear from 1 down to `low` and back up within each cycle
             c = ((epoch % self.cycle) + frac) / self.cycle
@@ -44,13 +45,18 @@ class Schedule:
 
 
 def parse_schedule(text: str, warmup: float = 0.0) -> Schedule:
-    """Parse 'constant', 'cosine', 'curve', 'step:30,60[@0.1]' or 'cyclic:4[@0.01]'."""
+    """Parse 'constant', 'cosine', 'curve[:0]', 'step:30,60[@0.1]' or 'cyclic:4[@0.01]'."""
     if not (math.isfinite(warmup) and warmup >= 0):
         raise UsageError(f"the warm-up must be a number of epochs ≥ 0, got {warmup}")
     kind, _, arg = text.partition(":")
     if kind not in SCHEDULES:
-        raise UsageError(f"unknown schedule {text!r}; use constant, cosine, curve, "
+        raise UsageError(f"unknown schedule {text!r}; use constant, cosine, curve[:0], "
                          "step:M1,M2[@GAMMA] or cyclic:EPOCHS[@LOW]")
+    if kind == "curve" and arg:
+        if arg not in ("0", "1"):
+            raise UsageError(f"bad schedule {text!r}: curve counts epochs from 1 (Garipov et al.), "
+                             "curve:0 from 0 (the MPF reference); write curve or curve:0")
+        return Schedule("curve", start=int(arg), warmup=warmup)
     body, _, extra = arg.partition("@")
     try:
         if kind == "step":

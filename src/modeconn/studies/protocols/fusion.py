@@ -16,6 +16,7 @@ from ...data import require_classification
 from ...io import write_text
 from ...jobs import JobConfig, Output, Result, register
 from ...jobs._inputs import HELP_SHIFT, Runtime
+from ...merge import MPF_PRESETS
 from ...options import option
 
 HETEROGENEOUS = "label-skew:4=100,0-3=10,5-9=10"  # A: class 4 + 10% of the rest; B: the other 90%
@@ -37,7 +38,16 @@ ROWS = [
      "test_acc", "test_loss"),
     ("OT fine-tuned (MPF's budget)", "finetuned", {"method": "ot", "model": "fused"},
      "test_acc", "test_loss"),
+    ("MPF, reference procedure", "fuse_mpf_reference", {"model": "fused"}, "test_acc",
+     "test_loss"),
+    ("AVG fine-tuned (reference MPF's budget)", "finetuned_mpf_reference",
+     {"method": "avg", "model": "fused"}, "test_acc", "test_loss"),
+    ("OT fine-tuned (reference MPF's budget)", "finetuned_mpf_reference",
+     {"method": "ot", "model": "fused"}, "test_acc", "test_loss"),
 ]
+TRAINED = ("fuse", "fuse_ot_activations", "finetuned", "fuse_mpf_reference",
+           "finetuned_mpf_reference")  # the stages with per-subset accuracies
+REFERENCE = "mpf-reference"  # the preset of the reference procedure's rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +65,8 @@ class FusionConfig(Runtime, JobConfig):
     epochs: int = option(10, "training epochs of A, B and the joint model", low=1)
     lr: float = option(0.05, "their SGD learning rate", low=0, low_open=True)
     curve_epochs: int = option(5, "MPF's curve epochs — and the fine-tuning baselines' (one "
-                                  "budget of gradient steps)", low=1)
+                                  "budget of gradient steps); the reference procedure's rows "
+                                  f"keep its {MPF_PRESETS[REFERENCE]['epochs']}", low=1)
     jobs: int | None = option(None, "local worker processes (default: one per core)", low=1,
                               setting=False)
     quiet: bool = option(False, "no progress bars", setting=False)
@@ -83,6 +94,8 @@ class FusionConfig(Runtime, JobConfig):
         tables["train"]["shift"] = self.shift
         tables["fuse"]["epochs"] = self.curve_epochs
         tables["finetuned"]["finetune_epochs"] = self.curve_epochs
+        # The reference procedure's rows keep its own budget, whatever --curve-epochs says.
+        tables["finetuned_mpf_reference"]["finetune_epochs"] = MPF_PRESETS[REFERENCE]["epochs"]
         return tables
 
 
@@ -125,7 +138,7 @@ def _cells(rows: list[dict], models: tuple[str, ...]) -> tuple[list[dict], list[
                               "mean": statistics.fmean(vals) if vals else float("nan"),
                               "std": statistics.stdev(vals) if len(vals) > 1 else float("nan"),
                               "n": len(vals)})
-            if stage in ("fuse", "fuse_ot_activations", "finetuned"):
+            if stage in TRAINED:
                 for key, what in (("own_a_train_acc", "A's subset"),
                                   ("own_b_train_acc", "B's subset")):
                     vals = [100 * float(r["value"]) for r in sel if r["metric"] == key]
@@ -171,7 +184,8 @@ def run_fusion(config: FusionConfig, out: Path) -> FusionResult:
     artefacts.FUSION_ACCURACIES.write(run.out, cells, changed_only=True)
     artefacts.FUSION_PER_SUBSET.write(run.out, subsets, changed_only=True)
     held = (f"{config.dataset}, {config.shift}, {config.epochs} epochs (MPF and fine-tuning: "
-            f"{config.curve_epochs}), {len(config.seeds)} seeds")
+            f"{config.curve_epochs}; the reference procedure's: "
+            f"{MPF_PRESETS[REFERENCE]['epochs']}), {len(config.seeds)} seeds")
     text = "\n\n".join([f"Test accuracy and NLL, mean ± std over seeds — {held}",
                         markdown(cells, config.models, "test accuracy %"),
                         markdown(cells, config.models, "test NLL")])
