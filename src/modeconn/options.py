@@ -66,6 +66,16 @@ def preset_option(presets: Mapping[str, Any], what: str) -> Any:
                   choices=tuple(presets), later=True)
 
 
+def as_flags(values: Mapping[str, Any]) -> str:
+    """Field values as the command line spells them ('--solver emd --no-squared'), for help."""
+    def flag(k: str, v: Any) -> str:
+        name = k.replace("_", "-")
+        if isinstance(v, bool):
+            return f"--{name}" if v else f"--no-{name}"
+        return f"--{name} {v:g}" if isinstance(v, float) else f"--{name} {v}"
+    return " ".join(flag(k, v) for k, v in values.items())
+
+
 def option(default: Any = MISSING, help: str = "", *, choices=None, low=None, high=None,
            low_open: bool = False, high_open: bool = False, finite: bool = True,
            nonempty: bool = False, positional: bool = False, flag: str | None = None,

@@ -10,7 +10,6 @@ from .. import artefacts
 from ..checkpoint import save_checkpoint
 from ..evaluate import Evaluator
 from ..merge import METHODS, MPF_EPOCHS, MPF_PRESETS, MPF_SCHEDULES, fuse, normalise, pair_weights
-from ..merge.mpf import preset_help
 from ..merge.ot import (
     COSTS,
     NEEDS_PROPER,
@@ -23,7 +22,7 @@ from ..merge.ot import (
 )
 from ..merge.ot import PRESETS as OT_PRESETS
 from ..models import has_batchnorm
-from ..options import ConfigError, Options, option, preset_option
+from ..options import ConfigError, Options, as_flags, option, preset_option
 from ..paths.curves import BEND_INITS
 from ..task import score_of
 from ..train import TrainConfig, finetune
@@ -96,14 +95,15 @@ class MergeConfig(Alignment, JobConfig):
     squared: bool = squared_option()
     normalize_cost: str = normalize_cost_option()
     proper_marginals: bool = proper_marginals_option()
-    preset: str | None = preset_option(PRESETS, "a reference implementation's settings: "
-                                                + ", ".join(f"{k} (sidak/otfusion's; sets --method "
-                                                            "ot)" for k in OT_PRESETS)
-                                                + "; MPF as the reference repository runs it — "
-                                                + preset_help({k: "--" + v.replace("_", "-")
-                                                               for k, v in MPF_FIELDS.items()})
-                                                + " (with --method mpf, or for the fine-tuning "
-                                                  "of --finetune-epochs)")
+    preset: str | None = preset_option(PRESETS, "a reference implementation's settings — "
+                                                "sidak/otfusion's option defaults, otfusion: "
+                                                + as_flags(PRESETS["otfusion"]) + "; its README's "
+                                                "commands, otfusion-readme: "
+                                                + as_flags(PRESETS["otfusion-readme"]) + "; MPF "
+                                                "as tanguy8001's repository runs it (with "
+                                                "--method mpf, or for the fine-tuning of "
+                                                "--finetune-epochs), mpf-reference: "
+                                                + as_flags(PRESETS["mpf-reference"]))
     presets = PRESETS
     preset_fixed = ("method",)
 
