@@ -25,11 +25,14 @@ SMALL_IDS = [
     "finetuned-12103105cc", "finetuned-e3ff52ceea", "finetuned-ff54b34e7f",
     "finetuned-63fc0aa16e",
 ]
-# The reference MPF procedure's rows (issue 25), added after SMALL_IDS: new jobs beside the old.
+# The references' procedures (issue 25: MPF's, then OT's), added after SMALL_IDS: new jobs
+# beside the old.
 REFERENCE_IDS = [
     "fuse_mpf_reference-2665f20d20", "fuse_mpf_reference-2ef7a95db0",
     "finetuned_mpf_reference-8e761efbce", "finetuned_mpf_reference-e0e814703e",
     "finetuned_mpf_reference-5609d9a46b", "finetuned_mpf_reference-b29100f6ed",
+    "fuse_otfusion-894ccf8f62", "fuse_otfusion-48aa1df3dc",
+    "fuse_otfusion_readme-2d67326166", "fuse_otfusion_readme-da7aa331d1",
 ]
 
 
@@ -55,14 +58,17 @@ def study_before(c: FusionConfig) -> dict:
 
 
 def with_reference(tables: dict) -> dict:
-    """`study_before`'s tables and the reference MPF procedure's two stages (issue 25)."""
+    """`study_before`'s tables and the references' procedures (issue 25): MPF's two stages and
+    OT under sidak/otfusion's two presets."""
     pair = {k: f"@train/{k}/model.safetensors" for k in ("a", "b")}
     return {**tables,
             "fuse_mpf_reference": {"job": "merge", **pair, "method": "mpf",
                                    "preset": "mpf-reference"},
             "finetuned_mpf_reference": {"job": "merge", **pair, "finetune_epochs": 10,
                                         "preset": "mpf-reference",
-                                        "sweep": {"grid": {"method": ["avg", "ot"]}}}}
+                                        "sweep": {"grid": {"method": ["avg", "ot"]}}},
+            "fuse_otfusion": {"job": "merge", **pair, "preset": "otfusion"},
+            "fuse_otfusion_readme": {"job": "merge", **pair, "preset": "otfusion-readme"}}
 
 
 def built(tables: dict) -> studies.Study:
@@ -107,16 +113,17 @@ def test_the_fusion_table_has_every_row_filled_and_a_rerun_changes_nothing(tmp_p
     out = tmp_path / "fusion"
     kw = dict(models=["mlp"], seeds=[0, 1], epochs=2, curve_epochs=1, jobs=2, quiet=True)
     r = jobs.run("fusion", out=out, **kw)
-    assert r.exit_code == 0 and r.run.ran == len(r.run.study.jobs) == 28
+    assert r.exit_code == 0 and r.run.ran == len(r.run.study.jobs) == 32
     cells = list(csv.DictReader(open(out / "model_accuracies.csv")))
     rows = {c["row"] for c in cells}
-    assert len(rows) == 15 and all(int(c["n"]) == 2 for c in cells)  # every row, both seeds
+    assert len(rows) == 17 and all(int(c["n"]) == 2 for c in cells)  # every row, both seeds
     acc = {c["row"]: float(c["mean"]) for c in cells if c["metric"] == "test accuracy %"}
     assert acc["Joint"] > acc["A"] and acc["ensemble(A, B)"] > acc["A"]
     md = (out / "model_accuracies.md").read_text()
     assert "| MPF |" in md and "| AVG fine-tuned (MPF's budget) |" in md
     assert "| MPF, reference procedure |" in md
     assert "| AVG fine-tuned (reference MPF's budget) |" in md
+    assert "| OT, sidak/otfusion's defaults |" in md and "| OT, sidak/otfusion's README |" in md
     subsets = list(csv.DictReader(open(out / "per_subset.csv")))
     assert {s["on"] for s in subsets} == {"A's subset", "B's subset"}
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}

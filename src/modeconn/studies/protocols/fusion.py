@@ -31,6 +31,10 @@ ROWS = [
     ("AVG", "fuse", {"method": "avg", "model": "fused"}, "test_acc", "test_loss"),
     ("OT (weights)", "fuse", {"method": "ot", "model": "fused"}, "test_acc", "test_loss"),
     ("OT (activations)", "fuse_ot_activations", {"model": "fused"}, "test_acc", "test_loss"),
+    ("OT, sidak/otfusion's defaults", "fuse_otfusion", {"model": "fused"}, "test_acc",
+     "test_loss"),
+    ("OT, sidak/otfusion's README", "fuse_otfusion_readme", {"model": "fused"}, "test_acc",
+     "test_loss"),
     ("WM merge", "fuse", {"method": "wm", "model": "fused"}, "test_acc", "test_loss"),
     ("STE merge", "fuse", {"method": "ste", "model": "fused"}, "test_acc", "test_loss"),
     ("MPF", "fuse", {"method": "mpf", "model": "fused"}, "test_acc", "test_loss"),
@@ -45,8 +49,8 @@ ROWS = [
     ("OT fine-tuned (reference MPF's budget)", "finetuned_mpf_reference",
      {"method": "ot", "model": "fused"}, "test_acc", "test_loss"),
 ]
-TRAINED = ("fuse", "fuse_ot_activations", "finetuned", "fuse_mpf_reference",
-           "finetuned_mpf_reference")  # the stages with per-subset accuracies
+TRAINED = ("fuse", "fuse_ot_activations", "fuse_otfusion", "fuse_otfusion_readme", "finetuned",
+           "fuse_mpf_reference", "finetuned_mpf_reference")  # the stages with per-subset accuracies
 REFERENCE = "mpf-reference"  # the preset of the reference procedure's rows
 
 
