@@ -167,3 +167,19 @@ b = "@train/b/model.safetensors"
     fuse = {j.labels["fuse.preset"]: j for j in swept.jobs if j.stage == "fuse"}
     assert fuse["otfusion-readme"].id == next(j.id for j in spelled.jobs if j.stage == "fuse")
     assert fuse["otfusion"].id != fuse["otfusion-readme"].id
+
+
+def test_every_preset_sets_fields_of_its_class_to_values_they_take():
+    from modeconn.jobs.continual import ContinualConfig
+    from modeconn.merge import MPFOptions
+    from modeconn.options import config_fields
+
+    for cls in (OTOptions, MPFOptions, MergeConfig):
+        fields = {i.name for i in config_fields(cls)}
+        assert cls.presets and "preset" in fields
+        for name, values in cls.presets.items():
+            assert set(values) <= fields - {"preset"}, (cls, name)
+    for name in MergeConfig.presets:  # each builds, checked like any option
+        extra = {"method": "mpf"} if name == "mpf-reference" else {}
+        MergeConfig.from_dict({"a": "a", "b": "b", "preset": name, **extra})
+    assert "preset" not in {i.name for i in config_fields(ContinualConfig)}  # --mpf-preset
