@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import artefacts
 from ..checkpoint import save_checkpoint
@@ -108,7 +110,7 @@ class MergeConfig(Alignment, JobConfig):
     preset_fixed = ("method",)
 
     @classmethod
-    def check_preset(cls, name: str, values) -> None:
+    def check_preset(cls, name: str, values: Mapping[str, Any]) -> None:
         if name not in MPF_PRESETS:
             return
         method = values.get("method", "avg")
