@@ -349,3 +349,35 @@ def test_an_lmc_study_runs_end_to_end_on_real_patches(benv2, tmp_path, capsys, s
     for key in ("test_loss_barrier", "test_error_barrier", "lmc_ens_f1"):
         assert math.isfinite(float(row[key])), key
     assert any((out / "figures").glob("interpolation_*.png"))
+
+
+@pytest.mark.slow
+def test_lmc_evaluates_a_sensor_shift_through_each_sensor_with_views_both(benv2, tmp_path):
+    """`views=both`: each path also through subset b's channels (splits train@b, test@b), its
+    end B scoring as `interpolate` scores B through its own sensor; refused without a band or
+    sensor shift."""
+    import csv
+
+    from modeconn import jobs
+    from modeconn.options import ConfigError
+
+    data, _, _, _ = benv2
+    common = dict(dataset="bigearthnet:version=2,sensors=S2+S1,size=20", data_dir=str(data),
+                  model="vgglike", width=0.125, norm="none", optimizer="adam", batch_size=2,
+                  lr=1e-3, epochs=1, seeds=[0], points=3, init=["same"], batch_order=["same"],
+                  quiet=True)
+    r = jobs.run("lmc", out=tmp_path / "lmc", shift="sensors:S2|S1", views="both", **common)
+    paths = list(csv.DictReader((r.out / "paths.csv").open()))
+    assert {p["split"] for p in paths} == {"train", "test", "train@b", "test@b"}
+    bars = list(csv.DictReader((r.out / "barriers.csv").open()))
+    assert {b["split"] for b in bars} == {"train", "test", "train@b", "test@b"}
+    (run,) = (r.out / "jobs").glob("lmc-*/out/runs/*")
+    a, b = (run / "seed0" / m / "model.safetensors" for m in ("a", "b"))
+    through_b = jobs.run("interpolate", out=tmp_path / "ba", a=str(b), b=str(a), points=3,
+                         data_dir=str(data))
+    rows = list(csv.DictReader((through_b.out / "path.csv").open()))
+    own = next(float(x["loss"]) for x in rows if x["split"] == "test" and float(x["t"]) == 0)
+    end = next(float(p["loss"]) for p in paths if p["split"] == "test@b" and float(p["t"]) == 1)
+    assert end == pytest.approx(own, rel=1e-5)
+    with pytest.raises(ConfigError, match="'views' of lmc must be a unless the subsets see"):
+        jobs.run("lmc", out=tmp_path / "iid", shift="iid:50,50", views="both", **common)

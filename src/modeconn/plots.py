@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from .io import write_bytes  # noqa: E402
 from .task import score_of  # noqa: E402
 
-SPLIT_STYLE = {"train": "-", "test": "--"}
+SPLIT_STYLE = {"train": "-", "test": "--", "train@b": "-.", "test@b": ":"}  # @b: subset b's view
 
 
 def save(fig, path: str | os.PathLike, pdf: bool = False, changed_only: bool = False) -> Path:

@@ -26,7 +26,7 @@ import torch
 
 from .. import artefacts, plots
 from ..checkpoint import load_checkpoint, params_of
-from ..data import DataSpec, eval_data, prepare_subsets
+from ..data import BAND_SHIFTS, DataSpec, eval_data, prepare_subsets
 from ..ensemble import ensemble_metrics, member_scores, pairwise_similarity
 from ..errors import UsageError
 from ..evaluate import Evaluator
@@ -47,6 +47,8 @@ from ._inputs import (
     quiet_option,
 )
 from ._registry import JobConfig, Output, Record, Result, numbers, register
+
+VIEWS = ("a", "both")  # through whose channels the paths are evaluated
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +87,11 @@ class LMCConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
     contrast: bool = option(False, "add one init-different configuration (first batch order, "
                                    "batch size and lr) as a contrast row")
     label: str | None = option(None, "the model's name in tables and figures (default: --model)")
+    views: str = option("a", "where the subsets see different channels (a band or sensor shift, "
+                             "or --bands per subset): evaluate each path on the whole dataset "
+                             "through subset a's channels, or through each subset's (both: "
+                             "splits train@b, test@b beside train, test)", choices=VIEWS,
+                        later=True)
     resume: bool = option(False, "continue an interrupted study in --out, reusing finished runs",
                           setting=False)
     quiet: bool = quiet_option()
@@ -99,6 +106,11 @@ class LMCConfig(Runtime, TrainConfig, ModelOptions, DataOptions, JobConfig):
             raise self.invalid("seeds", "must not repeat a seed")
         if self.shift == "none":
             raise self.invalid("shift", "must split the data into two subsets, e.g. iid:50,50")
+        if self.views == "both" and self.shift.partition(":")[0] not in BAND_SHIFTS \
+                and "|" not in (self.bands or ""):
+            raise self.invalid("views", "must be a unless the subsets see different channels: "
+                                        "a band or sensor shift (bands:…, sensors:…) or --bands "
+                                        "with a set per subset")
         check_tolerance(self.tolerance)
         grid(self.points)
 
@@ -225,10 +237,19 @@ def run_lmc(config: LMCConfig, out: Path) -> LMCResult:
     base = config.seed_spec(first_seed)
     full = eval_data(base, "full", config.data_dir).to(device)
     task = first.task
-    evaluator = Evaluator(build_model(model_cfg).to(device),
-                          {"train": (full.train_x, full.train_y), "test": (full.test_x, full.test_y)},
-                          bn_data=full.train_x, bn_reset=config.bn_reset, task=task)
-    tables, row = _measure(config, cfg, out, device, subsets, model_cfg, evaluator, full.test_y)
+
+    def evaluator_of(data) -> Evaluator:
+        return Evaluator(build_model(model_cfg).to(device),
+                         {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)},
+                         bn_data=data.train_x, bn_reset=config.bn_reset, task=task)
+
+    evaluator = evaluator_of(full)
+    # Subset b's view: the whole dataset through b's channels (its own BN statistics too).
+    views = {"@b": evaluator_of(eval_data(dataclasses.replace(base, subset=1), "full",
+                                          config.data_dir).to(device))} \
+        if config.views == "both" else {}
+    tables, row = _measure(config, cfg, out, device, subsets, model_cfg, evaluator, full.test_y,
+                           views)
     write_tables(out, tables, [row])
     # Written last: a job with this file is complete, and a resume returns it as it is.
     artefacts.LMC_STATUS.write(out, {"status": "complete", "summary": [row]})
@@ -273,9 +294,10 @@ def _check_record(out: Path, config: LMCConfig) -> None:
 
 
 def _measure(config: LMCConfig, cfg: dict, out: Path, device: torch.device, subsets: dict,
-             model_cfg: dict, evaluator: Evaluator, test_y: torch.Tensor
-             ) -> tuple[dict[str, list[dict]], dict]:
-    """Train, interpolate and ensemble the pair of every seed: (tables, summary row)."""
+             model_cfg: dict, evaluator: Evaluator, test_y: torch.Tensor,
+             views: dict[str, Evaluator] | None = None) -> tuple[dict[str, list[dict]], dict]:
+    """Train, interpolate and ensemble the pair of every seed: (tables, summary row). `views`:
+    more evaluators of the paths by split suffix (subset b's channels: '@b')."""
     t0 = time.perf_counter()
     task = evaluator.task
     ts = grid(config.points)
@@ -305,6 +327,8 @@ def _measure(config: LMCConfig, cfg: dict, out: Path, device: torch.device, subs
         finals[seed] = params
         path = linear_path(params[0], params[1])
         rows = evaluate_path(path, evaluator, ts)
+        for suffix, ev in (views or {}).items():
+            rows += [{**r, "split": r["split"] + suffix} for r in evaluate_path(path, ev, ts)]
         bar = summarize_path(rows, config.tolerance)
         tables["paths"].extend({**_keys(cfg), "seed": seed, **r} for r in rows)
         for split, s in bar.items():

@@ -134,8 +134,9 @@ def draw(figures: Path, tables: dict[str, list[dict]], means: dict[str, list[dic
         c = by_id[cfg_id]
         groups[(c["model"], c["init"])][label(c)] = rows
     for (model, init), curves in groups.items():
+        views = "; splits @b: through subset b's channels" if config.views == "both" else ""
         plots.save(plots.path_figure(curves, title=f"{model}, {config.shift}, init {init} "
-                                     "(mean ± std over seeds)"),
+                                     f"(mean ± std over seeds{views})"),
                    figures / f"interpolation_{model}_init-{init}.png", changed_only=True)
     lc: dict[tuple, dict[str, list]] = defaultdict(dict)
     for cfg_id in dict.fromkeys(r["id"] for r in tables["learning_curves"]):
