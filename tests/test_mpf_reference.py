@@ -176,7 +176,7 @@ def test_mpf_under_the_preset_trains_as_the_reference_does(setting):
         assert max((other[k] - ref[k]).abs().max() for k in a) > 1e-4, change
 
 
-def test_merge_with_the_preset_records_it_and_fuses_as_the_library(tmp_path):
+def test_merge_with_the_preset_records_its_values_and_fuses_as_the_library(tmp_path):
     common = dict(dataset="digits", depth=1, width=16, epochs=1, quiet=True, init="different")
     jobs.run("train", out=tmp_path / "t", shift="label-skew:0-4=80,5-9=20", **common)
     pa, pb = tmp_path / "t/a/model.safetensors", tmp_path / "t/b/model.safetensors"
