@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from modeconn.data import bigearthnet as ben_mod
 from modeconn.data.bigearthnet import BAND_SIZE, BANDS, LABELS_43
 
 # What `bad` can do to a patch, and the part of the reader's reason that names it.
@@ -166,3 +167,16 @@ def write_bigearthnet(root: str | Path, n: int = 24, seed: int = 0, splits: bool
     if splits:
         write_splits(split_dir if split_dir is not None else root, official_assignment(names))
     return names
+
+
+def count_reads(monkeypatch) -> set:
+    """Spy on band reads (in-process workers): the set of patches whose bands were read."""
+    seen: set = set()
+    real = ben_mod._read_band
+
+    def spy(folder, name, band):
+        seen.add(name)
+        return real(folder, name, band)
+
+    monkeypatch.setattr(ben_mod, "_read_band", spy)
+    return seen

@@ -16,7 +16,14 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-from ben_fixture import BAD_KINDS, band_array, official_assignment, write_bigearthnet, write_splits
+from ben_fixture import (
+    BAD_KINDS,
+    band_array,
+    count_reads,
+    official_assignment,
+    write_bigearthnet,
+    write_splits,
+)
 
 from modeconn.data import bigearthnet as ben_mod
 from modeconn.data.bigearthnet import (
@@ -36,19 +43,6 @@ from modeconn.errors import UsageError
 def _open(root, **kw):
     kw.setdefault("workers", 1)
     return open_bigearthnet(root, quiet=True, **kw)
-
-
-def _count_reads(monkeypatch) -> set:
-    """Spy on band reads (in-process workers): the set of patches whose bands were read."""
-    seen: set = set()
-    real = ben_mod._read_band
-
-    def spy(folder, name, band):
-        seen.add(name)
-        return real(folder, name, band)
-
-    monkeypatch.setattr(ben_mod, "_read_band", spy)
-    return seen
 
 
 # --- the nomenclature ---------------------------------------------------------------------------
@@ -224,7 +218,7 @@ def test_limit_takes_a_stratified_reproducible_subset_reading_only_its_tiffs(tmp
     # Even patches carry only Pastures; odd ones also the rarer Rice fields (their stratum).
     labels = [["Pastures"] if i % 2 == 0 else ["Pastures", "Rice fields"] for i in range(40)]
     names = write_bigearthnet(tmp_path / "ds", n=40, labels=labels)  # splits 24/8/8
-    seen = _count_reads(monkeypatch)
+    seen = count_reads(monkeypatch)
     ben = _open(tmp_path / "ds", limit=20, seed=1)
     assert len(ben) == 20 and seen == set(ben.names)
     assert np.bincount(ben.split).tolist() == [12, 4, 4]
@@ -324,7 +318,7 @@ def test_an_incomplete_or_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
     first = _open(tmp_path / "ds")
     images = np.array(first.images)
     os.remove(first.path / "meta.json")  # as a build killed before its last step
-    seen = _count_reads(monkeypatch)
+    seen = count_reads(monkeypatch)
     again = _open(tmp_path / "ds")
     assert len(seen) == 6 and again.path == first.path and np.array_equal(again.images, images)
     with open(first.path / "images.u16", "r+b") as f:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ben_fixture import count_reads
 from benv2_fixture import EXCLUDED, METADATA, s1_tile, s2_tile
 
 from modeconn.cli import main
@@ -107,14 +108,7 @@ def test_sentinel1_alone_and_its_bilinear_resampling(benv2, tmp_path):
 
 def test_limit_takes_a_stratified_subset_reading_only_its_tiffs(benv2, monkeypatch):
     _, folder, _, _ = benv2
-    seen: set = set()
-    real = ben_mod._read_band
-
-    def spy(where, name, band):
-        seen.add(name)
-        return real(where, name, band)
-
-    monkeypatch.setattr(ben_mod, "_read_band", spy)
+    seen = count_reads(monkeypatch)
     ben = _open(folder, limit=9, seed=1)
     assert len(ben) == 9 and np.bincount(ben.split).tolist() == [3, 3, 3]
     assert seen == set(ben.names)  # Sentinel-2 only: the patches' own names

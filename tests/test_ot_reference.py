@@ -143,19 +143,11 @@ def test_a_merge_preset_sets_its_method_and_is_the_same_job_as_spelled_out():
 
 
 def test_a_study_sweeps_presets_and_a_preset_is_the_job_spelled_out():
+    from conftest import digits_study
+
     from modeconn.studies import parse
 
-    head = """
-[study]
-name = "s"
-
-[train]
-dataset = "digits"
-shift = "iid:50,50"
-width = 16
-depth = 1
-epochs = 2
-
+    head = digits_study() + """
 [fuse]
 job = "merge"
 a = "@train/a/model.safetensors"
@@ -164,9 +156,10 @@ b = "@train/b/model.safetensors"
     swept = parse(head + '[fuse.sweep]\ngrid = { preset = ["otfusion-readme", "otfusion"] }\n')
     spelled = parse(head + 'method = "ot"\nsquared = false\nnormalize_cost = "none"\n'
                            'proper_marginals = false\n')
-    fuse = {j.labels["fuse.preset"]: j for j in swept.jobs if j.stage == "fuse"}
-    assert fuse["otfusion-readme"].id == next(j.id for j in spelled.jobs if j.stage == "fuse")
-    assert fuse["otfusion"].id != fuse["otfusion-readme"].id
+    ids = {p: {j.id for j in swept.jobs if j.labels.get("fuse.preset") == p}
+           for p in ("otfusion", "otfusion-readme")}
+    assert ids["otfusion-readme"] == {j.id for j in spelled.jobs if j.stage == "fuse"}
+    assert len(ids["otfusion"]) == 4 and not ids["otfusion"] & ids["otfusion-readme"]
 
 
 def test_every_preset_sets_fields_of_its_class_to_values_they_take():
