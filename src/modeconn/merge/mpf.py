@@ -29,14 +29,14 @@ MPF_PRESETS: dict[str, dict] = {
 }
 
 
-def preset_help(flags: dict[str, str] | None = None) -> str:
-    """The presets with their values, for an option's help: 'NAME: FLAG VALUE, …' each, in
-    MPFOptions' names (as words), or as the flags of a job's fields (`flags`: name → flag)."""
+def preset_help() -> str:
+    """The presets with their values in MPFOptions' names, as words, for an option's help
+    ('NAME: bend init random, …'; a job's flags: `options.as_flags`)."""
     def value(v) -> str:
         return f"{v:g}" if isinstance(v, float) else str(v)
-    return "; ".join(f"{name}: " + ", ".join(
-        f"{(flags or {}).get(k, k.replace('_', ' '))} {value(v)}" for k, v in values.items())
-        for name, values in MPF_PRESETS.items())
+    return "; ".join(f"{name}: " + ", ".join(f"{k.replace('_', ' ')} {value(v)}"
+                                             for k, v in values.items())
+                     for name, values in MPF_PRESETS.items())
 
 
 def mpf(model: nn.Module, params_a: Params, params_b: Params, x: Tensor, y: Tensor, *,
